@@ -1,0 +1,3 @@
+"""rgtp: rollout-guided token pruning for video vision transformers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The method's arithmetic, written once and backend-neutral: rollout, tracking, selection."""

@@ -1,0 +1,78 @@
+"""Which tokens a frame keeps: top-K selection, K-bucket policies, the reset schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, returned in increasing index order: (k,) int64.
+
+    Ties break towards the lower index (stable sort), so every backend that computes the
+    same scores keeps the same tokens.
+    """
+    n = scores.numel()
+    if not 0 < k <= n:
+        raise ValueError(f"cannot keep {k} of {n} tokens")
+    if k == n:
+        return torch.arange(n, device=scores.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def check_buckets(buckets: Sequence[int], num_tokens: int) -> tuple[int, ...]:
+    """Validate K buckets: sorted, unique, in 1..N, always including N (reset frames)."""
+    out = sorted(set(int(b) for b in buckets) | {num_tokens})
+    bad = [b for b in out if not 0 < b <= num_tokens]
+    if bad:
+        raise ValueError(f"K buckets {bad} outside 1..{num_tokens}")
+    return tuple(out)
+
+
+class KeepPolicy(Protocol):
+    def choose(self, scores: torch.Tensor, buckets: Sequence[int]) -> int:
+        """The bucket K for a frame, given its tracked importance (N,) and sorted buckets."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedKeep:
+    """Keep K tokens every frame: the smallest bucket holding at least `k`."""
+
+    k: int
+
+    def choose(self, scores: torch.Tensor, buckets: Sequence[int]) -> int:
+        for b in buckets:
+            if b >= self.k:
+                return b
+        raise ValueError(f"no K bucket holds {self.k} tokens (largest: {buckets[-1]})")
+
+
+@dataclass(frozen=True)
+class MassKeep:
+    """Keep the smallest bucket whose top-K holds at least a share `p` of the importance."""
+
+    p: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p <= 1.0:
+            raise ValueError(f"importance mass must be in (0, 1], got {self.p}")
+
+    def choose(self, scores: torch.Tensor, buckets: Sequence[int]) -> int:
+        ranked = torch.sort(scores, descending=True).values
+        cumulative = ranked.cumsum(0) / ranked.sum().clamp(min=1e-30)
+        for b in buckets:
+            if cumulative[b - 1] >= self.p - 1e-6:
+                return b
+        return buckets[-1]
+
+
+def is_reset_frame(frame_index: int, reset_every: int) -> bool:
+    """Frame 0 and every R-th frame run dense and rebuild every cache (R = 0: only frame 0)."""
+    if reset_every < 0:
+        raise ValueError("reset_every must be >= 0")
+    return frame_index == 0 or (reset_every > 0 and frame_index % reset_every == 0)

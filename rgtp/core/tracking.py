@@ -1,0 +1,65 @@
+"""Token tracking (main paper Eq. 4): carry importance from frame t-1 to frame t.
+
+Template matching in token space on the raw patch embeddings z_0: token i of frame t takes
+the importance of the most similar token of frame t-1 within a (2r+1)² window around it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SIMILARITIES = ("dot", "cosine")
+
+
+def window_offsets(radius: int) -> list[tuple[int, int]]:
+    """(dy, dx) offsets of the search window, (0, 0) first so that ties mean "no motion"."""
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    return sorted(offsets, key=lambda o: (abs(o[0]) + abs(o[1]), o))
+
+
+def match_tokens(
+    prev_z: torch.Tensor, z: torch.Tensor, grid: int, radius: int, similarity: str = "dot"
+) -> torch.Tensor:
+    """Source index in frame t-1 of every token of frame t.
+
+    prev_z, z: (N, C) raw patch embeddings, raster order on a grid x grid grid.
+    Returns (N,) int64 raster indices j* = argmax_j <z[i], prev_z[j]> over the window;
+    cells off the grid are never candidates.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
+    if radius < 0:
+        raise ValueError("tracking radius must be >= 0")
+    if similarity == "cosine":
+        prev_z, z = F.normalize(prev_z, dim=1), F.normalize(z, dim=1)
+    c = z.shape[1]
+    cur = z.view(grid, grid, c)
+    padded = F.pad(prev_z.view(grid, grid, c), (0, 0, radius, radius, radius, radius))
+    ys = torch.arange(grid, device=z.device)
+    offsets = window_offsets(radius)
+    sims = torch.empty(len(offsets), grid, grid, dtype=z.dtype, device=z.device)
+    for d, (dy, dx) in enumerate(offsets):
+        shifted = padded[radius + dy : radius + dy + grid, radius + dx : radius + dx + grid]
+        sim = (cur * shifted).sum(-1)
+        valid_y = ((ys + dy >= 0) & (ys + dy < grid)).unsqueeze(1)
+        valid_x = ((ys + dx >= 0) & (ys + dx < grid)).unsqueeze(0)
+        sims[d] = sim.masked_fill(~(valid_y & valid_x), float("-inf"))
+    best = sims.argmax(dim=0)  # first maximum: the (0, 0) offset wins ties
+    table = torch.tensor(offsets, device=z.device)  # (D, 2)
+    dy, dx = table[best, 0], table[best, 1]
+    return ((ys.unsqueeze(1) + dy) * grid + (ys.unsqueeze(0) + dx)).flatten()
+
+
+def track(
+    prev_scores: torch.Tensor,
+    prev_z: torch.Tensor,
+    z: torch.Tensor,
+    grid: int,
+    radius: int = 1,
+    similarity: str = "dot",
+) -> torch.Tensor:
+    """Tracked importance ŝ^t[i] = s^{t-1}[j*(i)]: (N,) from prev_scores (N,)."""
+    if radius == 0:
+        return prev_scores.clone()
+    return prev_scores[match_tokens(prev_z, z, grid, radius, similarity)]

@@ -1,0 +1,30 @@
+"""Engine backends behind one protocol: torch (reference), ort (ONNX Runtime), trt (TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rgtp.engines.base import Engine, EngineError, EngineSet
+
+BACKENDS = ("torch", "ort", "trt")
+
+
+def load_engines(package: Path, backend: str, **options: Any) -> EngineSet:
+    """Engines for every graph of an exported package on the named backend."""
+    if backend == "torch":
+        from rgtp.engines.torch_backend import load_torch_engines
+
+        return load_torch_engines(package, **options)
+    if backend == "ort":
+        from rgtp.engines.ort_backend import load_ort_engines
+
+        return load_ort_engines(package, **options)
+    if backend == "trt":
+        from rgtp.engines.trt_backend import load_trt_engines
+
+        return load_trt_engines(package, **options)
+    raise EngineError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+
+
+__all__ = ["BACKENDS", "Engine", "EngineError", "EngineSet", "load_engines"]

@@ -1,0 +1,52 @@
+"""The PyTorch reference backend: the stage modules themselves, run eagerly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from rgtp.engines.base import EngineSet, check_feeds
+from rgtp.models.detector import Detector
+from rgtp.models.plan import GraphSpec, StagePlan
+from rgtp.models.stages import EmbedStage, HeadStage, PrunedStage
+
+
+class TorchEngine:
+    """An nn.Module behind the engine protocol."""
+
+    def __init__(self, spec: GraphSpec, module: nn.Module) -> None:
+        self.spec = spec
+        self.module = module.eval()
+
+    @torch.inference_mode()
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        check_feeds(self.spec, feeds)
+        out = self.module(*(feeds[n] for n in self.spec.input_names))
+        return dict(zip(self.spec.output_names, out, strict=True))
+
+
+def torch_engines(
+    detector: Detector, plan: StagePlan, device: torch.device | str = "cpu"
+) -> EngineSet:
+    """Engines for every graph of `plan`, sharing the detector's parameters.
+
+    One module per stage serves every K: the torch graph is shape-polymorphic, so the
+    weights exist once whatever the number of buckets.
+    """
+    device = torch.device(device)
+    detector = detector.to(device).eval()
+    stages = []
+    for i, blocks in enumerate(plan.stages):
+        module = PrunedStage(detector.backbone, blocks, plan.fusion).to(device)
+        stages.append({k: TorchEngine(plan.stage_spec(i, k), module) for k in plan.buckets})
+    return EngineSet(
+        plan=plan,
+        backend="torch",
+        device=device,
+        embed=TorchEngine(plan.embed_spec(), EmbedStage(detector).to(device)),
+        head=TorchEngine(plan.head_spec(), HeadStage(detector)),
+        stages=stages,
+        info={"torch": torch.__version__, "device": str(device)},
+    )

@@ -1,0 +1,115 @@
+"""Model configurations: plain dataclasses that say everything a model needs to be built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A ViTDet-style plain ViT backbone (the SAM / ViTDet image encoder trunk).
+
+    `img_size` is the square input side in pixels; the token grid is img_size // patch_size
+    on each side. `pretrain_grid` is the side of the stored absolute position embedding,
+    which is interpolated (bicubic) to the token grid when the two differ.
+    """
+
+    img_size: int = 1024
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    window_size: int = 14
+    global_blocks: tuple[int, ...] = (2, 5, 8, 11)
+    pretrain_grid: int = 14
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+        bad = [b for b in self.global_blocks if not 0 <= b < self.depth]
+        if bad:
+            raise ValueError(f"global_blocks {bad} outside 0..{self.depth - 1}")
+        if self.window_size <= 0 and len(self.global_blocks) != self.depth:
+            raise ValueError("window_size must be > 0 unless every block is global")
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the number of patch tokens of one frame."""
+        return self.grid * self.grid
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def is_global(self, block: int) -> bool:
+        return block in self.global_blocks
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Simple feature pyramid neck plus an FCOS-style anchor-free head."""
+
+    num_classes: int = 80
+    neck_channels: int = 256
+    scale_factors: tuple[float, ...] = (2.0, 1.0, 0.5)
+    head_convs: int = 2
+    head_channels: int = 128
+    group_norm_groups: int = 16
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.scale_factors) - {4.0, 2.0, 1.0, 0.5}
+        if unknown:
+            raise ValueError(f"unsupported pyramid scale factors {sorted(unknown)}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names for {self.num_classes} classes"
+            )
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """A whole detector: backbone, neck and head, plus the pixel normalisation it expects."""
+
+    name: str
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        return cls(
+            name=data["name"],
+            backbone=_dataclass_from_dict(BackboneConfig, data["backbone"]),
+            head=_dataclass_from_dict(HeadConfig, data["head"]),
+            pixel_mean=tuple(data["pixel_mean"]),
+            pixel_std=tuple(data["pixel_std"]),
+        )
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    # JSON turns tuples into lists; frozen configs hold tuples so they stay hashable.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

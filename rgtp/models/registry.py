@@ -1,0 +1,52 @@
+"""Named model configurations and the weights shipped for them."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+
+from rgtp.models.config import BackboneConfig, DetectorConfig, HeadConfig
+
+# ImageNet VID's 30 classes are the paper's benchmark; vitdet-b keeps that head size.
+_CONFIGS: dict[str, DetectorConfig] = {
+    "vitdet-b": DetectorConfig(
+        name="vitdet-b",
+        backbone=BackboneConfig(
+            img_size=1024, embed_dim=768, depth=12, num_heads=12, window_size=14,
+            global_blocks=(2, 5, 8, 11), pretrain_grid=14,
+        ),
+        head=HeadConfig(num_classes=30, neck_channels=256, head_channels=256,
+                        group_norm_groups=32),
+    ),
+    "vitdet-small": DetectorConfig(
+        name="vitdet-small",
+        backbone=BackboneConfig(
+            img_size=256, embed_dim=192, depth=12, num_heads=3, window_size=8,
+            global_blocks=(2, 5, 8, 11), pretrain_grid=16,
+        ),
+        head=HeadConfig(num_classes=6, neck_channels=96, head_channels=96,
+                        group_norm_groups=16),
+    ),
+}
+
+
+def model_names() -> list[str]:
+    return sorted(_CONFIGS)
+
+
+def get_config(name: str, img_size: int | None = None) -> DetectorConfig:
+    """The named configuration, optionally at another input size."""
+    try:
+        cfg = _CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from {model_names()}") from None
+    if img_size is not None and img_size != cfg.backbone.img_size:
+        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, img_size=img_size))
+    return cfg
+
+
+def shipped_weights(name: str) -> Path | None:
+    """Path of the weights shipped in the package for `name`, if any."""
+    path = resources.files("rgtp") / "weights" / f"{name}.safetensors"
+    return Path(str(path)) if path.is_file() else None

@@ -1,0 +1,154 @@
+"""The detector cut into the pieces the runtime calls, each with flat tensor inputs/outputs.
+
+- `EmbedStage`: frame -> raw patch embeddings z_0 and tokens (all N, needed for tracking).
+- `PrunedStage`: a run of backbone blocks on K kept tokens, against per-block key/value
+  caches of all N tokens. Token-wise work (norms, qkv, projection, MLP) touches K tokens;
+  global blocks attend K queries to N keys; windowed blocks attend each query to its own
+  window (computed for all windows at once, as the authors do, so shapes stay static).
+- `HeadStage`: the full output map -> decoded boxes and scores before NMS.
+
+The same modules are the PyTorch reference engine and what gets exported to ONNX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from rgtp.core.rollout import fuse_heads
+from rgtp.models.detector import Detector
+from rgtp.models.vit_ops import attend, grid_coords, slot_of_token, window_slots
+from rgtp.models.vitdet import Attention, Block, ViTDetBackbone
+
+class EmbedStage(nn.Module):
+    """frame (1, 3, S, S) RGB in [0, 255] -> patches z_0 (N, C), tokens (N, C)."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.patch_embed = detector.backbone.patch_embed
+        self.register_buffer("pixel_mean", detector.pixel_mean.clone(), persistent=False)
+        self.register_buffer("pixel_std", detector.pixel_std.clone(), persistent=False)
+        # Interpolated once here so that graphs carry the final table, not a resize op.
+        pos = detector.backbone.abs_pos().detach().flatten(1, 2)[0]
+        self.register_buffer("pos", pos.clone(), persistent=False)
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = self.patch_embed((frame - self.pixel_mean) / self.pixel_std)
+        patches = patches.flatten(1, 2)[0]
+        return patches, patches + self.pos
+
+
+class HeadStage(nn.Module):
+    """out_map (N, C) -> boxes (M, 4) pixels, scores (M, num_classes)."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.detector = detector
+        self.grid = detector.cfg.backbone.grid
+
+    def forward(self, out_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = out_map.view(1, self.grid, self.grid, out_map.shape[1])
+        boxes, scores = self.detector.head_from_map(fmap)
+        return boxes[0], scores[0]
+
+
+class PrunedStage(nn.Module):
+    """Blocks `block_ids` of a backbone on K kept tokens.
+
+    forward(tokens (K, C), keep (K,) int64 sorted raster indices,
+            k_cache_b, v_cache_b (N, C) for each block b of the stage, in order)
+    -> (tokens (K, C), k_new_b, v_new_b (K, C) for each block, then attn_b (K, N), the
+        head-fused attention rows of the kept queries, for each global block).
+
+    The caches hold the latest keys/values of all N tokens; the stage overwrites the kept
+    rows in its own copy, and returns the fresh rows for the runtime to write back.
+    """
+
+    def __init__(self, backbone: ViTDetBackbone, block_ids: Sequence[int], fusion: str = "rms"):
+        super().__init__()
+        cfg = backbone.cfg
+        self.cfg = cfg
+        self.block_ids = tuple(block_ids)
+        self.blocks = nn.ModuleList(backbone.blocks[i] for i in self.block_ids)
+        self.fusion = fusion
+        rows, cols = grid_coords(cfg.grid)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        if any(b.window_size for b in self.blocks):
+            self.register_buffer("slots", window_slots(cfg.grid, cfg.window_size), False)
+            self.register_buffer("slot_of", slot_of_token(cfg.grid, cfg.window_size), False)
+
+    @property
+    def global_ids(self) -> tuple[int, ...]:
+        return tuple(b for b in self.block_ids if self.cfg.is_global(b))
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, *caches: torch.Tensor):
+        if len(caches) != 2 * len(self.blocks):
+            raise ValueError(f"stage {self.block_ids} needs {2 * len(self.blocks)} caches")
+        x = tokens
+        fresh: list[torch.Tensor] = []
+        rows: list[torch.Tensor] = []
+        for j, block in enumerate(self.blocks):
+            x, k, v, fused = self._block(block, x, keep, caches[2 * j], caches[2 * j + 1])
+            fresh += [k, v]
+            if fused is not None:
+                rows.append(fused)
+        return (x, *fresh, *rows)
+
+    def _block(
+        self,
+        block: Block,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        attn = block.attn
+        q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (K, C) each
+        k_all = k_cache.index_copy(0, keep, k)
+        v_all = v_cache.index_copy(0, keep, v)
+        fused = None
+        if block.window_size:
+            out = self._windowed(attn, block.window_size, q, keep, k_all, v_all)
+        else:
+            qh = attn.split_heads(q).unsqueeze(0)  # (1, h, K, d)
+            bias = attn.bias(qh, self.rows[keep], self.cols[keep])
+            o, probs = attend(qh, attn.split_heads(k_all)[None], attn.split_heads(v_all)[None], bias)
+            out = o[0].transpose(0, 1).reshape(x.shape)
+            fused = fuse_heads(probs[0], self.fusion)  # (K, N)
+        x = x + attn.proj(out)
+        x = x + block.mlp(block.norm2(x))
+        return x, k, v, fused
+
+    def _windowed(
+        self,
+        attn: Attention,
+        window: int,
+        q: torch.Tensor,
+        keep: torch.Tensor,
+        k_all: torch.Tensor,
+        v_all: torch.Tensor,
+    ) -> torch.Tensor:
+        """Windowed attention of the kept queries q (K, C) -> (K, C).
+
+        Padding slots of the dense model hold normalised zeros, so their keys/values are the
+        qkv bias: one extra "padding" row (index N) carries them and `slots` points there.
+        Queries of pruned tokens are zero; their outputs are computed and dropped.
+        """
+        n, c = k_all.shape
+        if attn.qkv.bias is not None:
+            pad_k, pad_v = attn.qkv.bias[c : 2 * c], attn.qkv.bias[2 * c :]
+        else:
+            pad_k = pad_v = k_all.new_zeros(c)
+        q_ext = q.new_zeros(n + 1, c).index_copy(0, keep, q)
+        k_ext = torch.cat([k_all, pad_k.unsqueeze(0)])
+        v_ext = torch.cat([v_all, pad_v.unsqueeze(0)])
+
+        def windows(t: torch.Tensor) -> torch.Tensor:  # (N + 1, C) -> (nW, h, w², d)
+            return attn.split_heads(t[self.slots].view(-1, window * window, c))
+
+        qw = windows(q_ext)
+        o, _ = attend(qw, windows(k_ext), windows(v_ext), attn.bias(qw, attn.rows, attn.cols))
+        return o.transpose(1, 2).reshape(-1, c)[self.slot_of[keep]]

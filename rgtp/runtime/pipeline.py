@@ -1,0 +1,58 @@
+"""A pipeline: one stage plan and its engines, shared by any number of streams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rgtp.engines.base import EngineSet
+from rgtp.models.detector import Detector
+from rgtp.models.plan import StagePlan
+from rgtp.runtime.stream import Stream, StreamOptions
+
+
+class Pipeline:
+    """Engines for every graph of a plan; `new_stream()` gives each video its own state."""
+
+    def __init__(self, engines: EngineSet) -> None:
+        self.engines = engines
+        self.plan: StagePlan = engines.plan
+
+    @property
+    def device(self) -> torch.device:
+        return self.engines.device
+
+    @property
+    def backend(self) -> str:
+        return self.engines.backend
+
+    @classmethod
+    def from_detector(
+        cls,
+        detector: Detector,
+        buckets: Sequence[int] = (),
+        partition: str = "per-global",
+        fusion: str = "rms",
+        device: torch.device | str = "cpu",
+    ) -> Pipeline:
+        """The PyTorch reference pipeline of an in-memory detector (no export needed)."""
+        from rgtp.engines.torch_backend import torch_engines
+
+        plan = StagePlan.create(detector.cfg, buckets, partition, fusion)
+        return cls(torch_engines(detector, plan, device))
+
+    @classmethod
+    def load(cls, package: str | Path, backend: str = "ort", **backend_options: Any) -> Pipeline:
+        """Load an exported package (see `rgtp export`) on a backend: "ort", "torch", "trt"."""
+        from rgtp.engines import load_engines
+
+        return cls(load_engines(Path(package), backend, **backend_options))
+
+    def new_stream(self, options: StreamOptions | None = None, **kwargs: Any) -> Stream:
+        """A new stream; keyword arguments are `StreamOptions` fields."""
+        if options is not None and kwargs:
+            raise TypeError("pass either options or keyword arguments, not both")
+        return Stream(self, options or StreamOptions(**kwargs))
