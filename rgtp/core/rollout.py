@@ -76,7 +76,9 @@ def detection_target(
     return covered / total
 
 
-def cls_target(num_tokens: int, cls_index: int = 0, device: torch.device | None = None) -> torch.Tensor:
+def cls_target(
+    num_tokens: int, cls_index: int = 0, device: torch.device | None = None
+) -> torch.Tensor:
     """s_L for a CLS-token classifier: the one-hot CLS query row, (num_tokens,)."""
     s = torch.zeros(num_tokens, device=device)
     s[cls_index] = 1.0

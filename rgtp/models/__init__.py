@@ -4,4 +4,11 @@ from rgtp.models.config import BackboneConfig, DetectorConfig, HeadConfig
 from rgtp.models.detector import Detector
 from rgtp.models.registry import get_config, model_names
 
-__all__ = ["BackboneConfig", "Detector", "DetectorConfig", "HeadConfig", "get_config", "model_names"]
+__all__ = [
+    "BackboneConfig",
+    "Detector",
+    "DetectorConfig",
+    "HeadConfig",
+    "get_config",
+    "model_names",
+]

@@ -77,9 +77,7 @@ class HeadConfig:
         if unknown:
             raise ValueError(f"unsupported pyramid scale factors {sorted(unknown)}")
         if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names for {self.num_classes} classes"
-            )
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
 
 @dataclass(frozen=True)

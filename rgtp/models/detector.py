@@ -24,7 +24,9 @@ class Detector(nn.Module):
         self.cfg = cfg
         b, h = cfg.backbone, cfg.head
         self.backbone = ViTDetBackbone(b)
-        self.neck = SimpleFeaturePyramid(b.embed_dim, h.neck_channels, h.scale_factors, b.patch_size)
+        self.neck = SimpleFeaturePyramid(
+            b.embed_dim, h.neck_channels, h.scale_factors, b.patch_size
+        )
         self.head = FCOSHead(h, self.neck.strides, b.img_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), False)

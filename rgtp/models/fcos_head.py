@@ -66,7 +66,9 @@ class FCOSHead(nn.Module):
         self.register_buffer("points", torch.cat(points), persistent=False)
         self.register_buffer(
             "point_strides",
-            torch.cat([torch.full((len(p),), float(s)) for p, s in zip(points, strides, strict=True)]),
+            torch.cat(
+                [torch.full((len(p),), float(s)) for p, s in zip(points, strides, strict=True)]
+            ),
             persistent=False,
         )
         self.reset_parameters()
@@ -89,7 +91,10 @@ class FCOSHead(nn.Module):
             ltrb.append(dist.flatten(2).transpose(1, 2))
             ctr.append(self.ctr_pred(r).flatten(1))
         return HeadOutputs(
-            torch.cat(cls, 1), torch.cat(ltrb, 1), torch.cat(ctr, 1), self.points,
+            torch.cat(cls, 1),
+            torch.cat(ltrb, 1),
+            torch.cat(ctr, 1),
+            self.points,
             self.point_strides,
         )
 

@@ -101,7 +101,9 @@ class StagePlan:
         partition: str = "per-global",
         fusion: str = "rms",
     ) -> StagePlan:
-        return cls(config, tuple(partition_blocks(config.backbone, partition)), tuple(buckets), fusion)
+        return cls(
+            config, tuple(partition_blocks(config.backbone, partition)), tuple(buckets), fusion
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -147,13 +149,18 @@ class StagePlan:
         inputs = [TensorSpec("tokens", (k, c), "float32"), TensorSpec("keep", (k,), "int64")]
         outputs = [TensorSpec("tokens_out", (k, c), "float32")]
         for b in blocks:
-            inputs += [TensorSpec(f"k_cache_{b}", (n, c), "float32"),
-                       TensorSpec(f"v_cache_{b}", (n, c), "float32")]
-            outputs += [TensorSpec(f"k_new_{b}", (k, c), "float32"),
-                        TensorSpec(f"v_new_{b}", (k, c), "float32")]
+            inputs += [
+                TensorSpec(f"k_cache_{b}", (n, c), "float32"),
+                TensorSpec(f"v_cache_{b}", (n, c), "float32"),
+            ]
+            outputs += [
+                TensorSpec(f"k_new_{b}", (k, c), "float32"),
+                TensorSpec(f"v_new_{b}", (k, c), "float32"),
+            ]
         outputs += [
             TensorSpec(f"attn_{b}", (k, n), "float32")
-            for b in blocks if self.config.backbone.is_global(b)
+            for b in blocks
+            if self.config.backbone.is_global(b)
         ]
         return GraphSpec(stage_graph_name(stage, k), tuple(inputs), tuple(outputs))
 

@@ -13,20 +13,28 @@ _CONFIGS: dict[str, DetectorConfig] = {
     "vitdet-b": DetectorConfig(
         name="vitdet-b",
         backbone=BackboneConfig(
-            img_size=1024, embed_dim=768, depth=12, num_heads=12, window_size=14,
-            global_blocks=(2, 5, 8, 11), pretrain_grid=14,
+            img_size=1024,
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
+            window_size=14,
+            global_blocks=(2, 5, 8, 11),
+            pretrain_grid=14,
         ),
-        head=HeadConfig(num_classes=30, neck_channels=256, head_channels=256,
-                        group_norm_groups=32),
+        head=HeadConfig(num_classes=30, neck_channels=256, head_channels=256, group_norm_groups=32),
     ),
     "vitdet-small": DetectorConfig(
         name="vitdet-small",
         backbone=BackboneConfig(
-            img_size=256, embed_dim=192, depth=12, num_heads=3, window_size=8,
-            global_blocks=(2, 5, 8, 11), pretrain_grid=16,
+            img_size=256,
+            embed_dim=192,
+            depth=12,
+            num_heads=3,
+            window_size=8,
+            global_blocks=(2, 5, 8, 11),
+            pretrain_grid=16,
         ),
-        head=HeadConfig(num_classes=6, neck_channels=96, head_channels=96,
-                        group_norm_groups=16),
+        head=HeadConfig(num_classes=6, neck_channels=96, head_channels=96, group_norm_groups=16),
     ),
 }
 
@@ -42,7 +50,9 @@ def get_config(name: str, img_size: int | None = None) -> DetectorConfig:
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {model_names()}") from None
     if img_size is not None and img_size != cfg.backbone.img_size:
-        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, img_size=img_size))
+        cfg = dataclasses.replace(
+            cfg, backbone=dataclasses.replace(cfg.backbone, img_size=img_size)
+        )
     return cfg
 
 

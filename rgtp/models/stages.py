@@ -22,6 +22,7 @@ from rgtp.models.detector import Detector
 from rgtp.models.vit_ops import attend, grid_coords, slot_of_token, window_slots
 from rgtp.models.vitdet import Attention, Block, ViTDetBackbone
 
+
 class EmbedStage(nn.Module):
     """frame (1, 3, S, S) RGB in [0, 255] -> patches z_0 (N, C), tokens (N, C)."""
 
@@ -115,7 +116,9 @@ class PrunedStage(nn.Module):
         else:
             qh = attn.split_heads(q).unsqueeze(0)  # (1, h, K, d)
             bias = attn.bias(qh, self.rows[keep], self.cols[keep])
-            o, probs = attend(qh, attn.split_heads(k_all)[None], attn.split_heads(v_all)[None], bias)
+            o, probs = attend(
+                qh, attn.split_heads(k_all)[None], attn.split_heads(v_all)[None], bias
+            )
             out = o[0].transpose(0, 1).reshape(x.shape)
             fused = fuse_heads(probs[0], self.fusion)  # (K, N)
         x = x + attn.proj(out)

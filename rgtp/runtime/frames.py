@@ -21,5 +21,7 @@ def to_model_input(
     h, w = t.shape[:2]
     x = t.to(device=device, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
     if (h, w) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     return x.contiguous(), (w / size, h / size)

@@ -97,7 +97,12 @@ class Stream:
     @torch.inference_mode()
     def step(self, frame: np.ndarray | torch.Tensor) -> FrameResult:
         """Process one RGB frame (H, W, 3) in [0, 255]."""
-        plan, engines, opts, st = self.pipeline.plan, self.pipeline.engines, self.options, self.state
+        plan, engines, opts, st = (
+            self.pipeline.plan,
+            self.pipeline.engines,
+            self.options,
+            self.state,
+        )
         bb = plan.config.backbone
         timer = PartTimer(self.pipeline.device)
 
@@ -115,7 +120,11 @@ class Stream:
                 keep = torch.arange(k, device=tokens.device)
             else:
                 tracked = track(
-                    st.prev_importance, st.prev_patches, patches, bb.grid, opts.radius,
+                    st.prev_importance,
+                    st.prev_patches,
+                    patches,
+                    bb.grid,
+                    opts.radius,
                     opts.similarity,
                 )
                 k = self.policy.choose(tracked, plan.buckets)
@@ -143,7 +152,10 @@ class Stream:
             head = engines.head.run({"out_map": st.out_map})
         with timer("postprocess"):
             dets = postprocess(
-                head["boxes"], head["scores"], opts.score_threshold, opts.nms_iou,
+                head["boxes"],
+                head["scores"],
+                opts.score_threshold,
+                opts.nms_iou,
                 opts.max_detections,
             )
         with timer("rollout"):

@@ -1,0 +1,3 @@
+from rgtp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Analytic multiply-accumulate counts per frame, in the paper's convention.
+
+The paper's "GFLOPs" are GMACs of the transformer backbone (patch embedding and blocks),
+averaged over all frames of the reset schedule. We count what our pruned frame executes:
+token-wise layers on K tokens; global attention of K queries against N keys; windowed
+attention for every window (computed whole, as the authors do, so shapes stay static);
+relative-position terms as implemented (each query dotted with every offset). The method's
+own overhead (tracking, rollout) and the detection neck+head are counted separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rgtp.models.config import BackboneConfig, DetectorConfig
+
+
+@dataclass(frozen=True)
+class FrameMACs:
+    """MACs of one frame by part. `backbone` is the paper's quantity."""
+
+    patch_embed: float
+    token_wise: float
+    attention: float
+    rel_pos: float
+    tracking: float
+    rollout: float
+    neck_head: float
+
+    @property
+    def backbone(self) -> float:
+        return self.patch_embed + self.token_wise + self.attention + self.rel_pos
+
+    @property
+    def method_overhead(self) -> float:
+        return self.tracking + self.rollout
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "patch_embed": self.patch_embed,
+            "token_wise": self.token_wise,
+            "attention": self.attention,
+            "rel_pos": self.rel_pos,
+            "backbone": self.backbone,
+            "tracking": self.tracking,
+            "rollout": self.rollout,
+            "method_overhead": self.method_overhead,
+            "neck_head": self.neck_head,
+        }
+
+    @staticmethod
+    def mix(frames: list[tuple[float, FrameMACs]]) -> FrameMACs:
+        """Weighted average of frames [(weight, macs)], weights summing to 1."""
+        fields = FrameMACs.__dataclass_fields__
+        return FrameMACs(**{f: sum(w * getattr(m, f) for w, m in frames) for f in fields})
+
+
+def neck_head_macs(cfg: DetectorConfig) -> float:
+    """MACs of the simple feature pyramid and the FCOS head over all levels."""
+    b, h = cfg.backbone, cfg.head
+    dim, grid, out = b.embed_dim, b.grid, h.neck_channels
+    total = 0.0
+    for s in h.scale_factors:
+        side = grid * int(s * 4) // 4
+        width = {4.0: dim // 4, 2.0: dim // 2}.get(s, dim)
+        if s == 4.0:  # two stride-2 deconvs: dim -> dim/2 at 2x, dim/2 -> dim/4 at 4x
+            total += (2 * grid) ** 2 * dim * (dim // 2) + side**2 * (dim // 2) * (dim // 4)
+        elif s == 2.0:
+            total += side**2 * dim * (dim // 2)
+        total += side**2 * (width * out + out * out * 9)
+        ch = h.head_channels
+        tower = out * ch * 9 + (h.head_convs - 1) * ch * ch * 9
+        total += side**2 * (2 * tower + ch * (h.num_classes + 4 + 1) * 9)
+    return float(total)
+
+
+def frame_macs(
+    cfg: BackboneConfig,
+    keep: int | None = None,
+    radius: int = 1,
+    head: DetectorConfig | None = None,
+) -> FrameMACs:
+    """MACs of one frame keeping `keep` tokens (None or N: a dense reset frame).
+
+    A dense frame runs no tracking; every frame runs rollout (it guides the next frame).
+    """
+    n, c, g = cfg.num_tokens, cfg.embed_dim, cfg.grid
+    k = n if keep is None else keep
+    if not 0 < k <= n:
+        raise ValueError(f"keep must be in 1..{n}, got {k}")
+    hidden = int(c * cfg.mlp_ratio)
+    per_token = 3 * c * c + c * c + 2 * c * hidden  # qkv, proj, mlp
+    token_wise = cfg.depth * k * per_token
+    n_global = len(cfg.global_blocks)
+    n_window = cfg.depth - n_global
+    ws = cfg.window_size
+    padded = (g + (-g) % ws) ** 2 if n_window else 0
+    attention = n_global * 2 * k * n * c + n_window * 2 * padded * ws * ws * c
+    rel_pos = 0.0
+    if cfg.use_rel_pos:
+        rel_pos = n_global * 2 * k * c * (2 * g - 1) + n_window * 2 * padded * c * (2 * ws - 1)
+    dense = k == n
+    return FrameMACs(
+        patch_embed=float(n * c * cfg.in_chans * cfg.patch_size**2),
+        token_wise=float(token_wise),
+        attention=float(attention),
+        rel_pos=float(rel_pos),
+        tracking=0.0 if dense else float(n * (2 * radius + 1) ** 2 * c),
+        rollout=float(n_global * n * n),
+        neck_head=neck_head_macs(head) if head is not None else 0.0,
+    )
+
+
+def schedule_macs(
+    cfg: BackboneConfig,
+    keep: int | None,
+    reset_every: int = 8,
+    radius: int = 1,
+    head: DetectorConfig | None = None,
+) -> FrameMACs:
+    """Average MACs per frame over a reset schedule: one dense frame every `reset_every`."""
+    dense = frame_macs(cfg, None, radius, head)
+    if keep is None or keep == cfg.num_tokens or reset_every == 1:
+        return dense
+    if reset_every < 1:
+        raise ValueError("reset_every must be >= 1 for an average over the schedule")
+    pruned = frame_macs(cfg, keep, radius, head)
+    w = 1.0 / reset_every
+    return FrameMACs.mix([(w, dense), (1.0 - w, pruned)])

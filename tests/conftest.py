@@ -1,0 +1,68 @@
+"""Shared fixtures: small models with every code path live, and moving test sequences."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+from skimage.transform import resize
+
+from rgtp.models import BackboneConfig, Detector, DetectorConfig, HeadConfig
+
+
+def tiny_config(img_size: int = 224, window: int = 6, **backbone: object) -> DetectorConfig:
+    """A fast detector whose windows need padding (grid 14 -> 18 with window 6)."""
+    bb = BackboneConfig(
+        img_size=img_size,
+        embed_dim=96,
+        depth=6,
+        num_heads=3,
+        window_size=window,
+        global_blocks=(2, 5),
+        pretrain_grid=img_size // 16,
+    )
+    return DetectorConfig(
+        name="tiny",
+        backbone=dataclasses.replace(bb, **backbone),
+        head=HeadConfig(num_classes=4, neck_channels=48, head_channels=48, group_norm_groups=8),
+    )
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter a random value, so zero-initialised parts (rel-pos tables,
+    biases) are exercised by the tests."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("norm1.weight", "norm2.weight")) or ".norm.weight" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_detector() -> Detector:
+    torch.manual_seed(0)
+    return randomize(Detector(tiny_config()))
+
+
+def moving_frames(num: int, size: int, seed: int = 0, speed: float = 5.0) -> Iterator[np.ndarray]:
+    """A camera panning over a real photograph with a bright square crossing it:
+    (size, size, 3) uint8 RGB frames."""
+    rng = np.random.default_rng(seed)
+    big = (resize(skdata.astronaut(), (3 * size, 3 * size), anti_aliasing=True) * 255).astype(
+        np.uint8
+    )
+    pos = rng.uniform(0, size, 2)
+    vel = rng.uniform(-1, 1, 2) * speed
+    for t in range(num):
+        y, x = (pos + t * vel).astype(int) % (2 * size)
+        frame = big[y : y + size, x : x + size].copy()
+        oy, ox = int(size * 0.3 + 3 * t) % (size - 40), int(size * 0.6 - 2 * t) % (size - 40)
+        frame[oy : oy + 40, ox : ox + 40] = (255, 200, 40)
+        yield frame
