@@ -74,7 +74,142 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_detector(args: argparse.Namespace):
+    """The named model at --size with --weights, the shipped weights, or --random-init."""
+    from rgtp.models import Detector, get_config
+    from rgtp.models.checkpoints import load_weights
+    from rgtp.models.registry import shipped_weights
+
+    detector = Detector(get_config(args.model, args.size))
+    path = args.weights or shipped_weights(args.model)
+    if path is None and not args.random_init:
+        raise ValueError(
+            f"no weights for {args.model}: pass --weights PATH, or --random-init for timing work"
+        )
+    if path is not None:
+        report = load_weights(detector, path, strict=False)
+        print(report.summary(), file=sys.stderr)
+    return detector.eval()
+
+
+@command
+def cmd_export(args: argparse.Namespace) -> int:
+    from rgtp.export.package import export_package
+    from rgtp.models.plan import StagePlan
+
+    detector = _load_detector(args)
+    plan = StagePlan.create(detector.cfg, args.buckets, args.stages, args.fusion)
+    manifest = export_package(
+        detector,
+        plan,
+        args.out,
+        opset=args.opset,
+        symbolic=not args.no_symbolic,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    size = sum(f["bytes"] for f in manifest.files.values())
+    print(
+        f"exported {len(manifest.graphs)} graphs ({len(plan.stages)} stages x "
+        f"{len(plan.buckets)} buckets {list(plan.buckets)}) to {args.out}: {size / 2**20:.1f} MiB"
+    )
+    return 0
+
+
+@command
+def cmd_check(args: argparse.Namespace) -> int:
+    from rgtp.export.check import check_package
+
+    report = check_package(args.package, atol=args.atol, rtol=args.rtol, progress=not args.quiet)
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    if report.graphs:
+        print(f"{'graph':<16}{'max abs err':>14}{'max rel err':>14}  result")
+        for g in report.graphs:
+            status = "ok" if g.passed else f"FAIL (atol {args.atol}, rtol {args.rtol})"
+            print(f"{g.name:<16}{g.max_abs:>14.3g}{g.max_rel:>14.3g}  {status}")
+    print("check passed" if report.passed else "check FAILED")
+    return 0 if report.passed else 1
+
+
+def _policy(args: argparse.Namespace):
+    from rgtp.core.selection import FixedKeep, MassKeep
+
+    if args.keep is not None:
+        return FixedKeep(args.keep)
+    if args.mass is not None:
+        return MassKeep(args.mass)
+    return None
+
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    from rgtp.runtime import Pipeline
+    from rgtp.runtime.run import run_stream, summarize, write_results
+
+    pipe = Pipeline.load(args.package, backend=args.backend, device=args.device)
+    stream = pipe.new_stream(
+        policy=_policy(args),
+        reset_every=args.reset_every,
+        radius=args.radius,
+        similarity=args.similarity,
+    )
+    if args.video:
+        from rgtp.runtime.video import read_frames
+
+        frames, total = read_frames(args.video, args.max_frames), args.max_frames
+    else:
+        from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
+
+        size = pipe.plan.config.backbone.img_size
+        seq = generate_sequence(
+            heldout_seeds(1)[0], SynthVIDConfig(size=size, num_frames=args.synthetic)
+        )
+        frames, total = iter(seq.frames), args.synthetic
+    results = run_stream(stream, frames, total, progress=not args.quiet)
+    paths = write_results(args.out, results, pipe.plan.config.head.class_names)
+    s = summarize(results)
+    ms = s["ms_per_frame"]
+    print(
+        f"{s['frames']} frames on {pipe.backend} ({pipe.device}): mean K {s['mean_k']:.0f} of "
+        f"{pipe.plan.num_tokens}, {ms['total']:.1f} ms/frame ({ms['outside_engine']:.1f} ms "
+        f"outside engine calls); wrote {', '.join(str(p) for p in paths.values())}"
+    )
+    return 0
+
+
+@command
+def cmd_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rgtp.engines.trt_build import BuildOptions, build_trt
+
+    if args.backend != "trt":
+        print("error: only --backend trt builds ahead of time (ort and torch need no build)")
+        return 2
+    options = BuildOptions(
+        fp16=args.fp16,
+        per_k_plans=args.per_k_plans,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+        workspace_mb=args.workspace,
+        compute_capabilities=tuple(args.compute_capability) if args.compute_capability else None,
+    )
+    info = build_trt(args.package, options, progress=not args.quiet)
+    print(
+        f"built {len(info['plans'])} plans with {info['flavor']} {info['version']} for "
+        f"{info['device']} (compute capability {info['compute_capability']}, "
+        f"{info['precision']}, {info['layout']}); trtexec commands in "
+        f"{Path(args.package) / info['trtexec']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from rgtp.core.rollout import FUSIONS
+    from rgtp.core.tracking import SIMILARITIES
+    from rgtp.engines import BACKENDS
+    from rgtp.export.onnx_graphs import DEFAULT_OPSET
+    from rgtp.models.plan import PARTITIONS
     from rgtp.models.registry import model_names
 
     parser = argparse.ArgumentParser(
@@ -90,6 +225,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset-every", type=int, default=8, help="R: a dense frame every R frames")
     p.add_argument("--radius", type=int, default=1, help="tracking window radius r")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("export", help="export embed, stage x K-bucket and head graphs to ONNX")
+    p.add_argument("--model", default="vitdet-small", choices=model_names())
+    p.add_argument("--weights", default=None, help="checkpoint (rgtp/timm/detectron2/SAM)")
+    p.add_argument("--random-init", action="store_true", help="no weights (for timing work)")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels")
+    p.add_argument("--buckets", type=_ints, default=[], help="K buckets, e.g. 64,128,256")
+    p.add_argument("--stages", default="per-global", choices=PARTITIONS)
+    p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("check", help="verify a package's files and compare ORT with PyTorch")
+    p.add_argument("package")
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("run", help="run a package over a video, writing detections and timings")
+    p.add_argument("package")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="a video file (anything FFmpeg reads)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N frames of a SynthVID video")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--backend", default="ort", choices=BACKENDS)
+    p.add_argument("--device", default="cpu")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--keep", type=int, help="tokens kept per pruned frame (K)")
+    keep.add_argument("--mass", type=float, help="keep the smallest bucket with this share")
+    p.add_argument("--reset-every", type=int, default=8)
+    p.add_argument("--radius", type=int, default=1)
+    p.add_argument("--similarity", default="dot", choices=SIMILARITIES)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("build", help="build TensorRT plans for an exported package")
+    p.add_argument("package")
+    p.add_argument("--backend", default="trt", choices=["trt"])
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--per-k-plans", action="store_true", help="one plan per (stage, K)")
+    p.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
+    p.add_argument("--workspace", type=int, default=None, help="workspace limit in MiB")
+    p.add_argument(
+        "--compute-capability",
+        action="append",
+        default=None,
+        help="TensorRT-RTX target, e.g. SM89 (repeatable); default: this GPU, else SM89",
+    )
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -97,6 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command.replace("-", "_")](args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

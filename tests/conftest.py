@@ -66,3 +66,59 @@ def moving_frames(num: int, size: int, seed: int = 0, speed: float = 5.0) -> Ite
         oy, ox = int(size * 0.3 + 3 * t) % (size - 40), int(size * 0.6 - 2 * t) % (size - 40)
         frame[oy : oy + 40, ox : ox + 40] = (255, 200, 40)
         yield frame
+
+
+def small_detector() -> Detector:
+    """vitdet-small with its shipped weights when present, else a fixed random init."""
+    from rgtp.models import get_config
+    from rgtp.models.checkpoints import load_weights
+    from rgtp.models.registry import shipped_weights
+
+    torch.manual_seed(0)
+    det = Detector(get_config("vitdet-small"))
+    path = shipped_weights("vitdet-small")
+    if path is not None:
+        load_weights(det, path)
+    else:
+        randomize(det)
+    return det.eval()
+
+
+@pytest.fixture(scope="session")
+def small_packages(tmp_path_factory) -> dict[str, tuple]:
+    """vitdet-small exported twice: two bucket sets, two stage partitions.
+    Returns {name: (package dir, detector, plan)}."""
+    from rgtp.export.package import export_package
+    from rgtp.models.plan import StagePlan
+
+    det = small_detector()
+    out = {}
+    for name, buckets, partition in [("a", [64, 128], "per-global"), ("b", [96], "whole")]:
+        plan = StagePlan.create(det.cfg, buckets, partition)
+        path = tmp_path_factory.mktemp(f"pkg_{name}")
+        export_package(det, plan, path, force=True, progress=False)
+        out[name] = (path, det, plan)
+    return out
+
+
+def synthvid_frames(num: int, size: int = 256) -> list[np.ndarray]:
+    from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
+
+    seq = generate_sequence(heldout_seeds(2)[1], SynthVIDConfig(size=size, num_frames=num))
+    return list(seq.frames)
+
+
+def assert_same_detections(a, b, score_tol: float = 1e-4, box_tol: float = 1e-3) -> None:
+    """Equal detection sets up to order: boxes of equal score may come out of NMS in either
+    order, so every detection of `a` must have its own counterpart in `b`."""
+    assert len(a) == len(b), (len(a), len(b))
+    free = torch.ones(len(b), dtype=torch.bool)
+    for box, score, label in zip(a.boxes, a.scores, a.labels, strict=True):
+        close = (
+            free
+            & (b.labels == label)
+            & ((b.scores - score).abs() <= score_tol)
+            & ((b.boxes - box).abs().amax(dim=1) <= box_tol)
+        )
+        assert close.any(), f"no counterpart for {box.tolist()} {score.item():.5f} {label.item()}"
+        free[torch.nonzero(close)[0, 0]] = False

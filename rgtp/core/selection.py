@@ -38,6 +38,10 @@ class KeepPolicy(Protocol):
         """The bucket K for a frame, given its tracked importance (N,) and sorted buckets."""
         ...
 
+    def check(self, buckets: Sequence[int]) -> None:
+        """Raise ValueError now if some frame could ask for a K no bucket serves."""
+        ...
+
 
 @dataclass(frozen=True)
 class FixedKeep:
@@ -50,6 +54,9 @@ class FixedKeep:
             if b >= self.k:
                 return b
         raise ValueError(f"no K bucket holds {self.k} tokens (largest: {buckets[-1]})")
+
+    def check(self, buckets: Sequence[int]) -> None:
+        self.choose(torch.empty(0), buckets)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class MassKeep:
             if cumulative[b - 1] >= self.p - 1e-6:
                 return b
         return buckets[-1]
+
+    def check(self, buckets: Sequence[int]) -> None:
+        pass  # the largest bucket (N) always serves
 
 
 def is_reset_frame(frame_index: int, reset_every: int) -> bool:

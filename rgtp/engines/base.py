@@ -40,6 +40,8 @@ class EngineSet:
     head: Engine
     stages: list[dict[int, Engine]]
     info: dict[str, str] = field(default_factory=dict)
+    # objects the engines rely on but do not own (e.g. deserialized TensorRT engines)
+    resources: list[object] = field(default_factory=list)
 
     def stage(self, index: int, k: int) -> Engine:
         try:

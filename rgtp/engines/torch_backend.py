@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,3 +51,14 @@ def torch_engines(
         stages=stages,
         info={"torch": torch.__version__, "device": str(device)},
     )
+
+
+def load_torch_engines(package: Path, device: torch.device | str = "cpu") -> EngineSet:
+    """The reference engines of an exported package, rebuilt from its saved weights."""
+    from rgtp.export.manifest import Manifest
+    from rgtp.models.checkpoints import load_weights
+
+    manifest = Manifest.load(package)
+    detector = Detector(manifest.plan.config)
+    load_weights(detector, Path(package) / manifest.model_weights, fmt="rgtp")
+    return torch_engines(detector, manifest.plan, device)

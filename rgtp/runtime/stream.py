@@ -83,6 +83,7 @@ class Stream:
         self.options = options
         plan = pipeline.plan
         self.policy = options.policy or FixedKeep(plan.num_tokens)
+        self.policy.check(plan.buckets)  # fail at creation, not on the first pruned frame
         self.state = StreamState(plan, pipeline.device)
 
     @property

@@ -1,0 +1,208 @@
+"""The ONNX Runtime backend.
+
+Inputs and outputs are torch tensors bound through `IOBinding` by pointer (CPU or CUDA), so
+no stage result is copied on its way to the next stage. Weights live once per stage: the
+stage's external-data file is read once and its tensors are handed to every K variant's
+session with `SessionOptions.add_initializer`, which uses caller-owned memory as is; all
+sessions draw intermediate buffers from one shared arena (`session.use_env_allocators`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from rgtp.engines.base import EngineError, EngineSet, check_feeds
+from rgtp.export.manifest import GraphRecord, Manifest, verify_files
+from rgtp.models.plan import GraphSpec
+
+VARIANTS = ("fixed", "symbolic")
+_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+_NP_DTYPES = {"float32": np.float32, "int64": np.int64}
+_ENV_ALLOCATOR_READY = False
+
+
+def _ensure_env_allocator() -> None:
+    """Register one process-wide CPU arena that every session shares."""
+    global _ENV_ALLOCATOR_READY
+    if not _ENV_ALLOCATOR_READY:
+        mem = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, -1, -1, -1))
+        _ENV_ALLOCATOR_READY = True
+
+
+class SharedInitializers:
+    """The tensors of one external-data file, loaded once and shared by many sessions.
+
+    Tensors are keyed by (offset, length, dtype, shape), so identical parameters that
+    several graphs name differently still map to one buffer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.blob = np.fromfile(path, dtype=np.uint8)
+        self._values: dict[tuple, ort.OrtValue] = {}
+        self._arrays: list[np.ndarray] = []  # keeps buffers alive as long as the sessions
+
+    def attach(self, model: onnx.ModelProto, options: ort.SessionOptions) -> None:
+        names, values = [], []
+        for init in model.graph.initializer:
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            ext = {e.key: e.value for e in init.external_data}
+            offset, length = int(ext.get("offset", 0)), int(ext["length"])
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+            key = (offset, length, np.dtype(dtype).str, tuple(init.dims))
+            if key not in self._values:
+                arr = self.blob[offset : offset + length].view(dtype).reshape(tuple(init.dims))
+                self._arrays.append(arr)
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(arr)
+            names.append(init.name)
+            values.append(self._values[key])
+        options.add_external_initializers(names, values)
+
+    def nbytes(self) -> int:
+        return int(self.blob.nbytes)
+
+
+class OrtEngine:
+    """One ONNX Runtime session behind the engine protocol."""
+
+    def __init__(
+        self, spec: GraphSpec, session: ort.InferenceSession, device: torch.device
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.device = device
+        self._ort_device = "cuda" if device.type == "cuda" else "cpu"
+        self._device_id = device.index or 0
+
+    def _bind(self, binding: ort.IOBinding, name: str, t: torch.Tensor, output: bool) -> None:
+        args = (
+            name,
+            self._ort_device,
+            self._device_id,
+            _NP_DTYPES[str(t.dtype).removeprefix("torch.")],
+            list(t.shape),
+            t.data_ptr(),
+        )
+        (binding.bind_output if output else binding.bind_input)(*args)
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        check_feeds(self.spec, feeds)
+        k = feeds[self.spec.inputs[0].name].shape[0]
+        binding = self.session.io_binding()
+        keep_alive = []
+        for t in self.spec.inputs:
+            x = feeds[t.name].to(device=self.device, dtype=_TORCH_DTYPES[t.dtype]).contiguous()
+            keep_alive.append(x)
+            self._bind(binding, t.name, x, output=False)
+        outputs = {}
+        for t in self.spec.outputs:
+            shape = tuple(k if isinstance(d, str) else d for d in t.shape)
+            y = torch.empty(shape, dtype=_TORCH_DTYPES[t.dtype], device=self.device)
+            self._bind(binding, t.name, y, output=True)
+            outputs[t.name] = y
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return outputs
+
+
+def _providers(device: torch.device) -> list[str]:
+    available = ort.get_available_providers()
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise EngineError(
+                "device cuda needs onnxruntime-gpu (CUDAExecutionProvider); installed providers: "
+                f"{available}"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+    # Pre-packed weight copies would be per session, i.e. per K bucket: keep one copy.
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    return opts
+
+
+def load_ort_engines(
+    package: Path,
+    device: str | torch.device = "cpu",
+    variant: str = "fixed",
+    threads: int | None = None,
+) -> EngineSet:
+    """Sessions for an exported package. `variant` "fixed": one session per (stage, K)
+    from the static graphs; "symbolic": one session per stage from the symbolic-K graph."""
+    if variant not in VARIANTS:
+        raise EngineError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    device = torch.device(device)
+    manifest = Manifest.load(package)
+    missing = [p for p in verify_files(package, manifest) if "missing" in p or "bytes" in p]
+    if missing:
+        raise EngineError(f"{package}: package is incomplete: " + "; ".join(missing))
+    providers = _providers(device)
+    _ensure_env_allocator()
+    shared: dict[str, SharedInitializers] = {}
+
+    def session(rec: GraphRecord) -> OrtEngine:
+        model = onnx.load(str(package / rec.file), load_external_data=False)
+        opts = _session_options(threads)
+        if rec.weights:
+            if rec.weights not in shared:
+                shared[rec.weights] = SharedInitializers(package / rec.weights)
+            shared[rec.weights].attach(model, opts)
+        # Every external tensor is supplied by add_initializer, so ORT never opens the
+        # weights file again; the graph itself is passed as (small) bytes.
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        return OrtEngine(rec.spec, sess, device)
+
+    plan = manifest.plan
+    stages = []
+    for i in range(len(plan.stages)):
+        if variant == "fixed":
+            stages.append({g.k: session(g) for g in manifest.stage_graphs(i)})
+        else:
+            (rec,) = manifest.stage_graphs(i, symbolic=True) or [None]
+            if rec is None:
+                raise EngineError(f"{package}: no symbolic-K graph for stage {i}; re-export")
+            engine = session(rec)
+            stages.append({k: _SpecAt(engine, plan.stage_spec(i, k)) for k in plan.buckets})
+    return EngineSet(
+        plan=plan,
+        backend="ort",
+        device=device,
+        embed=session(manifest.graph("embed")),
+        head=session(manifest.graph("head")),
+        stages=stages,
+        info={
+            "onnxruntime": ort.__version__,
+            "providers": ",".join(providers),
+            "variant": variant,
+            "weights_bytes": str(sum(s.nbytes() for s in shared.values())),
+        },
+    )
+
+
+class _SpecAt:
+    """A symbolic-K engine seen at one K: same session, static spec for input checks."""
+
+    def __init__(self, engine: OrtEngine, spec: GraphSpec) -> None:
+        self.engine, self.spec = engine, spec
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        check_feeds(self.spec, feeds)
+        return self.engine.run(feeds)

@@ -1,0 +1,169 @@
+"""The TensorRT backend: plans from `rgtp build --backend trt`, run on one CUDA stream.
+
+Inputs and outputs are torch CUDA tensors bound by address (`set_tensor_address`), so
+tokens, caches and attention rows never leave the GPU; gather, scatter, tracking and
+rollout run on the same torch stream between engine calls. A multi-profile plan gets one
+execution context per profile (one per K bucket), each created once at load.
+
+Everything that could make a plan unusable is checked at load, before any frame runs:
+missing plans, another TensorRT version, another GPU architecture, plans built from other
+graphs than the package's, and K buckets without a profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rgtp.engines.base import EngineError, EngineSet, check_feeds
+from rgtp.engines.trt_build import import_tensorrt
+from rgtp.export.manifest import Manifest, verify_files
+from rgtp.models.plan import GraphSpec
+
+_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
+class TrtEngine:
+    """One execution context (one optimization profile) of a deserialized plan."""
+
+    def __init__(self, spec: GraphSpec, context: Any, device: torch.device, cuda_graph: bool):
+        self.spec = spec
+        self.context = context
+        self.device = device
+        self.cuda_graph = cuda_graph
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_in: dict[str, torch.Tensor] = {}
+        self._static_out: dict[str, torch.Tensor] = {}
+
+    def _bind(self, feeds: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list]:
+        alive = []
+        for t in self.spec.inputs:
+            x = feeds[t.name].to(device=self.device, dtype=_DTYPES[t.dtype]).contiguous()
+            alive.append(x)
+            self.context.set_input_shape(t.name, tuple(x.shape))
+            self.context.set_tensor_address(t.name, x.data_ptr())
+        k = feeds[self.spec.inputs[0].name].shape[0]
+        outputs = {}
+        for t in self.spec.outputs:
+            shape = tuple(k if isinstance(d, str) else d for d in t.shape)
+            y = torch.empty(shape, dtype=_DTYPES[t.dtype], device=self.device)
+            self.context.set_tensor_address(t.name, y.data_ptr())
+            outputs[t.name] = y
+        return outputs, alive
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise EngineError(f"{self.spec.name}: TensorRT execution failed")
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        check_feeds(self.spec, feeds)
+        if not self.cuda_graph:
+            outputs, _alive = self._bind(feeds)
+            self._execute()  # enqueued on torch's current stream: later torch ops wait for it
+            return outputs
+        if self._graph is None:
+            self._static_in = {n: feeds[n].to(self.device).clone() for n in self.spec.input_names}
+            self._static_out, _ = self._bind(self._static_in)
+            self._execute()  # TensorRT allocates its resources outside capture
+            torch.cuda.current_stream(self.device).synchronize()
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._execute()
+        for n, x in self._static_in.items():
+            x.copy_(feeds[n], non_blocking=True)
+        self._graph.replay()
+        # the graph's buffers are reused by the next replay: hand out copies
+        return {n: y.clone() for n, y in self._static_out.items()}
+
+
+def _check_target(info: dict[str, Any], trt: Any, flavor: str) -> None:
+    if info["flavor"] != flavor or info["version"] != trt.__version__:
+        raise EngineError(
+            f"plans were built by {info['flavor']} {info['version']}, installed is {flavor} "
+            f"{trt.__version__}: rebuild them with `rgtp build --backend trt`"
+        )
+    major, minor = torch.cuda.get_device_capability()
+    current = f"{major}.{minor}"
+    built = info["compute_capability"]
+    targets = {c.removeprefix("SM") for c in built.split(",")}
+    if current not in targets and f"{major}{minor}" not in targets:
+        raise EngineError(
+            f"plans were built for compute capability {built} ({info['device']}); this GPU "
+            f"({torch.cuda.get_device_name()}) is {current}: rebuild them on this machine"
+        )
+
+
+def load_trt_engines(
+    package: Path, device: str | torch.device = "cuda", cuda_graphs: bool = False
+) -> EngineSet:
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise EngineError("the trt backend needs a CUDA GPU (device cuda)")
+    manifest = Manifest.load(package)
+    info = manifest.extra.get("trt")
+    if not info:
+        raise EngineError(f"{package}: no TensorRT plans; run `rgtp build {package} --backend trt`")
+    problems = verify_files(package, manifest)
+    if problems:
+        raise EngineError(f"{package}: files differ from the manifest: " + "; ".join(problems))
+    for p in info["plans"]:
+        if manifest.files[p["onnx"]]["sha256"] != p["onnx_sha256"]:
+            raise EngineError(f"{p['file']} was built from another {p['onnx']}: rebuild the plans")
+    trt, flavor = import_tensorrt()
+    _check_target(info, trt, flavor)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    plan = manifest.plan
+    by_name = {p["name"]: p for p in info["plans"]}
+    engines: list[Any] = []  # deserialized engines must outlive their contexts
+
+    def contexts(rec: dict[str, Any]) -> list[Any]:
+        engine = runtime.deserialize_cuda_engine((package / rec["file"]).read_bytes())
+        if engine is None:
+            raise EngineError(f"{rec['file']}: TensorRT cannot deserialize this plan")
+        engines.append(engine)
+        out = []
+        stream = torch.cuda.current_stream(device).cuda_stream
+        for index in range(max(1, engine.num_optimization_profiles)):
+            ctx = engine.create_execution_context()
+            if engine.num_optimization_profiles > 1:
+                ctx.set_optimization_profile_async(index, stream)
+            out.append(ctx)
+        return out
+
+    def single(name: str, spec: GraphSpec) -> TrtEngine:
+        if name not in by_name:
+            raise EngineError(f"no TensorRT plan for {name}")
+        return TrtEngine(spec, contexts(by_name[name])[0], device, cuda_graphs)
+
+    stages: list[dict[int, Any]] = []
+    for i in range(len(plan.stages)):
+        engines_k: dict[int, Any] = {}
+        if f"stage{i}" in by_name:  # one plan, one profile per K
+            rec = by_name[f"stage{i}"]
+            ctxs = contexts(rec)
+            for k in plan.buckets:
+                if str(k) not in rec["profiles"]:
+                    raise EngineError(f"stage {i}: no optimization profile for K={k}")
+                ctx = ctxs[rec["profiles"][str(k)]]
+                engines_k[k] = TrtEngine(plan.stage_spec(i, k), ctx, device, cuda_graphs)
+        else:
+            for k in plan.buckets:
+                engines_k[k] = single(f"stage{i}_k{k}", plan.stage_spec(i, k))
+        stages.append(engines_k)
+    return EngineSet(
+        plan=plan,
+        backend="trt",
+        device=device,
+        embed=single("embed", plan.embed_spec()),
+        head=single("head", plan.head_spec()),
+        stages=stages,
+        info={
+            "tensorrt": f"{flavor} {trt.__version__}",
+            "precision": info["precision"],
+            "layout": info["layout"],
+        },
+        resources=[runtime, *engines],
+    )

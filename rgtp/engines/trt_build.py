@@ -1,0 +1,288 @@
+"""`rgtp build --backend trt`: TensorRT plans for an exported package.
+
+One builder for TensorRT 10/11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx_bindings`, which
+builds ahead of time on a machine without a GPU). By default every stage becomes one plan
+from its symbolic-K graph, holding one optimization profile per K bucket with
+min = opt = max = K, so its weights exist once; `per_k_plans` builds one plan per
+(stage, K) from the static graphs instead. The manifest records every plan, the profile
+index of every K, the TensorRT version, device and precision, and `trtexec.sh` holds the
+equivalent trtexec command for every plan and profile.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import onnx
+from tqdm import tqdm
+
+from rgtp.engines.base import EngineError
+from rgtp.export.manifest import GraphRecord, Manifest, record_files
+
+PLAN_DIR = "trt"
+TRTEXEC_SCRIPT = "trtexec.sh"
+
+
+def import_tensorrt() -> tuple[ModuleType, str]:
+    """The TensorRT Python module and its flavour: "tensorrt" or "tensorrt_rtx".
+
+    PyPI's `tensorrt` meta-package installs stubs where the real libraries are missing;
+    those lack `Builder`, and we fall through to TensorRT-RTX.
+    """
+    try:
+        import tensorrt as trt
+
+        if hasattr(trt, "Builder"):
+            return trt, "tensorrt"
+    except Exception:  # a stub package raises at import on machines without TensorRT
+        pass
+    try:
+        import tensorrt_rtx_bindings as trt_rtx
+
+        return trt_rtx, "tensorrt_rtx"
+    except ImportError:
+        raise EngineError(
+            "no TensorRT: install TensorRT 10/11 (`tensorrt`) or TensorRT-RTX "
+            "(`pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings`)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    fp16: bool = False
+    per_k_plans: bool = False
+    timing_cache: Path | None = None
+    workspace_mb: int | None = None
+    # TensorRT-RTX only: target GPU architectures, e.g. ("SM89",); None = the current GPU,
+    # or SM89 when there is none (ahead-of-time build).
+    compute_capabilities: tuple[str, ...] | None = None
+
+
+@dataclass
+class PlanJob:
+    """One plan to build: its source graph and, per profile, {input: shape}."""
+
+    name: str
+    onnx_file: str
+    profiles: list[dict[str, tuple[int, ...]]]
+    ks: list[int] | None  # the K of each profile (stages), None for embed/head
+    symbolic: bool = False  # built from a symbolic-K graph: one profile per K
+
+
+def plan_jobs(manifest: Manifest, per_k_plans: bool) -> list[PlanJob]:
+    jobs = []
+    for rec in manifest.graphs:
+        if rec.kind in ("embed", "head"):
+            jobs.append(PlanJob(rec.name, rec.file, [static_shapes(rec)], None))
+    for i in range(len(manifest.plan.stages)):
+        fixed = sorted(manifest.stage_graphs(i), key=lambda g: g.k)
+        if per_k_plans:
+            jobs += [PlanJob(g.name, g.file, [static_shapes(g)], [g.k]) for g in fixed]
+            continue
+        symbolic = manifest.stage_graphs(i, symbolic=True)
+        if not symbolic:
+            raise EngineError(f"stage {i} has no symbolic-K graph; re-export, or use per_k_plans")
+        ks = [g.k for g in fixed]
+        profiles = [profile_shapes(symbolic[0], k) for k in ks]
+        jobs.append(PlanJob(f"stage{i}", symbolic[0].file, profiles, ks, symbolic=True))
+    return jobs
+
+
+def static_shapes(rec: GraphRecord) -> dict[str, tuple[int, ...]]:
+    return {t.name: tuple(int(d) for d in t.shape) for t in rec.inputs}
+
+
+def profile_shapes(rec: GraphRecord, k: int) -> dict[str, tuple[int, ...]]:
+    return {t.name: tuple(k if isinstance(d, str) else d for d in t.shape) for t in rec.inputs}
+
+
+def _fp16_copy(src: Path, workdir: Path) -> Path:
+    """The graph with float16 weights and arithmetic (fp32 inputs/outputs), for builders
+    with no FP16 flag (TensorRT-RTX is strongly typed)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))  # with its external weights
+    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    out = workdir / f"{src.stem}.fp16.onnx"
+    onnx.save(half, str(out), save_as_external_data=True, location=f"{src.stem}.fp16.weights")
+    return out
+
+
+class PlanBuilder:
+    def __init__(self, options: BuildOptions) -> None:
+        self.trt, self.flavor = import_tensorrt()
+        self.options = options
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.builder = self.trt.Builder(self.logger)
+        self.cache_blob = b""
+        if options.timing_cache and options.timing_cache.is_file():
+            self.cache_blob = options.timing_cache.read_bytes()
+        self._cache = None
+
+    @property
+    def strongly_typed(self) -> bool:
+        return not hasattr(self.trt.BuilderFlag, "FP16")
+
+    def target(self) -> dict[str, str]:
+        """What the plans are built for: device name and compute capability."""
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                major, minor = torch.cuda.get_device_capability()
+                return {
+                    "device": torch.cuda.get_device_name(),
+                    "compute_capability": f"{major}.{minor}",
+                }
+        except ImportError:
+            pass
+        caps = self.options.compute_capabilities or ("SM89",)
+        return {"device": "none (ahead-of-time build)", "compute_capability": ",".join(caps)}
+
+    def build(self, onnx_path: Path, profiles: list[dict[str, tuple[int, ...]]]) -> bytes:
+        trt = self.trt
+        flags = 0
+        if self.options.fp16 and self.strongly_typed:
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = self.builder.create_network(flags)
+        parser = trt.OnnxParser(network, self.logger)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = onnx_path
+            if self.options.fp16 and self.strongly_typed:
+                path = _fp16_copy(onnx_path, Path(tmp))
+            if not parser.parse_from_file(str(path)):
+                errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
+                raise EngineError(f"{onnx_path.name}: TensorRT cannot parse it: {errors}")
+            config = self._config(network, profiles)
+            plan = self.builder.build_serialized_network(network, config)
+        if plan is None:
+            raise EngineError(f"{onnx_path.name}: TensorRT failed to build a plan")
+        self._cache = config.get_timing_cache() if hasattr(config, "get_timing_cache") else None
+        return bytes(plan)
+
+    def _config(self, network: Any, profiles: list[dict[str, tuple[int, ...]]]) -> Any:
+        trt, opts = self.trt, self.options
+        config = self.builder.create_builder_config()
+        if opts.workspace_mb:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+        if opts.fp16 and not self.strongly_typed:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if self.flavor == "tensorrt_rtx":
+            caps = opts.compute_capabilities
+            if caps is None and self.target()["device"].startswith("none"):
+                caps = ("SM89",)
+            if caps:
+                config.num_compute_capabilities = len(caps)
+                for i, cap in enumerate(caps):
+                    config.set_compute_capability(getattr(trt.ComputeCapability, cap), i)
+        cache = config.create_timing_cache(self.cache_blob)
+        config.set_timing_cache(cache, False)
+        dynamic = any(-1 in tuple(network.get_input(i).shape) for i in range(network.num_inputs))
+        if dynamic:
+            for shapes in profiles:
+                profile = self.builder.create_optimization_profile()
+                for name, shape in shapes.items():
+                    profile.set_shape(name, shape, shape, shape)
+                config.add_optimization_profile(profile)
+        return config
+
+    def save_timing_cache(self) -> None:
+        if self.options.timing_cache and self._cache is not None:
+            self.options.timing_cache.write_bytes(bytes(self._cache.serialize()))
+
+
+def trtexec_lines(job: PlanJob, plan_file: str, options: BuildOptions) -> list[str]:
+    """trtexec commands that rebuild this plan and time each of its profiles."""
+
+    def shapes(s: dict[str, tuple[int, ...]]) -> str:
+        return ",".join(f"{n}:{'x'.join(str(d) for d in shape)}" for n, shape in s.items())
+
+    common = []
+    if options.fp16:
+        common.append("--fp16")
+    if options.timing_cache:
+        common.append(f"--timingCacheFile={options.timing_cache}")
+    build = ["trtexec", f"--onnx={job.onnx_file}", f"--saveEngine={plan_file}", *common]
+    if job.symbolic:
+        for p in job.profiles:  # one --minShapes/--optShapes/--maxShapes triple per profile
+            build += [
+                f"--minShapes={shapes(p)}",
+                f"--optShapes={shapes(p)}",
+                f"--maxShapes={shapes(p)}",
+            ]
+    lines = [f"# {job.name}: build", " ".join(shlex.quote(a) for a in build)]
+    for index, p in enumerate(job.profiles):
+        label = f"K={job.ks[index]}" if job.ks else "static"
+        run = [
+            "trtexec",
+            f"--loadEngine={plan_file}",
+            f"--shapes={shapes(p)}",
+            f"--profile={index}",
+        ]
+        lines += [
+            f"# {job.name}: time profile {index} ({label})",
+            " ".join(shlex.quote(a) for a in run),
+        ]
+    return lines
+
+
+def _forget_old_plans(package: Path, manifest: Manifest) -> None:
+    """A rebuild replaces the previous plans: remove their files and manifest records."""
+    old = manifest.extra.pop("trt", None)
+    for p in old["plans"] if old else []:
+        manifest.files.pop(p["file"], None)
+        (package / p["file"]).unlink(missing_ok=True)
+
+
+def build_trt(package: str | Path, options: BuildOptions, progress: bool = True) -> dict[str, Any]:
+    """Build every plan of a package; records them under the manifest's "trt" entry."""
+    package = Path(package)
+    manifest = Manifest.load(package)
+    builder = PlanBuilder(options)
+    jobs = plan_jobs(manifest, options.per_k_plans)
+    _forget_old_plans(package, manifest)
+    (package / PLAN_DIR).mkdir(exist_ok=True)
+    plans, script = (
+        [],
+        [
+            "#!/usr/bin/env bash",
+            "# trtexec equivalents of `rgtp build`; run from the package directory.",
+            "set -euo pipefail",
+        ],
+    )
+    for job in tqdm(jobs, desc="trt build", unit="plan", disable=not progress):
+        plan_file = f"{PLAN_DIR}/{job.name}.plan"
+        blob = builder.build(package / job.onnx_file, job.profiles)
+        (package / plan_file).write_bytes(blob)
+        plans.append(
+            {
+                "name": job.name,
+                "file": plan_file,
+                "onnx": job.onnx_file,
+                "onnx_sha256": manifest.files[job.onnx_file]["sha256"],
+                "profiles": {str(k): i for i, k in enumerate(job.ks)} if job.ks else None,
+                "shapes": [{n: list(s) for n, s in p.items()} for p in job.profiles],
+            }
+        )
+        script += trtexec_lines(job, plan_file, options)
+    builder.save_timing_cache()
+    (package / TRTEXEC_SCRIPT).write_text("\n".join(script) + "\n")
+    (package / TRTEXEC_SCRIPT).chmod(0o755)
+    info = {
+        "flavor": builder.flavor,
+        "version": builder.trt.__version__,
+        **builder.target(),
+        "precision": "fp16" if options.fp16 else "fp32",
+        "layout": "per-k" if options.per_k_plans else "per-stage",
+        "plans": plans,
+        "trtexec": TRTEXEC_SCRIPT,
+    }
+    manifest.extra["trt"] = info
+    manifest.files.update(record_files(package, [p["file"] for p in plans]))
+    manifest.save(package)
+    return info

@@ -1,0 +1,88 @@
+"""Tracing the stage modules into ONNX graphs with fixed or symbolic K."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from rgtp.models.plan import GraphSpec
+
+DEFAULT_OPSET = 18
+SYMBOLIC_K = "K"
+
+
+def example_inputs(spec: GraphSpec, k: int, num_tokens: int) -> tuple[torch.Tensor, ...]:
+    """Valid example inputs for tracing: random floats, `keep` as sorted distinct indices."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for t in spec.inputs:
+        shape = tuple(k if isinstance(d, str) else d for d in t.shape)
+        if t.name == "keep":
+            out.append(torch.randperm(num_tokens, generator=g)[:k].sort().values)
+        else:
+            out.append(torch.randn(shape, generator=g))
+    return tuple(out)
+
+
+def _quietly():
+    """The exporter narrates every step and warns about torchvision ops we never use."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    return stack
+
+
+def export_graph(
+    module: nn.Module,
+    spec: GraphSpec,
+    args: tuple[torch.Tensor, ...],
+    symbolic_k: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Trace `module(*args)` to an ONNX model whose inputs/outputs carry `spec`'s names.
+
+    With `symbolic_k`, the first axis of `tokens` and `keep` (and of every output that
+    follows them) is the symbolic dimension "K"; otherwise every shape is static.
+    """
+    module = module.eval()
+    dynamic = None
+    if symbolic_k:
+        k_dim = torch.export.Dim(SYMBOLIC_K, min=1, max=args[2].shape[0])
+        dynamic = ({0: k_dim}, {0: k_dim}, tuple(None for _ in args[2:]))
+    with _quietly(), torch.no_grad():
+        program = torch.export.export(module, args, dynamic_shapes=dynamic)
+        onnx_program = torch.onnx.export(
+            program,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    model = onnx_program.model_proto
+    if symbolic_k:
+        _rename_symbolic_dims(model, SYMBOLIC_K)
+    model.doc_string = f"rgtp graph {spec.name}"
+    return model
+
+
+def _rename_symbolic_dims(model: onnx.ModelProto, name: str) -> None:
+    """The exporter names the symbolic axis like "s18" (and derived axes "3*s18"); call it
+    `name` everywhere it appears."""
+    first = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if not first.HasField("dim_param"):
+        return
+    pattern = re.compile(rf"\b{re.escape(first.dim_param)}\b")
+    for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param"):
+                d.dim_param = pattern.sub(name, d.dim_param)

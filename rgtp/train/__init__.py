@@ -1,0 +1,1 @@
+"""Training the FCOS detector on generated video frames (SynthVID)."""
