@@ -204,6 +204,95 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace, buckets: list[int]):
+    """A pipeline of the detector on --backend: torch in memory, else an exported package
+    (--package if it exists, else exported there or into a temporary directory)."""
+    import tempfile
+    from pathlib import Path
+
+    from rgtp.export.package import export_package
+    from rgtp.models.plan import StagePlan
+    from rgtp.runtime import Pipeline
+
+    detector = _load_detector(args)
+    if args.backend == "torch":
+        return Pipeline.from_detector(detector, buckets)
+    package = Path(args.package) if args.package else Path(tempfile.mkdtemp(prefix="rgtp-eval-"))
+    if not (package / "manifest.json").is_file():
+        plan = StagePlan.create(detector.cfg, buckets)
+        export_package(detector, plan, package, symbolic=False, force=True, progress=True)
+    pipe = Pipeline.load(package, backend=args.backend, device=args.device)
+    missing = sorted(set(buckets) - set(pipe.plan.buckets))
+    if missing:
+        raise ValueError(f"{package} has no K buckets {missing}; export them or drop --package")
+    return pipe
+
+
+@command
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rgtp.eval.evaluate import EvalSetting, evaluate, radius_table, results_table
+
+    keeps = args.keep or []
+    if args.ablate_r:
+        if not keeps:
+            raise ValueError("--ablate-r needs one --keep value to ablate at")
+        settings = [
+            EvalSetting(keeps[0], r, s, args.reset_every)
+            for s in args.sampling
+            for r in args.ablate_r
+        ]
+    else:
+        settings = [EvalSetting(None, args.radius, args.sampling[0], args.reset_every)]
+        settings += [EvalSetting(k, args.radius, args.sampling[0], args.reset_every) for k in keeps]
+    pipe = _pipeline(args, keeps)
+    records = evaluate(pipe, settings, args.sequences, args.frames, progress=not args.quiet)
+    title = f"{args.model} SynthVID {pipe.plan.config.backbone.img_size}"
+    table = radius_table(records) if args.ablate_r else results_table(records, title)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=1))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(f"# {title}\n\n{table}\n")
+    return 0
+
+
+@command
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rgtp.demo import run_demo
+
+    run_demo(args.out, args.keep_fraction, args.sequences, args.frames, progress=not args.quiet)
+    return 0
+
+
+@command
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rgtp.train.trainer import TrainConfig, train
+
+    tc = TrainConfig(
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        bf16=not args.fp32,
+        workers=args.workers,
+    )
+    summary = train(tc, Path(args.out), progress=not args.quiet)
+    last = summary["log"][-1]
+    print(
+        f"trained {tc.steps} steps in {summary['minutes']:.1f} min; final losses "
+        + ", ".join(f"{k} {last[k]:.3f}" for k in ("cls", "box", "ctr"))
+        + f"; wrote {args.out}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rgtp.core.rollout import FUSIONS
     from rgtp.core.tracking import SIMILARITIES
@@ -211,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
     from rgtp.models.plan import PARTITIONS
     from rgtp.models.registry import model_names
+    from rgtp.train.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="rgtp",
@@ -261,6 +351,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=int, default=1)
     p.add_argument("--similarity", default="dot", choices=SIMILARITIES)
     p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("eval", help="mAP50, GFLOPs and ms/frame on SynthVID's held-out split")
+    p.add_argument("--model", default="vitdet-small", choices=model_names())
+    p.add_argument("--weights", default=None)
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--backend", default="ort", choices=BACKENDS)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--package", default=None, help="reuse (or export into) this package dir")
+    p.add_argument("--keep", type=_ints, default=None, help="K values, e.g. 32,64,77")
+    p.add_argument("--radius", type=int, default=1)
+    p.add_argument("--reset-every", type=int, default=8)
+    p.add_argument("--sampling", type=_ints, default=[1], help="frame sampling, e.g. 1,4")
+    p.add_argument("--ablate-r", type=_ints, default=None, help="tracking radii, e.g. 0,1,2,3")
+    p.add_argument("--sequences", type=int, default=30)
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("demo", help="end-to-end demo on the shipped model and the CPU")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--keep-fraction", type=float, default=0.3)
+    p.add_argument("--sequences", type=int, default=8)
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train", help="train a detector on SynthVID (seeded, reproducible)")
+    p.add_argument("--model", default="vitdet-small", choices=model_names())
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-generation processes")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--out", default="rgtp/weights/vitdet-small.safetensors")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("build", help="build TensorRT plans for an exported package")

@@ -8,7 +8,8 @@ converts data between stages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,3 +67,13 @@ def check_feeds(spec: GraphSpec, feeds: Mapping[str, torch.Tensor]) -> None:
             isinstance(w, int) and w != s for w, s in zip(want, shape, strict=True)
         ):
             raise EngineError(f"{spec.name}: input {t.name!r} has shape {shape}, expected {want}")
+
+
+def restrict_buckets(plan: StagePlan, buckets: Sequence[int] | None) -> StagePlan:
+    """The plan with only `buckets` (plus N); every requested bucket must exist."""
+    if buckets is None:
+        return plan
+    missing = sorted(set(buckets) - set(plan.buckets))
+    if missing:
+        raise EngineError(f"package has no K buckets {missing}; it has {list(plan.buckets)}")
+    return dataclasses.replace(plan, buckets=tuple(buckets))

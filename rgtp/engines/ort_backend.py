@@ -9,7 +9,7 @@ sessions draw intermediate buffers from one shared arena (`session.use_env_alloc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from rgtp.engines.base import EngineError, EngineSet, check_feeds
+from rgtp.engines.base import EngineError, EngineSet, check_feeds, restrict_buckets
 from rgtp.export.manifest import GraphRecord, Manifest, verify_files
 from rgtp.models.plan import GraphSpec
 
@@ -144,9 +144,11 @@ def load_ort_engines(
     device: str | torch.device = "cpu",
     variant: str = "fixed",
     threads: int | None = None,
+    buckets: Sequence[int] | None = None,
 ) -> EngineSet:
     """Sessions for an exported package. `variant` "fixed": one session per (stage, K)
-    from the static graphs; "symbolic": one session per stage from the symbolic-K graph."""
+    from the static graphs; "symbolic": one session per stage from the symbolic-K graph.
+    `buckets` loads only those K buckets (N, for reset frames, always)."""
     if variant not in VARIANTS:
         raise EngineError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     device = torch.device(device)
@@ -170,11 +172,13 @@ def load_ort_engines(
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
         return OrtEngine(rec.spec, sess, device)
 
-    plan = manifest.plan
+    plan = restrict_buckets(manifest.plan, buckets)
     stages = []
     for i in range(len(plan.stages)):
         if variant == "fixed":
-            stages.append({g.k: session(g) for g in manifest.stage_graphs(i)})
+            stages.append(
+                {g.k: session(g) for g in manifest.stage_graphs(i) if g.k in plan.buckets}
+            )
         else:
             (rec,) = manifest.stage_graphs(i, symbolic=True) or [None]
             if rec is None:

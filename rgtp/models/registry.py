@@ -34,7 +34,14 @@ _CONFIGS: dict[str, DetectorConfig] = {
             global_blocks=(2, 5, 8, 11),
             pretrain_grid=16,
         ),
-        head=HeadConfig(num_classes=6, neck_channels=96, head_channels=96, group_norm_groups=16),
+        # SynthVID's classes (rgtp.data.synthvid.CLASSES; a test keeps the two equal)
+        head=HeadConfig(
+            num_classes=6,
+            neck_channels=96,
+            head_channels=96,
+            group_norm_groups=16,
+            class_names=("cat", "cup", "astronaut", "rocket", "motorcycle", "horse"),
+        ),
     ),
 }
 

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +19,11 @@ from rgtp.models.checkpoints import save_weights
 from rgtp.models.config import DetectorConfig
 from rgtp.models.detector import Detector
 from rgtp.models.registry import get_config
+from rgtp.train.config import TrainConfig
 from rgtp.train.fcos_targets import assign
 from rgtp.train.losses import fcos_loss
 
 Batch = tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A training run. The schedule is a fixed number of steps (not a time budget), so
-    the same seed gives the same weights on the same software stack."""
-
-    model: str = "vitdet-small"
-    steps: int = 6000
-    batch_size: int = 8
-    lr: float = 6e-4
-    weight_decay: float = 0.05
-    warmup: int = 300
-    grad_clip: float = 1.0
-    seed: int = 0
-    bf16: bool = True
-    workers: int = 1
-    log_every: int = 50
 
 
 class SynthVIDBatches(IterableDataset):

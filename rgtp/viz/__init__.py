@@ -1,0 +1,1 @@
+"""Visualisation: importance overlays (PNG, MP4) and K/latency timelines."""
