@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--keep", default="768,512,384,196,64")
     ap.add_argument("--frames", type=int, default=7, help="frames per measurement")
     ap.add_argument("--package", default=None, help="reuse/export the package here")
+    ap.add_argument("--buckets", default=None, help="buckets to export (default: --keep)")
     ap.add_argument("--json", default="out/bench/latency.json")
     args = ap.parse_args()
     keeps = [int(k) for k in args.keep.split(",")]
@@ -109,7 +110,8 @@ def main() -> None:
     cfg = detector.cfg.backbone
     work = Path(args.package) if args.package else Path(tempfile.mkdtemp(prefix="rgtp-bench-"))
     if not (work / "manifest.json").is_file():
-        plan = StagePlan.create(detector.cfg, keeps, "per-global")
+        buckets = [int(k) for k in args.buckets.split(",")] if args.buckets else keeps
+        plan = StagePlan.create(detector.cfg, buckets, "per-global")
         export_package(detector, plan, work, symbolic=False, force=True)
     pipe = Pipeline.load(work, "ort")
     frames = moving_frames(args.frames + 2, cfg.img_size)

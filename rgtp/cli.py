@@ -132,6 +132,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _pruning(args: argparse.Namespace, model_default):
+    """The model's pruning settings with any command-line overrides (--paper: the authors')."""
+    import dataclasses
+
+    from rgtp.models.config import PruningConfig
+
+    base = PruningConfig() if args.paper else model_default
+    changes = {
+        "rollout_blocks": tuple(args.rollout_blocks) if args.rollout_blocks else None,
+        "similarity": args.similarity,
+        "novelty_share": args.novelty_share,
+        "target_threshold": args.target_threshold,
+    }
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
+    from rgtp.core.tracking import SIMILARITIES
+
+    g = p.add_argument_group("pruning (default: the model's settings, see the manifest)")
+    g.add_argument("--paper", action="store_true", help="start from the authors' settings")
+    g.add_argument("--rollout-blocks", type=_ints, default=None, help="global blocks, e.g. 8,11")
+    g.add_argument("--similarity", default=None, choices=SIMILARITIES)
+    g.add_argument("--novelty-share", type=float, default=None)
+    g.add_argument("--target-threshold", type=float, default=None)
+
+
 def _policy(args: argparse.Namespace):
     from rgtp.core.selection import FixedKeep, MassKeep
 
@@ -152,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         policy=_policy(args),
         reset_every=args.reset_every,
         radius=args.radius,
-        similarity=args.similarity,
+        pruning=_pruning(args, pipe.plan.config.pruning),
     )
     if args.video:
         from rgtp.runtime.video import read_frames
@@ -235,18 +262,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rgtp.eval.evaluate import EvalSetting, evaluate, radius_table, results_table
 
     keeps = args.keep or []
+    pipe = _pipeline(args, keeps)
+    pruning = _pruning(args, pipe.plan.config.pruning)
     if args.ablate_r:
         if not keeps:
             raise ValueError("--ablate-r needs one --keep value to ablate at")
         settings = [
-            EvalSetting(keeps[0], r, s, args.reset_every)
+            EvalSetting(keeps[0], r, s, args.reset_every, pruning)
             for s in args.sampling
             for r in args.ablate_r
         ]
     else:
-        settings = [EvalSetting(None, args.radius, args.sampling[0], args.reset_every)]
-        settings += [EvalSetting(k, args.radius, args.sampling[0], args.reset_every) for k in keeps]
-    pipe = _pipeline(args, keeps)
+        sampling = args.sampling[0]
+        settings = [EvalSetting(None, args.radius, sampling, args.reset_every, pruning)]
+        settings += [
+            EvalSetting(k, args.radius, sampling, args.reset_every, pruning) for k in keeps
+        ]
     records = evaluate(pipe, settings, args.sequences, args.frames, progress=not args.quiet)
     title = f"{args.model} SynthVID {pipe.plan.config.backbone.img_size}"
     table = radius_table(records) if args.ablate_r else results_table(records, title)
@@ -295,7 +326,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from rgtp.core.rollout import FUSIONS
-    from rgtp.core.tracking import SIMILARITIES
     from rgtp.engines import BACKENDS
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
     from rgtp.models.plan import PARTITIONS
@@ -349,9 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--mass", type=float, help="keep the smallest bucket with this share")
     p.add_argument("--reset-every", type=int, default=8)
     p.add_argument("--radius", type=int, default=1)
-    p.add_argument("--similarity", default="dot", choices=SIMILARITIES)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
+    _add_pruning_flags(p)
 
     p = sub.add_parser("eval", help="mAP50, GFLOPs and ms/frame on SynthVID's held-out split")
     p.add_argument("--model", default="vitdet-small", choices=model_names())
@@ -371,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--quiet", action="store_true")
+    _add_pruning_flags(p)
 
     p = sub.add_parser("demo", help="end-to-end demo on the shipped model and the CPU")
     p.add_argument("--out", default="out/demo")

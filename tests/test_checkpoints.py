@@ -3,7 +3,6 @@ the loaders explain every mismatch."""
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 
 import numpy as np
@@ -21,6 +20,20 @@ from rgtp.models.checkpoints import (
 from rgtp.models.vitdet import ViTDetBackbone
 from tests.conftest import randomize, tiny_config
 from tests.reference_impls import import_sam_image_encoder, import_timm_sam_module
+
+
+def small_cfg(img_size: int = 224, **kw) -> BackboneConfig:
+    """Our backbone matching `sam_encoder`: dim 96, 4 blocks, global blocks 1 and 3."""
+    return BackboneConfig(
+        img_size=img_size,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        window_size=6,
+        global_blocks=(1, 3),
+        pretrain_grid=14,
+        **kw,
+    )
 
 
 def timm_trunk_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -57,18 +70,9 @@ def test_timm_samvit_small_config_matches() -> None:
         global_attn_indexes=(1, 3),
         use_rel_pos=True,
     )
-    cfg = BackboneConfig(
-        img_size=224,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        window_size=6,
-        global_blocks=(1, 3),
-        pretrain_grid=14,
-    )
     sam_mod = import_timm_sam_module()
     eps = sam_mod.VisionTransformerSAM(**kwargs).blocks[0].norm1.eps
-    err = compare_with_timm(kwargs, dataclasses.replace(cfg, norm_eps=eps))
+    err = compare_with_timm(kwargs, small_cfg(norm_eps=eps))
     assert err <= 1e-4, err
 
 
@@ -123,16 +127,7 @@ def sam_trunk_features(enc, x: torch.Tensor) -> torch.Tensor:
 
 def test_sam_image_encoder_matches() -> None:
     enc = sam_encoder(224, 6)  # grid 14, windows padded to 18
-    cfg = BackboneConfig(
-        img_size=224,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        window_size=6,
-        global_blocks=(1, 3),
-        pretrain_grid=14,
-    )
-    ours = ViTDetBackbone(cfg).eval()
+    ours = ViTDetBackbone(small_cfg()).eval()
     sd = {f"image_encoder.{k}": v for k, v in enc.state_dict().items()}
     report = load_state_dict_into(ours, sd)
     assert report.format == "sam" and not report.missing
@@ -166,16 +161,7 @@ def test_detectron2_names_and_pickle_load(tmp_path) -> None:
     path = tmp_path / "model_final.pkl"
     with path.open("wb") as f:
         pickle.dump({"model": detectron2_checkpoint_from_sam(enc), "__author__": "test"}, f)
-    cfg = BackboneConfig(
-        img_size=224,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        window_size=6,
-        global_blocks=(1, 3),
-        pretrain_grid=14,
-    )
-    ours = ViTDetBackbone(cfg).eval()
+    ours = ViTDetBackbone(small_cfg()).eval()
     report = load_weights(ours, path)
     assert report.format == "detectron2"
     assert "roi_heads.box_predictor.cls_score.weight" in report.ignored
@@ -189,16 +175,7 @@ def test_rel_pos_tables_trained_at_another_size_are_resampled() -> None:
     """A checkpoint for 224 px loaded into a 256 px model: global tables 27 -> 31 rows."""
     enc = sam_encoder(224, 6)
     sd = {f"image_encoder.{k}": v for k, v in enc.state_dict().items()}
-    cfg = BackboneConfig(
-        img_size=256,
-        embed_dim=96,
-        depth=4,
-        num_heads=3,
-        window_size=6,
-        global_blocks=(1, 3),
-        pretrain_grid=14,
-    )
-    ours = ViTDetBackbone(cfg)
+    ours = ViTDetBackbone(small_cfg(img_size=256))
     report = load_state_dict_into(ours, sd)
     assert any("resampled 27 -> 31" in n for n in report.notes)
     src = enc.blocks[1].attn.rel_pos_h

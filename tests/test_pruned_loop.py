@@ -95,3 +95,23 @@ def test_bad_frames_are_rejected_clearly(tiny_detector) -> None:
         pipe.new_stream().step(torch.zeros(224, 224))
     with pytest.raises(ValueError, match="no K bucket"):
         pipe.new_stream(policy=FixedKeep(10_000))
+
+
+def test_model_pruning_settings_apply_and_are_validated(tiny_detector) -> None:
+    import dataclasses
+
+    from rgtp.models.config import PruningConfig
+
+    n = tiny_detector.cfg.backbone.num_tokens
+    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4])
+    assert pipe.new_stream().pruning == PruningConfig()  # the authors' settings by default
+    custom = PruningConfig(rollout_blocks=(5,), similarity="cosine", novelty_share=0.25)
+    stream = pipe.new_stream(policy=FixedKeep(n // 4), pruning=custom)
+    assert stream.rollout_blocks == [5]
+    for frame in moving_frames(3, 224):
+        result = stream.step(frame)
+    assert result.k == n // 4 and torch.isclose(result.importance.sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="not global blocks"):
+        pipe.new_stream(pruning=PruningConfig(rollout_blocks=(0,)))
+    with pytest.raises(ValueError, match="not global blocks"):
+        dataclasses.replace(tiny_detector.cfg, pruning=PruningConfig(rollout_blocks=(1,)))

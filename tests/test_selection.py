@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgtp.core.selection import FixedKeep, MassKeep, check_buckets, is_reset_frame, top_k
+from rgtp.core.selection import (
+    FixedKeep,
+    MassKeep,
+    check_buckets,
+    is_reset_frame,
+    select_tokens,
+    top_k,
+)
 
 
 def test_top_k_returns_sorted_indices_of_the_largest() -> None:
@@ -55,3 +62,14 @@ def test_mass_keep_takes_the_smallest_bucket_holding_the_mass() -> None:
 def test_reset_schedule() -> None:
     assert [is_reset_frame(t, 8) for t in range(17)] == [t % 8 == 0 for t in range(17)]
     assert [is_reset_frame(t, 0) for t in range(4)] == [True, False, False, False]
+
+
+def test_novelty_share_keeps_the_worst_matched_tokens() -> None:
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1, 0.2, 0.05, 0.01, 0.3])
+    novelty = torch.tensor([0.9, 0.9, 0.9, 0.2, 0.9, 0.1, 0.95, 0.9])  # 3 and 5 are new
+    assert select_tokens(scores, 4).tolist() == [0, 1, 2, 7]  # share 0: plain top-K
+    assert select_tokens(scores, 4, novelty, 0.5).tolist() == [0, 1, 3, 5]
+    # a token both important and new is not counted twice
+    novelty[0] = 0.0
+    assert select_tokens(scores, 4, novelty, 0.5).tolist() == [0, 1, 3, 5]
+    assert select_tokens(scores, 8, novelty, 0.5).tolist() == list(range(8))

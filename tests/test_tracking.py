@@ -59,7 +59,10 @@ def test_cosine_tracking_carries_importance_exactly(radius: int) -> None:
             prev, cur = shifted_pair(image, dy, dx)
             # tokens whose true source lies on the previous grid
             ok = interior(radius) & (true_source(dy, dx) >= 0)
-            got = track(scores, embed(module, prev), embed(module, cur), GRID, radius, "cosine")
+            got, sim = track(
+                scores, embed(module, prev), embed(module, cur), GRID, radius, "cosine"
+            )
+            assert torch.allclose(sim[ok], torch.ones(int(ok.sum())), atol=1e-5)
             want = scores[true_source(dy, dx).clamp(0, GRID * GRID - 1)]
             assert torch.equal(got[ok], want[ok]), (dy, dx)
 
@@ -82,7 +85,7 @@ def test_dot_product_tracking_on_a_real_photograph() -> None:
 def test_radius_zero_is_same_position_and_offsets_prefer_no_motion() -> None:
     s = torch.rand(GRID * GRID)
     z = torch.randn(GRID * GRID, 8)
-    assert torch.equal(track(s, z, torch.randn_like(z), GRID, 0), s)
+    assert torch.equal(track(s, z, torch.randn_like(z), GRID, 0)[0], s)
     assert window_offsets(1)[0] == (0, 0)
     # identical frames with constant embeddings: every candidate ties, (0, 0) must win
     flat = torch.ones(GRID * GRID, 8)
@@ -100,3 +103,23 @@ def test_off_grid_cells_are_never_candidates() -> None:
     assert src.min() >= 0 and src.max() < GRID * GRID
     corner = src[0].item()
     assert corner // GRID <= 2 and corner % GRID <= 2
+
+
+def test_match_similarity_flags_new_content() -> None:
+    """A patch that appears in this frame (no counterpart before) matches worse than
+    content that moved: that is what the novelty share of K keeps."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (GRID * PATCH + 6 * PATCH,) * 2 + (3,), dtype=np.uint8)
+    prev, cur = shifted_pair(image, 0, 1)
+    cur = cur.copy()
+    cur[5 * PATCH : 6 * PATCH, 5 * PATCH : 6 * PATCH] = (
+        255 - cur[5 * PATCH : 6 * PATCH, 5 * PATCH : 6 * PATCH]
+    )
+    module = patch_embed()
+    _, sim = track(
+        torch.rand(GRID * GRID), embed(module, prev), embed(module, cur), GRID, 1, "cosine"
+    )
+    new = 5 * GRID + 5
+    inside = interior(1)
+    inside[new] = False
+    assert sim[new] < sim[inside].min()

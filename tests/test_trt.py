@@ -143,3 +143,37 @@ def test_trt_matches_onnx_runtime_on_gpu(small_packages, tmp_path, fp16: bool, r
         ort_stream.step(frame)
         a, b = trt_stream.out_map.cpu(), ort_stream.out_map
         assert ((a - b).norm() / b.norm()).item() <= rtol
+
+
+def test_unusable_plans_are_refused_before_any_frame(built, tmp_path) -> None:
+    from rgtp.engines.base import EngineError
+    from rgtp.engines.trt_backend import validate_plans
+
+    src, info = built
+    pkg = tmp_path / "pkg"
+    shutil.copytree(src, pkg)
+    flavor, version = info["flavor"], info["version"]
+    cap = (
+        (8, 9)
+        if info["compute_capability"].startswith("SM")
+        else tuple(int(x) for x in info["compute_capability"].split("."))
+    )
+    m = Manifest.load(pkg)
+    assert validate_plans(pkg, m, flavor, version, cap) == info
+    with pytest.raises(EngineError, match=r"built by .* installed is"):
+        validate_plans(pkg, m, flavor, "0.0.1", cap)
+    with pytest.raises(EngineError, match="compute capability"):
+        validate_plans(pkg, m, flavor, version, (7, 0))
+    stage_plan = next(p for p in m.extra["trt"]["plans"] if p["name"].startswith("stage0"))
+    stage_plan["onnx_sha256"] = "0" * 64
+    with pytest.raises(EngineError, match="built from another"):
+        validate_plans(pkg, m, flavor, version, cap)
+    m = Manifest.load(pkg)
+    if info["layout"] == "per-stage":
+        stage_plan = next(p for p in m.extra["trt"]["plans"] if p["name"] == "stage0")
+        stage_plan["profiles"].pop(str(m.plan.buckets[0]))
+        with pytest.raises(EngineError, match="no optimization profile for K"):
+            validate_plans(pkg, m, flavor, version, cap)
+    del m.extra["trt"]
+    with pytest.raises(EngineError, match="no TensorRT plans"):
+        validate_plans(pkg, m, flavor, version, cap)

@@ -24,6 +24,29 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k].sort().values
 
 
+def select_tokens(
+    scores: torch.Tensor,
+    k: int,
+    novelty: torch.Tensor | None = None,
+    novelty_share: float = 0.0,
+) -> torch.Tensor:
+    """The k tokens a frame keeps, sorted: (k,) int64.
+
+    With `novelty_share` 0 (the paper), the top-k of `scores`. Otherwise round(share * k)
+    of the slots go to the tokens with the lowest `novelty` (N,) (match similarity to the
+    previous frame) among those the importance did not pick: content entering the frame
+    has no importance yet, because the previous frame's detections could not see it.
+    """
+    reserve = round(novelty_share * k) if novelty is not None else 0
+    if reserve == 0 or k == scores.numel():
+        return top_k(scores, k)
+    main = top_k(scores, k - reserve)
+    candidates = novelty.clone()
+    candidates[main] = float("inf")
+    extra = top_k(-candidates, reserve)
+    return torch.cat([main, extra]).sort().values
+
+
 def check_buckets(buckets: Sequence[int], num_tokens: int) -> tuple[int, ...]:
     """Validate K buckets: sorted, unique, in 1..N, always including N (reset frames)."""
     out = sorted(set(int(b) for b in buckets) | {num_tokens})

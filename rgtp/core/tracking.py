@@ -51,6 +51,12 @@ def match_tokens(
     return ((ys.unsqueeze(1) + dy) * grid + (ys.unsqueeze(0) + dx)).flatten()
 
 
+def match_similarity(prev_z: torch.Tensor, z: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity (N,) of every token to the token it was matched to: near 1 for
+    content seen in the previous frame, low for content that is new."""
+    return (F.normalize(z, dim=1) * F.normalize(prev_z, dim=1)[source]).sum(dim=1)
+
+
 def track(
     prev_scores: torch.Tensor,
     prev_z: torch.Tensor,
@@ -58,8 +64,11 @@ def track(
     grid: int,
     radius: int = 1,
     similarity: str = "dot",
-) -> torch.Tensor:
-    """Tracked importance ŝ^t[i] = s^{t-1}[j*(i)]: (N,) from prev_scores (N,)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tracked importance ŝ^t[i] = s^{t-1}[j*(i)] (N,), and each token's match similarity
+    (N,) (see `match_similarity`). Radius 0 keeps every token at its position."""
     if radius == 0:
-        return prev_scores.clone()
-    return prev_scores[match_tokens(prev_z, z, grid, radius, similarity)]
+        source = torch.arange(z.shape[0], device=z.device)
+    else:
+        source = match_tokens(prev_z, z, grid, radius, similarity)
+    return prev_scores[source], match_similarity(prev_z, z, source)

@@ -79,21 +79,46 @@ class TrtEngine:
         return {n: y.clone() for n, y in self._static_out.items()}
 
 
-def _check_target(info: dict[str, Any], trt: Any, flavor: str) -> None:
-    if info["flavor"] != flavor or info["version"] != trt.__version__:
+def validate_plans(
+    package: Path, manifest: Manifest, flavor: str, version: str, capability: tuple[int, int]
+) -> dict[str, Any]:
+    """Every reason the package's plans cannot run here, raised before any frame runs:
+    no plans, changed files, plans built from other graphs (another model or export),
+    another TensorRT, another GPU architecture, a K bucket without a profile.
+    Returns the manifest's "trt" record."""
+    info = manifest.extra.get("trt")
+    if not info:
+        raise EngineError(f"{package}: no TensorRT plans; run `rgtp build {package} --backend trt`")
+    problems = verify_files(package, manifest)
+    if problems:
+        raise EngineError(f"{package}: files differ from the manifest: " + "; ".join(problems))
+    for p in info["plans"]:
+        if manifest.files[p["onnx"]]["sha256"] != p["onnx_sha256"]:
+            raise EngineError(
+                f"{p['file']} was built from another {p['onnx']} (another model or export): "
+                "rebuild the plans"
+            )
+    if info["flavor"] != flavor or info["version"] != version:
         raise EngineError(
             f"plans were built by {info['flavor']} {info['version']}, installed is {flavor} "
-            f"{trt.__version__}: rebuild them with `rgtp build --backend trt`"
+            f"{version}: rebuild them with `rgtp build --backend trt`"
         )
-    major, minor = torch.cuda.get_device_capability()
-    current = f"{major}.{minor}"
-    built = info["compute_capability"]
-    targets = {c.removeprefix("SM") for c in built.split(",")}
-    if current not in targets and f"{major}{minor}" not in targets:
+    major, minor = capability
+    targets = {c.removeprefix("SM").replace(".", "") for c in info["compute_capability"].split(",")}
+    if f"{major}{minor}" not in targets:
         raise EngineError(
-            f"plans were built for compute capability {built} ({info['device']}); this GPU "
-            f"({torch.cuda.get_device_name()}) is {current}: rebuild them on this machine"
+            f"plans were built for compute capability {info['compute_capability']} "
+            f"({info['device']}); this GPU is {major}.{minor}: rebuild them on this machine"
         )
+    by_name = {p["name"]: p for p in info["plans"]}
+    for i in range(len(manifest.plan.stages)):
+        rec = by_name.get(f"stage{i}")
+        for k in manifest.plan.buckets:
+            if rec is not None and str(k) not in rec["profiles"]:
+                raise EngineError(f"stage {i}: the plan has no optimization profile for K={k}")
+            if rec is None and f"stage{i}_k{k}" not in by_name:
+                raise EngineError(f"stage {i}: no TensorRT plan for K={k}")
+    return info
 
 
 def load_trt_engines(
@@ -103,17 +128,10 @@ def load_trt_engines(
     if device.type != "cuda" or not torch.cuda.is_available():
         raise EngineError("the trt backend needs a CUDA GPU (device cuda)")
     manifest = Manifest.load(package)
-    info = manifest.extra.get("trt")
-    if not info:
-        raise EngineError(f"{package}: no TensorRT plans; run `rgtp build {package} --backend trt`")
-    problems = verify_files(package, manifest)
-    if problems:
-        raise EngineError(f"{package}: files differ from the manifest: " + "; ".join(problems))
-    for p in info["plans"]:
-        if manifest.files[p["onnx"]]["sha256"] != p["onnx_sha256"]:
-            raise EngineError(f"{p['file']} was built from another {p['onnx']}: rebuild the plans")
     trt, flavor = import_tensorrt()
-    _check_target(info, trt, flavor)
+    info = validate_plans(
+        package, manifest, flavor, trt.__version__, torch.cuda.get_device_capability(device)
+    )
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     plan = manifest.plan
     by_name = {p["name"]: p for p in info["plans"]}
@@ -145,8 +163,6 @@ def load_trt_engines(
             rec = by_name[f"stage{i}"]
             ctxs = contexts(rec)
             for k in plan.buckets:
-                if str(k) not in rec["profiles"]:
-                    raise EngineError(f"stage {i}: no optimization profile for K={k}")
                 ctx = ctxs[rec["profiles"][str(k)]]
                 engines_k[k] = TrtEngine(plan.stage_spec(i, k), ctx, device, cuda_graphs)
         else:

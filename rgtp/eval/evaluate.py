@@ -18,18 +18,21 @@ from rgtp.core.selection import FixedKeep
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.coco_map import detections_to_coco, map50
+from rgtp.models.config import PruningConfig
 from rgtp.models.flops import frame_macs
 from rgtp.runtime.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
 class EvalSetting:
-    """keep: tokens per pruned frame (None: dense, K = N on every frame)."""
+    """keep: tokens per pruned frame (None: dense, K = N on every frame); pruning: the
+    method's settings (None: the model's own)."""
 
     keep: int | None = None
     radius: int = 1
     sampling: int = 1
     reset_every: int = 8
+    pruning: PruningConfig | None = None
 
 
 @dataclass
@@ -46,6 +49,7 @@ class EvalRecord:
     ms_engine: float
     ms_outside_engine: float
     mean_k: float
+    pruning: dict
     frames: int
     sequences: int
     backend: str
@@ -81,6 +85,7 @@ def evaluate_setting(
                 policy=FixedKeep(setting.keep or n),
                 radius=setting.radius,
                 reset_every=setting.reset_every,
+                pruning=setting.pruning,
             )
             for t, frame in enumerate(seq.frames):
                 r = stream.step(frame)
@@ -108,6 +113,7 @@ def evaluate_setting(
         ms_engine=ms_engine,
         ms_outside_engine=ms - ms_engine,
         mean_k=statistics.fmean(ks),
+        pruning=asdict(setting.pruning or plan.config.pruning),
         frames=len(ks),
         sequences=len(sequences),
         backend=pipeline.backend,

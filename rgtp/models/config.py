@@ -81,6 +81,29 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class PruningConfig:
+    """The method's settings that depend on the model (defaults: the authors' ViTDet).
+
+    rollout_blocks: global blocks rollout runs through; None means all of them.
+    similarity: token-tracking match score, "dot" (the paper) or "cosine".
+    novelty_share: share of K kept for the tokens tracking matched worst, i.e. content that
+        is new in this frame (an rgtp extension; 0 is the paper's method).
+    target_threshold: boxes scoring above it define s_L.
+    """
+
+    rollout_blocks: tuple[int, ...] | None = None
+    similarity: str = "dot"
+    novelty_share: float = 0.0
+    target_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.similarity not in ("dot", "cosine"):
+            raise ValueError(f"similarity must be dot or cosine, got {self.similarity!r}")
+        if not 0.0 <= self.novelty_share < 1.0:
+            raise ValueError(f"novelty_share must be in [0, 1), got {self.novelty_share}")
+
+
+@dataclass(frozen=True)
 class DetectorConfig:
     """A whole detector: backbone, neck and head, plus the pixel normalisation it expects."""
 
@@ -89,6 +112,15 @@ class DetectorConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+
+    def __post_init__(self) -> None:
+        blocks = self.pruning.rollout_blocks or ()
+        bad = sorted(set(blocks) - set(self.backbone.global_blocks))
+        if bad:
+            raise ValueError(
+                f"rollout blocks {bad} are not global blocks {self.backbone.global_blocks}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +133,7 @@ class DetectorConfig:
             head=_dataclass_from_dict(HeadConfig, data["head"]),
             pixel_mean=tuple(data["pixel_mean"]),
             pixel_std=tuple(data["pixel_std"]),
+            pruning=_dataclass_from_dict(PruningConfig, data.get("pruning", {})),
         )
 
 

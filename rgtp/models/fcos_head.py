@@ -102,9 +102,11 @@ class FCOSHead(nn.Module):
 def decode(out: HeadOutputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes (B, M, 4) as (x1, y1, x2, y2) pixels and scores (B, M, num_classes) in [0, 1].
 
-    The score is FCOS's sqrt(class probability * centre-ness).
+    The score is FCOS's class probability times centre-ness (the FCOS paper's ranking
+    score). Without a square root the scores stay probability-like, so the method's
+    threshold on box scores for s_L (0.1) means what it means for the authors' detector.
     """
     p = out.points.unsqueeze(0)
     boxes = torch.cat([p - out.ltrb[..., :2], p + out.ltrb[..., 2:]], dim=-1)
-    scores = torch.sqrt(out.cls_logits.sigmoid() * out.ctr_logits.sigmoid().unsqueeze(-1))
+    scores = out.cls_logits.sigmoid() * out.ctr_logits.sigmoid().unsqueeze(-1)
     return boxes, scores

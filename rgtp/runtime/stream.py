@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from rgtp.core.rollout import detection_target, rollout
-from rgtp.core.selection import FixedKeep, KeepPolicy, is_reset_frame, top_k
-from rgtp.core.tracking import SIMILARITIES, track
+from rgtp.core.selection import FixedKeep, KeepPolicy, is_reset_frame, select_tokens
+from rgtp.core.tracking import track
 from rgtp.models.boxes import Detections, postprocess
+from rgtp.models.config import PruningConfig
 from rgtp.runtime.frames import to_model_input
 from rgtp.runtime.state import StreamState
 from rgtp.runtime.timing import PartTimer
@@ -33,17 +34,17 @@ class StreamOptions:
 
     policy: how many tokens to keep (None keeps all: the dense model);
     reset_every: R, frames between dense reset frames (0: only frame 0);
-    radius, similarity: token tracking window r and matching score;
-    target_threshold: boxes scoring above it define s_L;
+    radius: token tracking window r (larger for faster motion);
+    pruning: rollout blocks, tracking similarity, novelty share, s_L threshold; None takes
+        the model's own (`DetectorConfig.pruning`, carried in the package manifest);
     score_threshold, nms_iou, max_detections: detection post-processing.
     """
 
     policy: KeepPolicy | None = None
     reset_every: int = 8
     radius: int = 1
-    similarity: str = "dot"
-    target_threshold: float = 0.1
-    score_threshold: float = 0.05
+    pruning: PruningConfig | None = None
+    score_threshold: float = 0.02
     nms_iou: float = 0.6
     max_detections: int = 100
 
@@ -52,8 +53,6 @@ class StreamOptions:
             raise ValueError("reset_every must be >= 0")
         if self.radius < 0:
             raise ValueError("tracking radius must be >= 0")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}")
 
 
 @dataclass
@@ -84,6 +83,11 @@ class Stream:
         plan = pipeline.plan
         self.policy = options.policy or FixedKeep(plan.num_tokens)
         self.policy.check(plan.buckets)  # fail at creation, not on the first pruned frame
+        self.pruning = options.pruning or plan.config.pruning
+        self.rollout_blocks = sorted(self.pruning.rollout_blocks or plan.global_blocks)
+        bad = sorted(set(self.rollout_blocks) - set(plan.global_blocks))
+        if bad:
+            raise ValueError(f"rollout blocks {bad} are not global blocks {plan.global_blocks}")
         self.state = StreamState(plan, pipeline.device)
 
     @property
@@ -120,16 +124,16 @@ class Stream:
                 k = plan.num_tokens
                 keep = torch.arange(k, device=tokens.device)
             else:
-                tracked = track(
+                tracked, similarity = track(
                     st.prev_importance,
                     st.prev_patches,
                     patches,
                     bb.grid,
                     opts.radius,
-                    opts.similarity,
+                    self.pruning.similarity,
                 )
                 k = self.policy.choose(tracked, plan.buckets)
-                keep = top_k(tracked, k)
+                keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
             x = tokens.index_select(0, keep)
 
         for i, blocks in enumerate(plan.stages):
@@ -161,9 +165,9 @@ class Stream:
             )
         with timer("rollout"):
             target = detection_target(
-                dets.boxes, dets.scores, bb.grid, bb.patch_size, opts.target_threshold
+                dets.boxes, dets.scores, bb.grid, bb.patch_size, self.pruning.target_threshold
             )
-            importance = rollout([st.attn_rows[g] for g in plan.global_blocks], target)
+            importance = rollout([st.attn_rows[g] for g in self.rollout_blocks], target)
 
         st.prev_patches, st.prev_importance = patches, importance
         result = FrameResult(
