@@ -274,7 +274,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ]
     else:
         sampling = args.sampling[0]
-        settings = [EvalSetting(None, args.radius, sampling, args.reset_every, pruning)]
+        settings = (
+            []
+            if args.no_dense
+            else [EvalSetting(None, args.radius, sampling, args.reset_every, pruning)]
+        )
         settings += [
             EvalSetting(k, args.radius, sampling, args.reset_every, pruning) for k in keeps
         ]
@@ -396,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset-every", type=int, default=8)
     p.add_argument("--sampling", type=_ints, default=[1], help="frame sampling, e.g. 1,4")
     p.add_argument("--ablate-r", type=_ints, default=None, help="tracking radii, e.g. 0,1,2,3")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
     p.add_argument("--sequences", type=int, default=30)
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--json", default=None)

@@ -212,6 +212,13 @@ def test_round_trip_and_unsafe_pickles_are_refused(tmp_path) -> None:
     load_weights(again, path)
     for (k, a), b in zip(det.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+    half = tmp_path / "w16.safetensors"
+    save_weights(det, half, dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * path.stat().st_size
+    load_weights(again, half)
+    w = again.backbone.blocks[0].attn.qkv.weight
+    assert w.dtype == torch.float32
+    assert torch.equal(w, det.backbone.blocks[0].attn.qkv.weight.half().float())
 
     class Payload:
         def __reduce__(self):

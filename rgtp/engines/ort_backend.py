@@ -3,8 +3,11 @@
 Inputs and outputs are torch tensors bound through `IOBinding` by pointer (CPU or CUDA), so
 no stage result is copied on its way to the next stage. Weights live once per stage: the
 stage's external-data file is read once and its tensors are handed to every K variant's
-session with `SessionOptions.add_initializer`, which uses caller-owned memory as is; all
-sessions draw intermediate buffers from one shared arena (`session.use_env_allocators`).
+session with `SessionOptions.add_external_initializers` (caller-owned memory, used as is),
+pre-packing is off (its copies would be per session), and all sessions draw intermediate
+buffers from one shared arena (`session.use_env_allocators`). On the CUDA EP initializers
+would be copied to the device per session, so there the default is one session per stage
+from the symbolic-K graph.
 """
 
 from __future__ import annotations
@@ -142,16 +145,18 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
 def load_ort_engines(
     package: Path,
     device: str | torch.device = "cpu",
-    variant: str = "fixed",
+    variant: str | None = None,
     threads: int | None = None,
     buckets: Sequence[int] | None = None,
 ) -> EngineSet:
     """Sessions for an exported package. `variant` "fixed": one session per (stage, K)
-    from the static graphs; "symbolic": one session per stage from the symbolic-K graph.
-    `buckets` loads only those K buckets (N, for reset frames, always)."""
+    from the static graphs (default on CPU); "symbolic": one session per stage from the
+    symbolic-K graph (default on CUDA). `buckets` loads only those K buckets (N, for reset
+    frames, always)."""
+    device = torch.device(device)
+    variant = variant or ("symbolic" if device.type == "cuda" else "fixed")
     if variant not in VARIANTS:
         raise EngineError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    device = torch.device(device)
     manifest = Manifest.load(package)
     missing = [p for p in verify_files(package, manifest) if "missing" in p or "bytes" in p]
     if missing:

@@ -234,8 +234,20 @@ def load_weights(
 
 
 def save_weights(
-    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+    model: nn.Module,
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Save a model's state dict as safetensors (contiguous copies, no shared storage)."""
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    """Save a model's state dict as safetensors (contiguous copies, no shared storage).
+
+    `dtype` (e.g. torch.float16) converts floating-point tensors, halving a file that is
+    loaded back into float32 parameters.
+    """
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous().clone()
     save_file(tensors, str(path), metadata=metadata)

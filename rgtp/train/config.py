@@ -21,3 +21,5 @@ class TrainConfig:
     bf16: bool = True
     workers: int = 1
     log_every: int = 50
+    # the shipped file: float16 halves it (loaded back into float32 parameters)
+    save_dtype: str = "float16"

@@ -116,7 +116,7 @@ def train(
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"config": json.dumps(cfg.to_dict()), "train": json.dumps(asdict(tc))}
-    save_weights(model.eval(), out, metadata=meta)
+    save_weights(model.eval(), out, metadata=meta, dtype=getattr(torch, tc.save_dtype))
     summary = {
         "train": asdict(tc),
         "minutes": (time.time() - start) / 60,
