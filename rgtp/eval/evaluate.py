@@ -8,6 +8,7 @@ each frame actually used), and wall-clock ms per frame.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -55,7 +56,8 @@ class EvalRecord:
     backend: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON types, so a record equals itself read back from the JSON it writes."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 @lru_cache(maxsize=4)
