@@ -3,7 +3,7 @@
 Inputs and outputs are torch tensors bound through `IOBinding` by pointer (CPU or CUDA), so
 no stage result is copied on its way to the next stage. Weights live once per stage: the
 stage's external-data file is read once and its tensors are handed to every K variant's
-session with `SessionOptions.add_external_initializers` (caller-owned memory, used as is),
+session with `SessionOptions.add_initializer` (caller-owned memory, used as is),
 pre-packing is off (its copies would be per session), and all sessions draw intermediate
 buffers from one shared arena (`session.use_env_allocators`). On the CUDA EP initializers
 would be copied to the device per session, so there the default is one session per stage
@@ -55,7 +55,10 @@ class SharedInitializers:
         self._arrays: list[np.ndarray] = []  # keeps buffers alive as long as the sessions
 
     def attach(self, model: onnx.ModelProto, options: ort.SessionOptions) -> None:
-        names, values = [], []
+        """Hand every external tensor of `model` to `options` as a shared initializer.
+
+        `add_initializer` makes ORT use the caller's CPU buffer as is; measured on ORT 1.32,
+        `add_external_initializers` instead copied every tensor into each session."""
         for init in model.graph.initializer:
             if init.data_location != onnx.TensorProto.EXTERNAL:
                 continue
@@ -67,9 +70,7 @@ class SharedInitializers:
                 arr = self.blob[offset : offset + length].view(dtype).reshape(tuple(init.dims))
                 self._arrays.append(arr)
                 self._values[key] = ort.OrtValue.ortvalue_from_numpy(arr)
-            names.append(init.name)
-            values.append(self._values[key])
-        options.add_external_initializers(names, values)
+            options.add_initializer(init.name, self._values[key])
 
     def nbytes(self) -> int:
         return int(self.blob.nbytes)
@@ -177,9 +178,16 @@ def load_ort_engines(
             if rec.weights not in shared:
                 shared[rec.weights] = SharedInitializers(package / rec.weights)
             shared[rec.weights].attach(model, opts)
-        # Every external tensor is supplied by add_initializer, so ORT never opens the
-        # weights file again; the graph itself is passed as (small) bytes.
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        # Every external tensor is supplied by add_initializer, so ORT never reads the
+        # weights file again (it only checks the path, hence the graph is opened by path).
+        # Constant folding is off: it materialised per-session tensors (about 13 MB per
+        # vitdet-b stage session) out of shared ones, i.e. copies per K bucket.
+        sess = ort.InferenceSession(
+            str(package / rec.file),
+            opts,
+            providers=providers,
+            disabled_optimizers=["ConstantFolding"],
+        )
         return OrtEngine(rec.spec, sess, device)
 
     plan = restrict_buckets(manifest.plan, buckets)
@@ -202,6 +210,8 @@ def load_ort_engines(
         embed=session(manifest.graph("embed")),
         head=session(manifest.graph("head")),
         stages=stages,
+        # the sessions read these buffers in place: they must live as long as the sessions
+        resources=list(shared.values()),
         info={
             "onnxruntime": ort.__version__,
             "providers": ",".join(providers),
