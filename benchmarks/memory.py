@@ -34,6 +34,7 @@ def measure(package: str, buckets: list[int], variant: str) -> None:
         stream = pipe.new_stream(policy=FixedKeep(k))
         for f in frames:  # frame 0 runs K = N, frame 1 runs K = k
             stream.step(f)
+        del stream  # one stream's caches at a time, as in the one-bucket case
     print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 

@@ -37,7 +37,7 @@ def _ensure_env_allocator() -> None:
         mem = ort.OrtMemoryInfo(
             "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
         )
-        ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, -1, -1, -1))
+        ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, 1, -1, -1))
         _ENV_ALLOCATOR_READY = True
 
 
@@ -138,6 +138,8 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     if threads:
         opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.use_env_allocators", "1")
+    # A memory pattern is a per-session block sized for that graph: one per K bucket.
+    opts.enable_mem_pattern = False
     # Pre-packed weight copies would be per session, i.e. per K bucket: keep one copy.
     opts.add_session_config_entry("session.disable_prepacking", "1")
     # Every session owns a thread pool; spinning pools of the other stages/buckets would
