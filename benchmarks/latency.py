@@ -102,6 +102,12 @@ def main() -> None:
     ap.add_argument("--package", default=None, help="reuse/export the package here")
     ap.add_argument("--buckets", default=None, help="buckets to export (default: --keep)")
     ap.add_argument("--json", default="out/bench/latency.json")
+    ap.add_argument(
+        "--variant",
+        default=None,
+        choices=("fixed", "symbolic"),
+        help="ORT sessions per K or per stage",
+    )
     args = ap.parse_args()
     keeps = [int(k) for k in args.keep.split(",")]
 
@@ -113,7 +119,7 @@ def main() -> None:
         buckets = [int(k) for k in args.buckets.split(",")] if args.buckets else keeps
         plan = StagePlan.create(detector.cfg, buckets, "per-global")
         export_package(detector, plan, work, symbolic=False, force=True)
-    pipe = Pipeline.load(work, "ort")
+    pipe = Pipeline.load(work, "ort", variant=args.variant)
     frames = moving_frames(args.frames + 2, cfg.img_size)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,6 +153,7 @@ def main() -> None:
         "size": cfg.img_size,
         "num_tokens": cfg.num_tokens,
         "onnxruntime": ort.__version__,
+        "ort_variant": args.variant or "default",
         "threads": torch.get_num_threads(),
         "dense_backbone_ms": dense_ms,
         "dense_gflops": dense_macs / 1e9,

@@ -164,8 +164,9 @@ def load_ort_engines(
     device = torch.device(device)
     manifest = Manifest.load(package)
     # One session per stage wherever the package allows it: every ORT session carries its
-    # own kernels and buffers (measured: +43 MiB for 8 vitdet-small buckets as fixed-K
-    # sessions, +1.7 MiB from the symbolic-K graphs, at the same speed on CPU).
+    # own kernels and buffers. Measured with 8 buckets against 1 (benchmarks/memory.py):
+    # vitdet-b fixed-K +148 MiB, symbolic-K +61 MiB. The price is speed on larger models
+    # (vitdet-b @672, K = 512: 1137 ms symbolic vs 867 ms fixed), so "fixed" stays a choice.
     variant = variant or ("symbolic" if any(g.symbolic for g in manifest.graphs) else "fixed")
     if variant not in VARIANTS:
         raise EngineError(f"unknown variant {variant!r}; choose from {VARIANTS}")
