@@ -37,6 +37,8 @@ def _ensure_env_allocator() -> None:
         mem = ort.OrtMemoryInfo(
             "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
         )
+        # (max_mem 0: no limit, extend strategy 1: grow by what is requested, not to the next
+        # power of two, which left large unused blocks)
         ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, 1, -1, -1))
         _ENV_ALLOCATOR_READY = True
 
@@ -51,8 +53,8 @@ class SharedInitializers:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.blob = np.fromfile(path, dtype=np.uint8)
+        # OrtValues over views of `blob`: the sessions read them in place
         self._values: dict[tuple, ort.OrtValue] = {}
-        self._arrays: list[np.ndarray] = []  # keeps buffers alive as long as the sessions
 
     def attach(self, model: onnx.ModelProto, options: ort.SessionOptions) -> None:
         """Hand every external tensor of `model` to `options` as a shared initializer.
@@ -68,7 +70,6 @@ class SharedInitializers:
             key = (offset, length, np.dtype(dtype).str, tuple(init.dims))
             if key not in self._values:
                 arr = self.blob[offset : offset + length].view(dtype).reshape(tuple(init.dims))
-                self._arrays.append(arr)
                 self._values[key] = ort.OrtValue.ortvalue_from_numpy(arr)
             options.add_initializer(init.name, self._values[key])
 

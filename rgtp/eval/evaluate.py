@@ -115,7 +115,7 @@ def evaluate_setting(
         ms_engine=ms_engine,
         ms_outside_engine=ms - ms_engine,
         mean_k=statistics.fmean(ks),
-        pruning=asdict(setting.pruning or plan.config.pruning),
+        pruning=asdict(stream.pruning),
         frames=len(ks),
         sequences=len(sequences),
         backend=pipeline.backend,

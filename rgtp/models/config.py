@@ -102,6 +102,15 @@ class PruningConfig:
         if not 0.0 <= self.novelty_share < 1.0:
             raise ValueError(f"novelty_share must be in [0, 1), got {self.novelty_share}")
 
+    def blocks(self, global_blocks: tuple[int, ...]) -> list[int]:
+        """The blocks rollout runs through for a backbone with these global blocks, sorted;
+        ValueError if a chosen block is not global (only those keep fused attention rows)."""
+        chosen = sorted(self.rollout_blocks or global_blocks)
+        bad = sorted(set(chosen) - set(global_blocks))
+        if bad:
+            raise ValueError(f"rollout blocks {bad} are not global blocks {global_blocks}")
+        return chosen
+
 
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -115,12 +124,7 @@ class DetectorConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
 
     def __post_init__(self) -> None:
-        blocks = self.pruning.rollout_blocks or ()
-        bad = sorted(set(blocks) - set(self.backbone.global_blocks))
-        if bad:
-            raise ValueError(
-                f"rollout blocks {bad} are not global blocks {self.backbone.global_blocks}"
-            )
+        self.pruning.blocks(self.backbone.global_blocks)  # fail at construction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,7 +42,7 @@ _CONFIGS: dict[str, DetectorConfig] = {
             group_norm_groups=16,
             class_names=("cat", "cup", "astronaut", "rocket", "motorcycle", "horse"),
         ),
-        # Measured on SynthVID's held-out split (README, "Pruning the small model"): this
+        # Measured on SynthVID's held-out split (docs/pruning-small-model.md): this
         # from-scratch model spreads rollout mass to context through its early global
         # blocks, and its raw patch embeddings differ in norm, so rollout runs through the
         # last global block, tracking matches by cosine, and 15 % of K goes to new content.

@@ -84,10 +84,7 @@ class Stream:
         self.policy = options.policy or FixedKeep(plan.num_tokens)
         self.policy.check(plan.buckets)  # fail at creation, not on the first pruned frame
         self.pruning = options.pruning or plan.config.pruning
-        self.rollout_blocks = sorted(self.pruning.rollout_blocks or plan.global_blocks)
-        bad = sorted(set(self.rollout_blocks) - set(plan.global_blocks))
-        if bad:
-            raise ValueError(f"rollout blocks {bad} are not global blocks {plan.global_blocks}")
+        self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
         self.state = StreamState(plan, pipeline.device)
 
     @property
