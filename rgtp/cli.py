@@ -143,6 +143,7 @@ def _pruning(args: argparse.Namespace, model_default):
         "rollout_blocks": tuple(args.rollout_blocks) if args.rollout_blocks else None,
         "similarity": args.similarity,
         "novelty_share": args.novelty_share,
+        "track_union": args.track_union,
         "target_threshold": args.target_threshold,
     }
     return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
@@ -156,6 +157,12 @@ def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rollout-blocks", type=_ints, default=None, help="global blocks, e.g. 8,11")
     g.add_argument("--similarity", default=None, choices=SIMILARITIES)
     g.add_argument("--novelty-share", type=float, default=None)
+    g.add_argument(
+        "--track-union",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tracked importance = max(own, matched source's); --no-track-union: the paper's",
+    )
     g.add_argument("--target-threshold", type=float, default=None)
 
 

@@ -105,11 +105,17 @@ def test_model_pruning_settings_apply_and_are_validated(tiny_detector) -> None:
     n = tiny_detector.cfg.backbone.num_tokens
     pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4])
     assert pipe.new_stream().pruning == PruningConfig()  # the authors' settings by default
-    custom = PruningConfig(rollout_blocks=(5,), similarity="cosine", novelty_share=0.25)
+    custom = PruningConfig(
+        rollout_blocks=(5,), similarity="cosine", novelty_share=0.25, track_union=True
+    )
     stream = pipe.new_stream(policy=FixedKeep(n // 4), pruning=custom)
     assert stream.rollout_blocks == [5]
+    previous = None
     for frame in moving_frames(3, 224):
         result = stream.step(frame)
+        if previous is not None:  # the union never drops a token's own previous importance
+            assert torch.all(result.tracked >= previous)
+        previous = result.importance
     assert result.k == n // 4 and torch.isclose(result.importance.sum(), torch.tensor(1.0))
     with pytest.raises(ValueError, match="not global blocks"):
         pipe.new_stream(pruning=PruningConfig(rollout_blocks=(0,)))

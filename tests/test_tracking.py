@@ -92,6 +92,23 @@ def test_radius_zero_is_same_position_and_offsets_prefer_no_motion() -> None:
     assert torch.equal(match_tokens(flat, flat, GRID, 2), torch.arange(GRID * GRID))
 
 
+def test_union_keeps_importance_where_content_was_and_where_it_went() -> None:
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (GRID * PATCH + 6 * PATCH,) * 2 + (3,), dtype=np.uint8)
+    module = patch_embed()
+    prev, cur = shifted_pair(image, 1, 0)  # content moves one token down
+    z_prev, z_cur = embed(module, prev), embed(module, cur)
+    scores = torch.zeros(GRID * GRID)
+    scores[5 * GRID + 5] = 1.0
+    paper, _ = track(scores, z_prev, z_cur, GRID, 1, "cosine")
+    union, sim = track(scores, z_prev, z_cur, GRID, 1, "cosine", union=True)
+    assert paper.nonzero().flatten().tolist() == [6 * GRID + 5]  # moved with the content
+    assert union.nonzero().flatten().tolist() == [5 * GRID + 5, 6 * GRID + 5]  # and stayed
+    assert torch.equal(union, torch.maximum(paper, scores))
+    assert torch.equal(sim, track(scores, z_prev, z_cur, GRID, 1, "cosine")[1])
+    assert torch.equal(track(scores, z_prev, z_cur, GRID, 0, union=True)[0], scores)
+
+
 def test_off_grid_cells_are_never_candidates() -> None:
     z = torch.zeros(GRID * GRID, 4)
     prev = torch.zeros_like(z)

@@ -64,11 +64,21 @@ def track(
     grid: int,
     radius: int = 1,
     similarity: str = "dot",
+    union: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tracked importance ŝ^t[i] = s^{t-1}[j*(i)] (N,), and each token's match similarity
-    (N,) (see `match_similarity`). Radius 0 keeps every token at its position."""
+    (N,) (see `match_similarity`). Radius 0 keeps every token at its position.
+
+    union (an rgtp extension; False is the paper's Eq. 4): ŝ^t[i] = max(s^{t-1}[i],
+    s^{t-1}[j*(i)]). When content moves less than a token between frames, token i holds
+    part of what was at i and part of its matched source, so it keeps the larger of the two
+    importances: the map grows along the motion instead of jumping by a whole token.
+    """
     if radius == 0:
         source = torch.arange(z.shape[0], device=z.device)
     else:
         source = match_tokens(prev_z, z, grid, radius, similarity)
-    return prev_scores[source], match_similarity(prev_z, z, source)
+    tracked = prev_scores[source]
+    if union:
+        tracked = torch.maximum(tracked, prev_scores)
+    return tracked, match_similarity(prev_z, z, source)

@@ -88,12 +88,16 @@ class PruningConfig:
     similarity: token-tracking match score, "dot" (the paper) or "cosine".
     novelty_share: share of K kept for the tokens tracking matched worst, i.e. content that
         is new in this frame (an rgtp extension; 0 is the paper's method).
+    track_union: a token's tracked importance is the larger of its matched source's and its
+        own previous one (an rgtp extension for sub-token motion, see `core.tracking.track`;
+        False is the paper's method).
     target_threshold: boxes scoring above it define s_L.
     """
 
     rollout_blocks: tuple[int, ...] | None = None
     similarity: str = "dot"
     novelty_share: float = 0.0
+    track_union: bool = False
     target_threshold: float = 0.1
 
     def __post_init__(self) -> None:

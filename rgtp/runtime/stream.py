@@ -35,8 +35,8 @@ class StreamOptions:
     policy: how many tokens to keep (None keeps all: the dense model);
     reset_every: R, frames between dense reset frames (0: only frame 0);
     radius: token tracking window r (larger for faster motion);
-    pruning: rollout blocks, tracking similarity, novelty share, s_L threshold; None takes
-        the model's own (`DetectorConfig.pruning`, carried in the package manifest);
+    pruning: rollout blocks, tracking similarity and union, novelty share, s_L threshold;
+        None takes the model's own (`DetectorConfig.pruning`, carried in the package manifest);
     score_threshold, nms_iou, max_detections: detection post-processing.
     """
 
@@ -128,6 +128,7 @@ class Stream:
                     bb.grid,
                     opts.radius,
                     self.pruning.similarity,
+                    self.pruning.track_union,
                 )
                 k = self.policy.choose(tracked, plan.buckets)
                 keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
