@@ -46,7 +46,11 @@ _CONFIGS: dict[str, DetectorConfig] = {
         # from-scratch model spreads rollout mass to context through its early global
         # blocks, and its raw patch embeddings differ in norm, so rollout runs through the
         # last global block, tracking matches by cosine, and 15 % of K goes to new content.
-        pruning=PruningConfig(rollout_blocks=(11,), similarity="cosine", novelty_share=0.15),
+        # Objects move under a token per frame on its 16 x 16 grid, so tracked importance
+        # is the union of where content was and where it went (track_union).
+        pruning=PruningConfig(
+            rollout_blocks=(11,), similarity="cosine", novelty_share=0.15, track_union=True
+        ),
     ),
 }
 
