@@ -78,11 +78,11 @@ def controls(frame: dict, patch: int) -> dict[str, tuple[int, Tracker]]:
     """name -> (radius, tracking function with `track`'s signature)."""
     gen = torch.Generator().manual_seed(0)
 
-    def pull(prev_s, prev_z, z, grid, radius, similarity, union):
-        return track(prev_s, prev_z, z, grid, radius, similarity, union=False)
-
-    def union(prev_s, prev_z, z, grid, radius, similarity, union):
-        return track(prev_s, prev_z, z, grid, radius, similarity, union=True)
+    def rgtp_track(union: bool) -> Tracker:
+        """`track` with the union fixed, whatever the model's settings say."""
+        return lambda prev_s, prev_z, z, grid, radius, similarity, _: track(
+            prev_s, prev_z, z, grid, radius, similarity, union
+        )
 
     def random_union(prev_s, prev_z, z, grid, radius, similarity, union):
         _, sim = track(prev_s, prev_z, z, grid, radius, similarity)
@@ -102,9 +102,9 @@ def controls(frame: dict, patch: int) -> dict[str, tuple[int, Tracker]]:
         return prev_s[source], match_similarity(prev_z, z, source)
 
     return {
-        "r = 0": (0, pull),
-        "pull (paper)": (1, pull),
-        "union (rgtp)": (1, union),
+        "r = 0": (0, rgtp_track(False)),
+        "pull (paper)": (1, rgtp_track(False)),
+        "union (rgtp)": (1, rgtp_track(True)),
         "union, random j": (1, random_union),
         "window max": (1, window_max),
         "oracle pull": (1, oracle),
@@ -112,9 +112,18 @@ def controls(frame: dict, patch: int) -> dict[str, tuple[int, Tracker]]:
 
 
 def run(
-    pipe: Pipeline, seqs: tuple[Sequence, ...], keep: int, name: str, tracker, radius, frame: dict
+    pipe: Pipeline,
+    seqs: tuple[Sequence, ...],
+    gt: dict,
+    keep: int,
+    name: str,
+    tracker: Tracker,
+    radius: int,
+    frame: dict,
 ) -> float:
-    gt = sequences_to_coco(seqs, CLASSES)
+    """mAP50 (0-1) of the shipped settings with `tracker` in place of the stream's tracking;
+    `frame` is kept pointing at the sequence and frame index being processed (the oracle
+    reads it)."""
     results, image_id = [], 0
     total = sum(len(s.frames) for s in seqs)
     with mock.patch("rgtp.runtime.stream.track", tracker), tqdm(total=total, desc=name) as bar:
@@ -165,10 +174,11 @@ def main() -> None:
             for _, m in object_motion(s, t, bb.patch_size)
         ]
         p50, p75, p90 = np.percentile(moves, [50, 75, 90])
+        gt = sequences_to_coco(seqs, CLASSES)
         frame: dict = {}
         rows = {}
         for name, (radius, tracker) in controls(frame, bb.patch_size).items():
-            rows[name] = run(pipe, seqs, args.keep, name, tracker, radius, frame)
+            rows[name] = run(pipe, seqs, gt, args.keep, name, tracker, radius, frame)
 
     print(
         f"\nobject motion between frames at 1/{args.sampling} sampling, in tokens: "
