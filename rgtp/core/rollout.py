@@ -6,10 +6,10 @@ applied implicitly, so one step costs one pass over the N x N fused attention.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 FUSIONS = ("mean", "rms")
 
@@ -57,8 +57,16 @@ def detection_target(
 ) -> torch.Tensor:
     """s_L for detection: the tokens covered by boxes scoring above `threshold`.
 
-    boxes: (D, 4) (x1, y1, x2, y2) in model-input pixels, scores: (D,). Corners are floored
-    / ceiled to the token grid. Returns (grid²,) summing to 1; uniform when no box passes.
+    boxes: (D, 4) (x1, y1, x2, y2) in model-input pixels, scores: (D,). Returns (grid²,)
+    summing to 1, never NaN.
+
+    Corner rounding (the authors'): x1, y1 are floored and x2, y2 ceiled to token units, then
+    clamped to [0, grid], and a box covers the tokens [floor(x1/p), ceil(x2/p)) in x (likewise
+    in y). So a box reaching the last row/column (x2 = grid * p, or beyond the frame) covers
+    it; a zero-area box inside a token (x1 = x2 = 33 at p = 16) covers that token; a
+    zero-area box on a token border (x1 = x2 = 32) covers none. When no box passes the
+    threshold, or the passing ones cover no token (degenerate, off-frame or NaN corners),
+    every token gets the same share.
     """
     device = scores.device
     sel = boxes[scores > threshold]
@@ -85,7 +93,77 @@ def cls_target(
     return s
 
 
-def entropy_bits(s: torch.Tensor) -> float:
-    """Entropy of an importance distribution in bits (a diagnostic for how peaked it is)."""
-    p = s[s > 0]
-    return float(-(p * p.log()).sum() / math.log(2.0))
+
+
+def _pooled_side(grid: int, pool: int) -> int:
+    if pool < 1 or grid % pool:
+        raise ValueError(f"rollout pool size {pool} does not divide the {grid} x {grid} grid")
+    return grid // pool
+
+
+def pool_cells(tokens: torch.Tensor, grid: int, pool: int) -> torch.Tensor:
+    """The pooled-grid cell (raster index on the (grid/pool)² grid) of each token index."""
+    side = grid // pool
+    return (tokens // grid // pool) * side + (tokens % grid) // pool
+
+
+def pool_attention_rows(
+    rows: torch.Tensor, queries: torch.Tensor, grid: int, pool: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention rows of some queries, pooled onto the pool x pool-coarser token grid.
+
+    rows: (K, N) fused attention of the K queries `queries` (K,) (token indices, N = grid²).
+    Keys are summed over each pool x pool cell (a row still sums to what it summed to);
+    queries are averaged over the computed queries that fall in each cell, as the authors
+    do with `rollout_pool_size`. Returns (cells (P,), pooled rows (P, N / pool²)): one row
+    for every cell holding at least one of the queries, cells in increasing order. Cells no
+    query fell in are absent: their buffered rows stay as they were.
+    """
+    side = _pooled_side(grid, pool)
+    k = rows.shape[0]
+    by_key = rows.reshape(k, side, pool, side, pool).sum(dim=(2, 4)).reshape(k, side * side)
+    cell = pool_cells(queries, grid, pool)
+    sums = torch.zeros(side * side, side * side, dtype=rows.dtype, device=rows.device)
+    sums.index_add_(0, cell, by_key)
+    counts = torch.bincount(cell, minlength=side * side)
+    cells = torch.nonzero(counts).squeeze(1)
+    return cells, sums[cells] / counts[cells].unsqueeze(1).to(rows.dtype)
+
+
+def pool_target(target: torch.Tensor, grid: int, pool: int) -> torch.Tensor:
+    """s_L on the pooled grid: a cell is a target when at least half of its tokens are
+    (the authors' anchor-mask pooling), normalised to sum 1.
+
+    target: (grid²,). When no cell reaches half (only small boxes), the cells' mean target
+    is used instead, so small objects still guide the next frame (the authors' code divides
+    by zero there).
+    """
+    side = _pooled_side(grid, pool)
+    covered = F.avg_pool2d((target > 0).to(target.dtype).view(1, 1, grid, grid), pool)
+    mask = (covered.flatten() >= 0.5).to(target.dtype)
+    if mask.sum() == 0:
+        mask = F.avg_pool2d(target.view(1, 1, grid, grid), pool).flatten()
+    assert mask.numel() == side * side
+    return mask / mask.sum()
+
+
+def upsample_importance(pooled: torch.Tensor, grid: int, pool: int) -> torch.Tensor:
+    """Importance on the pooled grid (grid²/pool²,) -> every token (grid²,), bilinearly (half-
+    pixel centres, as `F.interpolate(..., align_corners=False)`), normalised to sum 1."""
+    side = _pooled_side(grid, pool)
+    up = F.interpolate(
+        pooled.view(1, 1, side, side), scale_factor=pool, mode="bilinear", align_corners=False
+    ).flatten()
+    return up / up.sum()
+
+
+def token_importance(
+    rows: Sequence[torch.Tensor], target: torch.Tensor, grid: int, pool: int = 1
+) -> torch.Tensor:
+    """s_0 (grid²,) of every token from s_L (grid²,) through the buffered fused attention of
+    each rollout block (forward order): (N, N) rows, or with `pool` > 1 the pooled
+    (N/pool², N/pool²) rows of `pool_attention_rows`; rollout then runs on the pooled grid and
+    the result is upsampled bilinearly."""
+    if pool == 1:
+        return rollout(rows, target)
+    return upsample_importance(rollout(rows, pool_target(target, grid, pool)), grid, pool)

@@ -79,10 +79,12 @@ def frame_macs(
     keep: int | None = None,
     radius: int = 1,
     head: DetectorConfig | None = None,
+    prune_from: str = "input",
 ) -> FrameMACs:
     """MACs of one frame keeping `keep` tokens (None or N: a dense reset frame).
 
     A dense frame runs no tracking; every frame runs rollout (it guides the next frame).
+    `prune_from` "block0-mlp" (the authors'): block 0's qkv and projection run on all N.
     """
     n, c, g = cfg.num_tokens, cfg.embed_dim, cfg.grid
     k = n if keep is None else keep
@@ -91,6 +93,10 @@ def frame_macs(
     hidden = int(c * cfg.mlp_ratio)
     per_token = 3 * c * c + c * c + 2 * c * hidden  # qkv, proj, mlp
     token_wise = cfg.depth * k * per_token
+    if prune_from == "block0-mlp":
+        token_wise += (n - k) * (3 * c * c + c * c)
+    elif prune_from != "input":
+        raise ValueError(f"unknown prune_from {prune_from!r}")
     n_global = len(cfg.global_blocks)
     n_window = cfg.depth - n_global
     ws = cfg.window_size
@@ -117,6 +123,7 @@ def schedule_macs(
     reset_every: int = 8,
     radius: int = 1,
     head: DetectorConfig | None = None,
+    prune_from: str = "input",
 ) -> FrameMACs:
     """Average MACs per frame over a reset schedule: one dense frame every `reset_every`."""
     dense = frame_macs(cfg, None, radius, head)
@@ -124,6 +131,6 @@ def schedule_macs(
         return dense
     if reset_every < 1:
         raise ValueError("reset_every must be >= 1 for an average over the schedule")
-    pruned = frame_macs(cfg, keep, radius, head)
+    pruned = frame_macs(cfg, keep, radius, head, prune_from)
     w = 1.0 / reset_every
     return FrameMACs.mix([(w, dense), (1.0 - w, pruned)])

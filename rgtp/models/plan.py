@@ -6,7 +6,7 @@ backend and the runtime agree without talking to each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,10 @@ from rgtp.core.selection import check_buckets
 from rgtp.models.config import BackboneConfig, DetectorConfig
 
 PARTITIONS = ("per-global", "per-block", "whole")
+# Where pruning starts: at the input (every block sees K tokens), or, as the authors' ViTDet
+# configurations do, after block 0's attention (block 0 attends over all N tokens; its MLP
+# and every later block see K).
+PRUNE_FROM = ("input", "block0-mlp")
 
 
 def partition_blocks(cfg: BackboneConfig, how: str) -> list[tuple[int, ...]]:
@@ -56,6 +60,10 @@ class TensorSpec:
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
         return cls(d["name"], tuple(d["shape"]), d["dtype"])
 
+    def concrete(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """The shape with every symbolic axis replaced by its size in `dims`."""
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
 
 @dataclass(frozen=True)
 class GraphSpec:
@@ -73,6 +81,15 @@ class GraphSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def symbolic_dims(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+        """Sizes of the symbolic axes (e.g. {"K": 77}) read off the shapes of the inputs."""
+        dims: dict[str, int] = {}
+        for t in self.inputs:
+            for axis, d in enumerate(t.shape):
+                if isinstance(d, str):
+                    dims.setdefault(d, int(shapes[t.name][axis]))
+        return dims
+
 
 def stage_graph_name(stage: int, k: int | str) -> str:
     return f"stage{stage}_k{k}"
@@ -84,6 +101,7 @@ class StagePlan:
     stages: tuple[tuple[int, ...], ...]
     buckets: tuple[int, ...]
     fusion: str = "rms"
+    prune_from: str = "input"
 
     def __post_init__(self) -> None:
         covered = [b for s in self.stages for b in s]
@@ -91,6 +109,11 @@ class StagePlan:
             raise ValueError(f"stages {self.stages} do not cover blocks 0..depth-1 in order")
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown head fusion {self.fusion!r}; choose from {FUSIONS}")
+        if self.prune_from not in PRUNE_FROM:
+            raise ValueError(f"unknown prune_from {self.prune_from!r}; choose from {PRUNE_FROM}")
+        if self.prune_from == "block0-mlp" and self.config.backbone.is_global(0):
+            # a global block 0 would need (N, N) attention rows from every frame
+            raise ValueError("prune_from='block0-mlp' needs a windowed block 0")
         object.__setattr__(self, "buckets", check_buckets(self.buckets, self.num_tokens))
 
     @classmethod
@@ -100,9 +123,14 @@ class StagePlan:
         buckets: Sequence[int],
         partition: str = "per-global",
         fusion: str = "rms",
+        prune_from: str = "input",
     ) -> StagePlan:
         return cls(
-            config, tuple(partition_blocks(config.backbone, partition)), tuple(buckets), fusion
+            config,
+            tuple(partition_blocks(config.backbone, partition)),
+            tuple(buckets),
+            fusion,
+            prune_from,
         )
 
     @property
@@ -142,11 +170,25 @@ class StagePlan:
             ),
         )
 
+    @property
+    def dense_block(self) -> int | None:
+        """The block whose attention runs over all N tokens on every frame (no caches)."""
+        return 0 if self.prune_from == "block0-mlp" else None
+
+    def takes_all_tokens(self, stage: int) -> bool:
+        """Whether the stage's `tokens` input holds all N tokens rather than the K kept."""
+        return self.dense_block is not None and self.dense_block in self.stages[stage]
+
+    def cached_blocks(self, stage: int) -> tuple[int, ...]:
+        """The blocks of a stage that read and refresh key/value caches."""
+        return tuple(b for b in self.stages[stage] if b != self.dense_block)
+
     def stage_spec(self, stage: int, k: int | str) -> GraphSpec:
         """Interface of stage `stage` at K = k (an int, or a str for a symbolic K axis)."""
         n, c = self.num_tokens, self.dim
-        blocks = self.stages[stage]
-        inputs = [TensorSpec("tokens", (k, c), "float32"), TensorSpec("keep", (k,), "int64")]
+        blocks = self.cached_blocks(stage)
+        first = n if self.takes_all_tokens(stage) else k
+        inputs = [TensorSpec("tokens", (first, c), "float32"), TensorSpec("keep", (k,), "int64")]
         outputs = [TensorSpec("tokens_out", (k, c), "float32")]
         for b in blocks:
             inputs += [
@@ -170,6 +212,7 @@ class StagePlan:
             "stages": [list(s) for s in self.stages],
             "buckets": list(self.buckets),
             "fusion": self.fusion,
+            "prune_from": self.prune_from,
         }
 
     @classmethod
@@ -179,4 +222,5 @@ class StagePlan:
             tuple(tuple(s) for s in data["stages"]),
             tuple(data["buckets"]),
             data["fusion"],
+            data.get("prune_from", "input"),
         )

@@ -19,6 +19,7 @@ from torch import nn
 
 from rgtp.core.rollout import fuse_heads
 from rgtp.models.detector import Detector
+from rgtp.models.plan import StagePlan
 from rgtp.models.vit_ops import attend, grid_coords, slot_of_token, window_slots
 from rgtp.models.vitdet import Attention, Block, ViTDetBackbone
 
@@ -65,13 +66,29 @@ class PrunedStage(nn.Module):
 
     The caches hold the latest keys/values of all N tokens; the stage overwrites the kept
     rows in its own copy, and returns the fresh rows for the runtime to write back.
+
+    With `dense_block` (one of the stage's blocks, its first), `tokens` holds all N tokens:
+    that block's attention runs over all of them as in the dense model (so it needs no
+    cache and returns no keys/values), and pruning to `keep` happens before its MLP — the
+    authors' ViTDet configurations prune there.
     """
 
-    def __init__(self, backbone: ViTDetBackbone, block_ids: Sequence[int], fusion: str = "rms"):
+    def __init__(
+        self,
+        backbone: ViTDetBackbone,
+        block_ids: Sequence[int],
+        fusion: str = "rms",
+        dense_block: int | None = None,
+    ):
         super().__init__()
         cfg = backbone.cfg
         self.cfg = cfg
         self.block_ids = tuple(block_ids)
+        if dense_block is not None and dense_block not in self.block_ids:
+            dense_block = None  # the dense block lives in another stage
+        if dense_block is not None and dense_block != self.block_ids[0]:
+            raise ValueError(f"the dense block {dense_block} must open its stage")
+        self.dense_block = dense_block
         self.blocks = nn.ModuleList(backbone.blocks[i] for i in self.block_ids)
         self.fusion = fusion
         rows, cols = grid_coords(cfg.grid)
@@ -86,17 +103,30 @@ class PrunedStage(nn.Module):
         return tuple(b for b in self.block_ids if self.cfg.is_global(b))
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor, *caches: torch.Tensor):
-        if len(caches) != 2 * len(self.blocks):
-            raise ValueError(f"stage {self.block_ids} needs {2 * len(self.blocks)} caches")
+        blocks = list(self.blocks)
         x = tokens
+        if self.dense_block is not None:
+            x = self._dense_then_prune(blocks.pop(0), x, keep)
+        if len(caches) != 2 * len(blocks):
+            raise ValueError(f"stage {self.block_ids} needs {2 * len(blocks)} caches")
         fresh: list[torch.Tensor] = []
         rows: list[torch.Tensor] = []
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(blocks):
             x, k, v, fused = self._block(block, x, keep, caches[2 * j], caches[2 * j + 1])
             fresh += [k, v]
             if fused is not None:
                 rows.append(fused)
         return (x, *fresh, *rows)
+
+    def _dense_then_prune(self, block: Block, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """A windowed block on all N tokens (N, C) up to its attention, then its MLP on the
+        kept ones -> (K, C)."""
+        attn = block.attn
+        q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (N, C) each
+        everyone = torch.arange(x.shape[0], device=x.device)
+        out = self._windowed(attn, block.window_size, q, everyone, k, v)
+        x = (x + attn.proj(out)).index_select(0, keep)
+        return x + block.mlp(block.norm2(x))
 
     def _block(
         self,
@@ -155,3 +185,10 @@ class PrunedStage(nn.Module):
         qw = windows(q_ext)
         o, _ = attend(qw, windows(k_ext), windows(v_ext), attn.bias(qw, attn.rows, attn.cols))
         return o.transpose(1, 2).reshape(-1, c)[self.slot_of[keep]]
+
+
+def stage_modules(backbone: ViTDetBackbone, plan: StagePlan) -> list[PrunedStage]:
+    """One module per stage of `plan`, sharing the backbone's parameters."""
+    return [
+        PrunedStage(backbone, blocks, plan.fusion, plan.dense_block) for blocks in plan.stages
+    ]
