@@ -19,6 +19,10 @@ PARTITIONS = ("per-global", "per-block", "whole")
 # configurations do, after block 0's attention (block 0 attends over all N tokens; its MLP
 # and every later block see K).
 PRUNE_FROM = ("input", "block0-mlp")
+# What turns the maintained backbone map into boxes and scores: rgtp's own FCOS head, a
+# user's ONNX head (its interface read from the file at export), or none (the application
+# runs its own head and hands the runtime its detections).
+HEADS = ("rgtp", "onnx", "none")
 
 
 def partition_blocks(cfg: BackboneConfig, how: str) -> list[tuple[int, ...]]:
@@ -77,6 +81,21 @@ class GraphSpec:
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        return cls(
+            d["name"],
+            tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+        )
+
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
@@ -102,6 +121,8 @@ class StagePlan:
     buckets: tuple[int, ...]
     fusion: str = "rms"
     prune_from: str = "input"
+    head: str = "rgtp"
+    user_head: GraphSpec | None = None  # head "onnx": the user graph's interface
 
     def __post_init__(self) -> None:
         covered = [b for s in self.stages for b in s]
@@ -114,6 +135,12 @@ class StagePlan:
         if self.prune_from == "block0-mlp" and self.config.backbone.is_global(0):
             # a global block 0 would need (N, N) attention rows from every frame
             raise ValueError("prune_from='block0-mlp' needs a windowed block 0")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose from {HEADS}")
+        if (self.head == "onnx") != (self.user_head is not None):
+            raise ValueError("a user head interface goes with head='onnx', and only with it")
+        if self.user_head is not None:
+            check_user_head(self.user_head, self.config.backbone.grid, self.dim)
         object.__setattr__(self, "buckets", check_buckets(self.buckets, self.num_tokens))
 
     @classmethod
@@ -124,6 +151,8 @@ class StagePlan:
         partition: str = "per-global",
         fusion: str = "rms",
         prune_from: str = "input",
+        head: str = "rgtp",
+        user_head: GraphSpec | None = None,
     ) -> StagePlan:
         return cls(
             config,
@@ -131,6 +160,8 @@ class StagePlan:
             tuple(buckets),
             fusion,
             prune_from,
+            head,
+            user_head,
         )
 
     @property
@@ -160,6 +191,11 @@ class StagePlan:
         )
 
     def head_spec(self) -> GraphSpec:
+        """The head graph's interface; ValueError for a plan exported without a head."""
+        if self.head == "none":
+            raise ValueError("this plan has no head (exported with --head none)")
+        if self.user_head is not None:
+            return GraphSpec("head", self.user_head.inputs, self.user_head.outputs)
         n, c, m = self.num_tokens, self.dim, self.num_locations
         return GraphSpec(
             "head",
@@ -213,6 +249,8 @@ class StagePlan:
             "buckets": list(self.buckets),
             "fusion": self.fusion,
             "prune_from": self.prune_from,
+            "head": self.head,
+            **({"user_head": self.user_head.to_dict()} if self.user_head else {}),
         }
 
     @classmethod
@@ -223,4 +261,34 @@ class StagePlan:
             tuple(data["buckets"]),
             data["fusion"],
             data.get("prune_from", "input"),
+            data.get("head", "rgtp"),
+            GraphSpec.from_dict(data["user_head"]) if data.get("user_head") else None,
         )
+
+
+def check_user_head(spec: GraphSpec, grid: int, dim: int) -> None:
+    """A user's head graph must read the backbone map, as (N, C) or (1, C, H, W), and give
+    boxes (M, 4) and scores (M, classes) first, each optionally with a leading batch of 1."""
+    accepted = [(grid * grid, dim), (1, dim, grid, grid)]
+    if len(spec.inputs) != 1 or tuple(spec.inputs[0].shape) not in accepted:
+        got = [(t.name, tuple(t.shape)) for t in spec.inputs]
+        raise ValueError(
+            f"a user head takes one float32 input, the backbone map of shape {accepted[0]} or "
+            f"{accepted[1]}; this graph takes {got}"
+        )
+    if len(spec.outputs) < 2:
+        raise ValueError("a user head returns boxes (M, 4) and scores (M, classes) first")
+    boxes, scores = (_unbatched(t) for t in spec.outputs[:2])
+    if len(boxes) != 2 or boxes[1] != 4 or len(scores) != 2 or boxes[0] != scores[0]:
+        raise ValueError(
+            "a user head's first two outputs must be boxes (M, 4) in model-input pixels and "
+            f"scores (M, classes); got {tuple(spec.outputs[0].shape)} and "
+            f"{tuple(spec.outputs[1].shape)}"
+        )
+    if any(t.dtype != "float32" for t in (*spec.inputs, *spec.outputs[:2])):
+        raise ValueError("a user head's map input and box/score outputs must be float32")
+
+
+def _unbatched(t: TensorSpec) -> tuple[int | str, ...]:
+    shape = tuple(t.shape)
+    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
