@@ -1,10 +1,13 @@
-"""Importing the public reference implementations (timm, segment-anything) for parity tests.
+"""Importing the public reference implementations (timm, segment-anything, Hugging Face
+transformers) for parity tests.
 
-Both import torchvision at module level for code our tests never call (data transforms,
-FrozenBatchNorm2d). PyPI's torchvision wheels are CUDA builds whose compiled operators do not
-load beside the CPU torch wheel this project pins, so when torchvision is unusable we install
-a placeholder that satisfies those imports. Any use of a placeholder attribute returns
-another placeholder, never data: the model code under test is timm's and SAM's own.
+timm and SAM import torchvision at module level for code our tests never call (data
+transforms, FrozenBatchNorm2d). PyPI's torchvision wheels are CUDA builds whose compiled
+operators do not load beside the CPU torch wheel this project pins, so when torchvision is
+unusable we install a placeholder that satisfies those imports. Any use of a placeholder
+attribute returns another placeholder, never data: the model code under test is timm's and
+SAM's own. transformers does the opposite: it probes for torchvision and, finding one, reads
+its version, so it is imported with the placeholder out of sight.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -72,3 +77,30 @@ def import_sam_image_encoder():
     _ensure_torchvision_importable()
     pytest.importorskip("segment_anything")
     return importlib.import_module("segment_anything.modeling.image_encoder").ImageEncoderViT
+
+
+@contextmanager
+def _placeholder_hidden() -> Iterator[None]:
+    finders = [f for f in sys.meta_path if isinstance(f, _PlaceholderFinder)]
+    modules = {
+        n: m
+        for n, m in sys.modules.items()
+        if (n == "torchvision" or n.startswith("torchvision.")) and finders
+    }
+    for f in finders:
+        sys.meta_path.remove(f)
+    for n in modules:
+        del sys.modules[n]
+    try:
+        yield
+    finally:
+        sys.meta_path[:0] = finders
+        sys.modules.update(modules)
+
+
+def import_hf_vitdet() -> types.ModuleType:
+    """transformers' `modeling_vitdet` module (VitDetConfig, VitDetModel, VitDetBackbone), or
+    skip if transformers is not installed."""
+    with _placeholder_hidden():
+        pytest.importorskip("transformers")
+        return importlib.import_module("transformers.models.vitdet.modeling_vitdet")

@@ -1,173 +1,211 @@
-"""Loading weights: our own files, timm `samvit_*`, detectron2 ViTDet and SAM checkpoints.
+"""Loading weights: our own files, timm `samvit_*`, detectron2 ViTDet, SAM and Hugging Face
+`VitDetModel` / `VitDetBackbone` checkpoints.
 
-Files are read with safetensors or `torch.load(weights_only=True)`. detectron2's model-zoo
-`.pkl` files are plain pickles of numpy arrays (in pickle protocols torch's weights-only
-unpickler does not speak), so they go through an unpickler that admits numpy's array
-constructors and nothing else: any other global in the file is refused, never executed.
-
-Every foreign format is first renamed into this project's parameter names; then one strict
-loader checks names and shapes and says exactly what did not fit.
+Files are read by `rgtp.models.checkpoint_files` (safetensors, `torch.load(weights_only=True)`
+or an arrays-only unpickler). Every foreign format is then renamed into this project's
+parameter names (one table of rules per format; the original key of every renamed tensor is
+kept for messages), and one loader checks names and shapes. A model loads fully or not at
+all: every backbone tensor must come from the checkpoint, and the neck and head too unless
+`strict=False`.
 """
 
 from __future__ import annotations
 
-import math
-import pickle
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from rgtp.models.checkpoint_files import CheckpointError, read_state_dict
 from rgtp.models.vit_ops import resize_rel_pos
+from rgtp.models.vitdet import ViTDetBackbone
 
-FORMATS = ("auto", "rgtp", "timm", "detectron2", "sam")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model: names, shapes or format."""
+FORMATS = ("auto", "rgtp", "timm", "detectron2", "sam", "hf")
 
 
 @dataclass
 class LoadReport:
-    """What a load did. `missing`: model parameters the checkpoint did not provide;
-    `ignored`: checkpoint entries with no counterpart here (e.g. a two-stage detector head)."""
+    """What a load did.
+
+    loaded / missing: model parameter names loaded from the checkpoint / left at their
+    initial values (only neck and head ones, and only with `strict=False`);
+    ignored: checkpoint key (as in the file) -> why rgtp does not use it;
+    groups: model part (backbone, neck, head) -> (tensors loaded, tensors in the model).
+    """
 
     format: str
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        parts = ", ".join(f"{g} {n} of {total}" for g, (n, total) in self.groups.items())
         lines = [
-            f"format {self.format}: loaded {len(self.loaded)} tensors, "
-            f"{len(self.missing)} model tensors not in checkpoint, {len(self.ignored)} ignored"
+            f"format {self.format}: loaded {len(self.loaded)} of "
+            f"{len(self.loaded) + len(self.missing)} model tensors ({parts})"
         ]
         if self.missing:
-            lines.append("  not in checkpoint: " + _abbrev(self.missing))
-        if self.ignored:
-            lines.append("  ignored: " + _abbrev(self.ignored))
+            lines.append("  not in checkpoint (initial values kept): " + _abbrev(self.missing))
+        reasons = Counter(self.ignored.values())
+        lines += [f"  not used by rgtp: {r} ({n} tensors)" for r, n in reasons.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def _abbrev(names: list[str], limit: int = 8) -> str:
+def _abbrev(names: list[str], limit: int = 6) -> str:
     head = ", ".join(names[:limit])
-    return head + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
+    return head + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Admits only what a pickled dict of numpy arrays needs (Python docs, "Restricting
-    Globals"); anything else raises instead of running."""
+# --------------------------------------------------------------------------- names
 
-    ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        return super().find_class(module, name)
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file: .safetensors, torch files, or detectron2 .pkl."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        if path.suffix == ".pkl":
-            with path.open("rb") as f:
-                obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # both unpicklers refuse anything not allow-listed
-        raise CheckpointError(f"{path}: not loadable as weights only ({e})") from e
-    for key in ("model", "state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
-    return {
-        k: torch.as_tensor(v) for k, v in obj.items() if isinstance(v, torch.Tensor | np.ndarray)
-    }
+# Per format: (pattern over the whole key, rgtp name template or None, why unused if None).
+# The first rule that matches decides; a key no rule matches has no place in the model
+# (an error). Trunk names are timm's in timm, detectron2 and SAM up to a
+# prefix, except SAM's MLP (`lin1/lin2`, here `fc1/fc2`).
+_HF = r"(?:vitdet\.|backbone\.)?"  # a VitDet inside a larger HF model (e.g. VitMatte)
+_RULES: dict[str, list[tuple[str, str | None, str]]] = {
+    "rgtp": [(r"(.*)", r"\1", "")],
+    "timm": [
+        (r"(neck|head|fc_norm)\..*", None, "timm neck and classifier head"),
+        (r"(.*)", r"backbone.\1", ""),
+    ],
+    "detectron2": [
+        (r"backbone\.net\.(.*)", r"backbone.\1", ""),
+        (r"backbone\.simfp_(\d)\.(.*)", r"neck.levels.p\1.\2", ""),
+        (r"(proposal_generator|roi_heads)\..*", None, "detectron2 heads"),
+        (r"pixel_(mean|std)", None, "detectron2 input normalisation (rgtp's is in the config)"),
+    ],
+    "sam": [
+        (r"image_encoder\.neck\..*", None, "SAM image-encoder neck"),
+        (r"image_encoder\.(blocks\.\d+\.mlp)\.lin(\d)\.(.*)", r"backbone.\1.fc\2.\3", ""),
+        (r"image_encoder\.(.*)", r"backbone.\1", ""),
+        (r"(prompt_encoder|mask_decoder)\..*", None, "SAM prompt encoder and mask decoder"),
+    ],
+    "hf": [
+        (_HF + r"embeddings\.projection\.(.*)", r"backbone.patch_embed.proj.\1", ""),
+        (_HF + r"embeddings\.position_embeddings", r"backbone.pos_embed", ""),
+        (_HF + r"encoder\.layer\.(\d+)\.attention\.(.*)", r"backbone.blocks.\1.attn.\2", ""),
+        (_HF + r"encoder\.layer\.(\d+)\.(.*)", r"backbone.blocks.\1.\2", ""),
+        (r".*", None, "modules around the Hugging Face VitDet backbone"),
+    ],
+}
 
 
 def detect_format(sd: dict[str, torch.Tensor]) -> str:
+    """The checkpoint format, told from the key names."""
     keys = list(sd)
     if any(k.startswith("backbone.net.") for k in keys):
         return "detectron2"
     if any(k.startswith("image_encoder.") for k in keys):
         return "sam"
-    if any(k.startswith("backbone.blocks.") for k in keys):
+    rgtp = ("backbone.blocks.", "backbone.patch_embed.", "backbone.pos_embed", "neck.levels.")
+    if any(k.startswith(rgtp) for k in keys):
         return "rgtp"
+    if any(re.match(_HF + r"(encoder\.layer\.\d+\.|embeddings\.projection\.)", k) for k in keys):
+        return "hf"
     if any(k.startswith("blocks.") for k in keys) and "pos_embed" in sd:
         return "timm"
-    raise CheckpointError("cannot tell the checkpoint format from its keys; pass format=...")
+    raise CheckpointError(
+        f"cannot tell the checkpoint format from its keys ({_abbrev(keys, 3)}); pass one of "
+        f"{', '.join(FORMATS[1:])} (CLI: --weights-format)"
+    )
 
 
-def _pos_embed_grid(pos: torch.Tensor, name: str) -> torch.Tensor:
-    """(1, G, G, C), or (1, G² [+1 cls], C) as detectron2 stores it -> (1, G, G, C)."""
+def _pos_embed_grid(pos: torch.Tensor, key: str) -> torch.Tensor:
+    """(1, G, G, C), or (1, G² [+1 cls], C) as detectron2 and HF store it -> (1, G, G, C)."""
     if pos.ndim == 4:
         return pos
+    if pos.ndim != 3:
+        raise CheckpointError(f"{key}: position embedding of shape {tuple(pos.shape)}")
     n = pos.shape[1]
-    side = math.isqrt(n)
-    if side * side != n:
-        side = math.isqrt(n - 1)
-        if side * side != n - 1:
-            raise CheckpointError(f"{name}: {n} positions is neither a square nor square + 1")
-        pos = pos[:, 1:]  # drop the pretraining CLS position
-    return pos.reshape(1, side, side, pos.shape[2])
+    for cls in (0, 1):  # without, then with the pretraining CLS position
+        side = round((n - cls) ** 0.5)
+        if side * side == n - cls:
+            return pos[:, cls:].reshape(1, side, side, pos.shape[2])
+    raise CheckpointError(f"{key}: {n} positions is neither a square nor square + 1")
 
 
-def convert(sd: dict[str, torch.Tensor], fmt: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename a foreign state dict into Detector parameter names.
+@dataclass
+class Renamed:
+    """A foreign state dict in rgtp names: tensors and origin keyed by rgtp name (origin:
+    the key in the file); ignored: key in the file -> why rgtp does not use it; unknown:
+    keys in the file that the format's rules do not name."""
 
-    Returns (renamed tensors, ignored keys). Trunk names are the same in timm, detectron2
-    and SAM up to a prefix, except SAM's MLP (`lin1/lin2` here `fc1/fc2`).
-    """
-    out: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+
+def _rename(key: str, fmt: str) -> tuple[str | None, str | None]:
+    """(rgtp name, None) for a key the format maps, (None, why unused) for one it drops,
+    (None, None) for one it does not know."""
+    for pattern, template, reason in _RULES[fmt]:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return (m.expand(template), None) if template is not None else (None, reason)
+    return None, None
+
+
+def convert(sd: dict[str, torch.Tensor], fmt: str) -> Renamed:
+    """Rename a foreign state dict into Detector parameter names (see `_RULES`)."""
+    if fmt not in _RULES:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose from {FORMATS}")
+    out = Renamed()
     for key, t in sd.items():
-        if fmt == "rgtp":
-            new = key
-        elif fmt == "timm":
-            new = None if key.startswith(("neck.", "head.", "fc_norm.")) else "backbone." + key
-        elif fmt == "detectron2":
-            if key.startswith("backbone.net."):
-                new = "backbone." + key[len("backbone.net.") :]
-            elif m := re.match(r"backbone\.simfp_(\d)\.(.*)", key):
-                new = f"neck.levels.p{m.group(1)}.{m.group(2)}"
-            else:
-                new = None
-        elif fmt == "sam":
-            if key.startswith("image_encoder.") and not key.startswith("image_encoder.neck."):
-                new = "backbone." + key[len("image_encoder.") :]
-                new = new.replace(".mlp.lin1.", ".mlp.fc1.").replace(".mlp.lin2.", ".mlp.fc2.")
-            else:
-                new = None
-        else:
-            raise CheckpointError(f"unknown format {fmt!r}; choose from {FORMATS}")
+        new, reason = _rename(key, fmt)
         if new is None:
-            ignored.append(key)
+            if reason is None:
+                out.unknown.append(key)
+            else:
+                out.ignored[key] = reason
             continue
-        if new == "backbone.pos_embed":
-            t = _pos_embed_grid(t, key)
-        out[new] = t
-    return out, ignored
+        if new in out.tensors:
+            raise CheckpointError(f"{out.origin[new]} and {key} both give {new}")
+        out.tensors[new] = _pos_embed_grid(t, key) if new == "backbone.pos_embed" else t
+        out.origin[new] = key
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _fit_rel_pos(
+    t: torch.Tensor, want: torch.Size, key: str, block: int, window: int
+) -> torch.Tensor | None:
+    """A relative-position table (L, d) for a model table of `want` rows, or None if the
+    shapes do not differ in length only. Windowed blocks refuse another length: the table
+    covers every offset inside one window, so another length means another window size.
+    Global blocks' tables are resampled linearly, what detectron2's `get_rel_pos` does at
+    run time when the token grid differs from the one the table was trained at."""
+    if t.ndim != 2 or t.shape[1] != want[1]:
+        return None
+    if window:
+        trained = (t.shape[0] + 1) // 2
+        raise CheckpointError(
+            f"{key}: block {block} is windowed and its relative-position table has "
+            f"{t.shape[0]} rows, i.e. windows of {trained} tokens; the model's windows are "
+            f"{window} tokens ({want[0]} rows). Windowed tables are not resampled: use a model "
+            f"with window_size={trained}"
+        )
+    return resize_rel_pos(t.float(), want[0])
+
+
+def _backbone_of(model: nn.Module) -> tuple[ViTDetBackbone, str]:
+    """The model's ViTDetBackbone and the prefix of its names in the model's state dict."""
+    if isinstance(model, ViTDetBackbone):
+        return model, ""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ViTDetBackbone):
+        raise TypeError(f"expected a Detector or a ViTDetBackbone, got {type(model).__name__}")
+    return backbone, "backbone."
 
 
 def load_state_dict_into(
@@ -175,62 +213,122 @@ def load_state_dict_into(
 ) -> LoadReport:
     """Load a (possibly foreign) state dict into a Detector or a bare ViTDetBackbone.
 
-    Relative-position tables trained at another size are resampled linearly, exactly as
-    ViTDet does at run time. With `strict`, any model tensor the checkpoint lacks is an
-    error; backbone-only checkpoints (timm, SAM) need `strict=False` for a whole detector.
+    Every backbone tensor must be in the checkpoint. With `strict` the neck and head must
+    be too; without, those the checkpoint lacks keep their initial values (backbone-only
+    checkpoints such as timm's or SAM's, detectron2's whose heads rgtp does not run).
+    Global blocks' relative-position tables trained at another input size are resampled
+    as ViTDet does; windowed blocks' must match the window size. CheckpointError names
+    checkpoint keys as they are in the file.
     """
     fmt = detect_format(sd) if fmt == "auto" else fmt
-    renamed, ignored = convert(sd, fmt)
-    from rgtp.models.vitdet import ViTDetBackbone  # a bare backbone has no "backbone." prefix
-
-    if isinstance(model, ViTDetBackbone):
-        ignored += [k for k in renamed if not k.startswith("backbone.")]
-        renamed = {
-            k[len("backbone.") :]: v for k, v in renamed.items() if k.startswith("backbone.")
-        }
-    report = LoadReport(format=fmt, ignored=ignored)
+    renamed = convert(sd, fmt)
+    backbone, prefix = _backbone_of(model)
+    if not prefix:  # a bare backbone: checkpoint neck/head tensors have nowhere to go
+        for name in [n for n in renamed.tensors if not n.startswith("backbone.")]:
+            renamed.ignored[renamed.origin.pop(name)] = "neck and head (the model is a backbone)"
+            del renamed.tensors[name]
+        renamed.tensors = {n[len("backbone.") :]: t for n, t in renamed.tensors.items()}
+        renamed.origin = {n[len("backbone.") :]: k for n, k in renamed.origin.items()}
+    report = LoadReport(format=fmt, ignored=renamed.ignored)
     target = model.state_dict()
-    unexpected = sorted(set(renamed) - set(target))
+    unexpected = renamed.unknown + [renamed.origin[n] for n in renamed.tensors if n not in target]
     if unexpected:
         raise CheckpointError(
-            f"{len(unexpected)} checkpoint tensors have no place in the model: "
+            f"{len(unexpected)} checkpoint tensors (format {fmt}) have no place in the model: "
             + _abbrev(unexpected)
         )
     fitted: dict[str, torch.Tensor] = {}
-    for name, t in renamed.items():
-        want = target[name].shape
-        if (
-            name.endswith(("rel_pos_h", "rel_pos_w"))
-            and t.shape != want
-            and t.shape[1:] == want[1:]
-        ):
-            report.notes.append(f"{name}: resampled {t.shape[0]} -> {want[0]} offsets")
-            t = resize_rel_pos(t.float(), want[0])
+    mismatched: list[str] = []
+    resized: dict[tuple[int, int], list[int]] = {}
+    global_rows: dict[int, int] = {}  # model-global block -> its table's rows in the file
+    for name, t in renamed.tensors.items():
+        key, want = renamed.origin[name], target[name].shape
+        rel_pos = re.search(r"blocks\.(\d+)\.attn\.rel_pos_[hw]$", name)
+        if rel_pos:
+            block = int(rel_pos.group(1))
+            window = backbone.blocks[block].window_size
+            if not window:
+                global_rows[block] = t.shape[0]
+            fit = _fit_rel_pos(t, want, key, block, window) if t.shape != want else None
+            if fit is not None:
+                resized.setdefault((t.shape[0], want[0]), []).append(block)
+                t = fit
         if name.endswith("pos_embed") and t.shape != want:
             raise CheckpointError(
-                f"{name}: checkpoint grid {tuple(t.shape[1:3])} != model grid "
+                f"{key}: checkpoint grid {tuple(t.shape[1:3])} != model grid "
                 f"{tuple(want[1:3])}; build the model with pretrain_grid={t.shape[1]}"
             )
         if t.shape != want:
-            raise CheckpointError(
-                f"{name}: checkpoint shape {tuple(t.shape)} != model {tuple(want)}"
-            )
+            mismatched.append(f"{key} shape {tuple(t.shape)}, model {tuple(want)}")
+            continue
         fitted[name] = t.to(target[name].dtype)
-    report.missing = sorted(set(target) - set(fitted))
-    if strict and report.missing:
+    if mismatched:
         raise CheckpointError(
-            f"checkpoint lacks {len(report.missing)} model tensors: " + _abbrev(report.missing)
+            f"{len(mismatched)} checkpoint tensors (format {fmt}) do not fit the model's "
+            f"shapes: {_abbrev(mismatched, 3)}"
         )
+    if len(set(global_rows.values())) > 1:  # all global blocks were trained on one grid
+        rows = ", ".join(f"block {b}: {n}" for b, n in sorted(global_rows.items()))
+        raise CheckpointError(
+            f"the relative-position tables of the model's global blocks differ in length in "
+            f"the checkpoint ({rows} rows): its global blocks are not the model's "
+            f"{sorted(global_rows)}"
+        )
+    for (old, new), blocks in resized.items():
+        report.notes.append(
+            f"relative-position tables of global blocks {sorted(set(blocks))} resized "
+            f"{old} -> {new} offsets for the {backbone.cfg.grid}x{backbone.cfg.grid} token "
+            "grid (linear interpolation, as detectron2's get_rel_pos)"
+        )
+    _check_complete(report, target, fitted, prefix, fmt, strict)
     model.load_state_dict(fitted, strict=False)
     report.loaded = sorted(fitted)
     return report
 
 
+def _check_complete(
+    report: LoadReport,
+    target: dict[str, torch.Tensor],
+    fitted: dict[str, torch.Tensor],
+    prefix: str,
+    fmt: str,
+    strict: bool,
+) -> None:
+    """Fill `report.groups` and `report.missing`; raise unless the model loads fully (the
+    neck and head may be partial without `strict`)."""
+    missing: dict[str, list[str]] = {}
+    for name in target:
+        group = name.split(".")[0] if prefix else "backbone"
+        loaded, total = report.groups.get(group, (0, 0))
+        report.groups[group] = (loaded + (name in fitted), total + 1)
+        if name not in fitted:
+            missing.setdefault(group, []).append(name)
+    if missing.get("backbone"):
+        names = missing["backbone"]
+        raise CheckpointError(
+            f"{len(names)} of {report.groups['backbone'][1]} backbone tensors are not in the "
+            f"checkpoint (format {fmt}, {len(fitted)} tensors matched): {_abbrev(names)}. "
+            "Every backbone tensor must load; is this a checkpoint of this model?"
+        )
+    report.missing = [n for names in missing.values() for n in names]
+    if strict and report.missing:
+        raise CheckpointError(
+            f"{len(report.missing)} neck and head tensors are not in the checkpoint (format "
+            f"{fmt}): {_abbrev(report.missing)}. To keep them randomly initialised (e.g. for "
+            "your own head), load with strict=False (CLI: --allow-missing-head)"
+        )
+
+
 def load_weights(
     model: nn.Module, path: str | Path, fmt: str = "auto", strict: bool = True
 ) -> LoadReport:
-    """Read a checkpoint file and load it into `model` (see `load_state_dict_into`)."""
-    return load_state_dict_into(model, read_state_dict(path), fmt, strict)
+    """Read a checkpoint file and load it into `model` (see `load_state_dict_into`);
+    CheckpointError messages start with the file's path."""
+    sd = read_state_dict(path)
+    try:
+        return load_state_dict_into(model, sd, fmt, strict)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
 
 
 def save_weights(

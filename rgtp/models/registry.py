@@ -21,7 +21,15 @@ _CONFIGS: dict[str, DetectorConfig] = {
             global_blocks=(2, 5, 8, 11),
             pretrain_grid=14,
         ),
-        head=HeadConfig(num_classes=30, neck_channels=256, head_channels=256, group_norm_groups=32),
+        # ViTDet's simple feature pyramid (strides 4 to 32), so that detectron2's model-zoo
+        # `simfp_2..5` weights load as they are.
+        head=HeadConfig(
+            num_classes=30,
+            neck_channels=256,
+            scale_factors=(4.0, 2.0, 1.0, 0.5),
+            head_channels=256,
+            group_norm_groups=32,
+        ),
     ),
     "vitdet-small": DetectorConfig(
         name="vitdet-small",
