@@ -5,19 +5,27 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, SynthVIDConfig, generate_sequence
 from rgtp.eval.coco_map import map50
-from rgtp.eval.evaluate import EvalSetting, evaluate_setting, radius_table, results_table
+from rgtp.eval.evaluate import (
+    EvalSetting,
+    evaluate_setting,
+    heldout_split,
+    radius_table,
+    results_table,
+)
 from rgtp.models import Detector
+from rgtp.models.flops import frame_macs
 from rgtp.runtime import Pipeline
 from rgtp.runtime.video import read_frames, write_video
 from rgtp.viz.overlay import overlay
 from rgtp.viz.timeline import plot_timeline
-from tests.conftest import randomize, tiny_config
+from tests.conftest import randomize, small_detector, tiny_config
 
 
 def gt_as_results(coco: dict, shift: float = 0.0) -> list[dict]:
@@ -55,13 +63,32 @@ def test_evaluate_setting_records_cost_and_accuracy() -> None:
     dense = evaluate_setting(pipe, EvalSetting(None), seqs, progress=False)
     pruned = evaluate_setting(pipe, EvalSetting(n // 4, reset_every=8), seqs, progress=False)
     assert dense.keep == "N" and dense.gflops_ratio == 1.0 and dense.frames == 18
-    # 2 of 9 frames per sequence are dense (0 and 8): the average sits in between
-    assert 0.25 < pruned.gflops_ratio < 1.0
+    # 2 of 9 frames per sequence are dense (0 and 8): the paper's average over all frames
+    bb = det.cfg.backbone
+    full, part = frame_macs(bb).backbone, frame_macs(bb, n // 4, 1).backbone
+    assert pruned.gflops_ratio == pytest.approx((2 * full + 7 * part) / 9 / full, rel=1e-12)
     assert pruned.mean_k == (2 * n + 7 * (n // 4)) / 9
-    assert 0.0 <= pruned.map50 <= 1.0 and pruned.ms_per_frame > 0
+    assert dense.map50 == pruned.map50 == 0.0  # random weights find nothing
+    assert 0 < pruned.ms_engine < pruned.ms_per_frame
+    assert pruned.ms_outside_engine == pytest.approx(pruned.ms_per_frame - pruned.ms_engine)
     table = results_table([dense, pruned], "tiny")
     assert "| dense |" in table and f"K={n // 4}" in table
     assert "r = 1" in radius_table([pruned])
+
+
+def test_the_shipped_model_keeps_its_accuracy_when_pruned() -> None:
+    """2 held-out sequences x 16 frames on the shipped vitdet-small (PyTorch): the dense model
+    scores mAP50 0.997 here, K = N is the dense run exactly, and K = 77 (30 % of the tokens,
+    43 % of the GFLOPs with resets) loses less than a point."""
+    pipe = Pipeline.from_detector(small_detector(), [77])
+    seqs = heldout_split(2, 16, 1, 256)
+    dense, full, pruned = (
+        evaluate_setting(pipe, EvalSetting(k), seqs, progress=False) for k in (None, 256, 77)
+    )
+    assert dense.map50 == pytest.approx(0.9975, abs=2e-3)
+    assert full.map50 == dense.map50 and full.mean_k == 256
+    assert abs(pruned.map50 - dense.map50) <= 0.01
+    assert pruned.mean_k == (2 * 256 + 14 * 77) / 16
 
 
 def test_overlay_video_and_timeline(tmp_path) -> None:

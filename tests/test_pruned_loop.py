@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
 import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.models.boxes import postprocess
-from rgtp.runtime import Pipeline
+from rgtp.runtime import Pipeline, StreamOptions
 from rgtp.runtime.frames import to_model_input
 from tests.conftest import moving_frames
+from tests.stream_checks import assert_same_result
 
 
 def dense_reference(detector, frame):
-    pixels, _ = to_model_input(frame, detector.cfg.backbone.img_size, torch.device("cpu"))
+    pixels, geometry = to_model_input(frame, detector.cfg.backbone.img_size, torch.device("cpu"))
     with torch.no_grad():
         fmap = detector.features(pixels)
         boxes, scores = detector.head_from_map(fmap)
-    return fmap[0].flatten(0, 1), postprocess(boxes[0], scores[0])
+    dets = postprocess(boxes[0], scores[0], score_threshold=0.02)  # the stream's default
+    return fmap[0].flatten(0, 1), geometry.detections_to_frame(dets)
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2])
@@ -73,20 +78,79 @@ def test_pruned_frames_update_only_kept_tokens(tiny_detector) -> None:
     assert (result.importance >= 0).all()
 
 
-def test_streams_share_a_pipeline_without_sharing_state(tiny_detector) -> None:
+def test_interleaved_streams_equal_each_stream_alone(tiny_detector) -> None:
+    """a.step, b.step, a.step, ... on one pipeline: each stream's keep, importance and
+    detections are bit-identical to the same video run alone, pruned frames included."""
     n = tiny_detector.cfg.backbone.num_tokens
     pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
-    a, b = pipe.new_stream(policy=FixedKeep(n // 4)), pipe.new_stream(policy=FixedKeep(n // 4))
-    frames = list(moving_frames(4, 224))
-    other = list(moving_frames(4, 224, seed=5))
-    ra = [a.step(f) for f in frames]
-    for f in other:
-        b.step(f)
-    solo = pipe.new_stream(policy=FixedKeep(n // 4))
-    rs = [solo.step(f) for f in frames]
-    for x, y in zip(ra, rs, strict=True):
-        assert torch.equal(x.keep, y.keep)
-        assert torch.equal(x.importance, y.importance)
+    options = StreamOptions(policy=FixedKeep(n // 4), reset_every=4, score_threshold=0.28)
+    videos = [list(moving_frames(6, 224, seed=s, speed=8.0)) for s in (0, 5)]
+    streams = [pipe.new_stream(options) for _ in videos]
+    got: list[list] = [[] for _ in videos]
+    for t in range(6):
+        for i, stream in enumerate(streams):
+            got[i].append(stream.step(videos[i][t]))
+    for results, video in zip(got, videos, strict=True):
+        solo = pipe.new_stream(options)
+        alone = [solo.step(f) for f in video]
+        assert [r.reset for r in alone] == [True, False, False, False, True, False]
+        for a, b in zip(results, alone, strict=True):
+            assert_same_result(a, b)
+    assert not torch.equal(got[0][1].keep, got[1][1].keep), "the two videos must differ"
+
+
+def shifted_videos(count: int, frames: int, size: int) -> list[list[np.ndarray]]:
+    """`count` different videos: 8 moving-camera videos, each also rolled sideways."""
+    base = [list(moving_frames(frames, size, seed=s, speed=8.0)) for s in range(8)]
+    return [[np.roll(f, 3 * (j // 8), axis=1) for f in base[j % 8]] for j in range(count)]
+
+
+def run_threads(pipe, options, videos, threads: int) -> list[list]:
+    """Each thread owns len(videos) // threads streams over the shared pipeline and steps
+    them in turn, frame by frame; returns every stream's results."""
+    per = len(videos) // threads
+    results: list[list] = [[] for _ in videos]
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            own = range(t * per, (t + 1) * per)
+            streams = {j: pipe.new_stream(options) for j in own}
+            for f in range(len(videos[0])):
+                for j in own:
+                    results[j].append(streams[j].step(videos[j][f]))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    return results
+
+
+def assert_threads_equal_sequential(pipe, options, videos) -> None:
+    threaded = run_threads(pipe, options, videos, threads=8)
+    for results, video in zip(threaded, videos, strict=True):
+        solo = pipe.new_stream(options)
+        for a, f in zip(results, video, strict=True):
+            assert_same_result(a, solo.step(f))
+        assert not results[-1].reset
+
+
+def test_eight_threads_of_eight_streams_equal_sequential_runs(tiny_detector) -> None:
+    n = tiny_detector.cfg.backbone.num_tokens
+    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    options = StreamOptions(policy=FixedKeep(n // 4), score_threshold=0.28)
+    assert_threads_equal_sequential(pipe, options, shifted_videos(64, 3, 224))
+
+
+def test_eight_threads_of_eight_streams_equal_sequential_runs_on_ort(small_packages) -> None:
+    pipe = Pipeline.load(small_packages["a"][0], "ort")
+    options = StreamOptions(policy=FixedKeep(64))
+    assert_threads_equal_sequential(pipe, options, shifted_videos(64, 2, 256))
 
 
 def test_bad_frames_are_rejected_clearly(tiny_detector) -> None:

@@ -93,8 +93,6 @@ def cls_target(
     return s
 
 
-
-
 def _pooled_side(grid: int, pool: int) -> int:
     if pool < 1 or grid % pool:
         raise ValueError(f"rollout pool size {pool} does not divide the {grid} x {grid} grid")

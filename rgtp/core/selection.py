@@ -8,6 +8,8 @@ from typing import Protocol
 
 import torch
 
+from rgtp.core.checks import check_int, check_real
+
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest scores, returned in increasing index order: (k,) int64.
@@ -72,6 +74,9 @@ class FixedKeep:
 
     k: int
 
+    def __post_init__(self) -> None:
+        check_int("K (tokens kept per frame)", self.k, 1)
+
     def choose(self, scores: torch.Tensor, buckets: Sequence[int]) -> int:
         for b in buckets:
             if b >= self.k:
@@ -89,8 +94,7 @@ class MassKeep:
     p: float
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.p <= 1.0:
-            raise ValueError(f"importance mass must be in (0, 1], got {self.p}")
+        check_real("importance mass", self.p, 0.0, 1.0, low_open=True)
 
     def choose(self, scores: torch.Tensor, buckets: Sequence[int]) -> int:
         ranked = torch.sort(scores, descending=True).values
@@ -106,6 +110,5 @@ class MassKeep:
 
 def is_reset_frame(frame_index: int, reset_every: int) -> bool:
     """Frame 0 and every R-th frame run dense and rebuild every cache (R = 0: only frame 0)."""
-    if reset_every < 0:
-        raise ValueError("reset_every must be >= 0")
+    check_int("reset_every", reset_every, 0)
     return frame_index == 0 or (reset_every > 0 and frame_index % reset_every == 0)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rgtp.core.checks import check_int
+
 SIMILARITIES = ("dot", "cosine")
+
+
+def check_radius(radius: object, grid: int) -> int:
+    """The tracking radius r as an int in 0..grid-1; ValueError otherwise. At grid - 1 the
+    window already covers the whole grid, and the window's cost grows as (2r + 1)²."""
+    return check_int(
+        "tracking radius", radius, 0, grid - 1, f" (the token grid is {grid} x {grid})"
+    )
 
 
 def window_offsets(radius: int) -> list[tuple[int, int]]:
@@ -29,8 +39,7 @@ def match_tokens(
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
-    if radius < 0:
-        raise ValueError("tracking radius must be >= 0")
+    check_radius(radius, grid)
     if similarity == "cosine":
         prev_z, z = F.normalize(prev_z, dim=1), F.normalize(z, dim=1)
     c = z.shape[1]

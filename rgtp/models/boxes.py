@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rgtp.core.checks import check_int, check_real
+
 
 @dataclass
 class Detections:
@@ -88,6 +90,17 @@ def batched_nms(
     return nms(boxes + shift[:, None], scores, iou_threshold)
 
 
+def check_postprocess(
+    score_threshold: float, nms_iou: float, max_detections: int, pre_nms_topk: int = 1000
+) -> None:
+    """ValueError for post-processing settings outside their meaning: scores are
+    probabilities, an NMS IoU threshold is in (0, 1], counts are >= 1."""
+    check_real("score_threshold", score_threshold, 0.0, 1.0)
+    check_real("nms_iou", nms_iou, 0.0, 1.0, low_open=True)
+    check_int("max_detections", max_detections, 1)
+    check_int("pre_nms_topk", pre_nms_topk, 1)
+
+
 def postprocess(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -98,6 +111,7 @@ def postprocess(
 ) -> Detections:
     """Decoded head output of one image, boxes (M, 4) and scores (M, num_classes), to the
     final detections: score threshold, top candidates, class-wise NMS."""
+    check_postprocess(score_threshold, nms_iou, max_detections, pre_nms_topk)
     flat = scores.flatten()
     cand = torch.nonzero(flat > score_threshold).squeeze(1)
     if cand.numel() > pre_nms_topk:

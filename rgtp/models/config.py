@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from rgtp.core.checks import check_int, check_real
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -92,6 +94,9 @@ class PruningConfig:
         own previous one (an rgtp extension for sub-token motion, see `core.tracking.track`;
         False is the paper's method).
     target_threshold: boxes scoring above it define s_L.
+    rollout_pool: rollout over attention rows average-pooled pool x pool on the token grid,
+        importance upsampled bilinearly (the authors' `rollout_pool_size`; 1: unpooled). The
+        buffered rows shrink by pool⁴.
     """
 
     rollout_blocks: tuple[int, ...] | None = None
@@ -99,17 +104,42 @@ class PruningConfig:
     novelty_share: float = 0.0
     track_union: bool = False
     target_threshold: float = 0.1
+    rollout_pool: int = 1
+
+    @classmethod
+    def paper(cls, img_size: int, rollout_pool: int | None = None) -> PruningConfig:
+        """The authors' published ViTDet settings at an input size: rollout through every
+        global block with RMS head fusion (fusion lives in the stage plan), raw dot-product
+        tracking (their scan order differs only on exact ties, see `core.tracking`), no rgtp
+        extensions, s_L from boxes above 0.1. Their 672-px configurations pool the attention
+        rows 2 x 2, their 1024-px ones do not; other sizes pool like 672 px unless told.
+        Pair it with a plan exported `prune_from="block0-mlp"` (`rgtp export --paper`)."""
+        if rollout_pool is None:
+            rollout_pool = 1 if img_size >= 1024 else 2
+        return cls(rollout_pool=rollout_pool)
 
     def __post_init__(self) -> None:
+        if self.rollout_blocks is not None:
+            if not isinstance(self.rollout_blocks, tuple | list) or not self.rollout_blocks:
+                raise ValueError(
+                    "rollout_blocks must be a non-empty sequence of global block indices, or "
+                    f"None for all global blocks; got {self.rollout_blocks!r}"
+                )
+            blocks = tuple(check_int("a rollout block", b, 0) for b in self.rollout_blocks)
+            object.__setattr__(self, "rollout_blocks", blocks)  # frozen configs hold tuples
         if self.similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be dot or cosine, got {self.similarity!r}")
-        if not 0.0 <= self.novelty_share < 1.0:
-            raise ValueError(f"novelty_share must be in [0, 1), got {self.novelty_share}")
+        check_real("novelty_share", self.novelty_share, 0.0, 1.0, high_open=True)
+        if not isinstance(self.track_union, bool):
+            raise ValueError(f"track_union must be True or False, got {self.track_union!r}")
+        # Scores are probabilities: a threshold of 1 lets no box through (uniform s_L).
+        check_real("target_threshold", self.target_threshold, 0.0, 1.0)
+        check_int("rollout_pool", self.rollout_pool, 1)
 
     def blocks(self, global_blocks: tuple[int, ...]) -> list[int]:
         """The blocks rollout runs through for a backbone with these global blocks, sorted;
         ValueError if a chosen block is not global (only those keep fused attention rows)."""
-        chosen = sorted(self.rollout_blocks or global_blocks)
+        chosen = sorted(global_blocks if self.rollout_blocks is None else self.rollout_blocks)
         bad = sorted(set(chosen) - set(global_blocks))
         if bad:
             raise ValueError(f"rollout blocks {bad} are not global blocks {global_blocks}")

@@ -189,6 +189,4 @@ class PrunedStage(nn.Module):
 
 def stage_modules(backbone: ViTDetBackbone, plan: StagePlan) -> list[PrunedStage]:
     """One module per stage of `plan`, sharing the backbone's parameters."""
-    return [
-        PrunedStage(backbone, blocks, plan.fusion, plan.dense_block) for blocks in plan.stages
-    ]
+    return [PrunedStage(backbone, blocks, plan.fusion, plan.dense_block) for blocks in plan.stages]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,4 +56,8 @@ class Pipeline:
         """A new stream; keyword arguments are `StreamOptions` fields."""
         if options is not None and kwargs:
             raise TypeError("pass either options or keyword arguments, not both")
+        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(StreamOptions)})
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(StreamOptions))
+            raise TypeError(f"unknown stream options {unknown}; the options are: {known}")
         return Stream(self, options or StreamOptions(**kwargs))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from rgtp.models.plan import StagePlan
@@ -11,23 +13,36 @@ class StreamState:
     """Caches and buffers of one video stream.
 
     k_cache, v_cache: per block, (N, C) latest keys/values of every token.
-    attn_rows: per global block, (N, N) last computed fused attention row of every token,
+    attn_rows: per rollout block, (N, N) last computed fused attention row of every token,
         which rollout uses for tokens this frame did not compute.
     out_map: (N, C) backbone output; pruned tokens keep their last computed feature.
     prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous frame.
     """
 
-    def __init__(self, plan: StagePlan, device: torch.device) -> None:
+    def __init__(
+        self, plan: StagePlan, rollout_blocks: Sequence[int], device: torch.device
+    ) -> None:
         n, c = plan.num_tokens, plan.dim
         depth = plan.config.backbone.depth
         self.k_cache = [torch.zeros(n, c, device=device) for _ in range(depth)]
         self.v_cache = [torch.zeros(n, c, device=device) for _ in range(depth)]
-        self.attn_rows = {g: torch.zeros(n, n, device=device) for g in plan.global_blocks}
+        self.attn_rows = {g: torch.zeros(n, n, device=device) for g in rollout_blocks}
         self.out_map = torch.zeros(n, c, device=device)
         self.prev_patches: torch.Tensor | None = None
         self.prev_importance: torch.Tensor | None = None
         self.frame_index = 0
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the state by name (prev_* once a frame has run)."""
+        out = {f"k_cache_{b}": t for b, t in enumerate(self.k_cache)}
+        out |= {f"v_cache_{b}": t for b, t in enumerate(self.v_cache)}
+        out |= {f"attn_rows_{g}": t for g, t in self.attn_rows.items()}
+        out["out_map"] = self.out_map
+        if self.prev_patches is not None and self.prev_importance is not None:
+            out |= {"prev_patches": self.prev_patches, "prev_importance": self.prev_importance}
+        return out
+
     def nbytes(self) -> int:
+        """Bytes of the caches and the output map."""
         tensors = [*self.k_cache, *self.v_cache, *self.attn_rows.values(), self.out_map]
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -2,25 +2,33 @@
 
 One frame, in order: embed all tokens; on a reset frame keep all N, otherwise track last
 frame's importance onto this frame, choose K and keep the top-K; gather kept tokens; run the
-stages, writing their fresh keys/values and attention rows back into the caches; write the
-kept tokens into the output map; run the head on the full map; NMS; then rollout from this
-frame's detections gives the importance that guides the next frame.
+stages; write the kept tokens into the output map; run the head on the full map; NMS; then
+rollout from this frame's detections gives the importance that guides the next frame.
+
+A frame is a transaction: the frame is checked before anything runs, the stages' fresh
+keys, values and attention rows are written into the caches only once every engine output
+of the frame is finite and post-processing and rollout have succeeded. A frame that fails
+anywhere leaves the stream as it was, so the next frame runs as if it had never been given.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from rgtp.core.checks import check_int
 from rgtp.core.rollout import detection_target, rollout
 from rgtp.core.selection import FixedKeep, KeepPolicy, is_reset_frame, select_tokens
-from rgtp.core.tracking import track
-from rgtp.models.boxes import Detections, postprocess
+from rgtp.core.tracking import check_radius, track
+from rgtp.engines.base import EngineError
+from rgtp.models.boxes import Detections, check_postprocess, postprocess
 from rgtp.models.config import PruningConfig
-from rgtp.runtime.frames import to_model_input
+from rgtp.runtime.frames import check_frame_options, to_model_input
 from rgtp.runtime.state import StreamState
 from rgtp.runtime.timing import PartTimer
 
@@ -28,16 +36,29 @@ if TYPE_CHECKING:
     from rgtp.runtime.pipeline import Pipeline
 
 
+class EngineOutputError(EngineError):
+    """An engine returned NaN or Inf. The frame is refused and the stream is unchanged."""
+
+
+class StreamBusyError(RuntimeError):
+    """A stream was stepped from a second thread while a frame was running."""
+
+
 @dataclass(frozen=True)
 class StreamOptions:
-    """Per-stream settings; defaults are the authors' ViTDet configuration.
+    """Per-stream settings, checked when the stream is opened; defaults are the authors'
+    ViTDet configuration.
 
     policy: how many tokens to keep (None keeps all: the dense model);
     reset_every: R, frames between dense reset frames (0: only frame 0);
-    radius: token tracking window r (larger for faster motion);
+    radius: token tracking window r, 0..grid-1 (larger for faster motion);
     pruning: rollout blocks, tracking similarity and union, novelty share, s_L threshold;
         None takes the model's own (`DetectorConfig.pruning`, carried in the package manifest);
-    score_threshold, nms_iou, max_detections: detection post-processing.
+    score_threshold, nms_iou, max_detections: detection post-processing;
+    resize: how frames of another size than the model input are fitted: "letterbox"
+        (longer side to the input size, padded bottom/right), "stretch", or "refuse";
+    float_scale: float frames are read as pixel = value * float_scale (255.0 for [0, 1]);
+        None refuses float frames.
     """
 
     policy: KeepPolicy | None = None
@@ -47,21 +68,32 @@ class StreamOptions:
     score_threshold: float = 0.02
     nms_iou: float = 0.6
     max_detections: int = 100
+    resize: str = "letterbox"
+    float_scale: float | None = None
 
     def __post_init__(self) -> None:
-        if self.reset_every < 0:
-            raise ValueError("reset_every must be >= 0")
-        if self.radius < 0:
-            raise ValueError("tracking radius must be >= 0")
+        if self.policy is not None and not all(
+            callable(getattr(self.policy, m, None)) for m in ("choose", "check")
+        ):
+            raise ValueError(
+                "policy must be a keep policy such as FixedKeep(77) or MassKeep(0.9), or None "
+                f"for the dense model; got {self.policy!r}"
+            )
+        check_int("reset_every", self.reset_every, 0)
+        check_int("tracking radius", self.radius, 0)  # bounded by the grid at stream creation
+        if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
+            raise ValueError(f"pruning must be a PruningConfig or None, got {self.pruning!r}")
+        check_postprocess(self.score_threshold, self.nms_iou, self.max_detections)
+        check_frame_options(self.resize, self.float_scale)
 
 
 @dataclass
 class FrameResult:
     """What one step produced.
 
-    detections: in the input frame's pixels; keep: (K,) kept token indices (CPU);
-    importance: s_0 (N,) of this frame, which guides the next; tracked: ŝ (N,) that chose
-    this frame's tokens (None on reset frames); timings: milliseconds per part.
+    detections: in the input frame's pixels, clipped to the frame; keep: (K,) kept token
+    indices (CPU); importance: s_0 (N,) of this frame, which guides the next; tracked: ŝ (N,)
+    that chose this frame's tokens (None on reset frames); timings: milliseconds per part.
     """
 
     index: int
@@ -75,7 +107,8 @@ class FrameResult:
 
 
 class Stream:
-    """One video stream over a shared pipeline. Not thread-safe; use one stream per thread."""
+    """One video stream over a shared pipeline. One thread at a time: a second thread that
+    steps it while a frame runs gets StreamBusyError; give each thread its own stream."""
 
     def __init__(self, pipeline: Pipeline, options: StreamOptions) -> None:
         self.pipeline = pipeline
@@ -83,9 +116,11 @@ class Stream:
         plan = pipeline.plan
         self.policy = options.policy or FixedKeep(plan.num_tokens)
         self.policy.check(plan.buckets)  # fail at creation, not on the first pruned frame
+        check_radius(options.radius, plan.config.backbone.grid)
         self.pruning = options.pruning or plan.config.pruning
         self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
-        self.state = StreamState(plan, pipeline.device)
+        self.state = StreamState(plan, self.rollout_blocks, pipeline.device)
+        self._busy = threading.Lock()
 
     @property
     def out_map(self) -> torch.Tensor:
@@ -94,11 +129,31 @@ class Stream:
 
     def reset(self) -> None:
         """Forget the stream's history: the next frame is a dense reset frame at index 0."""
-        self.state = StreamState(self.pipeline.plan, self.pipeline.device)
+        with self._exclusive():
+            self.state = StreamState(self.pipeline.plan, self.rollout_blocks, self.pipeline.device)
 
     @torch.inference_mode()
-    def step(self, frame: np.ndarray | torch.Tensor) -> FrameResult:
-        """Process one RGB frame (H, W, 3) in [0, 255]."""
+    def step(self, frame: object) -> FrameResult:
+        """Process one frame: RGB (H, W, 3) uint8, or float with `StreamOptions.float_scale`
+        (see `rgtp.runtime.frames`). Raises FrameError for a frame outside that contract and
+        EngineOutputError for non-finite engine outputs; either way the stream is unchanged."""
+        with self._exclusive():
+            return self._step(frame)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # Non-blocking: waiting would hide the bug of two threads feeding one video.
+        if not self._busy.acquire(blocking=False):
+            raise StreamBusyError(
+                "this stream is processing a frame in another thread; a stream holds one "
+                "video's state, so give each thread its own stream (pipeline.new_stream())"
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def _step(self, frame: object) -> FrameResult:
         plan, engines, opts, st = (
             self.pipeline.plan,
             self.pipeline.engines,
@@ -107,11 +162,19 @@ class Stream:
         )
         bb = plan.config.backbone
         timer = PartTimer(self.pipeline.device)
+        checks = OutputChecks()
 
         with timer("prepare"):
-            pixels, (sx, sy) = to_model_input(frame, bb.img_size, self.pipeline.device)
+            pixels, geometry = to_model_input(
+                frame,
+                bb.img_size,
+                self.pipeline.device,
+                opts.resize,
+                opts.float_scale,
+                plan.config.pixel_mean,
+            )
         with timer("embed"):
-            emb = engines.embed.run({"frame": pixels})
+            emb = checks.add("embed", engines.embed.run({"frame": pixels}))
         patches, tokens = emb["patches"], emb["tokens"]
 
         reset = st.prev_importance is None or is_reset_frame(st.frame_index, opts.reset_every)
@@ -134,25 +197,25 @@ class Stream:
                 keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
             x = tokens.index_select(0, keep)
 
+        # A stage reads only its own blocks' caches, so this frame's rows can wait for the
+        # commit: earlier stages of the frame never need them.
+        fresh: dict[str, torch.Tensor] = {}
         for i, blocks in enumerate(plan.stages):
             feeds = {"tokens": x, "keep": keep}
             for b in blocks:
                 feeds[f"k_cache_{b}"] = st.k_cache[b]
                 feeds[f"v_cache_{b}"] = st.v_cache[b]
+            engine = engines.stage(i, k)
             with timer("stages"):
-                out = engines.stage(i, k).run(feeds)
-            with timer("scatter"):
-                x = out["tokens_out"]
-                for b in blocks:
-                    st.k_cache[b].index_copy_(0, keep, out[f"k_new_{b}"])
-                    st.v_cache[b].index_copy_(0, keep, out[f"v_new_{b}"])
-                    if b in st.attn_rows:
-                        st.attn_rows[b].index_copy_(0, keep, out[f"attn_{b}"])
+                out = checks.add(engine.spec.name, engine.run(feeds))
+            x = out.pop("tokens_out")
+            fresh |= out
         with timer("scatter"):
-            st.out_map.index_copy_(0, keep, x)
+            out_map = st.out_map.index_copy(0, keep, x)
 
         with timer("head"):
-            head = engines.head.run({"out_map": st.out_map})
+            head = checks.add("head", engines.head.run({"out_map": out_map}))
+        checks.raise_if_not_finite()
         with timer("postprocess"):
             dets = postprocess(
                 head["boxes"],
@@ -165,18 +228,64 @@ class Stream:
             target = detection_target(
                 dets.boxes, dets.scores, bb.grid, bb.patch_size, self.pruning.target_threshold
             )
-            importance = rollout([st.attn_rows[g] for g in self.rollout_blocks], target)
+            importance = self._rollout(keep, fresh, target)
 
-        st.prev_patches, st.prev_importance = patches, importance
+        with timer("scatter"):  # the commit: nothing below can fail on checked tensors
+            for b in range(bb.depth):
+                st.k_cache[b].index_copy_(0, keep, fresh[f"k_new_{b}"])
+                st.v_cache[b].index_copy_(0, keep, fresh[f"v_new_{b}"])
+            st.out_map = out_map
+            st.prev_patches, st.prev_importance = patches, importance
         result = FrameResult(
             index=st.frame_index,
             reset=reset,
             k=k,
             keep=keep.cpu(),
-            detections=dets.scaled(sx, sy),
+            detections=geometry.detections_to_frame(dets),
             importance=importance,
             tracked=tracked,
             timings=timer.summary(),
         )
         st.frame_index += 1
         return result
+
+    def _rollout(
+        self, keep: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
+    ) -> torch.Tensor:
+        """s_0 (N,) by rollout through this frame's attention rows of the kept tokens and the
+        buffered rows of the others. Rollout reads the whole (N, N) buffers, so the fresh rows
+        go in first; should rollout fail, the K rows they replaced are put back."""
+        rows = self.state.attn_rows
+        replaced = {g: rows[g].index_select(0, keep) for g in self.rollout_blocks}
+        try:
+            for g in self.rollout_blocks:
+                rows[g].index_copy_(0, keep, fresh[f"attn_{g}"])
+            return rollout([rows[g] for g in self.rollout_blocks], target)
+        except BaseException:
+            for g, old in replaced.items():
+                rows[g].index_copy_(0, keep, old)
+            raise
+
+
+class OutputChecks:
+    """Finiteness of every engine output of a frame, checked once before anything is
+    committed. A tensor's sum is non-finite if any element is (or if the values overflow
+    float32 together, which no sane activation does), and sums cost a tenth of isfinite."""
+
+    def __init__(self) -> None:
+        self.sums: list[tuple[str, str, torch.Tensor]] = []
+
+    def add(self, graph: str, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.sums += [(graph, n, t.sum()) for n, t in outputs.items() if t.is_floating_point()]
+        return outputs
+
+    def raise_if_not_finite(self) -> None:
+        finite = torch.stack([s for _, _, s in self.sums]).isfinite().cpu()
+        if not bool(finite.all()):
+            bad = [(g, n) for (g, n, _), ok in zip(self.sums, finite, strict=True) if not ok]
+            first = bad[0][0]  # later engines only inherit its NaNs
+            names = ", ".join(n for g, n in bad if g == first)
+            raise EngineOutputError(
+                f"engine {first} returned NaN or Inf ({names}); the frame was refused and the "
+                "stream is unchanged"
+            )
