@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import sys
 
+import onnx
 import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.export.check import check_package
-from rgtp.export.manifest import Manifest
+from rgtp.export.manifest import Manifest, ManifestError
 from rgtp.runtime import Pipeline
 from tests.conftest import assert_same_detections, synthvid_frames
 
@@ -30,6 +31,9 @@ def test_manifest_describes_every_graph_and_file(small_packages) -> None:
     for g in m.graphs:
         assert g.file in m.files and (g.weights is None or g.weights in m.files)
         assert len(m.files[g.file]["sha256"]) == 64
+        # the opset recorded is the one every graph declares
+        model = onnx.load(str(path / g.file), load_external_data=False)
+        assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [m.opset]
     assert m.versions["torch"] == torch.__version__
 
 
@@ -123,7 +127,12 @@ def test_run_cli_writes_detections_and_timings(small_packages, tmp_path) -> None
     )
     frames = json.loads((out / "frames.json").read_text())
     assert [f["k"] for f in frames] == [256, 96, 96, 96, 96, 96]
-    assert all(f["timings_ms"]["total"] > 0 for f in frames)
+    for f in frames:  # the parts add up: total = every part, engine = embed + stages + head
+        ms = f["timings_ms"]
+        parts = {k: v for k, v in ms.items() if k not in ("total", "engine", "outside_engine")}
+        assert ms["total"] == pytest.approx(sum(parts.values())) and min(parts.values()) >= 0
+        assert ms["engine"] == pytest.approx(ms["embed"] + ms["stages"] + ms["head"])
+        assert 0 < ms["engine"] < ms["total"]
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == 6 and all("detections" in d for d in dets)
 
@@ -134,5 +143,5 @@ def test_loading_a_broken_package_fails_clearly(tmp_path, small_packages) -> Non
     pkg = tmp_path / "pkg"
     shutil.copytree(small_packages["b"][0], pkg)
     (pkg / "stage0.weights").unlink()
-    with pytest.raises(RuntimeError, match=r"stage0\.weights: missing"):
+    with pytest.raises(ManifestError, match=r"stage0\.weights: missing"):
         Pipeline.load(pkg, "ort")

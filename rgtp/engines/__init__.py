@@ -10,20 +10,25 @@ from rgtp.engines.base import Engine, EngineError, EngineSet
 BACKENDS = ("torch", "ort", "trt")
 
 
-def load_engines(package: Path, backend: str, **options: Any) -> EngineSet:
-    """Engines for every graph of an exported package on the named backend."""
+def load_engines(package: Path, backend: str, verify: bool = True, **options: Any) -> EngineSet:
+    """Engines for every graph of an exported package on the named backend.
+
+    Every backend first checks the sha256 of every file the manifest lists and refuses a
+    package that fails (ManifestError naming the files). `verify=False` skips the hashing
+    (sizes are still checked, and a warning names the unverified files): for packages
+    verified elsewhere, e.g. once at deployment."""
     if backend == "torch":
         from rgtp.engines.torch_backend import load_torch_engines
 
-        return load_torch_engines(package, **options)
+        return load_torch_engines(package, verify=verify, **options)
     if backend == "ort":
         from rgtp.engines.ort_backend import load_ort_engines
 
-        return load_ort_engines(package, **options)
+        return load_ort_engines(package, verify=verify, **options)
     if backend == "trt":
         from rgtp.engines.trt_backend import load_trt_engines
 
-        return load_trt_engines(package, **options)
+        return load_trt_engines(package, verify=verify, **options)
     raise EngineError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 

@@ -21,7 +21,8 @@ import onnxruntime as ort
 import torch
 
 from rgtp.engines.base import EngineError, EngineSet, check_feeds, restrict_buckets
-from rgtp.export.manifest import GraphRecord, Manifest, verify_files
+from rgtp.export.manifest import GraphRecord, package_file
+from rgtp.export.verify import external_data_problems, load_verified
 from rgtp.models.plan import GraphSpec
 
 VARIANTS = ("fixed", "symbolic")
@@ -157,13 +158,15 @@ def load_ort_engines(
     variant: str | None = None,
     threads: int | None = None,
     buckets: Sequence[int] | None = None,
+    verify: bool = True,
 ) -> EngineSet:
-    """Sessions for an exported package. `variant` "symbolic": one session per stage from
-    the symbolic-K graph (the default when the package has them); "fixed": one session per
+    """Sessions for an exported package, once every file of it is verified (`verify=False`:
+    sizes only, with a warning). `variant` "symbolic": one session per stage from the
+    symbolic-K graph (the default when the package has them); "fixed": one session per
     (stage, K) from the static graphs. `buckets` loads only those K buckets (N, for reset
     frames, always)."""
     device = torch.device(device)
-    manifest = Manifest.load(package)
+    manifest = load_verified(package, verify)
     # One session per stage wherever the package allows it: every ORT session carries its
     # own kernels and buffers. Measured with 8 buckets against 1 (benchmarks/memory.py):
     # vitdet-b fixed-K +148 MiB, symbolic-K +61 MiB. The price is speed on larger models
@@ -171,26 +174,27 @@ def load_ort_engines(
     variant = variant or ("symbolic" if any(g.symbolic for g in manifest.graphs) else "fixed")
     if variant not in VARIANTS:
         raise EngineError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    missing = [p for p in verify_files(package, manifest) if "missing" in p or "bytes" in p]
-    if missing:
-        raise EngineError(f"{package}: package is incomplete: " + "; ".join(missing))
     providers = _providers(device)
     _ensure_env_allocator()
     shared: dict[str, SharedInitializers] = {}
 
     def session(rec: GraphRecord) -> OrtEngine:
-        model = onnx.load(str(package / rec.file), load_external_data=False)
+        graph = package_file(package, rec.file)
+        model = onnx.load(str(graph), load_external_data=False)
+        problems = external_data_problems(model, rec)
+        if problems:
+            raise EngineError("; ".join(problems))
         opts = _session_options(threads)
         if rec.weights:
             if rec.weights not in shared:
-                shared[rec.weights] = SharedInitializers(package / rec.weights)
+                shared[rec.weights] = SharedInitializers(package_file(package, rec.weights))
             shared[rec.weights].attach(model, opts)
         # Every external tensor is supplied by add_initializer, so ORT never reads the
         # weights file again (it only checks the path, hence the graph is opened by path).
         # Constant folding is off: it materialised per-session tensors (about 13 MB per
         # vitdet-b stage session) out of shared ones, i.e. copies per K bucket.
         sess = ort.InferenceSession(
-            str(package / rec.file),
+            str(graph),
             opts,
             providers=providers,
             disabled_optimizers=["ConstantFolding"],
@@ -201,9 +205,14 @@ def load_ort_engines(
     stages = []
     for i in range(len(plan.stages)):
         if variant == "fixed":
-            stages.append(
-                {g.k: session(g) for g in manifest.stage_graphs(i) if g.k in plan.buckets}
-            )
+            fixed = {g.k: g for g in manifest.stage_graphs(i) if g.k in plan.buckets}
+            missing = sorted(set(plan.buckets) - set(fixed))
+            if missing:
+                raise EngineError(
+                    f"{package}: stage {i} has no fixed-K graph for K={missing}; "
+                    "load variant 'symbolic'"
+                )
+            stages.append({k: session(g) for k, g in fixed.items()})
         else:
             (rec,) = manifest.stage_graphs(i, symbolic=True) or [None]
             if rec is None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rgtp.engines.base import EngineSet, check_feeds
+from rgtp.export.manifest import Manifest, package_file
 from rgtp.models.detector import Detector
 from rgtp.models.plan import GraphSpec, StagePlan
 from rgtp.models.stages import EmbedStage, HeadStage, PrunedStage
@@ -53,12 +54,22 @@ def torch_engines(
     )
 
 
-def load_torch_engines(package: Path, device: torch.device | str = "cpu") -> EngineSet:
-    """The reference engines of an exported package, rebuilt from its saved weights."""
-    from rgtp.export.manifest import Manifest
+def load_torch_engines(
+    package: Path, device: torch.device | str = "cpu", verify: bool = True
+) -> EngineSet:
+    """The reference engines of an exported package, rebuilt from its saved weights once
+    every file of the package is verified (`verify=False`: sizes only, with a warning)."""
+    from rgtp.export.verify import load_verified
+
+    return package_torch_engines(package, load_verified(Path(package), verify), device)
+
+
+def package_torch_engines(
+    package: Path, manifest: Manifest, device: torch.device | str = "cpu"
+) -> EngineSet:
+    """Reference engines from a package whose files the caller has verified."""
     from rgtp.models.checkpoints import load_weights
 
-    manifest = Manifest.load(package)
     detector = Detector(manifest.plan.config)
-    load_weights(detector, Path(package) / manifest.model_weights, fmt="rgtp")
+    load_weights(detector, package_file(package, manifest.model_weights), fmt="rgtp")
     return torch_engines(detector, manifest.plan, device)

@@ -20,7 +20,8 @@ import torch
 
 from rgtp.engines.base import EngineError, EngineSet, check_feeds
 from rgtp.engines.trt_build import import_tensorrt
-from rgtp.export.manifest import Manifest, verify_files
+from rgtp.export.manifest import Manifest, package_file
+from rgtp.export.verify import load_verified
 from rgtp.models.plan import GraphSpec
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
@@ -83,15 +84,12 @@ def validate_plans(
     package: Path, manifest: Manifest, flavor: str, version: str, capability: tuple[int, int]
 ) -> dict[str, Any]:
     """Every reason the package's plans cannot run here, raised before any frame runs:
-    no plans, changed files, plans built from other graphs (another model or export),
-    another TensorRT, another GPU architecture, a K bucket without a profile.
-    Returns the manifest's "trt" record."""
+    no plans, plans built from other graphs (another model or export), another TensorRT,
+    another GPU architecture, a K bucket without a profile. (Changed files are the
+    verification's business, done before.) Returns the manifest's "trt" record."""
     info = manifest.extra.get("trt")
     if not info:
         raise EngineError(f"{package}: no TensorRT plans; run `rgtp build {package} --backend trt`")
-    problems = verify_files(package, manifest)
-    if problems:
-        raise EngineError(f"{package}: files differ from the manifest: " + "; ".join(problems))
     for p in info["plans"]:
         if manifest.files[p["onnx"]]["sha256"] != p["onnx_sha256"]:
             raise EngineError(
@@ -122,12 +120,17 @@ def validate_plans(
 
 
 def load_trt_engines(
-    package: Path, device: str | torch.device = "cuda", cuda_graphs: bool = False
+    package: Path,
+    device: str | torch.device = "cuda",
+    cuda_graphs: bool = False,
+    verify: bool = True,
 ) -> EngineSet:
+    """Execution contexts for the package's plans, once every file of the package (plans
+    included) is verified (`verify=False`: sizes only, with a warning)."""
+    manifest = load_verified(package, verify)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise EngineError("the trt backend needs a CUDA GPU (device cuda)")
-    manifest = Manifest.load(package)
     trt, flavor = import_tensorrt()
     info = validate_plans(
         package, manifest, flavor, trt.__version__, torch.cuda.get_device_capability(device)
@@ -138,7 +141,7 @@ def load_trt_engines(
     engines: list[Any] = []  # deserialized engines must outlive their contexts
 
     def contexts(rec: dict[str, Any]) -> list[Any]:
-        engine = runtime.deserialize_cuda_engine((package / rec["file"]).read_bytes())
+        engine = runtime.deserialize_cuda_engine(package_file(package, rec["file"]).read_bytes())
         if engine is None:
             raise EngineError(f"{rec['file']}: TensorRT cannot deserialize this plan")
         engines.append(engine)

@@ -7,10 +7,14 @@ min = opt = max = K, so its weights exist once; `per_k_plans` builds one plan pe
 (stage, K) from the static graphs instead. The manifest records every plan, the profile
 index of every K, the TensorRT version, device and precision, and `trtexec.sh` holds the
 equivalent trtexec command for every plan and profile.
+
+A package is built only once every file of it is verified against its manifest, and every
+plan records the sha256 of the graph it was built from, as hashed for the build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +26,9 @@ import onnx
 from tqdm import tqdm
 
 from rgtp.engines.base import EngineError
-from rgtp.export.manifest import GraphRecord, Manifest, record_files
+from rgtp.export.manifest import GraphRecord, Manifest, package_file, record_files, sha256_file
+from rgtp.export.package import PRIVATE_MODES, PUBLIC_MODES
+from rgtp.export.verify import external_data_problems, verify_package
 
 PLAN_DIR = "trt"
 TRTEXEC_SCRIPT = "trtexec.sh"
@@ -231,22 +237,55 @@ def trtexec_lines(job: PlanJob, plan_file: str, options: BuildOptions) -> list[s
     return lines
 
 
+def _old_plan_files(manifest: Manifest) -> list[str]:
+    """The files of the plans (and their trtexec script) a rebuild replaces."""
+    old = manifest.extra.get("trt") or {"plans": []}
+    return [p["file"] for p in old["plans"]] + ([old["trtexec"]] if "trtexec" in old else [])
+
+
 def _forget_old_plans(package: Path, manifest: Manifest) -> None:
-    """A rebuild replaces the previous plans: remove their files and manifest records."""
-    old = manifest.extra.pop("trt", None)
-    for p in old["plans"] if old else []:
-        manifest.files.pop(p["file"], None)
-        (package / p["file"]).unlink(missing_ok=True)
+    """A rebuild replaces the previous plans: remove their manifest records, then their
+    files, so the package stays whole (without plans) if the build fails."""
+    names = _old_plan_files(manifest)
+    for name in names:
+        manifest.files.pop(name, None)
+    manifest.extra.pop("trt", None)
+    manifest.save(package)
+    for name in names:
+        package_file(package, name).unlink(missing_ok=True)
 
 
-def build_trt(package: str | Path, options: BuildOptions, progress: bool = True) -> dict[str, Any]:
-    """Build every plan of a package; records them under the manifest's "trt" entry."""
+def _source_graph(package: Path, manifest: Manifest, job: PlanJob) -> Path:
+    """The ONNX graph of `job`, refused if its external data lies elsewhere than the
+    (verified) weights file the manifest lists for it."""
+    path = package_file(package, job.onnx_file)
+    rec = next(g for g in manifest.graphs if g.file == job.onnx_file)
+    problems = external_data_problems(onnx.load(str(path), load_external_data=False), rec)
+    if problems:
+        raise EngineError("; ".join(problems))
+    return path
+
+
+def build_trt(
+    package: str | Path, options: BuildOptions, progress: bool = True, verify: bool = True
+) -> dict[str, Any]:
+    """Build every plan of a package; records them under the manifest's "trt" entry.
+
+    Every file of the package but the plans being replaced is verified first (ManifestError
+    naming the files that fail; `verify=False`: sizes only, with a warning)."""
     package = Path(package)
     manifest = Manifest.load(package)
-    builder = PlanBuilder(options)
+    hashes = verify_package(package, manifest, verify, skip=_old_plan_files(manifest))
     jobs = plan_jobs(manifest, options.per_k_plans)
+    sources = {job.onnx_file: _source_graph(package, manifest, job) for job in jobs}
+    builder = PlanBuilder(options)
     _forget_old_plans(package, manifest)
-    (package / PLAN_DIR).mkdir(exist_ok=True)
+    # new files are as readable as the package they join
+    private = not package.stat().st_mode & 0o044
+    dir_mode, file_mode = PRIVATE_MODES if private else PUBLIC_MODES
+    plan_dir = package_file(package, PLAN_DIR)
+    plan_dir.mkdir(exist_ok=True)
+    plan_dir.chmod(dir_mode)
     plans, script = (
         [],
         [
@@ -255,24 +294,34 @@ def build_trt(package: str | Path, options: BuildOptions, progress: bool = True)
             "set -euo pipefail",
         ],
     )
-    for job in tqdm(jobs, desc="trt build", unit="plan", disable=not progress):
-        plan_file = f"{PLAN_DIR}/{job.name}.plan"
-        blob = builder.build(package / job.onnx_file, job.profiles)
-        (package / plan_file).write_bytes(blob)
-        plans.append(
-            {
-                "name": job.name,
-                "file": plan_file,
-                "onnx": job.onnx_file,
-                "onnx_sha256": manifest.files[job.onnx_file]["sha256"],
-                "profiles": {str(k): i for i, k in enumerate(job.ks)} if job.ks else None,
-                "shapes": [{n: list(s) for n, s in p.items()} for p in job.profiles],
-            }
-        )
-        script += trtexec_lines(job, plan_file, options)
+    try:
+        for job in tqdm(jobs, desc="trt build", unit="plan", disable=not progress):
+            plan_file = f"{PLAN_DIR}/{job.name}.plan"
+            blob = builder.build(sources[job.onnx_file], job.profiles)
+            plans.append(
+                {
+                    "name": job.name,
+                    "file": plan_file,
+                    "onnx": job.onnx_file,
+                    # provenance: the graph as verified for this build (hashed now if not)
+                    "onnx_sha256": hashes.get(job.onnx_file) or sha256_file(sources[job.onnx_file]),
+                    "profiles": {str(k): i for i, k in enumerate(job.ks)} if job.ks else None,
+                    "shapes": [{n: list(s) for n, s in p.items()} for p in job.profiles],
+                }
+            )
+            package_file(package, plan_file).write_bytes(blob)
+            package_file(package, plan_file).chmod(file_mode)
+            script += trtexec_lines(job, plan_file, options)
+    except BaseException:  # leave no file the manifest does not list
+        for p in plans:
+            package_file(package, p["file"]).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only if empty
+            plan_dir.rmdir()
+        raise
     builder.save_timing_cache()
-    (package / TRTEXEC_SCRIPT).write_text("\n".join(script) + "\n")
-    (package / TRTEXEC_SCRIPT).chmod(0o755)
+    script_path = package_file(package, TRTEXEC_SCRIPT)
+    script_path.write_text("\n".join(script) + "\n")
+    script_path.chmod(dir_mode)  # executable, as readable as the directories
     info = {
         "flavor": builder.flavor,
         "version": builder.trt.__version__,
@@ -283,6 +332,6 @@ def build_trt(package: str | Path, options: BuildOptions, progress: bool = True)
         "trtexec": TRTEXEC_SCRIPT,
     }
     manifest.extra["trt"] = info
-    manifest.files.update(record_files(package, [p["file"] for p in plans]))
+    manifest.files.update(record_files(package, [p["file"] for p in plans] + [TRTEXEC_SCRIPT]))
     manifest.save(package)
     return info

@@ -1,14 +1,20 @@
 """`rgtp check`: does an exported package still hold what its manifest says, and do its
 graphs compute what the PyTorch modules compute?
 
-1. files: every file present, of the recorded size and sha256;
-2. interfaces: every ONNX graph's input/output names, shapes and dtypes as in the manifest;
-3. numerics: each graph on ONNX Runtime against the PyTorch reference through Polygraphy's
+1. manifest: schema, cross-references, file names inside the package;
+2. files: every file present, readable, of the recorded size and sha256;
+3. interfaces: every ONNX graph's input/output names, shapes and dtypes as in the manifest,
+   and its external data in the file the manifest lists;
+4. numerics: each graph on ONNX Runtime against the PyTorch reference through Polygraphy's
    Comparator, reporting the max absolute / relative error of every graph.
+
+Every problem is a line of the report, never an exception: `rgtp check` prints them as
+FAIL lines.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,12 +30,24 @@ from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 from tqdm import tqdm
 
-from rgtp.engines.base import Engine
-from rgtp.engines.torch_backend import load_torch_engines
-from rgtp.export.manifest import GraphRecord, Manifest, ManifestError, verify_files
+from rgtp.engines.base import Engine, EngineSet
+from rgtp.engines.torch_backend import package_torch_engines
+from rgtp.export.manifest import GraphRecord, Manifest, ManifestError, package_file
 from rgtp.export.onnx_graphs import example_inputs
+from rgtp.export.verify import external_data_problems, file_problems
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+
+
+class CheckError(ValueError):
+    """`rgtp check` was asked for something it cannot do (e.g. a NaN tolerance)."""
+
+
+def tolerance(name: str, value: float) -> float:
+    """A comparison tolerance: finite and >= 0 (NaN would pass every comparison)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise CheckError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 @dataclass
@@ -77,8 +95,12 @@ class EngineRunner(BaseRunner):
 
 
 def interface_problems(directory: Path, rec: GraphRecord) -> list[str]:
-    """Differences between a graph file's declared interface and the manifest's."""
-    model = onnx.load(str(directory / rec.file), load_external_data=False)
+    """Differences between a graph file's declared interface and external data and the
+    manifest's."""
+    try:
+        model = onnx.load(str(package_file(directory, rec.file)), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and kin: the file is not an ONNX graph
+        return [f"{rec.file}: not a readable ONNX graph ({type(e).__name__}: {e})"]
 
     def describe(values) -> list[tuple[str, tuple, str]]:
         out = []
@@ -90,7 +112,7 @@ def interface_problems(directory: Path, rec: GraphRecord) -> list[str]:
             out.append((v.name, shape, _ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type))))
         return out
 
-    problems = []
+    problems = external_data_problems(model, rec)
     for label, actual, declared in (
         ("inputs", describe(model.graph.input), rec.inputs),
         ("outputs", describe(model.graph.output), rec.outputs),
@@ -114,14 +136,15 @@ def _feeds(rec: GraphRecord, manifest: Manifest, k: int | None) -> OrderedDict:
 def check_package(
     directory: str | Path, atol: float = 1e-4, rtol: float = 1e-3, progress: bool = True
 ) -> CheckReport:
+    atol, rtol = tolerance("atol", atol), tolerance("rtol", rtol)
     directory = Path(directory)
     report = CheckReport()
     try:
         manifest = Manifest.load(directory)
     except ManifestError as e:
-        report.problems.append(str(e))
+        report.problems += e.problems
         return report
-    report.problems += verify_files(directory, manifest)
+    report.problems += file_problems(directory, manifest)[0]
     if report.problems:
         return report  # numbers from changed files would only confuse the report
     for rec in manifest.graphs:
@@ -130,31 +153,52 @@ def check_package(
         return report
 
     G_LOGGER.module_severity = G_LOGGER.ERROR  # one line per graph from us, not pages
-    reference = load_torch_engines(directory)
-    compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_shapes=True)
+    # The contract of check is a report, not a traceback: whatever the reference loader,
+    # ONNX Runtime or Polygraphy raise becomes the FAIL line of the file it concerns.
+    try:
+        reference = package_torch_engines(directory, manifest)  # files verified above
+    except Exception as e:
+        report.problems.append(f"{manifest.model_weights}: cannot load it ({e})")
+        return report
     for rec in tqdm(manifest.graphs, desc="check", unit="graph", disable=not progress):
-        if rec.kind == "stage":
-            # a symbolic graph is checked at a K that is not one of its buckets
-            k = rec.k if isinstance(rec.k, int) else max(1, manifest.plan.buckets[0] // 2)
-            engine = reference.stage(rec.stage, manifest.plan.buckets[-1])
-            engine = _at_k(engine, manifest, rec.stage, k)
-        else:
-            k = None
-            engine = reference.embed if rec.kind == "embed" else reference.head
-        runners = [
-            OnnxrtRunner(SessionFromOnnx(str(directory / rec.file)), name="onnxruntime"),
-            EngineRunner(engine),
-        ]
-        results = Comparator.run(runners, data_loader=[_feeds(rec, manifest, k)])
-        accuracy = Comparator.compare_accuracy(results, compare_func=compare)
-        max_abs = max_rel = 0.0
-        for result in accuracy:  # one AccuracyResult per compare function
-            for iterations in result.values():  # runner pair -> per-iteration outputs
-                for res in (r for it in iterations for r in it.values()):
-                    max_abs = max(max_abs, float(res.max_absdiff))
-                    max_rel = max(max_rel, float(res.max_reldiff))
-        report.graphs.append(GraphCheck(rec.name, max_abs, max_rel, bool(accuracy)))
+        try:
+            report.graphs.append(_compare(directory, manifest, reference, rec, atol, rtol))
+        except Exception as e:
+            report.problems.append(f"{rec.file}: cannot run it ({type(e).__name__}: {e})")
     return report
+
+
+def _compare(
+    directory: Path,
+    manifest: Manifest,
+    reference: EngineSet,
+    rec: GraphRecord,
+    atol: float,
+    rtol: float,
+) -> GraphCheck:
+    """One graph on ONNX Runtime against the reference: max abs/rel error over its outputs."""
+    compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_shapes=True)
+    if rec.kind == "stage":
+        # a symbolic graph is checked at a K that is not one of its buckets
+        k = rec.k if isinstance(rec.k, int) else max(1, manifest.plan.buckets[0] // 2)
+        engine = reference.stage(rec.stage, manifest.plan.buckets[-1])
+        engine = _at_k(engine, manifest, rec.stage, k)
+    else:
+        k = None
+        engine = reference.embed if rec.kind == "embed" else reference.head
+    runners = [
+        OnnxrtRunner(SessionFromOnnx(str(package_file(directory, rec.file))), name="onnxruntime"),
+        EngineRunner(engine),
+    ]
+    results = Comparator.run(runners, data_loader=[_feeds(rec, manifest, k)])
+    accuracy = Comparator.compare_accuracy(results, compare_func=compare)
+    max_abs = max_rel = 0.0
+    for result in accuracy:  # one AccuracyResult per compare function
+        for iterations in result.values():  # runner pair -> per-iteration outputs
+            for res in (r for it in iterations for r in it.values()):
+                max_abs = max(max_abs, float(res.max_absdiff))
+                max_rel = max(max_rel, float(res.max_reldiff))
+    return GraphCheck(rec.name, max_abs, max_rel, bool(accuracy))
 
 
 def _at_k(engine: Engine, manifest: Manifest, stage: int, k: int) -> Engine:

@@ -1,21 +1,54 @@
-"""manifest.json: what an exported package holds, and the checks that it still does."""
+"""manifest.json: what an exported package holds, validated before anything trusts it.
+
+A manifest is read in three steps, each refusing with a `ManifestError` that names the
+problem: its schema version, its types and required fields (`manifest_schema.json`), and
+the cross-references a schema cannot express (every graph's files listed, embed and head
+present, every (stage, K bucket) served by a fixed-K graph or the stage's symbolic one,
+every file name inside the package). Whether the files still hold what the manifest
+records is `rgtp.export.verify`'s business.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cache
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import jsonschema
 
 from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+PARTIAL_MANIFEST = f".{MANIFEST}.partial"  # written, then renamed over MANIFEST
+_SCHEMA_FILE = Path(__file__).with_name("manifest_schema.json")
+_MAX_SCHEMA_ERRORS = 5  # a list, not a page: the first few say what is wrong
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 class ManifestError(ValueError):
-    """A package and its manifest disagree, or the manifest is malformed."""
+    """A package and its manifest disagree, or the manifest is malformed. `problems`: one
+    line per problem (what `rgtp check` prints), the message: all of them."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def listing(cls, where: object, problems: list[str]) -> ManifestError:
+        """One error for several problems of `where` (a file or package)."""
+        return cls(f"{where}: " + "; ".join(problems), [f"{where}: {p}" for p in problems])
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -24,6 +57,31 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def package_file(directory: str | Path, name: str) -> Path:
+    """The path of manifest file `name` inside package `directory`, resolved (symbolic links
+    followed). The one place a manifest name meets the file system: a name that is empty,
+    absolute, has a `..` part or resolves outside the package is refused."""
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"file name {name!r}: expected a non-empty relative path")
+    pure = PurePosixPath(name)
+    if pure.is_absolute():
+        raise ManifestError(
+            f"file name {name!r} is absolute; manifest names are relative to the package"
+        )
+    if ".." in pure.parts:
+        raise ManifestError(f"file name {name!r} has a '..' part; it must stay in the package")
+    try:
+        root = Path(directory).resolve()
+        path = (root / pure).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symbolic-link loop, a NUL byte
+        raise ManifestError(f"file name {name!r} cannot be resolved ({e})") from e
+    if not path.is_relative_to(root):
+        raise ManifestError(
+            f"file name {name!r} resolves to {path}, outside the package {root} (a symbolic link?)"
+        )
+    return path
 
 
 @dataclass
@@ -100,8 +158,13 @@ class Manifest:
         }
 
     def save(self, directory: Path) -> Path:
+        """Write manifest.json whole or not at all (a rebuild rewrites it in place)."""
         path = directory / MANIFEST
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        partial = directory / PARTIAL_MANIFEST
+        partial.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        if path.exists():  # keep who may read it
+            partial.chmod(path.stat().st_mode & 0o777)
+        os.replace(partial, path)
         return path
 
     @classmethod
@@ -112,15 +175,15 @@ class Manifest:
             raise ManifestError(f"{directory}: no {MANIFEST} (not an rgtp export)")
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except OSError as e:
+            raise ManifestError(f"{path}: cannot read it ({e.strerror})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ManifestError(f"{path}: not valid JSON ({e})") from e
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ManifestError(
-                f"{path}: schema version {version}, this rgtp reads {SCHEMA_VERSION}; re-export"
-            )
+        problems = manifest_problems(d)
+        if problems:
+            raise ManifestError.listing(path, problems)
         try:
-            return cls(
+            manifest = cls(
                 plan=StagePlan.from_dict(d["plan"]),
                 graphs=[GraphRecord.from_dict(g) for g in d["graphs"]],
                 files=d["files"],
@@ -129,33 +192,91 @@ class Manifest:
                 versions=d["versions"],
                 extra=d.get("extra", {}),
             )
-        except (KeyError, TypeError) as e:
-            raise ManifestError(f"{path}: malformed manifest ({e!r})") from e
+        except (KeyError, TypeError, ValueError) as e:  # the plan's own checks
+            raise ManifestError(f"{path}: malformed plan ({e})") from e
+        problems = _bucket_problems(manifest)
+        for name in manifest.files:
+            try:
+                package_file(directory, name)
+            except ManifestError as e:
+                problems.append(str(e))
+        if problems:
+            raise ManifestError.listing(path, problems)
+        return manifest
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(_SCHEMA_FILE.read_text()))
+
+
+def manifest_problems(d: object) -> list[str]:
+    """What is wrong with a parsed manifest.json: schema version, then types and required
+    fields, then references between its parts. Empty when it can be loaded."""
+    if not isinstance(d, dict):
+        return [f"expected a JSON object, found {_JSON_TYPES.get(type(d), type(d).__name__)}"]
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return [
+            f"schema version {version}; this rgtp reads {SCHEMA_VERSION}: export the package "
+            "again with this rgtp, or load it with the rgtp that wrote it"
+        ]
+    errors = sorted(_validator().iter_errors(d), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [
+        f"{'/'.join(map(str, e.absolute_path)) or 'top level'}: {e.message}"
+        for e in errors[:_MAX_SCHEMA_ERRORS]
+    ]
+    if len(errors) > _MAX_SCHEMA_ERRORS:
+        problems.append(f"and {len(errors) - _MAX_SCHEMA_ERRORS} more schema errors")
+    return problems or _reference_problems(d)
+
+
+def _reference_problems(d: dict[str, Any]) -> list[str]:
+    """Names used by graphs and plans that the manifest does not define."""
+    files = set(d["files"])
+    problems = []
+    names = [g["name"] for g in d["graphs"]]
+    problems += [
+        f"graph {n!r} appears twice" for n in sorted({n for n in names if names.count(n) > 1})
+    ]
+    used = [("model_weights", d["model_weights"])]
+    for g in d["graphs"]:
+        used += [(f"graph {g['name']!r}", g["file"])]
+        used += [(f"graph {g['name']!r} weights", g["weights"])] if "weights" in g else []
+    for p in d.get("extra", {}).get("trt", {}).get("plans", []):
+        used += [
+            (f"TensorRT plan {p['name']!r}", p["file"]),
+            (f"plan {p['name']!r} onnx", p["onnx"]),
+        ]
+    problems += [
+        f"{what}: {name!r} is not listed in files" for what, name in used if name not in files
+    ]
+    for kind in ("embed", "head"):
+        count = sum(g["kind"] == kind for g in d["graphs"])
+        if count != 1:
+            problems.append(f"expected one {kind} graph, found {count}")
+    return problems
+
+
+def _bucket_problems(m: Manifest) -> list[str]:
+    """Every (stage, K bucket) of the plan needs a fixed-K graph or the stage's symbolic one."""
+    problems = []
+    stages = len(m.plan.stages)
+    for g in m.graphs:
+        if g.kind == "stage" and not (g.stage is not None and g.stage < stages):
+            problems.append(f"graph {g.name!r}: stage {g.stage}, the plan has {stages} stages")
+    for i in range(stages):
+        if m.stage_graphs(i, symbolic=True):
+            continue
+        served = {g.k for g in m.stage_graphs(i)}
+        problems += [
+            f"stage {i} has no graph for K bucket {k} (no fixed-K graph, no symbolic-K graph)"
+            for k in m.plan.buckets
+            if k not in served
+        ]
+    return problems
 
 
 def record_files(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
-    return {
-        n: {"sha256": sha256_file(directory / n), "bytes": (directory / n).stat().st_size}
-        for n in sorted(names)
-    }
-
-
-def verify_files(directory: Path, manifest: Manifest) -> list[str]:
-    """Problems with the package's files: missing, resized or changed (by sha256)."""
-    problems = []
-    for name, rec in manifest.files.items():
-        path = directory / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-        elif path.stat().st_size != rec["bytes"]:
-            problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {rec['bytes']}")
-        elif sha256_file(path) != rec["sha256"]:
-            problems.append(f"{name}: sha256 differs from the manifest (file changed)")
-    referenced = {g.file for g in manifest.graphs} | {
-        g.weights for g in manifest.graphs if g.weights
-    }
-    referenced.add(manifest.model_weights)
-    problems += [
-        f"{n}: referenced but not listed in files" for n in sorted(referenced - set(manifest.files))
-    ]
-    return problems
+    paths = {n: package_file(directory, n) for n in sorted(names)}
+    return {n: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for n, p in paths.items()}

@@ -15,7 +15,33 @@ from torch import nn
 from rgtp.models.plan import GraphSpec
 
 DEFAULT_OPSET = 18
+# torch's dynamo exporter has no operator implementations below 18: it exports at 18 and
+# tries a version conversion that fails on our graphs, silently keeping 18
+MIN_OPSET = 18
 SYMBOLIC_K = "K"
+
+
+class ExportError(ValueError):
+    """An export was asked for something rgtp cannot produce or must not do."""
+
+
+def check_opset(opset: int) -> int:
+    """`opset` if the exporter can write it: MIN_OPSET up to what the installed onnx knows."""
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(
+            f"opset {opset!r} cannot be exported: torch's exporter writes opsets "
+            f"{MIN_OPSET}..{newest} (onnx {onnx.__version__})"
+        )
+    return opset
+
+
+def graph_opset(model: onnx.ModelProto) -> int:
+    """The default-domain (ai.onnx) opset a graph declares in its opset_import."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if len(versions) != 1:
+        raise ExportError(f"{model.graph.name}: expected one ai.onnx opset, found {versions}")
+    return versions[0]
 
 
 def example_inputs(spec: GraphSpec, k: int, num_tokens: int) -> tuple[torch.Tensor, ...]:

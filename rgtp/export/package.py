@@ -7,21 +7,42 @@ Layout:
     stage{i}_k{K}.onnx      one static graph per stage and K bucket
     stage{i}_kK.onnx        the same stage with a symbolic K axis (TensorRT profiles)
     stage{i}.weights        external data shared by all variants of stage i
+
+Nothing of the user's is ever deleted: an export writes into a temporary sibling
+directory `.NAME.rgtp-tmp-HOST-PID-XXXX` and replaces `out` only when complete, and only if `out`
+is absent, empty, or an earlier rgtp package holding nothing but its own files (`force`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import json
+import os
+import re
+import secrets
 import shutil
+import signal
+import socket
 import tempfile
-from pathlib import Path
+import threading
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 import onnx
 import torch
 from tqdm import tqdm
 
-from rgtp.export.manifest import GraphRecord, Manifest, record_files
-from rgtp.export.onnx_graphs import DEFAULT_OPSET, SYMBOLIC_K, example_inputs, export_graph
+from rgtp.export.manifest import MANIFEST, PARTIAL_MANIFEST, GraphRecord, Manifest, record_files
+from rgtp.export.onnx_graphs import (
+    DEFAULT_OPSET,
+    SYMBOLIC_K,
+    ExportError,
+    check_opset,
+    example_inputs,
+    export_graph,
+    graph_opset,
+)
 from rgtp.export.weights_file import SharedWeights
 from rgtp.models.checkpoints import save_weights
 from rgtp.models.detector import Detector
@@ -29,6 +50,14 @@ from rgtp.models.plan import GraphSpec, StagePlan
 from rgtp.models.stages import EmbedStage, HeadStage, PrunedStage
 
 MODEL_WEIGHTS = "model.safetensors"
+# `.NAME.rgtp-tmp-HOST-PID-XXXX`: an export in progress; `.NAME.rgtp-old-HOST-PID-XXXX`: the package
+# it replaces, between being set aside and being deleted. The pid tells stale from live.
+_WORK_DIR = re.compile(r"^\.(?P<name>.+)\.rgtp-(?P<what>tmp|old)-(?P<host>\w+)-(?P<pid>\d+)-\w+$")
+# the host, as it appears in work directory names: a pid means something only on its host
+# (a package directory may be on a file system that several machines share)
+_HOST = re.sub(r"\W", "_", socket.gethostname().split(".")[0]) or "localhost"
+PUBLIC_MODES = (0o755, 0o644)  # (directories, files): readable by every user
+PRIVATE_MODES = (0o700, 0o600)
 
 
 def _versions(opset: int) -> dict[str, str]:
@@ -56,26 +85,205 @@ def export_package(
     symbolic: bool = True,
     force: bool = False,
     progress: bool = True,
+    private: bool = False,
 ) -> Manifest:
-    """Export every graph of `plan` into `out` (created; an existing non-empty directory
-    needs `force`). Work happens in a temporary sibling directory that replaces `out` only
-    once everything is written, so a failed export never leaves a half package behind."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty (use --force to replace it)")
+    """Export every graph of `plan` into the directory `out`.
+
+    `out` must be absent, an empty directory, or (with `force`) an earlier rgtp package that
+    holds only files rgtp wrote; anything else is refused (ExportError) before any work.
+    The package is written to a temporary sibling directory and moved to `out` only when
+    complete; an earlier package is set aside first and deleted only once the new one is in
+    place. Interrupted (exception, Ctrl-C, SIGTERM), nothing is left behind. Directories
+    are made 0755 and files 0644, or 0700/0600 with `private`."""
+    check_opset(opset)
     if detector.cfg != plan.config:
-        raise ValueError("the detector's config differs from the plan's")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        raise ExportError("the detector's config differs from the plan's")
+    out = destination(out, force)
+    with _sigterm_raises():
+        tmp = _work_dir(out)
+        try:
+            manifest = _export_into(detector.eval(), plan, tmp, opset, symbolic, progress)
+            set_modes(tmp, private)
+            _move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
+            return manifest
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _work_dir(out: Path) -> Path:
+    """A new temporary directory beside `out`, named for `out` and this process, after
+    removing those of dead processes."""
     try:
-        manifest = _export_into(detector.eval(), plan, tmp, opset, symbolic, progress)
-        if out.exists():
-            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_work_dirs(out.parent)
+        return Path(tempfile.mkdtemp(prefix=_work_name(out, "tmp"), dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write in {out.parent} ({e.strerror or e})") from e
+
+
+def destination(out: str | Path, force: bool) -> Path:
+    """`out` as a path an export may write to (see `export_package`), else ExportError
+    saying why not and what is accepted."""
+    if not str(out).strip():
+        raise ExportError("the output directory is empty (''); name a directory to export to")
+    path = Path(out)
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        what = (
+            "the file system root"
+            if resolved.parent == resolved
+            else "the working directory"
+            if resolved == cwd
+            else "a parent of the working directory"
+        )
+        raise ExportError(
+            f"refusing to export into '{out}': it is {what} ({resolved}); "
+            "name a new or empty directory"
+        )
+    if path.is_symlink():
+        raise ExportError(f"'{out}' is a symbolic link; name the directory it points to")
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise ExportError(
+            f"'{out}' is a file; an export writes a directory: name a new or empty one"
+        )
+    if not any(path.iterdir()):
+        return path
+    foreign = foreign_files(path)
+    if foreign is None:
+        raise ExportError(
+            f"'{out}' is not empty and holds no rgtp package (no {MANIFEST}); rgtp deletes "
+            "nothing it did not write, even with --force: name a new or empty directory"
+        )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ExportError(
+            f"'{out}' holds an rgtp package and files rgtp did not write ({shown}); "
+            "rgtp deletes nothing it did not write: move them out first"
+        )
+    if not force:
+        raise ExportError(f"'{out}' holds an rgtp package; pass --force to replace it")
+    return path
+
+
+def foreign_files(directory: Path) -> list[str] | None:
+    """The entries of package `directory` that its manifest does not account for (sorted,
+    relative); None when `directory` holds no rgtp manifest at all."""
+    try:
+        d = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(d, dict) and "schema_version" in d and isinstance(d.get("files"), dict)):
+        return None
+    own = {MANIFEST, PARTIAL_MANIFEST, *map(str, d["files"])}  # (a rewrite cut short)
+    own_dirs = {str(p) for name in own for p in PurePosixPath(name).parents}
+    foreign = []
+    for path in directory.rglob("*"):
+        rel = path.relative_to(directory).as_posix()
+        if rel in own or (rel in own_dirs and path.is_dir() and not path.is_symlink()):
+            continue
+        if not any(rel.startswith(f + "/") for f in foreign):  # a foreign folder: name it once
+            foreign.append(rel)
+    return sorted(foreign)
+
+
+def remove_stale_work_dirs(parent: Path) -> list[Path]:
+    """Clean up after exports killed without a chance to (SIGKILL, power loss): delete the
+    work directories in `parent` whose process is gone. A package set aside for its
+    replacement whose replacement never arrived is put back instead. Returns what was
+    deleted."""
+    removed = []
+    for entry in parent.iterdir():
+        m = _WORK_DIR.match(entry.name)
+        if not m or m["host"] != _HOST or entry.is_symlink() or not entry.is_dir():
+            continue
+        if _alive(int(m["pid"])):
+            continue
+        home = parent / m["name"]
+        if m["what"] == "old" and not (home.exists() or home.is_symlink()):
+            entry.rename(home)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _work_name(out: Path, what: str) -> str:
+    """The name of a work directory for `out` without its random suffix."""
+    return f".{out.name}.rgtp-{what}-{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class _Terminated(BaseException):
+    """SIGTERM during an export, raised so that the export cleans up after itself."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within: SIGTERM raises `_Terminated`; once the block has cleaned up, the signal is
+    delivered again to the previous handler (by default: the process ends). Only the main
+    thread may set signal handlers; elsewhere SIGTERM keeps its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:  # ignored: the export goes on
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise ExportError("export interrupted by SIGTERM; nothing was written") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def set_modes(root: Path, private: bool = False) -> None:
+    """chmod every directory and file under `root` (itself included): 0755/0644 so other
+    users (e.g. a server's account) can read the package, or 0700/0600 with `private`."""
+    dir_mode, file_mode = PRIVATE_MODES if private else PUBLIC_MODES
+    root.chmod(dir_mode)
+    for base, dirs, files in os.walk(root):
+        for d in dirs:
+            (Path(base) / d).chmod(dir_mode)
+        for f in files:
+            (Path(base) / f).chmod(file_mode)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Put the complete package `tmp` at `out`. What was at `out` (an empty directory or an
+    earlier package) is renamed aside first and deleted only once `tmp` is in place, so any
+    failure leaves it where it was."""
+    if not out.exists():
         tmp.rename(out)
-        return manifest
+        return
+    aside = out.with_name(_work_name(out, "old") + secrets.token_hex(4))
+    out.rename(aside)
+    try:
+        tmp.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        aside.rename(out)
         raise
+    shutil.rmtree(aside)
 
 
 def _export_into(
@@ -96,6 +304,7 @@ def _export_into(
 
     save_weights(detector, directory / MODEL_WEIGHTS)
     records: list[GraphRecord] = []
+    opsets: set[int] = set()  # what the exporter wrote, which is not always what was asked
     weight_files: dict[str, SharedWeights] = {}
     stage_modules = {
         i: PrunedStage(detector.backbone, b, plan.fusion) for i, b in enumerate(plan.stages)
@@ -120,6 +329,7 @@ def _export_into(
                 wname = f"stage{stage}.weights"
             bar.set_postfix_str(spec.name)
             model = export_graph(module, spec, args, symbolic_k=isinstance(k, str), opset=opset)
+            opsets.add(graph_opset(model))
             if wname not in weight_files:
                 weight_files[wname] = SharedWeights(directory / wname)
             file = f"{spec.name}.onnx"
@@ -128,14 +338,17 @@ def _export_into(
     finally:
         for w in weight_files.values():
             w.close()
+    if len(opsets) != 1:
+        raise ExportError(f"the graphs were written with different opsets {sorted(opsets)}")
+    (written,) = opsets
     files = [MODEL_WEIGHTS, *weight_files, *(r.file for r in records)]
     manifest = Manifest(
         plan=plan,
         graphs=records,
         files=record_files(directory, files),
         model_weights=MODEL_WEIGHTS,
-        opset=opset,
-        versions=_versions(opset),
+        opset=written,
+        versions=_versions(written),
     )
     manifest.save(directory)
     return manifest
