@@ -24,6 +24,71 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low, refused at parse time (e.g. --synthetic 0)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _ints_at_least(low: int) -> Callable[[str], list[int]]:
+    """argparse type: comma-separated integers, each >= low, at least one."""
+
+    def parse(text: str) -> list[int]:
+        values = _ints(text)
+        if not values or min(values) < low:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers >= {low}, got {text!r}"
+            )
+        return values
+
+    return parse
+
+
+def _share(text: str) -> float:
+    """argparse type: a number in (0, 1] (--mass)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _opset(text: str) -> int:
+    from rgtp.export.onnx_graphs import ExportError, check_opset
+
+    try:
+        return check_opset(int(text))
+    except ExportError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _tolerance(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        from rgtp.export.check import CheckError, tolerance
+
+        try:
+            return tolerance(name, float(text))
+        except CheckError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+    return parse
+
+
 @command
 def cmd_flops(args: argparse.Namespace) -> int:
     from rgtp.models import get_config
@@ -75,7 +140,11 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _load_detector(args: argparse.Namespace):
-    """The named model at --size with --weights, the shipped weights, or --random-init."""
+    """The named model at --size with --weights, the shipped weights, or --random-init.
+
+    Every backbone tensor must load; neck and head tensors the checkpoint lacks keep their
+    random values only with --allow-missing-head, and the log says so.
+    """
     from rgtp.models import Detector, get_config
     from rgtp.models.checkpoints import load_weights
     from rgtp.models.registry import shipped_weights
@@ -87,9 +156,34 @@ def _load_detector(args: argparse.Namespace):
             f"no weights for {args.model}: pass --weights PATH, or --random-init for timing work"
         )
     if path is not None:
-        report = load_weights(detector, path, strict=False)
-        print(report.summary(), file=sys.stderr)
+        fmt = args.weights_format if args.weights else "rgtp"
+        report = load_weights(detector, path, fmt, strict=not args.allow_missing_head)
+        print(f"weights {path}: {report.summary()}", file=sys.stderr)
+        if report.missing:
+            print(
+                f"warning: --allow-missing-head: {len(report.missing)} neck and head tensors "
+                "are not in the checkpoint and keep random values",
+                file=sys.stderr,
+            )
     return detector.eval()
+
+
+def _add_weights_flags(p: argparse.ArgumentParser) -> None:
+    from rgtp.models.checkpoints import FORMATS
+
+    p.add_argument("--weights", default=None, help="checkpoint (.safetensors, .pth/.bin, .pkl)")
+    p.add_argument(
+        "--weights-format",
+        default="auto",
+        choices=FORMATS,
+        help="naming of --weights (auto: told from its keys)",
+    )
+    p.add_argument(
+        "--allow-missing-head",
+        action="store_true",
+        help="neck/head tensors missing from --weights keep random values (backbone: never)",
+    )
+    p.add_argument("--random-init", action="store_true", help="no weights (for timing work)")
 
 
 @command
@@ -107,6 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         symbolic=not args.no_symbolic,
         force=args.force,
         progress=not args.quiet,
+        private=args.private,
     )
     size = sum(f["bytes"] for f in manifest.files.values())
     print(
@@ -178,8 +273,10 @@ def _policy(args: argparse.Namespace):
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
+    import warnings
+
     from rgtp.runtime import Pipeline
-    from rgtp.runtime.run import run_stream, summarize, write_results
+    from rgtp.runtime.run import run_and_write, summarize
 
     pipe = Pipeline.load(args.package, backend=args.backend, device=args.device)
     stream = pipe.new_stream(
@@ -188,10 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         radius=args.radius,
         pruning=_pruning(args, pipe.plan.config.pruning),
     )
+    skipped: list[int] = []
     if args.video:
-        from rgtp.runtime.video import read_frames
+        from rgtp.runtime.video import VideoReader
 
-        frames, total = read_frames(args.video, args.max_frames), args.max_frames
+        reader = VideoReader(args.video, args.max_frames, args.skip_bad_frames)
+        frames, total, skipped = reader, args.max_frames, reader.skipped
     else:
         from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 
@@ -200,14 +299,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             heldout_seeds(1)[0], SynthVIDConfig(size=size, num_frames=args.synthetic)
         )
         frames, total = iter(seq.frames), args.synthetic
-    results = run_stream(stream, frames, total, progress=not args.quiet)
-    paths = write_results(args.out, results, pipe.plan.config.head.class_names)
-    s = summarize(results)
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            results, paths = run_and_write(
+                stream,
+                frames,
+                args.out,
+                pipe.plan.config.head.class_names,
+                total,
+                not args.quiet,
+                skipped,
+            )
+        finally:
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
+    if not results:
+        print(f"error: no frame could be run ({len(skipped)} skipped)", file=sys.stderr)
+        return 1
+    s = summarize(results, skipped=skipped)
     ms = s["ms_per_frame"]
+    skips = f", skipped {len(skipped)} undecodable frames" if args.skip_bad_frames else ""
     print(
-        f"{s['frames']} frames on {pipe.backend} ({pipe.device}): mean K {s['mean_k']:.0f} of "
-        f"{pipe.plan.num_tokens}, {ms['total']:.1f} ms/frame ({ms['outside_engine']:.1f} ms "
-        f"outside engine calls); wrote {', '.join(str(p) for p in paths.values())}"
+        f"{s['frames']} frames on {pipe.backend} ({pipe.device}){skips}: mean K "
+        f"{s['mean_k']:.0f} of {pipe.plan.num_tokens}, {ms['total']:.1f} ms/frame "
+        f"({ms['outside_engine']:.1f} ms outside engine calls); wrote "
+        f"{', '.join(str(p) for p in paths.values())}"
     )
     return 0
 
@@ -228,7 +344,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         workspace_mb=args.workspace,
         compute_capabilities=tuple(args.compute_capability) if args.compute_capability else None,
     )
-    info = build_trt(args.package, options, progress=not args.quiet)
+    info = build_trt(args.package, options, progress=not args.quiet, verify=not args.no_verify)
     print(
         f"built {len(info['plans'])} plans with {info['flavor']} {info['version']} for "
         f"{info['device']} (compute capability {info['compute_capability']}, "
@@ -351,65 +467,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="analytic GFLOPs (MACs) per frame, dense and pruned")
     p.add_argument("--model", default="vitdet-b", choices=model_names())
-    p.add_argument("--size", type=int, default=None, help="input side in pixels")
-    p.add_argument("--keep", type=int, default=None, help="tokens kept per pruned frame (K)")
-    p.add_argument("--reset-every", type=int, default=8, help="R: a dense frame every R frames")
-    p.add_argument("--radius", type=int, default=1, help="tracking window radius r")
+    p.add_argument("--size", type=_int_at_least(1), default=None, help="input side in pixels")
+    p.add_argument(
+        "--keep", type=_int_at_least(1), default=None, help="tokens kept per pruned frame (K)"
+    )
+    p.add_argument(
+        "--reset-every",
+        type=_int_at_least(0),
+        default=8,
+        help="R: a dense frame every R frames (0: only the first)",
+    )
+    p.add_argument("--radius", type=_int_at_least(0), default=1, help="tracking window radius r")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("export", help="export embed, stage x K-bucket and head graphs to ONNX")
     p.add_argument("--model", default="vitdet-small", choices=model_names())
-    p.add_argument("--weights", default=None, help="checkpoint (rgtp/timm/detectron2/SAM)")
-    p.add_argument("--random-init", action="store_true", help="no weights (for timing work)")
+    _add_weights_flags(p)
     p.add_argument("--size", type=int, default=None, help="input side in pixels")
     p.add_argument("--buckets", type=_ints, default=[], help="K buckets, e.g. 64,128,256")
     p.add_argument("--stages", default="per-global", choices=PARTITIONS)
     p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
     p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it is an earlier rgtp package (nothing else is ever deleted)",
+    )
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="package readable by its owner only (0700/0600; default 0755/0644)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("check", help="verify a package's files and compare ORT with PyTorch")
     p.add_argument("package")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=_tolerance("atol"), default=1e-4)
+    p.add_argument("--rtol", type=_tolerance("rtol"), default=1e-3)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("run", help="run a package over a video, writing detections and timings")
     p.add_argument("package")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="a video file (anything FFmpeg reads)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="N frames of a SynthVID video")
-    p.add_argument("--max-frames", type=int, default=None)
+    src.add_argument(
+        "--synthetic", type=_int_at_least(1), metavar="N", help="N frames of a SynthVID video"
+    )
+    p.add_argument("--max-frames", type=_int_at_least(1), default=None)
+    p.add_argument(
+        "--skip-bad-frames",
+        action="store_true",
+        help="skip undecodable video frames (counted in the summary) instead of stopping",
+    )
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
     keep = p.add_mutually_exclusive_group()
-    keep.add_argument("--keep", type=int, help="tokens kept per pruned frame (K)")
-    keep.add_argument("--mass", type=float, help="keep the smallest bucket with this share")
-    p.add_argument("--reset-every", type=int, default=8)
-    p.add_argument("--radius", type=int, default=1)
+    keep.add_argument("--keep", type=_int_at_least(1), help="tokens kept per pruned frame (K)")
+    keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
+    p.add_argument("--reset-every", type=_int_at_least(0), default=8)
+    p.add_argument("--radius", type=_int_at_least(0), default=1)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     _add_pruning_flags(p)
 
     p = sub.add_parser("eval", help="mAP50, GFLOPs and ms/frame on SynthVID's held-out split")
     p.add_argument("--model", default="vitdet-small", choices=model_names())
-    p.add_argument("--weights", default=None)
-    p.add_argument("--random-init", action="store_true")
+    _add_weights_flags(p)
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--package", default=None, help="reuse (or export into) this package dir")
-    p.add_argument("--keep", type=_ints, default=None, help="K values, e.g. 32,64,77")
-    p.add_argument("--radius", type=int, default=1)
-    p.add_argument("--reset-every", type=int, default=8)
-    p.add_argument("--sampling", type=_ints, default=[1], help="frame sampling, e.g. 1,4")
-    p.add_argument("--ablate-r", type=_ints, default=None, help="tracking radii, e.g. 0,1,2,3")
+    p.add_argument("--keep", type=_ints_at_least(1), default=None, help="K values, e.g. 32,64,77")
+    p.add_argument("--radius", type=_int_at_least(0), default=1)
+    p.add_argument("--reset-every", type=_int_at_least(0), default=8)
+    p.add_argument(
+        "--sampling", type=_ints_at_least(1), default=[1], help="frame sampling, e.g. 1,4"
+    )
+    p.add_argument(
+        "--ablate-r", type=_ints_at_least(0), default=None, help="tracking radii, e.g. 0,1,2,3"
+    )
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
-    p.add_argument("--sequences", type=int, default=30)
-    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--sequences", type=_int_at_least(1), default=30)
+    p.add_argument("--frames", type=_int_at_least(1), default=64)
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -445,6 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="TensorRT-RTX target, e.g. SM89 (repeatable); default: this GPU, else SM89",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the sha256 check of the package's files (verified elsewhere); warns",
     )
     p.add_argument("--quiet", action="store_true")
     return parser
