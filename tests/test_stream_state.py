@@ -151,8 +151,8 @@ def failing(exc: BaseException) -> Callable[..., object]:
 AFTER_THE_ENGINES = [
     ("postprocess", RuntimeError("postprocess failed")),
     ("detection_target", RuntimeError("target failed")),
-    ("rollout", RuntimeError("rollout failed")),
-    ("rollout", KeyboardInterrupt()),
+    ("token_importance", RuntimeError("rollout failed")),
+    ("token_importance", KeyboardInterrupt()),
 ]
 
 

@@ -12,12 +12,15 @@ import torch
 from rgtp.models.plan import GraphSpec
 
 
+def as_nchw(out_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """The backbone map (N, C) as a conv head reads it: a contiguous copy (1, C, H, W)."""
+    return out_map.t().reshape(1, out_map.shape[1], grid, grid).contiguous()
+
+
 def head_feeds(spec: GraphSpec, out_map: torch.Tensor, grid: int) -> dict[str, torch.Tensor]:
     """The head's input from the backbone map (N, C), in the layout the head declares."""
     (t,) = spec.inputs
-    if len(t.shape) == 4:  # (1, C, H, W)
-        return {t.name: out_map.t().reshape(1, out_map.shape[1], grid, grid).contiguous()}
-    return {t.name: out_map}
+    return {t.name: as_nchw(out_map, grid) if len(t.shape) == 4 else out_map}
 
 
 def head_boxes_scores(

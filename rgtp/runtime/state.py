@@ -12,21 +12,32 @@ from rgtp.models.plan import StagePlan
 class StreamState:
     """Caches and buffers of one video stream.
 
-    k_cache, v_cache: per block, (N, C) latest keys/values of every token.
+    k_cache, v_cache: per block, (N, C) latest keys/values of every token (empty for a
+        block whose attention runs over all tokens every frame).
     attn_rows: per rollout block, (N, N) last computed fused attention row of every token,
-        which rollout uses for tokens this frame did not compute.
+        which rollout uses for tokens this frame did not compute; with rollout pooling p,
+        (N/p², N/p²) rows of the pooled grid (`core.rollout.pool_attention_rows`).
     out_map: (N, C) backbone output; pruned tokens keep their last computed feature.
     prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous frame.
     """
 
     def __init__(
-        self, plan: StagePlan, rollout_blocks: Sequence[int], device: torch.device
+        self,
+        plan: StagePlan,
+        rollout_blocks: Sequence[int],
+        device: torch.device,
+        rollout_pool: int = 1,
     ) -> None:
         n, c = plan.num_tokens, plan.dim
         depth = plan.config.backbone.depth
-        self.k_cache = [torch.zeros(n, c, device=device) for _ in range(depth)]
-        self.v_cache = [torch.zeros(n, c, device=device) for _ in range(depth)]
-        self.attn_rows = {g: torch.zeros(n, n, device=device) for g in rollout_blocks}
+        rows = n // rollout_pool**2
+
+        def cache(b: int) -> torch.Tensor:
+            return torch.zeros(0 if b == plan.dense_block else n, c, device=device)
+
+        self.k_cache = [cache(b) for b in range(depth)]
+        self.v_cache = [cache(b) for b in range(depth)]
+        self.attn_rows = {g: torch.zeros(rows, rows, device=device) for g in rollout_blocks}
         self.out_map = torch.zeros(n, c, device=device)
         self.prev_patches: torch.Tensor | None = None
         self.prev_importance: torch.Tensor | None = None

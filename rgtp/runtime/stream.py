@@ -14,7 +14,7 @@ anywhere leaves the stream as it was, so the next frame runs as if it had never 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from rgtp.core.checks import check_int
-from rgtp.core.rollout import detection_target, rollout
+from rgtp.core.rollout import detection_target, pool_attention_rows, token_importance
 from rgtp.core.selection import FixedKeep, KeepPolicy, is_reset_frame, select_tokens
 from rgtp.core.tracking import check_radius, track
 from rgtp.engines.base import EngineError
 from rgtp.models.boxes import Detections, check_postprocess, postprocess
 from rgtp.models.config import PruningConfig
+from rgtp.models.head_io import as_nchw, head_boxes_scores, head_feeds
 from rgtp.runtime.frames import check_frame_options, to_model_input
 from rgtp.runtime.state import StreamState
 from rgtp.runtime.timing import PartTimer
@@ -42,6 +43,17 @@ class EngineOutputError(EngineError):
 
 class StreamBusyError(RuntimeError):
     """A stream was stepped from a second thread while a frame was running."""
+
+
+class HeadOutputError(ValueError):
+    """A user head (`Stream.step(frame, head=...)`) returned something that is not
+    detections. The frame is refused and the stream is unchanged."""
+
+
+# A user's head: the maintained backbone map (1, C, H, W) -> its final detections in
+# model-input pixels: (boxes (D, 4), scores (D,)) or (boxes, scores, labels (D,)), or
+# Detections. Its own post-processing (NMS) is done; rgtp forms s_L from what it returns.
+UserHead = Callable[[torch.Tensor], object]
 
 
 @dataclass(frozen=True)
@@ -119,26 +131,52 @@ class Stream:
         check_radius(options.radius, plan.config.backbone.grid)
         self.pruning = options.pruning or plan.config.pruning
         self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
-        self.state = StreamState(plan, self.rollout_blocks, pipeline.device)
+        self.pool = self.pruning.rollout_pool
+        if plan.config.backbone.grid % self.pool:
+            raise ValueError(
+                f"rollout_pool {self.pool} does not divide the {plan.config.backbone.grid}-token "
+                "grid side; choose a divisor of it (1: no pooling)"
+            )
+        self.state = self._new_state()
         self._busy = threading.Lock()
+
+    def _new_state(self) -> StreamState:
+        return StreamState(self.pipeline.plan, self.rollout_blocks, self.pipeline.device, self.pool)
 
     @property
     def out_map(self) -> torch.Tensor:
         """The maintained backbone output map (N, C)."""
         return self.state.out_map
 
+    @property
+    def feature_map(self) -> torch.Tensor:
+        """A copy of the maintained backbone output map as a conv head reads it,
+        (1, C, H, W)."""
+        grid = self.pipeline.plan.config.backbone.grid
+        return as_nchw(self.state.out_map, grid)
+
     def reset(self) -> None:
         """Forget the stream's history: the next frame is a dense reset frame at index 0."""
         with self._exclusive():
-            self.state = StreamState(self.pipeline.plan, self.rollout_blocks, self.pipeline.device)
+            self.state = self._new_state()
 
     @torch.inference_mode()
-    def step(self, frame: object) -> FrameResult:
+    def step(self, frame: object, head: UserHead | None = None) -> FrameResult:
         """Process one frame: RGB (H, W, 3) uint8, or float with `StreamOptions.float_scale`
         (see `rgtp.runtime.frames`). Raises FrameError for a frame outside that contract and
-        EngineOutputError for non-finite engine outputs; either way the stream is unchanged."""
+        EngineOutputError for non-finite engine outputs; either way the stream is unchanged.
+
+        head: your own detection head instead of the package's (required for a package
+        exported with `--head none`), called once per frame on the maintained backbone map
+        (1, C, H, W); it returns final detections in model-input pixels (see `UserHead`). If
+        it raises, or returns something else, the stream is unchanged."""
+        if head is None and self.pipeline.plan.head == "none":
+            raise ValueError(
+                "this package has no head (exported with --head none): pass your own, "
+                "stream.step(frame, head=my_head), see the README's 'Your own head'"
+            )
         with self._exclusive():
-            return self._step(frame)
+            return self._step(frame, head)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -153,7 +191,7 @@ class Stream:
         finally:
             self._busy.release()
 
-    def _step(self, frame: object) -> FrameResult:
+    def _step(self, frame: object, user_head: UserHead | None) -> FrameResult:
         plan, engines, opts, st = (
             self.pipeline.plan,
             self.pipeline.engines,
@@ -200,9 +238,9 @@ class Stream:
         # A stage reads only its own blocks' caches, so this frame's rows can wait for the
         # commit: earlier stages of the frame never need them.
         fresh: dict[str, torch.Tensor] = {}
-        for i, blocks in enumerate(plan.stages):
-            feeds = {"tokens": x, "keep": keep}
-            for b in blocks:
+        for i in range(len(plan.stages)):
+            feeds = {"tokens": tokens if plan.takes_all_tokens(i) else x, "keep": keep}
+            for b in plan.cached_blocks(i):
                 feeds[f"k_cache_{b}"] = st.k_cache[b]
                 feeds[f"v_cache_{b}"] = st.v_cache[b]
             engine = engines.stage(i, k)
@@ -213,17 +251,20 @@ class Stream:
         with timer("scatter"):
             out_map = st.out_map.index_copy(0, keep, x)
 
-        with timer("head"):
-            head = checks.add("head", engines.head.run({"out_map": out_map}))
-        checks.raise_if_not_finite()
-        with timer("postprocess"):
-            dets = postprocess(
-                head["boxes"],
-                head["scores"],
-                opts.score_threshold,
-                opts.nms_iou,
-                opts.max_detections,
-            )
+        if user_head is not None:
+            checks.raise_if_not_finite()
+            with timer("head"):
+                dets = user_detections(user_head(as_nchw(out_map, bb.grid)), tokens.device)
+        else:
+            spec = engines.head.spec
+            with timer("head"):
+                head = checks.add("head", engines.head.run(head_feeds(spec, out_map, bb.grid)))
+            checks.raise_if_not_finite()
+            with timer("postprocess"):
+                boxes, scores = head_boxes_scores(spec, head)
+                dets = postprocess(
+                    boxes, scores, opts.score_threshold, opts.nms_iou, opts.max_detections
+                )
         with timer("rollout"):
             target = detection_target(
                 dets.boxes, dets.scores, bb.grid, bb.patch_size, self.pruning.target_threshold
@@ -232,6 +273,8 @@ class Stream:
 
         with timer("scatter"):  # the commit: nothing below can fail on checked tensors
             for b in range(bb.depth):
+                if b == plan.dense_block:
+                    continue
                 st.k_cache[b].index_copy_(0, keep, fresh[f"k_new_{b}"])
                 st.v_cache[b].index_copy_(0, keep, fresh[f"v_new_{b}"])
             st.out_map = out_map
@@ -253,17 +296,27 @@ class Stream:
         self, keep: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
     ) -> torch.Tensor:
         """s_0 (N,) by rollout through this frame's attention rows of the kept tokens and the
-        buffered rows of the others. Rollout reads the whole (N, N) buffers, so the fresh rows
-        go in first; should rollout fail, the K rows they replaced are put back."""
+        buffered rows of the others (pooled first with `rollout_pool`). Rollout reads the
+        whole buffers, so the fresh rows go in first; should rollout fail, the rows they
+        replaced are put back."""
+        grid = self.pipeline.plan.config.backbone.grid
         rows = self.state.attn_rows
-        replaced = {g: rows[g].index_select(0, keep) for g in self.rollout_blocks}
+        written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for g in self.rollout_blocks:
+            if self.pool == 1:
+                written[g] = (keep, fresh[f"attn_{g}"])
+            else:
+                written[g] = pool_attention_rows(fresh[f"attn_{g}"], keep, grid, self.pool)
+        replaced = {g: rows[g].index_select(0, where) for g, (where, _) in written.items()}
         try:
-            for g in self.rollout_blocks:
-                rows[g].index_copy_(0, keep, fresh[f"attn_{g}"])
-            return rollout([rows[g] for g in self.rollout_blocks], target)
+            for g, (where, new) in written.items():
+                rows[g].index_copy_(0, where, new)
+            return token_importance(
+                [rows[g] for g in self.rollout_blocks], target, grid, self.pool
+            )
         except BaseException:
             for g, old in replaced.items():
-                rows[g].index_copy_(0, keep, old)
+                rows[g].index_copy_(0, written[g][0], old)
             raise
 
 
@@ -289,3 +342,36 @@ class OutputChecks:
                 f"engine {first} returned NaN or Inf ({names}); the frame was refused and the "
                 "stream is unchanged"
             )
+
+
+def user_detections(out: object, device: torch.device) -> Detections:
+    """What a user head returned, as Detections; HeadOutputError for anything else."""
+    if isinstance(out, Detections):
+        boxes, scores, labels = out.boxes, out.scores, out.labels
+    elif isinstance(out, tuple | list) and len(out) in (2, 3):
+        boxes, scores = out[0], out[1]
+        labels = out[2] if len(out) == 3 else None
+    else:
+        raise HeadOutputError(
+            "your head must return (boxes (D, 4), scores (D,)[, labels (D,)]) or Detections; "
+            f"it returned {type(out).__name__}"
+        )
+    try:
+        boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+        scores = torch.as_tensor(scores, dtype=torch.float32, device=device)
+        d = scores.shape[0] if scores.ndim == 1 else -1
+        labels = (
+            torch.zeros(max(d, 0), dtype=torch.int64, device=device)
+            if labels is None
+            else torch.as_tensor(labels, device=device).to(torch.int64)
+        )
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise HeadOutputError(f"your head returned values that are not tensors ({e})") from e
+    if boxes.shape != (d, 4) or labels.shape != (d,):
+        raise HeadOutputError(
+            "your head must return boxes (D, 4), scores (D,) and labels (D,) of one length D; "
+            f"got {tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)}"
+        )
+    if not (boxes.isfinite().all() and scores.isfinite().all()):
+        raise HeadOutputError("your head returned NaN or Inf boxes or scores")
+    return Detections(boxes, scores, labels)
