@@ -102,16 +102,18 @@ def cmd_flops(args: argparse.Namespace) -> int:
             f"error: --keep must be in 1..{bb.num_tokens} (N at {bb.img_size} px)", file=sys.stderr
         )
         return 2
+    prune_from = _prune_from(args)
     rows = {
         "dense": frame_macs(bb, None, args.radius, cfg),
-        "pruned": frame_macs(bb, keep, args.radius, cfg),
-        "average": schedule_macs(bb, keep, args.reset_every, args.radius, cfg),
+        "pruned": frame_macs(bb, keep, args.radius, cfg, prune_from),
+        "average": schedule_macs(bb, keep, args.reset_every, args.radius, cfg, prune_from),
     }
     report = {
         "model": args.model,
         "size": bb.img_size,
         "num_tokens": bb.num_tokens,
         "keep": keep,
+        "prune_from": prune_from,
         "reset_every": args.reset_every,
         "radius": args.radius,
         **{
@@ -125,7 +127,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{args.model} at {bb.img_size}x{bb.img_size}: N = {bb.num_tokens} tokens, "
-        f"keep K = {keep}, reset every {args.reset_every} frames"
+        f"keep K = {keep}, reset every {args.reset_every} frames, pruning from {prune_from}"
     )
     print("GFLOPs in the paper's convention: multiply-accumulates of the backbone, x1e9")
     parts = list(rows["dense"].as_dict())
@@ -155,13 +157,17 @@ def _load_detector(args: argparse.Namespace):
         raise ValueError(
             f"no weights for {args.model}: pass --weights PATH, or --random-init for timing work"
         )
+    # with your own head (export --head none / --head-onnx) rgtp's neck and head are unused
+    own_head = getattr(args, "head", "rgtp") != "rgtp" or getattr(args, "head_onnx", None)
     if path is not None:
         fmt = args.weights_format if args.weights else "rgtp"
-        report = load_weights(detector, path, fmt, strict=not args.allow_missing_head)
+        strict = not (args.allow_missing_head or own_head)
+        report = load_weights(detector, path, fmt, strict=strict)
         print(f"weights {path}: {report.summary()}", file=sys.stderr)
         if report.missing:
+            why = "your own head replaces them" if own_head else "--allow-missing-head"
             print(
-                f"warning: --allow-missing-head: {len(report.missing)} neck and head tensors "
+                f"warning: {why}: {len(report.missing)} neck and head tensors "
                 "are not in the checkpoint and keep random values",
                 file=sys.stderr,
             )
@@ -191,8 +197,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     from rgtp.export.package import export_package
     from rgtp.models.plan import StagePlan
 
+    head, user_graph, user_spec = args.head, None, None
+    if args.head_onnx:
+        from rgtp.export.user_head import read_user_head
+
+        user_graph, user_spec = read_user_head(args.head_onnx)
+        head = "onnx"
     detector = _load_detector(args)
-    plan = StagePlan.create(detector.cfg, args.buckets, args.stages, args.fusion)
+    detector.cfg = _export_pruning(args, detector.cfg)
+    plan = StagePlan.create(
+        detector.cfg,
+        args.buckets,
+        args.stages,
+        args.fusion,
+        _prune_from(args),
+        head,
+        user_spec,
+    )
     manifest = export_package(
         detector,
         plan,
@@ -202,6 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
         private=args.private,
+        user_head=user_graph,
     )
     size = sum(f["bytes"] for f in manifest.files.values())
     print(
@@ -218,6 +240,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_package(args.package, atol=args.atol, rtol=args.rtol, progress=not args.quiet)
     for problem in report.problems:
         print(f"FAIL {problem}")
+    for note in report.notes:
+        print(f"note: {note}")
     if report.graphs:
         print(f"{'graph':<16}{'max abs err':>14}{'max rel err':>14}  result")
         for g in report.graphs:
@@ -227,14 +251,44 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _pruning(args: argparse.Namespace, model_default):
-    """The model's pruning settings with any command-line overrides (--paper: the authors')."""
+def _prune_from(args: argparse.Namespace) -> str:
+    """Where the exported graphs start pruning: --prune-from, else the authors' place (after
+    block 0's attention) with --paper, else at the input."""
+    if args.prune_from is not None:
+        return args.prune_from
+    return "block0-mlp" if args.paper else "input"
+
+
+def _export_pruning(args: argparse.Namespace, cfg):
+    """The model config with the pruning flags applied (--paper: the authors' settings), so
+    that the package's manifest carries them and its streams use them by default."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, pruning=_pruning(args, cfg.pruning, cfg.backbone.img_size))
+
+
+def _add_prune_from_flag(p: argparse.ArgumentParser) -> None:
+    from rgtp.models.plan import PRUNE_FROM
+
+    p.add_argument(
+        "--prune-from",
+        choices=PRUNE_FROM,
+        default=None,
+        help="where the graphs start pruning: the input, or after block 0's attention (the "
+        "authors'); default: block0-mlp with --paper, else input",
+    )
+
+
+def _pruning(args: argparse.Namespace, model_default, img_size: int):
+    """The model's pruning settings with any command-line overrides (--paper: the authors'
+    at this input size)."""
     import dataclasses
 
     from rgtp.models.config import PruningConfig
 
-    base = PruningConfig() if args.paper else model_default
+    base = PruningConfig.paper(img_size) if args.paper else model_default
     changes = {
+        "rollout_pool": getattr(args, "rollout_pool", None),
         "rollout_blocks": tuple(args.rollout_blocks) if args.rollout_blocks else None,
         "similarity": args.similarity,
         "novelty_share": args.novelty_share,
@@ -248,7 +302,18 @@ def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
     from rgtp.core.tracking import SIMILARITIES
 
     g = p.add_argument_group("pruning (default: the model's settings, see the manifest)")
-    g.add_argument("--paper", action="store_true", help="start from the authors' settings")
+    g.add_argument(
+        "--paper",
+        action="store_true",
+        help="the authors' settings (PruningConfig.paper): their rollout, 2x2-pooled below "
+        "1024 px; exporting, also pruning after block 0's attention",
+    )
+    g.add_argument(
+        "--rollout-pool",
+        type=_int_at_least(1),
+        default=None,
+        help="roll out over attention rows pooled N x N on the token grid (1: unpooled)",
+    )
     g.add_argument("--rollout-blocks", type=_ints, default=None, help="global blocks, e.g. 8,11")
     g.add_argument("--similarity", default=None, choices=SIMILARITIES)
     g.add_argument("--novelty-share", type=float, default=None)
@@ -283,7 +348,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         policy=_policy(args),
         reset_every=args.reset_every,
         radius=args.radius,
-        pruning=_pruning(args, pipe.plan.config.pruning),
+        pruning=_pruning(args, pipe.plan.config.pruning, pipe.plan.config.backbone.img_size),
     )
     skipped: list[int] = []
     if args.video:
@@ -366,10 +431,10 @@ def _pipeline(args: argparse.Namespace, buckets: list[int]):
 
     detector = _load_detector(args)
     if args.backend == "torch":
-        return Pipeline.from_detector(detector, buckets)
+        return Pipeline.from_detector(detector, buckets, prune_from=_prune_from(args))
     package = Path(args.package) if args.package else Path(tempfile.mkdtemp(prefix="rgtp-eval-"))
     if not (package / "manifest.json").is_file():
-        plan = StagePlan.create(detector.cfg, buckets)
+        plan = StagePlan.create(detector.cfg, buckets, prune_from=_prune_from(args))
         export_package(detector, plan, package, symbolic=False, force=True, progress=True)
     pipe = Pipeline.load(package, backend=args.backend, device=args.device)
     missing = sorted(set(buckets) - set(pipe.plan.buckets))
@@ -386,7 +451,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     keeps = args.keep or []
     pipe = _pipeline(args, keeps)
-    pruning = _pruning(args, pipe.plan.config.pruning)
+    pruning = _pruning(args, pipe.plan.config.pruning, pipe.plan.config.backbone.img_size)
     if args.ablate_r:
         if not keeps:
             raise ValueError("--ablate-r needs one --keep value to ablate at")
@@ -478,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="R: a dense frame every R frames (0: only the first)",
     )
     p.add_argument("--radius", type=_int_at_least(0), default=1, help="tracking window radius r")
+    p.add_argument("--paper", action="store_true", help="the authors' pruning point (block0-mlp)")
+    _add_prune_from_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("export", help="export embed, stage x K-bucket and head graphs to ONNX")
@@ -489,6 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
     p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument(
+        "--head",
+        choices=("rgtp", "none"),
+        default="rgtp",
+        help="none: backbone only; your application runs its own head (step(frame, head=...))",
+    )
+    head.add_argument(
+        "--head-onnx",
+        default=None,
+        metavar="HEAD.onnx",
+        help="your ONNX head: input the backbone map (N, C) or (1, C, H, W), outputs boxes "
+        "(M, 4) in pixels and scores (M, classes)",
+    )
+    _add_prune_from_flag(p)
+    _add_pruning_flags(p)
     p.add_argument(
         "--force",
         action="store_true",
@@ -549,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ablate-r", type=_ints_at_least(0), default=None, help="tracking radii, e.g. 0,1,2,3"
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
+    _add_prune_from_flag(p)
     p.add_argument("--sequences", type=_int_at_least(1), default=30)
     p.add_argument("--frames", type=_int_at_least(1), default=64)
     p.add_argument("--json", default=None)

@@ -91,3 +91,57 @@ def test_pruning_after_block0_reproduces_the_published_gflops(
     at_input = schedule_macs(cfg, keep, 8).backbone / 1e9
     assert abs(after0 - paper) / paper <= 0.01, after0
     assert at_input < after0
+
+
+def test_the_paper_preset_streams_on_every_backend_alike(tiny_detector, tmp_path) -> None:
+    """Pruning after block 0's attention with pooled rollout (the 672-px preset): K = N
+    equals the dense model; pruned, the exported ORT graphs (fixed and symbolic K) keep the
+    same tokens as the PyTorch reference, frame after frame."""
+    from rgtp.core.selection import FixedKeep
+    from rgtp.export.package import export_package
+    from rgtp.models.config import PruningConfig
+    from rgtp.runtime import Pipeline
+    from tests.conftest import assert_same_detections, moving_frames
+    from tests.test_pruned_loop import dense_reference
+
+    cfg = tiny_detector.cfg
+    n = cfg.backbone.num_tokens
+    paper = PruningConfig.paper(672)
+    assert paper.rollout_pool == 2 and PruningConfig.paper(1024).rollout_pool == 1
+    frames = list(moving_frames(8, 224, seed=7))
+    torch_pipe = Pipeline.from_detector(tiny_detector, [n // 4], prune_from="block0-mlp")
+    dense = torch_pipe.new_stream(policy=FixedKeep(n), pruning=paper)
+    for frame in frames[:3]:
+        dense.step(frame)
+        fmap, _ = dense_reference(tiny_detector, frame)
+        assert (dense.out_map - fmap).abs().max() <= 1e-5
+
+    plan = StagePlan.create(cfg, [n // 4], prune_from="block0-mlp")
+    export_package(tiny_detector, plan, tmp_path / "pkg", progress=False)
+    reference = torch_pipe.new_stream(policy=FixedKeep(n // 4), pruning=paper)
+    expected = [reference.step(f) for f in frames]
+    assert sum(not r.reset for r in expected) >= 6
+    for variant in ("fixed", "symbolic"):
+        pipe = Pipeline.load(tmp_path / "pkg", backend="ort", variant=variant)
+        stream = pipe.new_stream(policy=FixedKeep(n // 4), pruning=paper)
+        for frame, want in zip(frames, expected, strict=True):
+            got = stream.step(frame)
+            assert torch.equal(got.keep, want.keep), variant
+            assert_same_detections(got.detections, want.detections)
+
+
+def test_pooled_rollout_buffers_are_pool4_times_smaller(tiny_detector) -> None:
+    from rgtp.models.config import PruningConfig
+    from rgtp.runtime import Pipeline
+
+    pipe = Pipeline.from_detector(tiny_detector, [])
+    rows = {
+        p: sum(
+            t.numel() * t.element_size()
+            for t in pipe.new_stream(pruning=PruningConfig(rollout_pool=p)).state.attn_rows.values()
+        )
+        for p in (1, 2)
+    }
+    assert rows[1] == 16 * rows[2]
+    with pytest.raises(ValueError, match="does not divide"):
+        Pipeline.from_detector(tiny_detector, []).new_stream(pruning=PruningConfig(rollout_pool=3))

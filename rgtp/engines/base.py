@@ -38,7 +38,7 @@ class EngineSet:
     backend: str
     device: torch.device
     embed: Engine
-    head: Engine
+    head: Engine | None  # None: exported with --head none; the application runs its own
     stages: list[dict[int, Engine]]
     info: dict[str, str] = field(default_factory=dict)
     # objects the engines rely on but do not own (e.g. deserialized TensorRT engines)
@@ -51,9 +51,6 @@ class EngineSet:
             raise EngineError(
                 f"stage {index} has no engine for K={k}; buckets: {sorted(self.stages[index])}"
             ) from None
-
-    def engines(self) -> list[Engine]:
-        return [self.embed, *(e for s in self.stages for e in s.values()), self.head]
 
 
 def check_feeds(spec: GraphSpec, feeds: Mapping[str, torch.Tensor]) -> None:

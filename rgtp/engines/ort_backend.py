@@ -82,9 +82,14 @@ class OrtEngine:
     """One ONNX Runtime session behind the engine protocol."""
 
     def __init__(
-        self, spec: GraphSpec, session: ort.InferenceSession, device: torch.device
+        self,
+        spec: GraphSpec,
+        session: ort.InferenceSession,
+        device: torch.device,
+        keep_alive: object = None,
     ) -> None:
         self.spec = spec
+        self.keep_alive = keep_alive
         self.session = session
         self.device = device
         self._ort_device = "cuda" if device.type == "cuda" else "cpu"
@@ -103,7 +108,7 @@ class OrtEngine:
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         check_feeds(self.spec, feeds)
-        k = feeds[self.spec.inputs[0].name].shape[0]
+        dims = self.spec.symbolic_dims({n: feeds[n].shape for n in self.spec.input_names})
         binding = self.session.io_binding()
         keep_alive = []
         for t in self.spec.inputs:
@@ -112,8 +117,7 @@ class OrtEngine:
             self._bind(binding, t.name, x, output=False)
         outputs = {}
         for t in self.spec.outputs:
-            shape = tuple(k if isinstance(d, str) else d for d in t.shape)
-            y = torch.empty(shape, dtype=_TORCH_DTYPES[t.dtype], device=self.device)
+            y = torch.empty(t.concrete(dims), dtype=_TORCH_DTYPES[t.dtype], device=self.device)
             self._bind(binding, t.name, y, output=True)
             outputs[t.name] = y
         binding.synchronize_inputs()
@@ -179,27 +183,7 @@ def load_ort_engines(
     shared: dict[str, SharedInitializers] = {}
 
     def session(rec: GraphRecord) -> OrtEngine:
-        graph = package_file(package, rec.file)
-        model = onnx.load(str(graph), load_external_data=False)
-        problems = external_data_problems(model, rec)
-        if problems:
-            raise EngineError("; ".join(problems))
-        opts = _session_options(threads)
-        if rec.weights:
-            if rec.weights not in shared:
-                shared[rec.weights] = SharedInitializers(package_file(package, rec.weights))
-            shared[rec.weights].attach(model, opts)
-        # Every external tensor is supplied by add_initializer, so ORT never reads the
-        # weights file again (it only checks the path, hence the graph is opened by path).
-        # Constant folding is off: it materialised per-session tensors (about 13 MB per
-        # vitdet-b stage session) out of shared ones, i.e. copies per K bucket.
-        sess = ort.InferenceSession(
-            str(graph),
-            opts,
-            providers=providers,
-            disabled_optimizers=["ConstantFolding"],
-        )
-        return OrtEngine(rec.spec, sess, device)
+        return open_session(package, rec, device, threads, shared, providers)
 
     plan = restrict_buckets(manifest.plan, buckets)
     stages = []
@@ -224,7 +208,7 @@ def load_ort_engines(
         backend="ort",
         device=device,
         embed=session(manifest.graph("embed")),
-        head=session(manifest.graph("head")),
+        head=None if plan.head == "none" else session(manifest.graph("head")),
         stages=stages,
         # the sessions read these buffers in place: they must live as long as the sessions
         resources=list(shared.values()),
@@ -235,6 +219,42 @@ def load_ort_engines(
             "weights_bytes": str(sum(s.nbytes() for s in shared.values())),
         },
     )
+
+
+def open_session(
+    package: Path,
+    rec: GraphRecord,
+    device: torch.device,
+    threads: int | None = None,
+    shared: dict[str, SharedInitializers] | None = None,
+    providers: list[str] | None = None,
+) -> OrtEngine:
+    """One session for a graph of a verified package. Weights files are read once into
+    `shared` (keep it alive as long as the session) and handed to every session using them."""
+    graph = package_file(package, rec.file)
+    model = onnx.load(str(graph), load_external_data=False)
+    problems = external_data_problems(model, rec)
+    if problems:
+        raise EngineError("; ".join(problems))
+    opts = _session_options(threads)
+    if rec.weights:
+        shared = {} if shared is None else shared
+        if rec.weights not in shared:
+            shared[rec.weights] = SharedInitializers(package_file(package, rec.weights))
+        shared[rec.weights].attach(model, opts)
+    _ensure_env_allocator()
+    # Every external tensor is supplied by add_initializer, so ORT never reads the weights
+    # file again (it only checks the path, hence the graph is opened by path). Constant
+    # folding is off: it materialised per-session tensors (about 13 MB per vitdet-b stage
+    # session) out of shared ones, i.e. copies per K bucket.
+    sess = ort.InferenceSession(
+        str(graph),
+        opts,
+        providers=providers or _providers(device),
+        disabled_optimizers=["ConstantFolding"],
+    )
+    # the session reads the shared buffers in place: the engine keeps them alive
+    return OrtEngine(rec.spec, sess, device, keep_alive=shared)
 
 
 class _SpecAt:

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rgtp.engines.base import EngineSet, check_feeds
+from rgtp.engines.base import Engine, EngineError, EngineSet, check_feeds
 from rgtp.export.manifest import Manifest, package_file
 from rgtp.models.detector import Detector
 from rgtp.models.plan import GraphSpec, StagePlan
-from rgtp.models.stages import EmbedStage, HeadStage, PrunedStage
+from rgtp.models.stages import EmbedStage, HeadStage, stage_modules
 
 
 class TorchEngine:
@@ -30,25 +30,32 @@ class TorchEngine:
 
 
 def torch_engines(
-    detector: Detector, plan: StagePlan, device: torch.device | str = "cpu"
+    detector: Detector,
+    plan: StagePlan,
+    device: torch.device | str = "cpu",
+    user_head: Engine | None = None,
 ) -> EngineSet:
     """Engines for every graph of `plan`, sharing the detector's parameters.
 
     One module per stage serves every K: the torch graph is shape-polymorphic, so the
-    weights exist once whatever the number of buckets.
+    weights exist once whatever the number of buckets. A plan with a user's ONNX head needs
+    that head's engine as `user_head` (there is no PyTorch module for it).
     """
     device = torch.device(device)
     detector = detector.to(device).eval()
     stages = []
-    for i, blocks in enumerate(plan.stages):
-        module = PrunedStage(detector.backbone, blocks, plan.fusion).to(device)
+    for i, module in enumerate(stage_modules(detector.backbone, plan)):
+        module = module.to(device)
         stages.append({k: TorchEngine(plan.stage_spec(i, k), module) for k in plan.buckets})
+    if plan.head == "onnx" and user_head is None:
+        raise EngineError("this plan's head is a user's ONNX graph: pass its engine as user_head")
+    head = TorchEngine(plan.head_spec(), HeadStage(detector)) if plan.head == "rgtp" else user_head
     return EngineSet(
         plan=plan,
         backend="torch",
         device=device,
         embed=TorchEngine(plan.embed_spec(), EmbedStage(detector).to(device)),
-        head=TorchEngine(plan.head_spec(), HeadStage(detector)),
+        head=head,
         stages=stages,
         info={"torch": torch.__version__, "device": str(device)},
     )
@@ -72,4 +79,22 @@ def package_torch_engines(
 
     detector = Detector(manifest.plan.config)
     load_weights(detector, package_file(package, manifest.model_weights), fmt="rgtp")
-    return torch_engines(detector, manifest.plan, device)
+    user_head = None
+    if manifest.plan.head == "onnx":
+        # no PyTorch module exists for a user's graph: ONNX Runtime on the CPU runs it
+        from rgtp.engines.ort_backend import open_session
+
+        cpu = open_session(package, manifest.graph("head"), torch.device("cpu"))
+        user_head = _OnDevice(cpu, torch.device(device))
+    return torch_engines(detector, manifest.plan, device, user_head)
+
+
+class _OnDevice:
+    """An engine that runs elsewhere, seen from `device`: inputs go to it, outputs back."""
+
+    def __init__(self, engine: Engine, device: torch.device) -> None:
+        self.engine, self.spec, self.device = engine, engine.spec, device
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.engine.run({n: t.cpu() for n, t in feeds.items()})
+        return {n: t.to(self.device) for n, t in out.items()}

@@ -46,11 +46,10 @@ class TrtEngine:
             alive.append(x)
             self.context.set_input_shape(t.name, tuple(x.shape))
             self.context.set_tensor_address(t.name, x.data_ptr())
-        k = feeds[self.spec.inputs[0].name].shape[0]
+        dims = self.spec.symbolic_dims({n: feeds[n].shape for n in self.spec.input_names})
         outputs = {}
         for t in self.spec.outputs:
-            shape = tuple(k if isinstance(d, str) else d for d in t.shape)
-            y = torch.empty(shape, dtype=_DTYPES[t.dtype], device=self.device)
+            y = torch.empty(t.concrete(dims), dtype=_DTYPES[t.dtype], device=self.device)
             self.context.set_tensor_address(t.name, y.data_ptr())
             outputs[t.name] = y
         return outputs, alive
@@ -177,7 +176,7 @@ def load_trt_engines(
         backend="trt",
         device=device,
         embed=single("embed", plan.embed_spec()),
-        head=single("head", plan.head_spec()),
+        head=None if plan.head == "none" else single("head", plan.head_spec()),
         stages=stages,
         info={
             "tensorrt": f"{flavor} {trt.__version__}",

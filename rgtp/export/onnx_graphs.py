@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from rgtp.models.plan import GraphSpec
+from rgtp.models.plan import GraphSpec, TensorSpec
 
 DEFAULT_OPSET = 18
 # torch's dynamo exporter has no operator implementations below 18: it exports at 18 and
@@ -49,7 +49,7 @@ def example_inputs(spec: GraphSpec, k: int, num_tokens: int) -> tuple[torch.Tens
     g = torch.Generator().manual_seed(0)
     out = []
     for t in spec.inputs:
-        shape = tuple(k if isinstance(d, str) else d for d in t.shape)
+        shape = t.concrete({SYMBOLIC_K: k})
         if t.name == "keep":
             out.append(torch.randperm(num_tokens, generator=g)[:k].sort().values)
         else:
@@ -76,14 +76,20 @@ def export_graph(
 ) -> onnx.ModelProto:
     """Trace `module(*args)` to an ONNX model whose inputs/outputs carry `spec`'s names.
 
-    With `symbolic_k`, the first axis of `tokens` and `keep` (and of every output that
-    follows them) is the symbolic dimension "K"; otherwise every shape is static.
+    With `symbolic_k`, the axes `spec` names "K" (those of `keep`, of `tokens` unless it holds
+    all N tokens, and of every output that follows them) are the symbolic dimension "K";
+    otherwise every shape is static.
     """
     module = module.eval()
     dynamic = None
     if symbolic_k:
-        k_dim = torch.export.Dim(SYMBOLIC_K, min=1, max=args[2].shape[0])
-        dynamic = ({0: k_dim}, {0: k_dim}, tuple(None for _ in args[2:]))
+        # K never exceeds N, the longest first axis among the inputs (the caches')
+        k_dim = torch.export.Dim(SYMBOLIC_K, min=1, max=max(a.shape[0] for a in args))
+        axes = [
+            {i: k_dim for i, d in enumerate(t.shape) if d == SYMBOLIC_K} or None
+            for t in spec.inputs
+        ]
+        dynamic = (axes[0], axes[1], tuple(axes[2:]))
     with _quietly(), torch.no_grad():
         program = torch.export.export(module, args, dynamic_shapes=dynamic)
         onnx_program = torch.onnx.export(
@@ -104,11 +110,37 @@ def export_graph(
 def _rename_symbolic_dims(model: onnx.ModelProto, name: str) -> None:
     """The exporter names the symbolic axis like "s18" (and derived axes "3*s18"); call it
     `name` everywhere it appears."""
-    first = model.graph.input[0].type.tensor_type.shape.dim[0]
-    if not first.HasField("dim_param"):
+    symbolic = [
+        d.dim_param
+        for v in model.graph.input
+        for d in v.type.tensor_type.shape.dim
+        if d.HasField("dim_param")
+    ]
+    if not symbolic:
         return
-    pattern = re.compile(rf"\b{re.escape(first.dim_param)}\b")
+    pattern = re.compile(rf"\b{re.escape(symbolic[0])}\b")
     for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for d in v.type.tensor_type.shape.dim:
             if d.HasField("dim_param"):
                 d.dim_param = pattern.sub(name, d.dim_param)
+
+
+def graph_interface(model: onnx.ModelProto, name: str) -> GraphSpec:
+    """The inputs and outputs an ONNX graph declares (initializers are not inputs), with
+    symbolic axes as their names and numpy dtype names ("float32")."""
+    initialized = {i.name for i in model.graph.initializer}
+
+    def spec(v: onnx.ValueInfoProto) -> TensorSpec:
+        tt = v.type.tensor_type
+        shape = tuple(d.dim_param if d.HasField("dim_param") else d.dim_value for d in tt.shape.dim)
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+        except KeyError:
+            dtype = f"onnx-type-{tt.elem_type}"
+        return TensorSpec(v.name, shape, dtype)
+
+    return GraphSpec(
+        name,
+        tuple(spec(v) for v in model.graph.input if v.name not in initialized),
+        tuple(spec(v) for v in model.graph.output),
+    )

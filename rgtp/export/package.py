@@ -47,7 +47,7 @@ from rgtp.export.weights_file import SharedWeights
 from rgtp.models.checkpoints import save_weights
 from rgtp.models.detector import Detector
 from rgtp.models.plan import GraphSpec, StagePlan
-from rgtp.models.stages import EmbedStage, HeadStage, PrunedStage
+from rgtp.models.stages import EmbedStage, HeadStage, stage_modules
 
 MODEL_WEIGHTS = "model.safetensors"
 # `.NAME.rgtp-tmp-HOST-PID-XXXX`: an export in progress; `.NAME.rgtp-old-HOST-PID-XXXX`: the package
@@ -86,8 +86,13 @@ def export_package(
     force: bool = False,
     progress: bool = True,
     private: bool = False,
+    user_head: onnx.ModelProto | None = None,
 ) -> Manifest:
     """Export every graph of `plan` into the directory `out`.
+
+    The head follows `plan.head`: rgtp's own (traced from the detector), "onnx" (the user's
+    graph `user_head`, from `export.user_head.read_user_head`, copied in as head.onnx), or
+    "none" (no head graph).
 
     `out` must be absent, an empty directory, or (with `force`) an earlier rgtp package that
     holds only files rgtp wrote; anything else is refused (ExportError) before any work.
@@ -98,11 +103,15 @@ def export_package(
     check_opset(opset)
     if detector.cfg != plan.config:
         raise ExportError("the detector's config differs from the plan's")
+    if (plan.head == "onnx") != (user_head is not None):
+        raise ExportError("a user head graph goes with a plan whose head is 'onnx', and only so")
     out = destination(out, force)
     with _sigterm_raises():
         tmp = _work_dir(out)
         try:
-            manifest = _export_into(detector.eval(), plan, tmp, opset, symbolic, progress)
+            manifest = _export_into(
+                detector.eval(), plan, tmp, opset, symbolic, progress, user_head
+            )
             set_modes(tmp, private)
             _move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
             return manifest
@@ -293,6 +302,7 @@ def _export_into(
     opset: int,
     symbolic: bool,
     progress: bool,
+    user_head: onnx.ModelProto | None,
 ) -> Manifest:
     n = plan.num_tokens
     jobs: list[tuple[str, int | None, int | str | None]] = [("embed", None, None)]
@@ -300,15 +310,14 @@ def _export_into(
         jobs += [("stage", i, k) for k in plan.buckets]
         if symbolic:
             jobs.append(("stage", i, SYMBOLIC_K))
-    jobs.append(("head", None, None))
+    if plan.head != "none":
+        jobs.append(("head", None, None))
 
     save_weights(detector, directory / MODEL_WEIGHTS)
     records: list[GraphRecord] = []
     opsets: set[int] = set()  # what the exporter wrote, which is not always what was asked
     weight_files: dict[str, SharedWeights] = {}
-    stage_modules = {
-        i: PrunedStage(detector.backbone, b, plan.fusion) for i, b in enumerate(plan.stages)
-    }
+    stages = stage_modules(detector.backbone, plan)
     bar = tqdm(jobs, desc="export", unit="graph", disable=not progress)
     try:
         for kind, stage, k in bar:
@@ -322,14 +331,18 @@ def _export_into(
                 wname = "head.weights"
             else:
                 assert stage is not None and k is not None
-                spec, module = plan.stage_spec(stage, k), stage_modules[stage]
+                spec, module = plan.stage_spec(stage, k), stages[stage]
                 # symbolic graphs are traced at a K unlike any bucket, so no size specialises
                 trace_k = k if isinstance(k, int) else max(2, n // 2 + 1)
                 args = example_inputs(spec, trace_k, n)
                 wname = f"stage{stage}.weights"
             bar.set_postfix_str(spec.name)
-            model = export_graph(module, spec, args, symbolic_k=isinstance(k, str), opset=opset)
-            opsets.add(graph_opset(model))
+            if kind == "head" and user_head is not None:
+                model = onnx.ModelProto()
+                model.CopyFrom(user_head)  # its own opset: not one of the exporter's
+            else:
+                model = export_graph(module, spec, args, isinstance(k, str), opset)
+                opsets.add(graph_opset(model))
             if wname not in weight_files:
                 weight_files[wname] = SharedWeights(directory / wname)
             file = f"{spec.name}.onnx"

@@ -38,11 +38,14 @@ class Pipeline:
         partition: str = "per-global",
         fusion: str = "rms",
         device: torch.device | str = "cpu",
+        prune_from: str = "input",
+        head: str = "rgtp",
     ) -> Pipeline:
-        """The PyTorch reference pipeline of an in-memory detector (no export needed)."""
+        """The PyTorch reference pipeline of an in-memory detector (no export needed);
+        `head` "none" leaves the head to the application (`Stream.step(frame, head=...)`)."""
         from rgtp.engines.torch_backend import torch_engines
 
-        plan = StagePlan.create(detector.cfg, buckets, partition, fusion)
+        plan = StagePlan.create(detector.cfg, buckets, partition, fusion, prune_from, head)
         return cls(torch_engines(detector, plan, device))
 
     @classmethod

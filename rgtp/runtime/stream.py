@@ -311,9 +311,7 @@ class Stream:
         try:
             for g, (where, new) in written.items():
                 rows[g].index_copy_(0, where, new)
-            return token_importance(
-                [rows[g] for g in self.rollout_blocks], target, grid, self.pool
-            )
+            return token_importance([rows[g] for g in self.rollout_blocks], target, grid, self.pool)
         except BaseException:
             for g, old in replaced.items():
                 rows[g].index_copy_(0, written[g][0], old)
