@@ -99,7 +99,9 @@ def evaluate_setting(
                     engine.append(r.timings["engine"])
                 bar.update(1)
     dense_macs = frame_macs(bb).backbone
-    macs = statistics.fmean(frame_macs(bb, k, setting.radius).backbone for k in ks)
+    macs = statistics.fmean(
+        frame_macs(bb, k, setting.radius, prune_from=plan.prune_from).backbone for k in ks
+    )
     ms = statistics.fmean(totals)
     ms_engine = statistics.fmean(engine)
     return EvalRecord(
@@ -115,7 +117,7 @@ def evaluate_setting(
         ms_engine=ms_engine,
         ms_outside_engine=ms - ms_engine,
         mean_k=statistics.fmean(ks),
-        pruning=asdict(stream.pruning),
+        pruning={**asdict(stream.pruning), "prune_from": plan.prune_from},
         frames=len(ks),
         sequences=len(sequences),
         backend=pipeline.backend,
