@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 from rgtp.eval.evaluate import EvalSetting, evaluate
 from rgtp.export.package import export_package
 from rgtp.models import Detector, get_config
@@ -35,7 +37,10 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=30)
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--out", default="out/eval")
+    ap.add_argument("--threads", type=int, default=None, help="ORT and torch threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = get_config("vitdet-small")
     detector = Detector(cfg)
@@ -53,7 +58,7 @@ def main() -> None:
             plan = StagePlan.create(cfg, [args.keep], prune_from=prune_from)
             pkg = Path(tmp) / prune_from
             export_package(detector.eval(), plan, pkg, symbolic=False, progress=False)
-            pipe = Pipeline.load(pkg, backend="ort")
+            pipe = Pipeline.load(pkg, backend="ort", threads=args.threads)
             if prune_from == "input":
                 dense = evaluate(pipe, [EvalSetting()], args.sequences, args.frames)[0]
                 rows.append(("dense", "-", dense))

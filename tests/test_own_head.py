@@ -260,3 +260,32 @@ def test_a_head_graph_outside_the_contract_is_refused(tmp_path) -> None:
     )
     with pytest.raises(UserHeadError, match="static shapes"):
         read_user_head(path)
+
+
+def test_a_headless_package_loads_and_runs_your_head(tiny_detector, tmp_path) -> None:
+    from rgtp.core.selection import FixedKeep
+    from rgtp.export.package import export_package
+    from rgtp.runtime import Pipeline
+    from tests.conftest import assert_same_detections, moving_frames
+
+    n = tiny_detector.cfg.backbone.num_tokens
+    plan = StagePlan.create(tiny_detector.cfg, [n // 4], head="none")
+    manifest = export_package(tiny_detector, plan, tmp_path / "pkg", progress=False)
+    assert not [g for g in manifest.graphs if g.kind == "head"]
+    head = _user_head_for(tiny_detector)
+
+    def my_head(features: torch.Tensor):
+        from rgtp.models.boxes import postprocess
+
+        d = postprocess(*head(features), 0.02, 0.6, 100)
+        return d.boxes, d.scores, d.labels
+
+    for backend in ("ort", "torch"):
+        pipe = Pipeline.load(tmp_path / "pkg", backend=backend)
+        assert pipe.engines.head is None
+        stream = pipe.new_stream(policy=FixedKeep(n))
+        for frame in moving_frames(2, 224, seed=8):
+            got = stream.step(frame, head=my_head)
+            fmap, want = _dense_detections(tiny_detector, head, frame)
+            assert (stream.out_map - fmap).abs().max() <= 1e-4
+            assert_same_detections(got.detections, want, score_tol=1e-5, box_tol=1e-3)
