@@ -293,3 +293,37 @@ def test_a_failed_build_leaves_a_whole_package_without_plans(built, tmp_path, mo
     assert "trt" not in m.extra and not any(n.startswith("trt/") for n in m.files)
     assert foreign_files(pkg) == [] and not (pkg / "trt").exists()
     Pipeline.load(pkg, "ort")  # verifies: nothing listed is missing
+
+
+def test_graphs_pruning_after_block0_and_a_users_head_convert(tiny_detector, tmp_path) -> None:
+    """Stage 0 of a block0-mlp plan takes all N tokens but K kept indices (a static axis
+    beside the symbolic one), and a user's head graph rides along: both build."""
+    from rgtp.export.package import export_package
+    from rgtp.export.user_head import read_user_head
+    from rgtp.models.plan import StagePlan
+
+    bb = tiny_detector.cfg.backbone
+    head_path = tmp_path / "head.onnx"
+
+    class Head(torch.nn.Module):
+        def forward(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return m[:, :4] * 10, m[:, 4:7].sigmoid()
+
+    torch.onnx.export(
+        Head(),
+        (torch.randn(bb.num_tokens, bb.embed_dim),),
+        str(head_path),
+        input_names=["map"],
+        output_names=["boxes", "scores"],
+        dynamo=True,
+        verbose=False,
+    )
+    graph, spec = read_user_head(head_path)
+    plan = StagePlan.create(
+        tiny_detector.cfg, [49], prune_from="block0-mlp", head="onnx", user_head=spec
+    )
+    export_package(tiny_detector, plan, tmp_path / "pkg", progress=False, user_head=graph)
+    info = build_trt(tmp_path / "pkg", BuildOptions(), progress=False)
+    assert sorted(p["name"] for p in info["plans"]) == ["embed", "head", "stage0", "stage1"]
+    stage0 = next(p for p in info["plans"] if p["name"] == "stage0")
+    assert sorted(stage0["profiles"], key=int) == ["49", str(bb.num_tokens)]
