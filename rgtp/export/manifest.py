@@ -255,7 +255,7 @@ def _reference_problems(d: dict[str, Any]) -> list[str]:
     for kind, want in (("embed", 1), ("head", 0 if headless else 1)):
         count = sum(g["kind"] == kind for g in d["graphs"])
         if count != want:
-            problems.append(f"expected {want} {kind} graph{'s' * (want != 1)}, found {count}")
+            problems.append(f"expected {'one' if want else 'no'} {kind} graph, found {count}")
     return problems
 
 
