@@ -1,0 +1,133 @@
+"""The ViViT trainer and classifier evaluation: seeded runs, label-mapped augmentation, saved
+weights that load back, and the shipped vivit-small's held-out accuracy against the
+single-step control."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rgtp.data.synthmotion import CLASSES, SynthMotionConfig, generate_clip
+from rgtp.eval.classify import (
+    classify,
+    clip_tensor,
+    data_config,
+    heldout_clips,
+    load_classifier,
+    logits_dense_and_single_step,
+)
+from rgtp.models.vivit import ViViT
+from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig, get_vivit_config
+from rgtp.models.vivit_weights import load_vivit_weights
+from rgtp.train.vivit_trainer import TrainingSet, ViViTTrainConfig, augmented_batch, train
+
+SHIPPED = Path(__file__).parents[1] / "rgtp" / "weights" / "vivit-small.safetensors"
+TINY = ViViTConfig(
+    name="vivit-tiny",
+    spatial=SpatialConfig(img_size=32, embed_dim=24, depth=1, num_heads=2),
+    temporal=TemporalConfig(depth=1, num_heads=2),
+    num_frames=4,
+    num_classes=len(CLASSES),
+)
+TINY_RUN = ViViTTrainConfig(steps=3, batch_size=4, clips=8, warmup=1, log_every=1)
+
+
+def test_training_is_seeded(tmp_path: Path) -> None:
+    runs = [
+        train(
+            TINY_RUN, tmp_path / f"run{i}/w.safetensors", TINY, tmp_path / "cache", progress=False
+        )
+        for i in range(2)
+    ]
+    losses = [[r["loss"] for r in run["log"]] for run in runs]
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
+    other = replace(TINY_RUN, seed=1)
+    run = train(other, tmp_path / "run2/w.safetensors", TINY, tmp_path / "cache", progress=False)
+    assert [r["loss"] for r in run["log"]] != losses[0]
+
+
+def test_saved_weights_load_back_into_the_model(tmp_path: Path) -> None:
+    out = tmp_path / "w.safetensors"
+    train(TINY_RUN, out, TINY, tmp_path / "cache", progress=False)
+    assert out.with_suffix(".train.json").exists()
+    model = ViViT(TINY)
+    report = load_vivit_weights(model, out)
+    assert not report.missing and len(report.loaded) == len(model.state_dict())
+    clip = clip_tensor(generate_clip(0, data_config(TINY)).frames[None])
+    assert torch.isfinite(model.eval()(clip)).all()
+
+
+def _variant(frames: np.ndarray, flip: bool, reverse: bool) -> np.ndarray:
+    """(T, S, S, 3) frames mirrored left-right and/or played backwards."""
+    frames = frames[:, :, ::-1] if flip else frames
+    return frames[::-1] if reverse else frames
+
+
+def test_augmentation_maps_the_label_with_the_motion() -> None:
+    """A flipped clip is the mirror image with left <-> right and the horizontal phase
+    mirrored; a reversed clip plays backwards with both motion pairs swapped; the object
+    never changes."""
+    cfg = SynthMotionConfig(size=32, num_frames=4)
+    clips = [generate_clip(s, cfg) for s in range(4)]  # cat: left, right, approaching, receding
+    data = TrainingSet(
+        np.stack([c.frames for c in clips]),
+        np.array([c.label for c in clips]),
+        np.stack([c.target_phase for c in clips]),
+    )
+    swap_lr = {"left": "right", "right": "left"}
+    swap_all = {**swap_lr, "approaching": "receding", "receding": "approaching"}
+    seen: set[tuple[bool, bool]] = set()
+    for seed in range(12):
+        frames, labels, phases = augmented_batch(data, np.arange(4), np.random.default_rng(seed))
+        for i, clip in enumerate(clips):
+            found = [
+                (f, r)
+                for f in (False, True)
+                for r in (False, True)
+                if np.array_equal(frames[i], _variant(clip.frames, f, r))
+            ]
+            assert len(found) == 1
+            flip, reverse = found[0]
+            seen.add((flip, reverse))
+            motion = swap_lr.get(clip.motion, clip.motion) if flip else clip.motion
+            motion = swap_all[motion] if reverse else motion
+            assert CLASSES[labels[i]] == f"{clip.object} {motion}"
+            want = clip.target_phase.copy()
+            want[:, 0] = (1 - want[:, 0]) % 1 if flip else want[:, 0]
+            np.testing.assert_allclose(phases[i], want[::-1] if reverse else want, atol=1e-6)
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_single_step_control_feeds_one_step_to_every_position() -> None:
+    torch.manual_seed(0)
+    model = ViViT(TINY).eval()
+    clips = clip_tensor(np.stack([generate_clip(s, data_config(TINY)).frames for s in range(3)]))
+    dense, single = logits_dense_and_single_step(model, clips)
+    feats = model.clip_features(clips)
+    with torch.no_grad():
+        assert torch.allclose(dense, model.temporal_head(feats), atol=1e-6)
+        step1 = model.temporal_head(feats[:, 1:2].repeat(1, TINY.num_steps, 1))
+    assert single.shape == (TINY.num_steps, 3, len(CLASSES))
+    assert torch.allclose(single[1], step1, atol=1e-6)
+
+
+def test_a_model_with_other_classes_is_refused() -> None:
+    other = ViViTConfig(name="k400", spatial=TINY.spatial, temporal=TINY.temporal, num_frames=4)
+    with pytest.raises(ValueError, match="400 classes, SynthMotion has 12"):
+        data_config(other)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="vivit-small weights not trained yet")
+def test_shipped_weights_are_small_and_need_time() -> None:
+    """24 held-out clips (two per class): the shipped model gets >= 80 % dense, and every
+    single-step control (one time step repeated) clearly less."""
+    assert SHIPPED.stat().st_size <= 15 * 2**20
+    model = load_classifier("vivit-small", SHIPPED)
+    result = classify(model, heldout_clips(24, data_config(get_vivit_config("vivit-small"))))
+    print(result.summary())
+    assert result.dense >= 0.8
+    assert result.single_step_best <= result.dense - 0.25
