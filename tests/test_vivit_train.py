@@ -4,6 +4,7 @@ single-step control."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +34,7 @@ TINY = ViViTConfig(
     num_frames=4,
     num_classes=len(CLASSES),
 )
-TINY_RUN = ViViTTrainConfig(steps=3, batch_size=4, clips=8, warmup=1, log_every=1)
+TINY_RUN = ViViTTrainConfig(steps=3, batch_size=4, clips=8, warmup=1, log_every=1, eval_every=0)
 
 
 def test_training_is_seeded(tmp_path: Path) -> None:
@@ -52,8 +53,10 @@ def test_training_is_seeded(tmp_path: Path) -> None:
 
 def test_saved_weights_load_back_into_the_model(tmp_path: Path) -> None:
     out = tmp_path / "w.safetensors"
-    train(TINY_RUN, out, TINY, tmp_path / "cache", progress=False)
-    assert out.with_suffix(".train.json").exists()
+    run = replace(TINY_RUN, eval_every=3, eval_clips=12)
+    summary = train(run, out, TINY, tmp_path / "cache", heldout=12, progress=False)
+    assert 0 <= summary["log"][-1]["heldout_top1"] <= 1 and summary["heldout"]["clips"] == 12
+    assert json.loads(out.with_suffix(".train.json").read_text())["log"] == summary["log"]
     model = ViViT(TINY)
     report = load_vivit_weights(model, out)
     assert not report.missing and len(report.loaded) == len(model.state_dict())
