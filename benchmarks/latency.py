@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from rgtp.core.selection import FixedKeep
+from rgtp.engines import LAYOUTS
+from rgtp.export.ensure import ensure_package
 from rgtp.export.onnx_graphs import export_graph
-from rgtp.export.package import export_package
 from rgtp.models import Detector, get_config
 from rgtp.models.flops import frame_macs
 from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
@@ -103,23 +104,22 @@ def main() -> None:
     ap.add_argument("--buckets", default=None, help="buckets to export (default: --keep)")
     ap.add_argument("--json", default="out/bench/latency.json")
     ap.add_argument(
-        "--variant",
-        default=None,
-        choices=("fixed", "symbolic"),
-        help="ORT sessions per K or per stage",
+        "--layout",
+        default="per-k",
+        choices=LAYOUTS,
+        help="ORT sessions per (stage, K), or one per stage from the symbolic-K graph",
     )
     args = ap.parse_args()
-    keeps = [int(k) for k in args.keep.split(",")]
+    ks = [int(k) for k in args.keep.split(",")]
 
     torch.manual_seed(0)
     detector = Detector(get_config(args.model, args.size)).eval()
     cfg = detector.cfg.backbone
-    work = Path(args.package) if args.package else Path(tempfile.mkdtemp(prefix="rgtp-bench-"))
-    if not (work / "manifest.json").is_file():
-        buckets = [int(k) for k in args.buckets.split(",")] if args.buckets else keeps
-        plan = StagePlan.create(detector.cfg, buckets, "per-global")
-        export_package(detector, plan, work, symbolic=False, force=True)
-    pipe = Pipeline.load(work, "ort", variant=args.variant)
+    buckets = [int(k) for k in args.buckets.split(",")] if args.buckets else ks
+    plan = StagePlan.create(detector.cfg, buckets, "per-global")
+    # the symbolic-K graphs only where the layout runs them
+    package = ensure_package(detector, plan, args.package, symbolic=args.layout == "per-stage")
+    pipe = Pipeline.load(package, "ort", layout=args.layout)
     frames = moving_frames(args.frames + 2, cfg.img_size)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +127,7 @@ def main() -> None:
     dense_macs = frame_macs(cfg).backbone
     reset = stream_parts(pipe, cfg.num_tokens, frames)  # K = N through the stage graphs
     rows = []
-    for k in keeps:
+    for k in ks:
         parts = stream_parts(pipe, k, frames)
         backbone = sum(parts.get(p, 0.0) for p in BACKBONE_PARTS)
         overhead = sum(parts.get(p, 0.0) for p in OVERHEAD_PARTS)
@@ -153,7 +153,7 @@ def main() -> None:
         "size": cfg.img_size,
         "num_tokens": cfg.num_tokens,
         "onnxruntime": ort.__version__,
-        "ort_variant": args.variant or "default",
+        "ort_layout": args.layout,
         "threads": torch.get_num_threads(),
         "dense_backbone_ms": dense_ms,
         "dense_gflops": dense_macs / 1e9,

@@ -16,17 +16,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rgtp.export.manifest import Manifest
+from rgtp.engines import LAYOUTS
+from rgtp.models.manifest import Manifest
 
 
-def measure(package: str, buckets: list[int], variant: str) -> None:
+def measure(package: str, buckets: list[int], layout: str) -> None:
     """Child process: print peak RSS (bytes) after every bucket ran once."""
     import numpy as np
 
     from rgtp.core.selection import FixedKeep
     from rgtp.runtime import Pipeline
 
-    pipe = Pipeline.load(package, "ort", variant=variant, buckets=buckets)
+    pipe = Pipeline.load(package, "ort", layout=layout, buckets=buckets)
     size = pipe.plan.config.backbone.img_size
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2)]
@@ -38,9 +39,9 @@ def measure(package: str, buckets: list[int], variant: str) -> None:
     print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
-def run_case(package: str, buckets: list[int], variant: str) -> int:
+def run_case(package: str, buckets: list[int], layout: str) -> int:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", package, ",".join(map(str, buckets)), variant],
+        [sys.executable, __file__, "--child", package, ",".join(map(str, buckets)), layout],
         capture_output=True,
         text=True,
         check=True,
@@ -69,20 +70,20 @@ def main() -> None:
         "one": args.one,
         "cases": {},
     }
-    for variant in ("fixed", "symbolic"):
-        if variant == "symbolic" and not any(g.symbolic for g in m.graphs):
+    for layout in LAYOUTS:
+        if layout == "per-stage" and not any(g.symbolic for g in m.graphs):
             continue
-        rss_many = run_case(args.package, many, variant)
-        rss_one = run_case(args.package, [args.one], variant)
+        rss_many = run_case(args.package, many, layout)
+        rss_one = run_case(args.package, [args.one], layout)
         extra = rss_many - rss_one
-        report["cases"][variant] = {
+        report["cases"][layout] = {
             "rss_many": rss_many,
             "rss_one": rss_one,
             "extra": extra,
             "extra_over_weights": extra / weights,
         }
         print(
-            f"{m.plan.config.name} {variant:>8}: peak RSS {len(many)} buckets "
+            f"{m.plan.config.name} {layout:>9}: peak RSS {len(many)} buckets "
             f"{rss_many / 2**20:.0f} MiB, 1 bucket {rss_one / 2**20:.0f} MiB: +{extra / 2**20:.1f}"
             f" MiB = {100 * extra / weights:.1f} % of the weights ({weights / 2**20:.0f} MiB)"
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rgtp.eval.evaluate import EvalSetting, evaluate
-from rgtp.export.package import export_package
+from rgtp.export.ensure import ensure_package
 from rgtp.models import Detector, get_config
 from rgtp.models.checkpoints import load_weights
 from rgtp.models.config import PruningConfig
@@ -57,7 +57,7 @@ def main() -> None:
         for prune_from in ("input", "block0-mlp"):
             plan = StagePlan.create(cfg, [args.keep], prune_from=prune_from)
             pkg = Path(tmp) / prune_from
-            export_package(detector.eval(), plan, pkg, symbolic=False, progress=False)
+            ensure_package(detector.eval(), plan, pkg, symbolic=False, progress=False)
             pipe = Pipeline.load(pkg, backend="ort", threads=args.threads)
             if prune_from == "input":
                 dense = evaluate(pipe, [EvalSetting()], args.sequences, args.frames)[0]
@@ -84,8 +84,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "paper-preset.md").write_text(
-        f"# Paper preset on vitdet-small (held-out {args.sequences} x {args.frames})\n\n"
-        f"{table}\n"
+        f"# Paper preset on vitdet-small (held-out {args.sequences} x {args.frames})\n\n{table}\n"
     )
     (out / "paper-preset.json").write_text(
         json.dumps({"records": records, "attention_row_mib": memory}, indent=1)

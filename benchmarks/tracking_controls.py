@@ -34,7 +34,7 @@ from rgtp.core.tracking import match_similarity, track
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.coco_map import detections_to_coco, map50
-from rgtp.export.package import export_package
+from rgtp.export.ensure import ensure_package
 from rgtp.models import Detector, get_config
 from rgtp.models.checkpoints import load_weights
 from rgtp.models.plan import StagePlan
@@ -115,7 +115,7 @@ def run(
     pipe: Pipeline,
     seqs: tuple[Sequence, ...],
     gt: dict,
-    keep: int,
+    k: int,
     name: str,
     tracker: Tracker,
     radius: int,
@@ -128,7 +128,7 @@ def run(
     total = sum(len(s.frames) for s in seqs)
     with mock.patch("rgtp.runtime.stream.track", tracker), tqdm(total=total, desc=name) as bar:
         for seq in seqs:
-            stream = pipe.new_stream(policy=FixedKeep(keep), radius=radius, reset_every=8)
+            stream = pipe.new_stream(policy=FixedKeep(k), radius=radius, reset_every=8)
             frame["seq"] = seq
             for t, image in enumerate(seq.frames):
                 frame["t"] = t
@@ -155,14 +155,8 @@ def main() -> None:
     detector.eval()
     bb = detector.cfg.backbone
     with tempfile.TemporaryDirectory() as tmp:
-        export_package(
-            detector,
-            StagePlan.create(detector.cfg, [args.keep]),
-            Path(tmp),
-            symbolic=False,
-            force=True,
-            progress=False,
-        )
+        plan = StagePlan.create(detector.cfg, [args.keep])
+        ensure_package(detector, plan, tmp, symbolic=False, progress=False)
         pipe = Pipeline.load(tmp, backend="ort")
         cfg = SynthVIDConfig(size=bb.img_size, num_frames=args.frames, sampling=args.sampling)
         seeds = heldout_seeds(args.offset + args.sequences)[args.offset :]

@@ -58,7 +58,7 @@ def synth_detector() -> Detector:
 def test_evaluate_setting_records_cost_and_accuracy() -> None:
     det = synth_detector()
     n = det.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(det, [n // 4])
+    pipe = Pipeline.from_model(det, [n // 4])
     seqs = tuple(generate_sequence(s, SynthVIDConfig(size=128, num_frames=9)) for s in (1, 2))
     dense = evaluate_setting(pipe, EvalSetting(None), seqs, progress=False)
     pruned = evaluate_setting(pipe, EvalSetting(n // 4, reset_every=8), seqs, progress=False)
@@ -80,7 +80,7 @@ def test_the_shipped_model_keeps_its_accuracy_when_pruned() -> None:
     """2 held-out sequences x 16 frames on the shipped vitdet-small (PyTorch): the dense model
     scores mAP50 0.997 here, K = N is the dense run exactly, and K = 77 (30 % of the tokens,
     43 % of the GFLOPs with resets) loses less than a point."""
-    pipe = Pipeline.from_detector(small_detector(), [77])
+    pipe = Pipeline.from_model(small_detector(), [77])
     seqs = heldout_split(2, 16, 1, 256)
     dense, full, pruned = (
         evaluate_setting(pipe, EvalSetting(k), seqs, progress=False) for k in (None, 256, 77)
@@ -94,7 +94,7 @@ def test_the_shipped_model_keeps_its_accuracy_when_pruned() -> None:
 def test_overlay_video_and_timeline(tmp_path) -> None:
     det = synth_detector()
     n = det.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(det, [n // 4])
+    pipe = Pipeline.from_model(det, [n // 4])
     seq = generate_sequence(3, SynthVIDConfig(size=128, num_frames=5))
     stream = pipe.new_stream(policy=FixedKeep(n // 4))
     results = [stream.step(f) for f in seq.frames]

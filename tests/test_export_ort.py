@@ -14,7 +14,7 @@ import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.export.check import check_package
-from rgtp.export.manifest import Manifest, ManifestError
+from rgtp.models.manifest import Manifest, ManifestError
 from rgtp.runtime import Pipeline
 from tests.conftest import assert_same_detections, synthvid_frames
 
@@ -75,12 +75,12 @@ def test_check_fails_naming_a_changed_file(small_packages, tmp_path, victim: str
 
 
 @pytest.mark.parametrize("name", ["a", "b"])
-@pytest.mark.parametrize("variant", ["fixed", "symbolic"])
-def test_ort_pipeline_follows_the_torch_reference(small_packages, name: str, variant: str):
+@pytest.mark.parametrize("layout", ["per-k", "per-stage"])
+def test_ort_pipeline_follows_the_torch_reference(small_packages, name: str, layout: str):
     path, det, plan = small_packages[name]
     k = plan.buckets[0]
-    ort_stream = Pipeline.load(path, "ort", variant=variant).new_stream(policy=FixedKeep(k))
-    ref_stream = Pipeline.from_detector(det, plan.buckets, "per-global").new_stream(
+    ort_stream = Pipeline.load(path, "ort", layout=layout).new_stream(policy=FixedKeep(k))
+    ref_stream = Pipeline.from_model(det, plan.buckets, "per-global").new_stream(
         policy=FixedKeep(k)
     )
     pruned = 0

@@ -29,7 +29,7 @@ SCORE = 0.28
 @pytest.fixture(scope="module")
 def pipe(tiny_detector) -> Pipeline:
     n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_letterbox_fits_the_longer_side_and_pads_with_the_pixel_mean() -> None:
 def test_letterboxed_detections_map_back_to_frame_pixels_clipped(tiny_detector) -> None:
     """A 112 x 224 frame needs no resize under letterbox: the model sees it on top of a
     mean-grey half, and every detection comes back in frame pixels inside the frame."""
-    pipe = Pipeline.from_detector(tiny_detector)
+    pipe = Pipeline.from_model(tiny_detector)
     frame = next(moving_frames(1, SIZE, seed=6))[:112]
     result = pipe.new_stream(score_threshold=0.0).step(frame)
     canvas = torch.tensor(tiny_detector.cfg.pixel_mean).view(1, 3, 1, 1).repeat(1, 1, SIZE, SIZE)

@@ -20,7 +20,7 @@ NAN = float("nan")
 @pytest.fixture(scope="module")
 def pipe(tiny_detector) -> Pipeline:
     n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
 
 
 @pytest.mark.parametrize(
@@ -152,6 +152,7 @@ CLI = {
     "eval --ablate-r -1": (["eval", "--ablate-r=-1"], "--ablate-r"),
     "flops --keep 0": (["flops", "--keep", "0"], "--keep"),
     "flops --size 0": (["flops", "--size", "0"], "--size"),
+    "build --mem-pool-size 0": (["build", "pkg", "--mem-pool-size", "0"], "--mem-pool-size"),
 }
 
 

@@ -128,7 +128,7 @@ def test_your_own_head_with_all_tokens_equals_the_dense_model(tiny_detector) -> 
 
     n = tiny_detector.cfg.backbone.num_tokens
     head = _user_head_for(tiny_detector)
-    pipe = Pipeline.from_detector(tiny_detector, [n // 4], head="none")
+    pipe = Pipeline.from_model(tiny_detector, [n // 4], head="none")
     assert pipe.engines.head is None
     stream = pipe.new_stream(policy=FixedKeep(n))
 
@@ -154,12 +154,11 @@ def test_your_own_head_with_all_tokens_equals_the_dense_model(tiny_detector) -> 
 
 
 def test_a_head_that_returns_junk_leaves_the_stream_intact(tiny_detector) -> None:
-    from rgtp.runtime import Pipeline
-    from rgtp.runtime.stream import HeadOutputError
+    from rgtp.runtime import HeadOutputError, Pipeline
     from tests.conftest import moving_frames
 
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, [n // 4], head="none")
+    pipe = Pipeline.from_model(tiny_detector, [n // 4], head="none")
     frames = list(moving_frames(3, 224))
     stream = pipe.new_stream()
     good = lambda f: (torch.tensor([[10.0, 10.0, 60.0, 60.0]]), torch.tensor([0.9]))  # noqa: E731

@@ -26,11 +26,11 @@ import pytest
 from rgtp.cli import main
 from rgtp.engines.base import EngineError
 from rgtp.export import package as package_module
-from rgtp.export import verify as verify_module
 from rgtp.export.check import CheckError, check_package
-from rgtp.export.manifest import Manifest, ManifestError, sha256_file
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import export_package, remove_stale_work_dirs
+from rgtp.models import package_verify as verify_module
+from rgtp.models.manifest import Manifest, ManifestError, sha256_file
 from rgtp.models.plan import StagePlan
 from rgtp.runtime import Pipeline
 
@@ -156,11 +156,11 @@ def test_malformed_manifests_are_refused_naming_the_problem(pkg, capsys, case: s
 
 
 def test_fixed_k_sessions_need_a_graph_for_every_bucket(pkg) -> None:
-    """Symbolic-K serves the missing bucket; the fixed-K variant cannot and says so."""
+    """Symbolic-K serves the missing bucket; the per-k layout cannot and says so."""
     edit_manifest(pkg, _drop_graphs("stage0_k96"))
-    Pipeline.load(pkg, "ort", variant="symbolic")
+    Pipeline.load(pkg, "ort", layout="per-stage")
     with pytest.raises(EngineError, match=re.escape("stage 0 has no fixed-K graph for K=[96]")):
-        Pipeline.load(pkg, "ort", variant="fixed")
+        Pipeline.load(pkg, "ort", layout="per-k")
 
 
 # -- file names: absolute, '..', symbolic links out of the package ---------------------------
@@ -274,7 +274,7 @@ def test_each_file_is_hashed_once_per_load(pkg, monkeypatch, backend: str) -> No
 
 def test_verify_false_skips_hashes_with_a_warning_but_not_sizes(pkg, caplog) -> None:
     flip_byte(pkg / "head.weights")
-    with caplog.at_level("WARNING", logger="rgtp.export.verify"):
+    with caplog.at_level("WARNING", logger="rgtp.models.package_verify"):
         Pipeline.load(pkg, "ort", verify=False)
     warning = caplog.records[-1].getMessage()
     assert "sha256 verification of" in warning and "skipped (verify=False)" in warning

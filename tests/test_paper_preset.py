@@ -109,7 +109,7 @@ def test_the_paper_preset_streams_on_every_backend_alike(tiny_detector, tmp_path
     paper = PruningConfig.paper(672)
     assert paper.rollout_pool == 2 and PruningConfig.paper(1024).rollout_pool == 1
     frames = list(moving_frames(8, 224, seed=7))
-    torch_pipe = Pipeline.from_detector(tiny_detector, [n // 4], prune_from="block0-mlp")
+    torch_pipe = Pipeline.from_model(tiny_detector, [n // 4], prune_from="block0-mlp")
     dense = torch_pipe.new_stream(policy=FixedKeep(n), pruning=paper)
     for frame in frames[:3]:
         dense.step(frame)
@@ -121,12 +121,12 @@ def test_the_paper_preset_streams_on_every_backend_alike(tiny_detector, tmp_path
     reference = torch_pipe.new_stream(policy=FixedKeep(n // 4), pruning=paper)
     expected = [reference.step(f) for f in frames]
     assert sum(not r.reset for r in expected) >= 6
-    for variant in ("fixed", "symbolic"):
-        pipe = Pipeline.load(tmp_path / "pkg", backend="ort", variant=variant)
+    for layout in ("per-k", "per-stage"):
+        pipe = Pipeline.load(tmp_path / "pkg", backend="ort", layout=layout)
         stream = pipe.new_stream(policy=FixedKeep(n // 4), pruning=paper)
         for frame, want in zip(frames, expected, strict=True):
             got = stream.step(frame)
-            assert torch.equal(got.keep, want.keep), variant
+            assert torch.equal(got.keep, want.keep), layout
             assert_same_detections(got.detections, want.detections)
 
 
@@ -134,7 +134,7 @@ def test_pooled_rollout_buffers_are_pool4_times_smaller(tiny_detector) -> None:
     from rgtp.models.config import PruningConfig
     from rgtp.runtime import Pipeline
 
-    pipe = Pipeline.from_detector(tiny_detector, [])
+    pipe = Pipeline.from_model(tiny_detector, [])
     rows = {
         p: sum(
             t.numel() * t.element_size()
@@ -144,4 +144,4 @@ def test_pooled_rollout_buffers_are_pool4_times_smaller(tiny_detector) -> None:
     }
     assert rows[1] == 16 * rows[2]
     with pytest.raises(ValueError, match="does not divide"):
-        Pipeline.from_detector(tiny_detector, []).new_stream(pruning=PruningConfig(rollout_pool=3))
+        Pipeline.from_model(tiny_detector, []).new_stream(pruning=PruningConfig(rollout_pool=3))

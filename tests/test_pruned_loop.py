@@ -28,7 +28,7 @@ def dense_reference(detector, frame):
 @pytest.mark.parametrize("radius", [0, 1, 2])
 def test_keeping_all_tokens_equals_the_dense_model(tiny_detector, radius: int) -> None:
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
     stream = pipe.new_stream(policy=FixedKeep(n), radius=radius)
     worst = 0.0
     for frame in moving_frames(12, 224, seed=radius):
@@ -47,7 +47,7 @@ def test_pruned_frames_of_a_still_video_equal_the_dense_model(tiny_detector) -> 
     """On a still video the caches hold exact keys/values, so every kept token's feature
     must equal the dense one and the maintained map must stay the dense map."""
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n // 2, n])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n // 2, n])
     stream = pipe.new_stream(policy=FixedKeep(n // 4), reset_every=0)
     frame = next(moving_frames(1, 224))
     fmap, _ = dense_reference(tiny_detector, frame)
@@ -60,7 +60,7 @@ def test_pruned_frames_of_a_still_video_equal_the_dense_model(tiny_detector) -> 
 
 def test_pruned_frames_update_only_kept_tokens(tiny_detector) -> None:
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
     stream = pipe.new_stream(policy=FixedKeep(n // 4), reset_every=8)
     frames = list(moving_frames(3, 224, speed=12.0))
     stream.step(frames[0])
@@ -82,7 +82,7 @@ def test_interleaved_streams_equal_each_stream_alone(tiny_detector) -> None:
     """a.step, b.step, a.step, ... on one pipeline: each stream's keep, importance and
     detections are bit-identical to the same video run alone, pruned frames included."""
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
     options = StreamOptions(policy=FixedKeep(n // 4), reset_every=4, score_threshold=0.28)
     videos = [list(moving_frames(6, 224, seed=s, speed=8.0)) for s in (0, 5)]
     streams = [pipe.new_stream(options) for _ in videos]
@@ -142,7 +142,7 @@ def assert_threads_equal_sequential(pipe, options, videos) -> None:
 
 def test_eight_threads_of_eight_streams_equal_sequential_runs(tiny_detector) -> None:
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
     options = StreamOptions(policy=FixedKeep(n // 4), score_threshold=0.28)
     assert_threads_equal_sequential(pipe, options, shifted_videos(64, 3, 224))
 
@@ -154,7 +154,7 @@ def test_eight_threads_of_eight_streams_equal_sequential_runs_on_ort(small_packa
 
 
 def test_bad_frames_are_rejected_clearly(tiny_detector) -> None:
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[])
     with pytest.raises(ValueError, match="RGB frame"):
         pipe.new_stream().step(torch.zeros(224, 224))
     with pytest.raises(ValueError, match="no K bucket"):
@@ -167,7 +167,7 @@ def test_model_pruning_settings_apply_and_are_validated(tiny_detector) -> None:
     from rgtp.models.config import PruningConfig
 
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4])
     assert pipe.new_stream().pruning == PruningConfig()  # the authors' settings by default
     custom = PruningConfig(
         rollout_blocks=(5,), similarity="cosine", novelty_share=0.25, track_union=True

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import rgtp.models.families.detection as detection_module
 import rgtp.runtime.stream as stream_module
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.base import Engine, EngineError
@@ -74,7 +75,7 @@ def with_fault(pipe: Pipeline, where: str, fault: Callable[[dict], dict]):
 @pytest.fixture(scope="module")
 def pipe(tiny_detector) -> Pipeline:
     n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
 
 
 @pytest.fixture(scope="module")
@@ -148,25 +149,25 @@ def failing(exc: BaseException) -> Callable[..., object]:
     return fail
 
 
-AFTER_THE_ENGINES = [
-    ("postprocess", RuntimeError("postprocess failed")),
-    ("detection_target", RuntimeError("target failed")),
-    ("token_importance", RuntimeError("rollout failed")),
-    ("token_importance", KeyboardInterrupt()),
+AFTER_THE_ENGINES = [  # (module, function, exception)
+    (detection_module, "postprocess", RuntimeError("postprocess failed")),
+    (detection_module, "detection_target", RuntimeError("target failed")),
+    (stream_module, "token_importance", RuntimeError("rollout failed")),
+    (stream_module, "token_importance", KeyboardInterrupt()),
 ]
 
 
 @pytest.mark.parametrize(
-    ("function", "exc"),
+    ("module", "function", "exc"),
     AFTER_THE_ENGINES,
-    ids=[f"{f}-{type(e).__name__}" for f, e in AFTER_THE_ENGINES],
+    ids=[f"{f}-{type(e).__name__}" for _, f, e in AFTER_THE_ENGINES],
 )
 def test_a_failure_after_the_engines_leaves_the_stream_intact(
-    pipe, frames, monkeypatch, function, exc
+    pipe, frames, monkeypatch, module, function, exc
 ) -> None:
     def bad(stream) -> None:
         with monkeypatch.context() as m:
-            m.setattr(stream_module, function, failing(exc))
+            m.setattr(module, function, failing(exc))
             stream.step(frames[2])
 
     assert_stream_intact(pipe, frames, bad, type(exc), None, options(pipe))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rgtp.engines.trt_build import TRTEXEC_SCRIPT, BuildOptions, build_trt
-from rgtp.export.manifest import Manifest
+from rgtp.models.manifest import Manifest
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX builder not installed")
 
@@ -45,9 +45,7 @@ def assert_fits(shapes: dict[str, tuple[int, ...]], declared: dict[str, tuple], 
 def built(request, small_packages, tmp_path_factory):
     pkg = tmp_path_factory.mktemp("trt") / "pkg"
     shutil.copytree(small_packages["a"][0], pkg)
-    options = BuildOptions(
-        per_k_plans=request.param == "per-k", timing_cache=pkg.parent / "timing.cache"
-    )
+    options = BuildOptions(layout=request.param, timing_cache=pkg.parent / "timing.cache")
     info = build_trt(pkg, options, progress=False)
     return pkg, info
 
@@ -231,7 +229,7 @@ def test_unusable_plans_are_refused_before_any_frame(built, tmp_path) -> None:
 
 @pytest.mark.parametrize("backend", ["ort", "torch", "trt"])
 def test_a_changed_plan_stops_every_backend(built, tmp_path, backend: str) -> None:
-    from rgtp.export.manifest import ManifestError
+    from rgtp.models.manifest import ManifestError
     from rgtp.runtime import Pipeline
 
     src, info = built
@@ -249,7 +247,7 @@ def test_a_changed_plan_stops_every_backend(built, tmp_path, backend: str) -> No
 def test_plans_record_the_hash_of_the_graph_they_were_built_from(small_packages, tmp_path):
     """Unverified (`verify=False`), a changed graph is built, and its plan's provenance is
     the graph as built, not the manifest's record of it."""
-    from rgtp.export.manifest import ManifestError, sha256_file
+    from rgtp.models.manifest import ManifestError, sha256_file
 
     pkg = tmp_path / "pkg"
     shutil.copytree(small_packages["b"][0], pkg)

@@ -90,7 +90,7 @@ def test_other_bad_files_name_the_file(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def stream_options(tiny_detector) -> tuple[Pipeline, StreamOptions]:
     n = tiny_detector.cfg.backbone.num_tokens
-    pipe = Pipeline.from_detector(tiny_detector, buckets=[n // 4, n])
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
     return pipe, StreamOptions(policy=FixedKeep(n // 4), score_threshold=0.28)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from rgtp.core.checks import check_int, check_real
 
@@ -112,3 +113,28 @@ def is_reset_frame(frame_index: int, reset_every: int) -> bool:
     """Frame 0 and every R-th frame run dense and rebuild every cache (R = 0: only frame 0)."""
     check_int("reset_every", reset_every, 0)
     return frame_index == 0 or (reset_every > 0 and frame_index % reset_every == 0)
+
+
+RESETS = ("dense", "checkerboard")
+
+
+def checkerboard(grid: int, device: torch.device | None = None) -> torch.Tensor:
+    """The authors' 1-in-2 reset pattern: raster indices (ceil(grid²/2),) of the tokens whose
+    row + column is even, in increasing order."""
+    idx = torch.arange(grid * grid, device=device)
+    return idx[(idx // grid + idx % grid) % 2 == 0]
+
+
+def fill_from_most_similar(
+    importance: torch.Tensor, z: torch.Tensor, kept: torch.Tensor, similarity: str = "dot"
+) -> torch.Tensor:
+    """After a step that computed only the tokens `kept` (K,): every other token takes the
+    importance of the kept token most similar to it (raw patch embeddings z (N, C), dot or
+    cosine), as the authors' checkerboard reset does; renormalised to sum 1. (N,)"""
+    if similarity == "cosine":
+        z = F.normalize(z, dim=1)
+    nearest = kept[(z @ z[kept].t()).argmax(dim=1)]  # (N,), read for the dropped only
+    out = importance.clone()
+    dropped = torch.ones_like(importance, dtype=torch.bool).index_fill_(0, kept, False)
+    out[dropped] = importance[nearest[dropped]]
+    return out / out.sum()

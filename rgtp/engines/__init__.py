@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rgtp.engines.base import Engine, EngineError, EngineSet
+from rgtp.engines.base import LAYOUTS, Engine, EngineError, EngineSet
 
 BACKENDS = ("torch", "ort", "trt")
 
@@ -32,4 +32,4 @@ def load_engines(package: Path, backend: str, verify: bool = True, **options: An
     raise EngineError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "EngineSet", "load_engines"]
+__all__ = ["BACKENDS", "LAYOUTS", "Engine", "EngineError", "EngineSet", "load_engines"]

@@ -17,6 +17,11 @@ import torch
 
 from rgtp.models.plan import GraphSpec, StagePlan
 
+# How a backend lays out the engines of a stage: one engine per stage from its symbolic-K
+# graph, serving every K bucket (weights and kernels once), or one engine per (stage, K)
+# from the static graphs (each specialised to its K).
+LAYOUTS = ("per-stage", "per-k")
+
 
 class EngineError(RuntimeError):
     """An engine cannot be loaded or run as asked (missing bucket, bad plan, bad input)."""
@@ -32,7 +37,8 @@ class Engine(Protocol):
 
 @dataclass
 class EngineSet:
-    """All engines of one pipeline: embed, one engine per (stage, K bucket), head."""
+    """All engines of one pipeline: embed, one engine per (stage, K bucket), head, and the
+    family's further graphs (`plan.extra_specs()`, e.g. ViViT's temporal transformer)."""
 
     plan: StagePlan
     backend: str
@@ -43,6 +49,14 @@ class EngineSet:
     info: dict[str, str] = field(default_factory=dict)
     # objects the engines rely on but do not own (e.g. deserialized TensorRT engines)
     resources: list[object] = field(default_factory=list)
+    extra: dict[str, Engine] = field(default_factory=dict)
+
+    def graph(self, name: str) -> Engine:
+        """The engine of a graph around the stages, by name: embed, head or an extra one."""
+        engine = {"embed": self.embed, "head": self.head, **self.extra}.get(name)
+        if engine is None:
+            raise EngineError(f"this pipeline has no {name!r} graph")
+        return engine
 
     def stage(self, index: int, k: int) -> Engine:
         try:
@@ -53,17 +67,29 @@ class EngineSet:
             ) from None
 
 
-def check_feeds(spec: GraphSpec, feeds: Mapping[str, torch.Tensor]) -> None:
-    """Clear error for a missing input or one of the wrong shape (static axes only)."""
+def check_feeds(spec: GraphSpec, feeds: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Clear error for a missing input or one of the wrong shape: static axes as declared,
+    and each symbolic axis ("K", "K+1") of one size in every input that has it. Returns
+    the sizes of the symbolic axes (e.g. {"K": 77})."""
+    shapes: dict[str, tuple[int, ...]] = {}
     for t in spec.inputs:
         if t.name not in feeds:
             raise EngineError(f"{spec.name}: missing input {t.name!r}")
-        shape = tuple(feeds[t.name].shape)
-        want = t.shape
-        if len(shape) != len(want) or any(
-            isinstance(w, int) and w != s for w, s in zip(want, shape, strict=True)
-        ):
-            raise EngineError(f"{spec.name}: input {t.name!r} has shape {shape}, expected {want}")
+        shapes[t.name] = tuple(feeds[t.name].shape)
+        if len(shapes[t.name]) != len(t.shape):
+            raise EngineError(
+                f"{spec.name}: input {t.name!r} has shape {shapes[t.name]}, expected {t.shape}"
+            )
+    dims = spec.symbolic_dims(shapes)  # each read off the first input with the axis
+    sizes = ", ".join(f"{name} = {size}" for name, size in dims.items())
+    for t in spec.inputs:
+        want = t.concrete(dims)
+        if shapes[t.name] != want:
+            raise EngineError(
+                f"{spec.name}: input {t.name!r} has shape {shapes[t.name]}, expected {t.shape}"
+                + (f" = {want} for {sizes}" if dims else "")
+            )
+    return dims
 
 
 def restrict_buckets(plan: StagePlan, buckets: Sequence[int] | None) -> StagePlan:

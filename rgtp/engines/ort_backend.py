@@ -2,12 +2,12 @@
 
 Inputs and outputs are torch tensors bound through `IOBinding` by pointer (CPU or CUDA), so
 no stage result is copied on its way to the next stage. Weights live once per stage: the
-stage's external-data file is read once and its tensors are handed to every K variant's
+stage's external-data file is read once and its tensors are handed to every K bucket's
 session with `SessionOptions.add_initializer` (caller-owned memory, used as is),
 pre-packing is off (its copies would be per session), and all sessions draw intermediate
 buffers from one shared arena (`session.use_env_allocators`). Still, every session has its
-own kernels and scratch, so the default is one session per stage from the symbolic-K graph
-where the package has one.
+own kernels and scratch, so the default layout is "per-stage": one session per stage from
+the symbolic-K graph where the package has one.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from rgtp.engines.base import EngineError, EngineSet, check_feeds, restrict_buckets
-from rgtp.export.manifest import GraphRecord, package_file
-from rgtp.export.verify import external_data_problems, load_verified
-from rgtp.models.plan import GraphSpec
+from rgtp.engines.base import LAYOUTS, EngineError, EngineSet, check_feeds, restrict_buckets
+from rgtp.engines.binding import bind_io
+from rgtp.engines.dtypes import dtype
+from rgtp.models.manifest import GraphRecord, package_file
+from rgtp.models.package_verify import external_data_problems, load_verified
+from rgtp.models.plan import GraphSpec, TensorSpec
 
-VARIANTS = ("fixed", "symbolic")
-_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
-_NP_DTYPES = {"float32": np.float32, "int64": np.int64}
 _ENV_ALLOCATOR_READY = False
 
 
@@ -67,10 +66,10 @@ class SharedInitializers:
                 continue
             ext = {e.key: e.value for e in init.external_data}
             offset, length = int(ext.get("offset", 0)), int(ext["length"])
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-            key = (offset, length, np.dtype(dtype).str, tuple(init.dims))
+            np_type = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+            key = (offset, length, np.dtype(np_type).str, tuple(init.dims))
             if key not in self._values:
-                arr = self.blob[offset : offset + length].view(dtype).reshape(tuple(init.dims))
+                arr = self.blob[offset : offset + length].view(np_type).reshape(tuple(init.dims))
                 self._values[key] = ort.OrtValue.ortvalue_from_numpy(arr)
             options.add_initializer(init.name, self._values[key])
 
@@ -95,34 +94,25 @@ class OrtEngine:
         self._ort_device = "cuda" if device.type == "cuda" else "cpu"
         self._device_id = device.index or 0
 
-    def _bind(self, binding: ort.IOBinding, name: str, t: torch.Tensor, output: bool) -> None:
-        args = (
-            name,
-            self._ort_device,
-            self._device_id,
-            _NP_DTYPES[str(t.dtype).removeprefix("torch.")],
-            list(t.shape),
-            t.data_ptr(),
-        )
-        (binding.bind_output if output else binding.bind_input)(*args)
-
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        check_feeds(self.spec, feeds)
-        dims = self.spec.symbolic_dims({n: feeds[n].shape for n in self.spec.input_names})
         binding = self.session.io_binding()
-        keep_alive = []
-        for t in self.spec.inputs:
-            x = feeds[t.name].to(device=self.device, dtype=_TORCH_DTYPES[t.dtype]).contiguous()
-            keep_alive.append(x)
-            self._bind(binding, t.name, x, output=False)
-        outputs = {}
-        for t in self.spec.outputs:
-            y = torch.empty(t.concrete(dims), dtype=_TORCH_DTYPES[t.dtype], device=self.device)
-            self._bind(binding, t.name, y, output=True)
-            outputs[t.name] = y
+
+        def bind(t: TensorSpec, x: torch.Tensor, output: bool) -> None:
+            (binding.bind_output if output else binding.bind_input)(
+                t.name,
+                self._ort_device,
+                self._device_id,
+                dtype(t.dtype).numpy,
+                list(x.shape),
+                x.data_ptr(),
+            )
+
+        # ORT reads the inputs in place: they stay referenced here until the run is over
+        inputs, outputs = bind_io(self.spec, feeds, self.device, bind)
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
+        del inputs
         return outputs
 
 
@@ -159,25 +149,25 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
 def load_ort_engines(
     package: Path,
     device: str | torch.device = "cpu",
-    variant: str | None = None,
+    layout: str | None = None,
     threads: int | None = None,
     buckets: Sequence[int] | None = None,
     verify: bool = True,
 ) -> EngineSet:
     """Sessions for an exported package, once every file of it is verified (`verify=False`:
-    sizes only, with a warning). `variant` "symbolic": one session per stage from the
-    symbolic-K graph (the default when the package has them); "fixed": one session per
+    sizes only, with a warning). `layout` "per-stage": one session per stage from the
+    symbolic-K graph (the default when the package has them); "per-k": one session per
     (stage, K) from the static graphs. `buckets` loads only those K buckets (N, for reset
     frames, always)."""
     device = torch.device(device)
     manifest = load_verified(package, verify)
     # One session per stage wherever the package allows it: every ORT session carries its
     # own kernels and buffers. Measured with 8 buckets against 1 (benchmarks/memory.py):
-    # vitdet-b fixed-K +148 MiB, symbolic-K +61 MiB. The price is speed on larger models
-    # (vitdet-b @672, K = 512: 1137 ms symbolic vs 867 ms fixed), so "fixed" stays a choice.
-    variant = variant or ("symbolic" if any(g.symbolic for g in manifest.graphs) else "fixed")
-    if variant not in VARIANTS:
-        raise EngineError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    # vitdet-b per-k +148 MiB, per-stage +61 MiB. The price is speed on larger models
+    # (vitdet-b @672, K = 512: 1137 ms per-stage vs 867 ms per-k), so "per-k" stays a choice.
+    layout = layout or ("per-stage" if any(g.symbolic for g in manifest.graphs) else "per-k")
+    if layout not in LAYOUTS:
+        raise EngineError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     providers = _providers(device)
     _ensure_env_allocator()
     shared: dict[str, SharedInitializers] = {}
@@ -188,13 +178,13 @@ def load_ort_engines(
     plan = restrict_buckets(manifest.plan, buckets)
     stages = []
     for i in range(len(plan.stages)):
-        if variant == "fixed":
+        if layout == "per-k":
             fixed = {g.k: g for g in manifest.stage_graphs(i) if g.k in plan.buckets}
             missing = sorted(set(plan.buckets) - set(fixed))
             if missing:
                 raise EngineError(
                     f"{package}: stage {i} has no fixed-K graph for K={missing}; "
-                    "load variant 'symbolic'"
+                    "load layout 'per-stage'"
                 )
             stages.append({k: session(g) for k, g in fixed.items()})
         else:
@@ -210,12 +200,13 @@ def load_ort_engines(
         embed=session(manifest.graph("embed")),
         head=None if plan.head == "none" else session(manifest.graph("head")),
         stages=stages,
+        extra={name: session(manifest.graph(name)) for name in plan.extra_specs()},
         # the sessions read these buffers in place: they must live as long as the sessions
         resources=list(shared.values()),
         info={
             "onnxruntime": ort.__version__,
             "providers": ",".join(providers),
-            "variant": variant,
+            "layout": layout,
             "weights_bytes": str(sum(s.nbytes() for s in shared.values())),
         },
     )

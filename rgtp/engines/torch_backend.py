@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from rgtp.engines.base import Engine, EngineError, EngineSet, check_feeds
-from rgtp.export.manifest import Manifest, package_file
-from rgtp.models.detector import Detector
+from rgtp.models.manifest import Manifest, package_file
 from rgtp.models.plan import GraphSpec, StagePlan
-from rgtp.models.stages import EmbedStage, HeadStage, stage_modules
+from rgtp.models.stages import stage_modules
 
 
 class TorchEngine:
@@ -26,38 +25,44 @@ class TorchEngine:
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         check_feeds(self.spec, feeds)
         out = self.module(*(feeds[n] for n in self.spec.input_names))
+        if isinstance(out, torch.Tensor):  # a one-output graph
+            out = (out,)
         return dict(zip(self.spec.output_names, out, strict=True))
 
 
 def torch_engines(
-    detector: Detector,
+    model: nn.Module,
     plan: StagePlan,
     device: torch.device | str = "cpu",
     user_head: Engine | None = None,
 ) -> EngineSet:
-    """Engines for every graph of `plan`, sharing the detector's parameters.
+    """Engines for every graph of `plan`, sharing the parameters of `model` (of the plan's
+    family: a `Detector`, a `ViViT`).
 
     One module per stage serves every K: the torch graph is shape-polymorphic, so the
     weights exist once whatever the number of buckets. A plan with a user's ONNX head needs
     that head's engine as `user_head` (there is no PyTorch module for it).
     """
     device = torch.device(device)
-    detector = detector.to(device).eval()
+    model = model.to(device).eval()
+    family = plan.family
     stages = []
-    for i, module in enumerate(stage_modules(detector.backbone, plan)):
+    for i, module in enumerate(stage_modules(family.encoder(model), plan)):
         module = module.to(device)
         stages.append({k: TorchEngine(plan.stage_spec(i, k), module) for k in plan.buckets})
     if plan.head == "onnx" and user_head is None:
         raise EngineError("this plan's head is a user's ONNX graph: pass its engine as user_head")
-    head = TorchEngine(plan.head_spec(), HeadStage(detector)) if plan.head == "rgtp" else user_head
+    modules = {name: m.to(device) for name, m in family.modules(model, plan).items()}
+    head = TorchEngine(plan.head_spec(), modules["head"]) if "head" in modules else user_head
     return EngineSet(
         plan=plan,
         backend="torch",
         device=device,
-        embed=TorchEngine(plan.embed_spec(), EmbedStage(detector).to(device)),
+        embed=TorchEngine(plan.embed_spec(), modules["embed"]),
         head=head,
         stages=stages,
         info={"torch": torch.__version__, "device": str(device)},
+        extra={name: TorchEngine(spec, modules[name]) for name, spec in plan.extra_specs().items()},
     )
 
 
@@ -66,7 +71,7 @@ def load_torch_engines(
 ) -> EngineSet:
     """The reference engines of an exported package, rebuilt from its saved weights once
     every file of the package is verified (`verify=False`: sizes only, with a warning)."""
-    from rgtp.export.verify import load_verified
+    from rgtp.models.package_verify import load_verified
 
     return package_torch_engines(package, load_verified(Path(package), verify), device)
 
@@ -75,10 +80,9 @@ def package_torch_engines(
     package: Path, manifest: Manifest, device: torch.device | str = "cpu"
 ) -> EngineSet:
     """Reference engines from a package whose files the caller has verified."""
-    from rgtp.models.checkpoints import load_weights
-
-    detector = Detector(manifest.plan.config)
-    load_weights(detector, package_file(package, manifest.model_weights), fmt="rgtp")
+    family = manifest.plan.family
+    model = family.build(manifest.plan.config)
+    family.load_weights(model, package_file(package, manifest.model_weights))
     user_head = None
     if manifest.plan.head == "onnx":
         # no PyTorch module exists for a user's graph: ONNX Runtime on the CPU runs it
@@ -86,7 +90,7 @@ def package_torch_engines(
 
         cpu = open_session(package, manifest.graph("head"), torch.device("cpu"))
         user_head = _OnDevice(cpu, torch.device(device))
-    return torch_engines(detector, manifest.plan, device, user_head)
+    return torch_engines(model, manifest.plan, device, user_head)
 
 
 class _OnDevice:

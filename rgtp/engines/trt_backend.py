@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 
-from rgtp.engines.base import EngineError, EngineSet, check_feeds
+from rgtp.engines.base import EngineError, EngineSet
+from rgtp.engines.binding import bind_io, input_buffers
 from rgtp.engines.trt_build import import_tensorrt
-from rgtp.export.manifest import Manifest, package_file
-from rgtp.export.verify import load_verified
-from rgtp.models.plan import GraphSpec
-
-_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+from rgtp.models.manifest import Manifest, package_file
+from rgtp.models.package_verify import load_verified
+from rgtp.models.plan import GraphSpec, TensorSpec, stage_graph_name
 
 
 class TrtEngine:
@@ -39,41 +38,34 @@ class TrtEngine:
         self._static_in: dict[str, torch.Tensor] = {}
         self._static_out: dict[str, torch.Tensor] = {}
 
-    def _bind(self, feeds: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list]:
-        alive = []
-        for t in self.spec.inputs:
-            x = feeds[t.name].to(device=self.device, dtype=_DTYPES[t.dtype]).contiguous()
-            alive.append(x)
+    def _bind(self, t: TensorSpec, x: torch.Tensor, output: bool) -> None:
+        if not output:
             self.context.set_input_shape(t.name, tuple(x.shape))
-            self.context.set_tensor_address(t.name, x.data_ptr())
-        dims = self.spec.symbolic_dims({n: feeds[n].shape for n in self.spec.input_names})
-        outputs = {}
-        for t in self.spec.outputs:
-            y = torch.empty(t.concrete(dims), dtype=_DTYPES[t.dtype], device=self.device)
-            self.context.set_tensor_address(t.name, y.data_ptr())
-            outputs[t.name] = y
-        return outputs, alive
+        self.context.set_tensor_address(t.name, x.data_ptr())
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise EngineError(f"{self.spec.name}: TensorRT execution failed")
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        check_feeds(self.spec, feeds)
         if not self.cuda_graph:
-            outputs, _alive = self._bind(feeds)
+            # inputs may be freed on return: torch reuses their memory only for work queued
+            # after this run on the same stream
+            _inputs, outputs = bind_io(self.spec, feeds, self.device, self._bind)
             self._execute()  # enqueued on torch's current stream: later torch ops wait for it
             return outputs
+        inputs = input_buffers(self.spec, feeds, self.device)
         if self._graph is None:
-            self._static_in = {n: feeds[n].to(self.device).clone() for n in self.spec.input_names}
-            self._static_out, _ = self._bind(self._static_in)
+            # buffers of the graph's own: the caller's tensors are copied in on every replay
+            self._static_in = {n: x.clone() for n, x in inputs.items()}
+            _, self._static_out = bind_io(self.spec, self._static_in, self.device, self._bind)
             self._execute()  # TensorRT allocates its resources outside capture
             torch.cuda.current_stream(self.device).synchronize()
             self._graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._graph):
                 self._execute()
         for n, x in self._static_in.items():
-            x.copy_(feeds[n], non_blocking=True)
+            x.copy_(inputs[n], non_blocking=True)
         self._graph.replay()
         # the graph's buffers are reused by the next replay: hand out copies
         return {n: y.clone() for n, y in self._static_out.items()}
@@ -113,7 +105,7 @@ def validate_plans(
         for k in manifest.plan.buckets:
             if rec is not None and str(k) not in rec["profiles"]:
                 raise EngineError(f"stage {i}: the plan has no optimization profile for K={k}")
-            if rec is None and f"stage{i}_k{k}" not in by_name:
+            if rec is None and stage_graph_name(i, k) not in by_name:
                 raise EngineError(f"stage {i}: no TensorRT plan for K={k}")
     return info
 
@@ -169,7 +161,7 @@ def load_trt_engines(
                 engines_k[k] = TrtEngine(plan.stage_spec(i, k), ctx, device, cuda_graphs)
         else:
             for k in plan.buckets:
-                engines_k[k] = single(f"stage{i}_k{k}", plan.stage_spec(i, k))
+                engines_k[k] = single(stage_graph_name(i, k), plan.stage_spec(i, k))
         stages.append(engines_k)
     return EngineSet(
         plan=plan,
@@ -178,6 +170,7 @@ def load_trt_engines(
         embed=single("embed", plan.embed_spec()),
         head=None if plan.head == "none" else single("head", plan.head_spec()),
         stages=stages,
+        extra={name: single(name, spec) for name, spec in plan.extra_specs().items()},
         info={
             "tensorrt": f"{flavor} {trt.__version__}",
             "precision": info["precision"],

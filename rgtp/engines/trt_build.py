@@ -1,12 +1,13 @@
 """`rgtp build --backend trt`: TensorRT plans for an exported package.
 
 One builder for TensorRT 10/11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx_bindings`, which
-builds ahead of time on a machine without a GPU). By default every stage becomes one plan
-from its symbolic-K graph, holding one optimization profile per K bucket with
-min = opt = max = K, so its weights exist once; `per_k_plans` builds one plan per
-(stage, K) from the static graphs instead. The manifest records every plan, the profile
-index of every K, the TensorRT version, device and precision, and `trtexec.sh` holds the
-equivalent trtexec command for every plan and profile.
+builds ahead of time on a machine without a GPU). In the default layout, "per-stage", every
+stage becomes one plan from its symbolic-K graph, holding one optimization profile per K
+bucket with min = opt = max = K (the shapes of that K's static graph), so its weights exist
+once; layout "per-k" builds one plan per (stage, K) from the static graphs instead. The
+manifest records every plan, the profile index of every K, the TensorRT version, device,
+precision and layout, and `trtexec.sh` holds the equivalent trtexec command for every plan
+and profile.
 
 A package is built only once every file of it is verified against its manifest, and every
 plan records the sha256 of the graph it was built from, as hashed for the build.
@@ -25,10 +26,17 @@ from typing import Any
 import onnx
 from tqdm import tqdm
 
-from rgtp.engines.base import EngineError
-from rgtp.export.manifest import GraphRecord, Manifest, package_file, record_files, sha256_file
-from rgtp.export.package import PRIVATE_MODES, PUBLIC_MODES
-from rgtp.export.verify import external_data_problems, verify_package
+from rgtp.engines.base import LAYOUTS, EngineError
+from rgtp.models.manifest import (
+    PRIVATE_MODES,
+    PUBLIC_MODES,
+    GraphRecord,
+    Manifest,
+    package_file,
+    record_files,
+    sha256_file,
+)
+from rgtp.models.package_verify import external_data_problems, verify_package
 
 PLAN_DIR = "trt"
 TRTEXEC_SCRIPT = "trtexec.sh"
@@ -61,12 +69,21 @@ def import_tensorrt() -> tuple[ModuleType, str]:
 @dataclass(frozen=True)
 class BuildOptions:
     fp16: bool = False
-    per_k_plans: bool = False
+    layout: str = "per-stage"  # one of LAYOUTS
     timing_cache: Path | None = None
-    workspace_mb: int | None = None
+    # limit of the workspace memory pool in MiB, trtexec's --memPoolSize=workspace:N
+    mem_pool_size: int | None = None
     # TensorRT-RTX only: target GPU architectures, e.g. ("SM89",); None = the current GPU,
     # or SM89 when there is none (ahead-of-time build).
     compute_capabilities: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise EngineError(f"unknown plan layout {self.layout!r}; choose from {LAYOUTS}")
+        if self.mem_pool_size is not None and self.mem_pool_size < 1:
+            raise EngineError(
+                f"the workspace pool limit is in MiB and at least 1, got {self.mem_pool_size}"
+            )
 
 
 @dataclass
@@ -76,35 +93,37 @@ class PlanJob:
     name: str
     onnx_file: str
     profiles: list[dict[str, tuple[int, ...]]]
-    ks: list[int] | None  # the K of each profile (stages), None for embed/head
+    ks: list[int] | None  # the K of each profile (stages), None for the graphs around them
     symbolic: bool = False  # built from a symbolic-K graph: one profile per K
 
 
-def plan_jobs(manifest: Manifest, per_k_plans: bool) -> list[PlanJob]:
+def plan_jobs(manifest: Manifest, layout: str) -> list[PlanJob]:
     jobs = []
     for rec in manifest.graphs:
-        if rec.kind in ("embed", "head"):
+        if rec.kind != "stage":  # embed, head, the family's extra graphs: static shapes
             jobs.append(PlanJob(rec.name, rec.file, [static_shapes(rec)], None))
     for i in range(len(manifest.plan.stages)):
         fixed = sorted(manifest.stage_graphs(i), key=lambda g: g.k)
-        if per_k_plans:
+        if layout == "per-k":
             jobs += [PlanJob(g.name, g.file, [static_shapes(g)], [g.k]) for g in fixed]
             continue
         symbolic = manifest.stage_graphs(i, symbolic=True)
         if not symbolic:
-            raise EngineError(f"stage {i} has no symbolic-K graph; re-export, or use per_k_plans")
-        ks = [g.k for g in fixed]
-        profiles = [profile_shapes(symbolic[0], k) for k in ks]
-        jobs.append(PlanJob(f"stage{i}", symbolic[0].file, profiles, ks, symbolic=True))
+            raise EngineError(
+                f"stage {i} has no symbolic-K graph; re-export without --no-symbolic, or build "
+                "layout 'per-k'"
+            )
+        # the profile of a K takes the shapes of that K's static graph
+        profiles = [static_shapes(g) for g in fixed]
+        jobs.append(
+            PlanJob(f"stage{i}", symbolic[0].file, profiles, [g.k for g in fixed], symbolic=True)
+        )
     return jobs
 
 
 def static_shapes(rec: GraphRecord) -> dict[str, tuple[int, ...]]:
-    return {t.name: tuple(int(d) for d in t.shape) for t in rec.inputs}
-
-
-def profile_shapes(rec: GraphRecord, k: int) -> dict[str, tuple[int, ...]]:
-    return {t.name: tuple(k if isinstance(d, str) else d for d in t.shape) for t in rec.inputs}
+    """The input shapes of a graph without symbolic axes."""
+    return {t.name: t.concrete({}) for t in rec.inputs}
 
 
 def _fp16_copy(src: Path, workdir: Path) -> Path:
@@ -174,8 +193,8 @@ class PlanBuilder:
     def _config(self, network: Any, profiles: list[dict[str, tuple[int, ...]]]) -> Any:
         trt, opts = self.trt, self.options
         config = self.builder.create_builder_config()
-        if opts.workspace_mb:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+        if opts.mem_pool_size:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.mem_pool_size << 20)
         if opts.fp16 and not self.strongly_typed:
             config.set_flag(trt.BuilderFlag.FP16)
         if self.flavor == "tensorrt_rtx":
@@ -213,6 +232,8 @@ def trtexec_lines(job: PlanJob, plan_file: str, options: BuildOptions) -> list[s
         common.append("--fp16")
     if options.timing_cache:
         common.append(f"--timingCacheFile={options.timing_cache}")
+    if options.mem_pool_size:
+        common.append(f"--memPoolSize=workspace:{options.mem_pool_size}M")
     build = ["trtexec", f"--onnx={job.onnx_file}", f"--saveEngine={plan_file}", *common]
     if job.symbolic:
         for p in job.profiles:  # one --minShapes/--optShapes/--maxShapes triple per profile
@@ -276,7 +297,7 @@ def build_trt(
     package = Path(package)
     manifest = Manifest.load(package)
     hashes = verify_package(package, manifest, verify, skip=_old_plan_files(manifest))
-    jobs = plan_jobs(manifest, options.per_k_plans)
+    jobs = plan_jobs(manifest, options.layout)
     sources = {job.onnx_file: _source_graph(package, manifest, job) for job in jobs}
     builder = PlanBuilder(options)
     _forget_old_plans(package, manifest)
@@ -327,7 +348,7 @@ def build_trt(
         "version": builder.trt.__version__,
         **builder.target(),
         "precision": "fp16" if options.fp16 else "fp32",
-        "layout": "per-k" if options.per_k_plans else "per-stage",
+        "layout": options.layout,
         "plans": plans,
         "trtexec": TRTEXEC_SCRIPT,
     }

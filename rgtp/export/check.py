@@ -31,10 +31,11 @@ from polygraphy.logger import G_LOGGER
 from tqdm import tqdm
 
 from rgtp.engines.base import Engine, EngineSet
+from rgtp.engines.dtypes import dtype
 from rgtp.engines.torch_backend import package_torch_engines
-from rgtp.export.manifest import GraphRecord, Manifest, ManifestError, package_file
 from rgtp.export.onnx_graphs import example_inputs, graph_interface
-from rgtp.export.verify import external_data_problems, file_problems
+from rgtp.models.manifest import GraphRecord, Manifest, ManifestError, package_file
+from rgtp.models.package_verify import external_data_problems, file_problems
 from rgtp.models.plan import TensorSpec
 
 
@@ -81,7 +82,7 @@ class EngineRunner(BaseRunner):
     def get_input_metadata_impl(self) -> TensorMetadata:
         meta = TensorMetadata()
         for t in self.engine.spec.inputs:
-            meta.add(t.name, np.dtype(t.dtype), t.shape)
+            meta.add(t.name, dtype(t.dtype).numpy, t.shape)
         return meta
 
     def infer_impl(self, feed_dict: OrderedDict) -> OrderedDict:
@@ -118,12 +119,13 @@ def interface_problems(directory: Path, rec: GraphRecord) -> list[str]:
 
 
 def _feeds(rec: GraphRecord, manifest: Manifest, k: int | None) -> OrderedDict:
-    n = manifest.plan.num_tokens
+    plan = manifest.plan
     spec = rec.spec
     if rec.kind == "embed":
-        args = (torch.rand(spec.inputs[0].shape, generator=torch.Generator().manual_seed(0)) * 255,)
+        pixels = torch.rand(spec.inputs[0].concrete({}), generator=torch.Generator().manual_seed(0))
+        args = (pixels * 255,)
     else:
-        args = example_inputs(spec, k or n, n)
+        args = example_inputs(spec, k or plan.num_tokens, plan.num_tokens, plan.prefix)
     return OrderedDict((t.name, a.numpy()) for t, a in zip(spec.inputs, args, strict=True))
 
 
@@ -185,7 +187,7 @@ def _compare(
         engine = _at_k(engine, manifest, rec.stage, k)
     else:
         k = None
-        engine = reference.embed if rec.kind == "embed" else reference.head
+        engine = reference.graph(rec.name)
     runners = [
         OnnxrtRunner(SessionFromOnnx(str(package_file(directory, rec.file))), name="onnxruntime"),
         EngineRunner(engine),

@@ -44,14 +44,18 @@ def graph_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
-def example_inputs(spec: GraphSpec, k: int, num_tokens: int) -> tuple[torch.Tensor, ...]:
-    """Valid example inputs for tracing: random floats, `keep` as sorted distinct indices."""
+def example_inputs(
+    spec: GraphSpec, k: int, num_tokens: int, prefix: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Valid example inputs for tracing: random floats, `keep` as the `prefix` rows and then
+    k sorted distinct patch rows (`plan.StagePlan.stage_spec`)."""
     g = torch.Generator().manual_seed(0)
     out = []
     for t in spec.inputs:
         shape = t.concrete({SYMBOLIC_K: k})
         if t.name == "keep":
-            out.append(torch.randperm(num_tokens, generator=g)[:k].sort().values)
+            patches = torch.randperm(num_tokens, generator=g)[:k].sort().values + prefix
+            out.append(torch.cat([torch.arange(prefix), patches]))
         else:
             out.append(torch.randn(shape, generator=g))
     return tuple(out)
@@ -76,17 +80,22 @@ def export_graph(
 ) -> onnx.ModelProto:
     """Trace `module(*args)` to an ONNX model whose inputs/outputs carry `spec`'s names.
 
-    With `symbolic_k`, the axes `spec` names "K" (those of `keep`, of `tokens` unless it holds
-    all N tokens, and of every output that follows them) are the symbolic dimension "K";
-    otherwise every shape is static.
+    With `symbolic_k`, the axes `spec` names symbolically ("K", or "K+E" for E prefix rows:
+    those of `keep`, of `tokens` unless it holds all N tokens, and of every output that
+    follows them) stay symbolic in the graph, spelt as in `spec`; otherwise every shape is
+    static.
     """
     module = module.eval()
     dynamic = None
     if symbolic_k:
-        # K never exceeds N, the longest first axis among the inputs (the caches')
-        k_dim = torch.export.Dim(SYMBOLIC_K, min=1, max=max(a.shape[0] for a in args))
+        # a symbol never exceeds the longest first axis among the inputs (the caches')
+        longest = max(a.shape[0] for a in args)
+        shapes = {t.name: a.shape for t, a in zip(spec.inputs, args, strict=True)}
+        (symbol,) = spec.symbolic_dims(shapes)  # rgtp's graphs have one symbolic axis, K
+        dims = {symbol: torch.export.Dim(symbol, min=1, max=longest)}
+        # TensorSpec.concrete over torch Dims: "K+1" becomes the derived Dim K + 1
         axes = [
-            {i: k_dim for i, d in enumerate(t.shape) if d == SYMBOLIC_K} or None
+            {i: d for i, d in enumerate(t.concrete(dims)) if not isinstance(d, int)} or None
             for t in spec.inputs
         ]
         dynamic = (axes[0], axes[1], tuple(axes[2:]))
@@ -102,27 +111,30 @@ def export_graph(
         )
     model = onnx_program.model_proto
     if symbolic_k:
-        _rename_symbolic_dims(model, SYMBOLIC_K)
+        _rename_symbolic_dims(model, spec, symbol)
     model.doc_string = f"rgtp graph {spec.name}"
     return model
 
 
-def _rename_symbolic_dims(model: onnx.ModelProto, name: str) -> None:
-    """The exporter names the symbolic axis like "s18" (and derived axes "3*s18"); call it
-    `name` everywhere it appears."""
-    symbolic = [
-        d.dim_param
-        for v in model.graph.input
-        for d in v.type.tensor_type.shape.dim
-        if d.HasField("dim_param")
-    ]
-    if not symbolic:
-        return
-    pattern = re.compile(rf"\b{re.escape(symbolic[0])}\b")
-    for v in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+_EXPORTER_SYMBOL = re.compile(r"\bs\d+\b")  # torch names a symbolic size "s18"
+
+
+def _rename_symbolic_dims(model: onnx.ModelProto, spec: GraphSpec, symbol: str) -> None:
+    """The exporter names the symbolic axis like "s18" (derived ones "s18 + 1", "3*s18"):
+    the inputs and outputs take `spec`'s spelling ("K", "K+1"), intermediate values the
+    name `symbol` in place of the exporter's."""
+    graph = model.graph
+    for values, specs in ((graph.input, spec.inputs), (graph.output, spec.outputs)):
+        declared = {t.name: t.shape for t in specs}
+        for v in values:
+            dims = v.type.tensor_type.shape.dim
+            for d, axis in zip(dims, declared.get(v.name, ()), strict=False):
+                if d.HasField("dim_param") and isinstance(axis, str):
+                    d.dim_param = axis
+    for v in graph.value_info:
         for d in v.type.tensor_type.shape.dim:
             if d.HasField("dim_param"):
-                d.dim_param = pattern.sub(name, d.dim_param)
+                d.dim_param = _EXPORTER_SYMBOL.sub(symbol, d.dim_param).replace(" ", "")
 
 
 def graph_interface(model: onnx.ModelProto, name: str) -> GraphSpec:

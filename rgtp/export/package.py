@@ -1,9 +1,10 @@
-"""`rgtp export`: a detector and a stage plan -> a directory of ONNX graphs and a manifest.
+"""`rgtp export`: a model and a stage plan -> a directory of ONNX graphs and a manifest.
 
 Layout:
     manifest.json           every graph's interface and every file's sha256
-    model.safetensors       the detector's weights (torch backend, `rgtp check` reference)
+    model.safetensors       the model's weights (torch backend, `rgtp check` reference)
     embed.onnx, head.onnx   (+ embed.weights, head.weights)
+    temporal.onnx, ...      the family's further graphs (+ NAME.weights)
     stage{i}_k{K}.onnx      one static graph per stage and K bucket
     stage{i}_kK.onnx        the same stage with a symbolic K axis (TensorRT profiles)
     stage{i}.weights        external data shared by all variants of stage i
@@ -31,9 +32,9 @@ from pathlib import Path, PurePosixPath
 
 import onnx
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from rgtp.export.manifest import MANIFEST, PARTIAL_MANIFEST, GraphRecord, Manifest, record_files
 from rgtp.export.onnx_graphs import (
     DEFAULT_OPSET,
     SYMBOLIC_K,
@@ -45,9 +46,17 @@ from rgtp.export.onnx_graphs import (
 )
 from rgtp.export.weights_file import SharedWeights
 from rgtp.models.checkpoints import save_weights
-from rgtp.models.detector import Detector
+from rgtp.models.manifest import (
+    MANIFEST,
+    PARTIAL_MANIFEST,
+    PRIVATE_MODES,
+    PUBLIC_MODES,
+    GraphRecord,
+    Manifest,
+    record_files,
+)
 from rgtp.models.plan import GraphSpec, StagePlan
-from rgtp.models.stages import EmbedStage, HeadStage, stage_modules
+from rgtp.models.stages import stage_modules
 
 MODEL_WEIGHTS = "model.safetensors"
 # `.NAME.rgtp-tmp-HOST-PID-XXXX`: an export in progress; `.NAME.rgtp-old-HOST-PID-XXXX`: the package
@@ -56,8 +65,6 @@ _WORK_DIR = re.compile(r"^\.(?P<name>.+)\.rgtp-(?P<what>tmp|old)-(?P<host>\w+)-(
 # the host, as it appears in work directory names: a pid means something only on its host
 # (a package directory may be on a file system that several machines share)
 _HOST = re.sub(r"\W", "_", socket.gethostname().split(".")[0]) or "localhost"
-PUBLIC_MODES = (0o755, 0o644)  # (directories, files): readable by every user
-PRIVATE_MODES = (0o700, 0o600)
 
 
 def _versions(opset: int) -> dict[str, str]:
@@ -78,7 +85,7 @@ def _write_graph(
 
 
 def export_package(
-    detector: Detector,
+    model: nn.Module,
     plan: StagePlan,
     out: str | Path,
     opset: int = DEFAULT_OPSET,
@@ -88,9 +95,10 @@ def export_package(
     private: bool = False,
     user_head: onnx.ModelProto | None = None,
 ) -> Manifest:
-    """Export every graph of `plan` into the directory `out`.
+    """Export every graph of `plan` for `model` (a model of the plan's family: `Detector`,
+    `ViViT`) into the directory `out`.
 
-    The head follows `plan.head`: rgtp's own (traced from the detector), "onnx" (the user's
+    The head follows `plan.head`: rgtp's own (traced from the model), "onnx" (the user's
     graph `user_head`, from `export.user_head.read_user_head`, copied in as head.onnx), or
     "none" (no head graph).
 
@@ -101,17 +109,15 @@ def export_package(
     place. Interrupted (exception, Ctrl-C, SIGTERM), nothing is left behind. Directories
     are made 0755 and files 0644, or 0700/0600 with `private`."""
     check_opset(opset)
-    if detector.cfg != plan.config:
-        raise ExportError("the detector's config differs from the plan's")
+    if model.cfg != plan.config:
+        raise ExportError("the model's config differs from the plan's")
     if (plan.head == "onnx") != (user_head is not None):
         raise ExportError("a user head graph goes with a plan whose head is 'onnx', and only so")
     out = destination(out, force)
     with _sigterm_raises():
         tmp = _work_dir(out)
         try:
-            manifest = _export_into(
-                detector.eval(), plan, tmp, opset, symbolic, progress, user_head
-            )
+            manifest = _export_into(model.eval(), plan, tmp, opset, symbolic, progress, user_head)
             set_modes(tmp, private)
             _move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
             return manifest
@@ -296,7 +302,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _export_into(
-    detector: Detector,
+    model: nn.Module,
     plan: StagePlan,
     directory: Path,
     opset: int,
@@ -305,49 +311,52 @@ def _export_into(
     user_head: onnx.ModelProto | None,
 ) -> Manifest:
     n = plan.num_tokens
+    family = plan.family
+    around = {"embed": plan.embed_spec(), **plan.extra_specs()}
+    if plan.head != "none":
+        around["head"] = plan.head_spec()
+    modules = family.modules(model, plan)
     jobs: list[tuple[str, int | None, int | str | None]] = [("embed", None, None)]
     for i in range(len(plan.stages)):
         jobs += [("stage", i, k) for k in plan.buckets]
         if symbolic:
             jobs.append(("stage", i, SYMBOLIC_K))
-    if plan.head != "none":
-        jobs.append(("head", None, None))
+    jobs += [(name, None, None) for name in around if name != "embed"]
 
-    save_weights(detector, directory / MODEL_WEIGHTS)
+    save_weights(model, directory / MODEL_WEIGHTS)
     records: list[GraphRecord] = []
     opsets: set[int] = set()  # what the exporter wrote, which is not always what was asked
     weight_files: dict[str, SharedWeights] = {}
-    stages = stage_modules(detector.backbone, plan)
+    stages = stage_modules(family.encoder(model), plan)
     bar = tqdm(jobs, desc="export", unit="graph", disable=not progress)
     try:
         for kind, stage, k in bar:
-            if kind == "embed":
-                spec, module = plan.embed_spec(), EmbedStage(detector)
-                args = (torch.rand(spec.inputs[0].shape) * 255,)
-                wname = "embed.weights"
-            elif kind == "head":
-                spec, module = plan.head_spec(), HeadStage(detector)
-                args = (torch.randn(n, plan.dim),)
-                wname = "head.weights"
-            else:
+            if kind == "stage":
                 assert stage is not None and k is not None
                 spec, module = plan.stage_spec(stage, k), stages[stage]
                 # symbolic graphs are traced at a K unlike any bucket, so no size specialises
                 trace_k = k if isinstance(k, int) else max(2, n // 2 + 1)
-                args = example_inputs(spec, trace_k, n)
+                args = example_inputs(spec, trace_k, n, plan.prefix)
                 wname = f"stage{stage}.weights"
+            else:
+                spec, module = around[kind], modules.get(kind)
+                # pixels in [0, 255] for the embed graph; features elsewhere
+                scale = 255.0 if kind == "embed" else 1.0
+                args = tuple(torch.rand(t.concrete({})) * scale for t in spec.inputs)
+                wname = f"{kind}.weights"
             bar.set_postfix_str(spec.name)
             if kind == "head" and user_head is not None:
-                model = onnx.ModelProto()
-                model.CopyFrom(user_head)  # its own opset: not one of the exporter's
+                graph = onnx.ModelProto()
+                graph.CopyFrom(user_head)  # its own opset: not one of the exporter's
             else:
-                model = export_graph(module, spec, args, isinstance(k, str), opset)
-                opsets.add(graph_opset(model))
+                graph = export_graph(module, spec, args, isinstance(k, str), opset)
+                opsets.add(graph_opset(graph))
             if wname not in weight_files:
                 weight_files[wname] = SharedWeights(directory / wname)
             file = f"{spec.name}.onnx"
-            _write_graph(model, directory, file, weight_files[wname])
-            records.append(_record(spec, kind, file, wname, plan, stage, k))
+            _write_graph(graph, directory, file, weight_files[wname])
+            record_kind = kind if kind in ("embed", "stage", "head") else "extra"
+            records.append(_record(spec, record_kind, file, wname, plan, stage, k))
     finally:
         for w in weight_files.values():
             w.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from rgtp.core.checks import check_int, check_real
 
@@ -60,6 +60,11 @@ class BackboneConfig:
 
     def is_global(self, block: int) -> bool:
         return block in self.global_blocks
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches that every block sees and pruning never drops (none)."""
+        return 0
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class PruningConfig:
 class DetectorConfig:
     """A whole detector: backbone, neck and head, plus the pixel normalisation it expects."""
 
+    family: ClassVar[str] = "detection"  # `rgtp.models.families`
     name: str
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -160,22 +166,39 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         self.pruning.blocks(self.backbone.global_blocks)  # fail at construction
 
+    @property
+    def encoder(self) -> BackboneConfig:
+        """The transformer that pruning runs on."""
+        return self.backbone
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.head.class_names
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"family": self.family, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        check_family(cls, data)
         return cls(
             name=data["name"],
-            backbone=_dataclass_from_dict(BackboneConfig, data["backbone"]),
-            head=_dataclass_from_dict(HeadConfig, data["head"]),
+            backbone=dataclass_from_dict(BackboneConfig, data["backbone"]),
+            head=dataclass_from_dict(HeadConfig, data["head"]),
             pixel_mean=tuple(data["pixel_mean"]),
             pixel_std=tuple(data["pixel_std"]),
-            pruning=_dataclass_from_dict(PruningConfig, data.get("pruning", {})),
+            pruning=dataclass_from_dict(PruningConfig, data.get("pruning", {})),
         )
 
 
-def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+def check_family(cls: Any, data: dict[str, Any]) -> None:
+    """A config dictionary names its family (dictionaries from before families: detection)."""
+    got = data.get("family", "detection")
+    if got != cls.family:
+        raise ValueError(f"a {got} model's config, expected a {cls.family} model's")
+
+
+def dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:

@@ -1,32 +1,37 @@
-"""The stage plan: how a detector is cut for pruned execution, and every graph's interface.
+"""The stage plan: how a model's encoder is cut for pruned execution, and every graph's
+interface.
 
 The plan fixes graph names, tensor names, shapes and dtypes, so the exporter, every engine
-backend and the runtime agree without talking to each other.
+backend and the runtime agree without talking to each other. What it needs of the model is
+its config's `encoder` (depth, grid, width, which blocks are global, `prefix_tokens`) and
+its family (`rgtp.models.families`), which names the graphs around the stages.
+
+Token rows: an encoder sees `prefix_tokens` E tokens (ViViT's CLS: 1; ViTDet: 0) before its
+N patch tokens. The prefix is always kept and not counted in K, so a stage at bucket K runs
+E + K rows, its caches hold E + N rows, and `keep` indexes those E + N rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rgtp.core.rollout import FUSIONS
 from rgtp.core.selection import check_buckets
-from rgtp.models.config import BackboneConfig, DetectorConfig
+
+if TYPE_CHECKING:
+    from rgtp.models.families import Family, FamilyConfig
 
 PARTITIONS = ("per-global", "per-block", "whole")
 # Where pruning starts: at the input (every block sees K tokens), or, as the authors' ViTDet
 # configurations do, after block 0's attention (block 0 attends over all N tokens; its MLP
 # and every later block see K).
 PRUNE_FROM = ("input", "block0-mlp")
-# What turns the maintained backbone map into boxes and scores: rgtp's own FCOS head, a
-# user's ONNX head (its interface read from the file at export), or none (the application
-# runs its own head and hands the runtime its detections).
-HEADS = ("rgtp", "onnx", "none")
 
 
-def partition_blocks(cfg: BackboneConfig, how: str) -> list[tuple[int, ...]]:
-    """Split blocks 0..depth-1 into consecutive stages.
+def partition_blocks(cfg: Any, how: str) -> list[tuple[int, ...]]:
+    """Split blocks 0..depth-1 of encoder config `cfg` into consecutive stages.
 
     "per-global": each stage ends at a global block (trailing windowed blocks form a last
     stage); "per-block": one block per stage; "whole": one stage.
@@ -66,7 +71,20 @@ class TensorSpec:
 
     def concrete(self, dims: Mapping[str, int]) -> tuple[int, ...]:
         """The shape with every symbolic axis replaced by its size in `dims`."""
-        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+        return tuple(axis_size(d, dims) for d in self.shape)
+
+
+def symbolic_axis(name: str, offset: int) -> str:
+    """A symbolic axis `offset` larger than axis `name` ("K+1"), or `name` itself for 0."""
+    return f"{name}+{offset}" if offset else name
+
+
+def axis_size(axis: int | str, dims: Mapping[str, int]) -> int:
+    """The size of an axis: an int, a symbol in `dims` ("K"), or a symbol plus an offset."""
+    if isinstance(axis, int):
+        return axis
+    name, _, offset = axis.partition("+")
+    return dims[name] + int(offset or 0)
 
 
 @dataclass(frozen=True)
@@ -106,7 +124,8 @@ class GraphSpec:
         for t in self.inputs:
             for axis, d in enumerate(t.shape):
                 if isinstance(d, str):
-                    dims.setdefault(d, int(shapes[t.name][axis]))
+                    name, _, offset = d.partition("+")
+                    dims.setdefault(name, int(shapes[t.name][axis]) - int(offset or 0))
         return dims
 
 
@@ -116,7 +135,7 @@ def stage_graph_name(stage: int, k: int | str) -> str:
 
 @dataclass(frozen=True)
 class StagePlan:
-    config: DetectorConfig
+    config: FamilyConfig
     stages: tuple[tuple[int, ...], ...]
     buckets: tuple[int, ...]
     fusion: str = "rms"
@@ -125,28 +144,32 @@ class StagePlan:
     user_head: GraphSpec | None = None  # head "onnx": the user graph's interface
 
     def __post_init__(self) -> None:
+        enc = self.encoder
         covered = [b for s in self.stages for b in s]
-        if covered != list(range(self.config.backbone.depth)):
+        if covered != list(range(enc.depth)):
             raise ValueError(f"stages {self.stages} do not cover blocks 0..depth-1 in order")
         if self.fusion not in FUSIONS:
             raise ValueError(f"unknown head fusion {self.fusion!r}; choose from {FUSIONS}")
         if self.prune_from not in PRUNE_FROM:
             raise ValueError(f"unknown prune_from {self.prune_from!r}; choose from {PRUNE_FROM}")
-        if self.prune_from == "block0-mlp" and self.config.backbone.is_global(0):
+        if self.prune_from == "block0-mlp" and enc.is_global(0):
             # a global block 0 would need (N, N) attention rows from every frame
             raise ValueError("prune_from='block0-mlp' needs a windowed block 0")
-        if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choose from {HEADS}")
+        if self.head not in self.family.heads:
+            raise ValueError(
+                f"unknown head {self.head!r} for a {self.family.name} model; choose from "
+                f"{self.family.heads}"
+            )
         if (self.head == "onnx") != (self.user_head is not None):
             raise ValueError("a user head interface goes with head='onnx', and only with it")
         if self.user_head is not None:
-            check_user_head(self.user_head, self.config.backbone.grid, self.dim)
+            check_user_head(self.user_head, enc.grid, self.dim)
         object.__setattr__(self, "buckets", check_buckets(self.buckets, self.num_tokens))
 
     @classmethod
     def create(
         cls,
-        config: DetectorConfig,
+        config: FamilyConfig,
         buckets: Sequence[int],
         partition: str = "per-global",
         fusion: str = "rms",
@@ -156,7 +179,7 @@ class StagePlan:
     ) -> StagePlan:
         return cls(
             config,
-            tuple(partition_blocks(config.backbone, partition)),
+            tuple(partition_blocks(config.encoder, partition)),
             tuple(buckets),
             fusion,
             prune_from,
@@ -165,46 +188,52 @@ class StagePlan:
         )
 
     @property
+    def family(self) -> Family:
+        """What is particular to the model's family: the graphs around the stages."""
+        from rgtp.models.families import family_of  # the families build on this module
+
+        return family_of(self.config)
+
+    @property
+    def encoder(self) -> Any:
+        """The encoder's config (`BackboneConfig`, `SpatialConfig`): the blocks pruned."""
+        return self.config.encoder
+
+    @property
     def num_tokens(self) -> int:
-        return self.config.backbone.num_tokens
+        """N, the patch tokens; K counts among them."""
+        return self.encoder.num_tokens
+
+    @property
+    def prefix(self) -> int:
+        """E, the tokens before the patches that are always kept (ViViT's CLS)."""
+        return self.encoder.prefix_tokens
+
+    def rows(self, k: int | str) -> int | str:
+        """Rows a stage runs at bucket k: the prefix and the k kept patch tokens."""
+        return symbolic_axis(k, self.prefix) if isinstance(k, str) else self.prefix + k
 
     @property
     def dim(self) -> int:
-        return self.config.backbone.embed_dim
+        return self.encoder.embed_dim
 
     @property
     def global_blocks(self) -> tuple[int, ...]:
-        return self.config.backbone.global_blocks
-
-    @property
-    def num_locations(self) -> int:
-        """M, the number of head locations over all pyramid levels."""
-        b = self.config.backbone
-        return sum((b.grid * int(s * 4) // 4) ** 2 for s in self.config.head.scale_factors)
+        return self.encoder.global_blocks
 
     def embed_spec(self) -> GraphSpec:
-        s, n, c = self.config.backbone.img_size, self.num_tokens, self.dim
-        return GraphSpec(
-            "embed",
-            (TensorSpec("frame", (1, 3, s, s), "float32"),),
-            (TensorSpec("patches", (n, c), "float32"), TensorSpec("tokens", (n, c), "float32")),
-        )
+        """The embed graph: pixels -> patches z_0 (N, C) for tracking, tokens (E + N, C)."""
+        return self.family.embed_spec(self)
 
     def head_spec(self) -> GraphSpec:
         """The head graph's interface; ValueError for a plan exported without a head."""
         if self.head == "none":
             raise ValueError("this plan has no head (exported with --head none)")
-        if self.user_head is not None:
-            return GraphSpec("head", self.user_head.inputs, self.user_head.outputs)
-        n, c, m = self.num_tokens, self.dim, self.num_locations
-        return GraphSpec(
-            "head",
-            (TensorSpec("out_map", (n, c), "float32"),),
-            (
-                TensorSpec("boxes", (m, 4), "float32"),
-                TensorSpec("scores", (m, self.config.head.num_classes), "float32"),
-            ),
-        )
+        return self.family.head_spec(self)
+
+    def extra_specs(self) -> dict[str, GraphSpec]:
+        """The family's further graphs (ViViT's temporal transformer), by name."""
+        return self.family.extra_specs(self)
 
     @property
     def dense_block(self) -> int | None:
@@ -221,24 +250,23 @@ class StagePlan:
 
     def stage_spec(self, stage: int, k: int | str) -> GraphSpec:
         """Interface of stage `stage` at K = k (an int, or a str for a symbolic K axis)."""
-        n, c = self.num_tokens, self.dim
+        n, c = self.prefix + self.num_tokens, self.dim
+        m = self.rows(k)
         blocks = self.cached_blocks(stage)
-        first = n if self.takes_all_tokens(stage) else k
-        inputs = [TensorSpec("tokens", (first, c), "float32"), TensorSpec("keep", (k,), "int64")]
-        outputs = [TensorSpec("tokens_out", (k, c), "float32")]
+        first = n if self.takes_all_tokens(stage) else m
+        inputs = [TensorSpec("tokens", (first, c), "float32"), TensorSpec("keep", (m,), "int64")]
+        outputs = [TensorSpec("tokens_out", (m, c), "float32")]
         for b in blocks:
             inputs += [
                 TensorSpec(f"k_cache_{b}", (n, c), "float32"),
                 TensorSpec(f"v_cache_{b}", (n, c), "float32"),
             ]
             outputs += [
-                TensorSpec(f"k_new_{b}", (k, c), "float32"),
-                TensorSpec(f"v_new_{b}", (k, c), "float32"),
+                TensorSpec(f"k_new_{b}", (m, c), "float32"),
+                TensorSpec(f"v_new_{b}", (m, c), "float32"),
             ]
         outputs += [
-            TensorSpec(f"attn_{b}", (k, n), "float32")
-            for b in blocks
-            if self.config.backbone.is_global(b)
+            TensorSpec(f"attn_{b}", (m, n), "float32") for b in blocks if self.encoder.is_global(b)
         ]
         return GraphSpec(stage_graph_name(stage, k), tuple(inputs), tuple(outputs))
 
@@ -255,8 +283,10 @@ class StagePlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StagePlan:
+        from rgtp.models.families import config_from_dict
+
         return cls(
-            DetectorConfig.from_dict(data["config"]),
+            config_from_dict(data["config"]),
             tuple(tuple(s) for s in data["stages"]),
             tuple(data["buckets"]),
             data["fusion"],

@@ -1,12 +1,14 @@
-"""Named model configurations and the weights shipped for them."""
+"""Named model configurations of every family, and the weights shipped for them."""
 
 from __future__ import annotations
 
 import dataclasses
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rgtp.models.config import BackboneConfig, DetectorConfig, HeadConfig, PruningConfig
+from rgtp.models.vivit_config import VIVIT_CONFIGS
 
 # ImageNet VID's 30 classes are the paper's benchmark; vitdet-b keeps that head size.
 _CONFIGS: dict[str, DetectorConfig] = {
@@ -63,19 +65,25 @@ _CONFIGS: dict[str, DetectorConfig] = {
 }
 
 
+_ALL: dict[str, Any] = {**_CONFIGS, **VIVIT_CONFIGS}
+
+
 def model_names() -> list[str]:
-    return sorted(_CONFIGS)
+    return sorted(_ALL)
 
 
-def get_config(name: str, img_size: int | None = None) -> DetectorConfig:
-    """The named configuration, optionally at another input size."""
+def get_config(name: str, img_size: int | None = None) -> Any:
+    """The named configuration (`DetectorConfig`, `ViViTConfig`), optionally at another
+    input size."""
     try:
-        cfg = _CONFIGS[name]
+        cfg = _ALL[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {model_names()}") from None
-    if img_size is not None and img_size != cfg.backbone.img_size:
+    if img_size is not None and img_size != cfg.encoder.img_size:
+        # the encoder is the config's `backbone` or `spatial` field
+        field = next(f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is cfg.encoder)
         cfg = dataclasses.replace(
-            cfg, backbone=dataclasses.replace(cfg.backbone, img_size=img_size)
+            cfg, **{field: dataclasses.replace(cfg.encoder, img_size=img_size)}
         )
     return cfg
 

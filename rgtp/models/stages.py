@@ -1,11 +1,11 @@
-"""The detector cut into the pieces the runtime calls, each with flat tensor inputs/outputs.
+"""The pruned stages: runs of encoder blocks on the K kept tokens, with flat tensor
+inputs/outputs, shared by every model family (the graphs around them are the family's,
+`rgtp.models.families`).
 
-- `EmbedStage`: frame -> raw patch embeddings z_0 and tokens (all N, needed for tracking).
-- `PrunedStage`: a run of backbone blocks on K kept tokens, against per-block key/value
-  caches of all N tokens. Token-wise work (norms, qkv, projection, MLP) touches K tokens;
-  global blocks attend K queries to N keys; windowed blocks attend each query to its own
-  window (computed for all windows at once, as the authors do, so shapes stay static).
-- `HeadStage`: the full output map -> decoded boxes and scores before NMS.
+`PrunedStage` runs its blocks against per-block key/value caches of all tokens. Token-wise
+work (norms, qkv, projection, MLP) touches the kept rows; global blocks attend them to all
+keys; windowed blocks attend each query to its own window (computed for all windows at once,
+as the authors do, so shapes stay static).
 
 The same modules are the PyTorch reference engine and what gets exported to ONNX.
 """
@@ -18,54 +18,22 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import fuse_heads
-from rgtp.models.detector import Detector
 from rgtp.models.plan import StagePlan
 from rgtp.models.vit_ops import attend, grid_coords, slot_of_token, window_slots
-from rgtp.models.vitdet import Attention, Block, ViTDetBackbone
-
-
-class EmbedStage(nn.Module):
-    """frame (1, 3, S, S) RGB in [0, 255] -> patches z_0 (N, C), tokens (N, C)."""
-
-    def __init__(self, detector: Detector) -> None:
-        super().__init__()
-        self.patch_embed = detector.backbone.patch_embed
-        self.register_buffer("pixel_mean", detector.pixel_mean.clone(), persistent=False)
-        self.register_buffer("pixel_std", detector.pixel_std.clone(), persistent=False)
-        # Interpolated once here so that graphs carry the final table, not a resize op.
-        pos = detector.backbone.abs_pos().detach().flatten(1, 2)[0]
-        self.register_buffer("pos", pos.clone(), persistent=False)
-
-    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patches = self.patch_embed((frame - self.pixel_mean) / self.pixel_std)
-        patches = patches.flatten(1, 2)[0]
-        return patches, patches + self.pos
-
-
-class HeadStage(nn.Module):
-    """out_map (N, C) -> boxes (M, 4) pixels, scores (M, num_classes)."""
-
-    def __init__(self, detector: Detector) -> None:
-        super().__init__()
-        self.detector = detector
-        self.grid = detector.cfg.backbone.grid
-
-    def forward(self, out_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = out_map.view(1, self.grid, self.grid, out_map.shape[1])
-        boxes, scores = self.detector.head_from_map(fmap)
-        return boxes[0], scores[0]
+from rgtp.models.vitdet import Attention, Block
 
 
 class PrunedStage(nn.Module):
-    """Blocks `block_ids` of a backbone on K kept tokens.
+    """Blocks `block_ids` of an encoder on the M = E + K kept rows (E prefix tokens, always
+    kept, then K patch tokens; `plan.StagePlan`); below, N counts all E + N rows.
 
-    forward(tokens (K, C), keep (K,) int64 sorted raster indices,
+    forward(tokens (M, C), keep (M,) int64 sorted row indices,
             k_cache_b, v_cache_b (N, C) for each block b of the stage, in order)
-    -> (tokens (K, C), k_new_b, v_new_b (K, C) for each block, then attn_b (K, N), the
+    -> (tokens (M, C), k_new_b, v_new_b (M, C) for each block, then attn_b (M, N), the
         head-fused attention rows of the kept queries, for each global block).
 
-    The caches hold the latest keys/values of all N tokens; the stage overwrites the kept
-    rows in its own copy, and returns the fresh rows for the runtime to write back.
+    The caches hold the latest keys/values of all rows; the stage overwrites the kept rows
+    in its own copy, and returns the fresh rows for the runtime to write back.
 
     With `dense_block` (one of the stage's blocks, its first), `tokens` holds all N tokens:
     that block's attention runs over all of them as in the dense model (so it needs no
@@ -75,13 +43,16 @@ class PrunedStage(nn.Module):
 
     def __init__(
         self,
-        backbone: ViTDetBackbone,
+        encoder: nn.Module,
         block_ids: Sequence[int],
         fusion: str = "rms",
         dense_block: int | None = None,
     ):
+        """`encoder`: a module with `cfg` (an encoder config: grid, window_size, is_global,
+        prefix_tokens) and `blocks` (pre-norm blocks with `attn.qkv`, `attn.proj`,
+        `attn.split_heads`, `attn.bias`, `mlp`, `norm1`, `norm2`)."""
         super().__init__()
-        cfg = backbone.cfg
+        cfg = encoder.cfg
         self.cfg = cfg
         self.block_ids = tuple(block_ids)
         if dense_block is not None and dense_block not in self.block_ids:
@@ -89,12 +60,16 @@ class PrunedStage(nn.Module):
         if dense_block is not None and dense_block != self.block_ids[0]:
             raise ValueError(f"the dense block {dense_block} must open its stage")
         self.dense_block = dense_block
-        self.blocks = nn.ModuleList(backbone.blocks[i] for i in self.block_ids)
+        self.blocks = nn.ModuleList(encoder.blocks[i] for i in self.block_ids)
         self.fusion = fusion
-        rows, cols = grid_coords(cfg.grid)
+        # Grid positions of every row, for position biases; prefix rows (which only families
+        # without position biases have) read position 0.
+        rows, cols = (torch.cat([p.new_zeros(cfg.prefix_tokens), p]) for p in grid_coords(cfg.grid))
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         if any(b.window_size for b in self.blocks):
+            if cfg.prefix_tokens:
+                raise ValueError("windowed blocks with prefix tokens are not supported")
             self.register_buffer("slots", window_slots(cfg.grid, cfg.window_size), False)
             self.register_buffer("slot_of", slot_of_token(cfg.grid, cfg.window_size), False)
 
@@ -187,6 +162,6 @@ class PrunedStage(nn.Module):
         return o.transpose(1, 2).reshape(-1, c)[self.slot_of[keep]]
 
 
-def stage_modules(backbone: ViTDetBackbone, plan: StagePlan) -> list[PrunedStage]:
-    """One module per stage of `plan`, sharing the backbone's parameters."""
-    return [PrunedStage(backbone, blocks, plan.fusion, plan.dense_block) for blocks in plan.stages]
+def stage_modules(encoder: nn.Module, plan: StagePlan) -> list[PrunedStage]:
+    """One module per stage of `plan`, sharing the encoder's parameters."""
+    return [PrunedStage(encoder, blocks, plan.fusion, plan.dense_block) for blocks in plan.stages]

@@ -106,7 +106,7 @@ class Block(nn.Module):
         if self.window_size:
             hw = (x.shape[1], x.shape[2])
             # Padding is applied to the normalised tokens, so padded keys/values are the
-            # qkv bias: the pruned path reproduces exactly that (see rgtp.models.pruned).
+            # qkv bias: the pruned path reproduces exactly that (`stages.PrunedStage._windowed`).
             x, padded_hw = window_partition(x, self.window_size)
             x = window_unpartition(self.attn(x), self.window_size, padded_hw, hw)
         else:

@@ -51,6 +51,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
+    @staticmethod
+    def bias(q: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """No position bias (the pruned stage asks every attention for one)."""
+        return None
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, M, C) -> output (B, M, C) and attention probabilities (B, h, M, M).
 

@@ -9,7 +9,9 @@ temporal transformer reads the sequence of per-step CLS features and classifies.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from rgtp.models.config import PruningConfig, check_family, dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,21 @@ class SpatialConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    # Every block is global: what the stage plan asks of an encoder.
+    window_size: ClassVar[int] = 0
+
+    @property
+    def global_blocks(self) -> tuple[int, ...]:
+        return tuple(range(self.depth))
+
+    def is_global(self, block: int) -> bool:
+        return 0 <= block < self.depth
+
+    @property
+    def prefix_tokens(self) -> int:
+        """The CLS token, before the patches: every block sees it, pruning never drops it."""
+        return 1
+
 
 @dataclass(frozen=True)
 class TemporalConfig:
@@ -70,8 +87,11 @@ class TemporalConfig:
 @dataclass(frozen=True)
 class ViViTConfig:
     """A whole ViViT factorised-encoder classifier, plus the pixel normalisation it expects
-    (RGB in [0, 255]; the default maps it to [-1, 1] as timm's ImageNet-21k ViTs expect)."""
+    (RGB in [0, 255]; the default maps it to [-1, 1] as timm's ImageNet-21k ViTs expect).
+    `pruning`: the method's settings for the spatial encoder (rollout from the CLS query row
+    through every block by default)."""
 
+    family: ClassVar[str] = "classification"  # `rgtp.models.families`
     name: str
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
@@ -80,6 +100,7 @@ class ViViTConfig:
     class_names: tuple[str, ...] = ()
     pixel_mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     pixel_std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
 
     def __post_init__(self) -> None:
         if self.num_frames % self.spatial.tubelet:
@@ -94,6 +115,12 @@ class ViViTConfig:
             )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        self.pruning.blocks(self.spatial.global_blocks)  # fail at construction
+
+    @property
+    def encoder(self) -> SpatialConfig:
+        """The transformer that pruning runs on."""
+        return self.spatial
 
     @property
     def num_steps(self) -> int:
@@ -101,10 +128,11 @@ class ViViTConfig:
         return self.num_frames // self.spatial.tubelet
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"family": self.family, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViViTConfig:
+        check_family(cls, data)
         return cls(
             name=data["name"],
             spatial=SpatialConfig(**data["spatial"]),
@@ -114,6 +142,7 @@ class ViViTConfig:
             class_names=tuple(data["class_names"]),
             pixel_mean=tuple(data["pixel_mean"]),
             pixel_std=tuple(data["pixel_std"]),
+            pruning=dataclass_from_dict(PruningConfig, data.get("pruning", {})),
         )
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rgtp.engines.base import EngineSet
-from rgtp.models.detector import Detector
 from rgtp.models.plan import StagePlan
 from rgtp.runtime.stream import Stream, StreamOptions
 
@@ -31,9 +31,9 @@ class Pipeline:
         return self.engines.backend
 
     @classmethod
-    def from_detector(
+    def from_model(
         cls,
-        detector: Detector,
+        model: nn.Module,
         buckets: Sequence[int] = (),
         partition: str = "per-global",
         fusion: str = "rms",
@@ -41,12 +41,13 @@ class Pipeline:
         prune_from: str = "input",
         head: str = "rgtp",
     ) -> Pipeline:
-        """The PyTorch reference pipeline of an in-memory detector (no export needed);
-        `head` "none" leaves the head to the application (`Stream.step(frame, head=...)`)."""
+        """The PyTorch reference pipeline of an in-memory model of any family (a `Detector`,
+        a `ViViT`; no export needed); a detector's `head` "none" leaves the head to the
+        application (`Stream.step(frame, head=...)`)."""
         from rgtp.engines.torch_backend import torch_engines
 
-        plan = StagePlan.create(detector.cfg, buckets, partition, fusion, prune_from, head)
-        return cls(torch_engines(detector, plan, device))
+        plan = StagePlan.create(model.cfg, buckets, partition, fusion, prune_from, head)
+        return cls(torch_engines(model, plan, device))
 
     @classmethod
     def load(cls, package: str | Path, backend: str = "ort", **backend_options: Any) -> Pipeline:
@@ -63,4 +64,4 @@ class Pipeline:
         if unknown:
             known = ", ".join(f.name for f in dataclasses.fields(StreamOptions))
             raise TypeError(f"unknown stream options {unknown}; the options are: {known}")
-        return Stream(self, options or StreamOptions(**kwargs))
+        return Stream(self.engines, options or StreamOptions(**kwargs))

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rgtp.runtime.stream import FrameResult, Stream
+from rgtp.models.families import StepResult
+from rgtp.runtime.stream import Stream
 
 
 class RunError(RuntimeError):
@@ -22,16 +23,18 @@ def run_stream(
     frames: Iterable[np.ndarray],
     total: int | None = None,
     progress: bool = True,
-    results: list[FrameResult] | None = None,
-) -> list[FrameResult]:
+    results: list[StepResult | None] | None = None,
+) -> list[StepResult | None]:
     """Step the stream through every frame, with a progress bar; results are appended to
-    `results` (a new list if None) as they come, so a caller keeps them if a frame fails."""
+    `results` (a new list if None) as they come, one per frame (None for a frame that only
+    filled a classifier's time step), so a caller keeps them if a frame fails."""
     results = [] if results is None else results
     with tqdm(frames, total=total, desc="frames", unit="frame", disable=not progress) as bar:
         for frame in bar:
             r = stream.step(frame)
             results.append(r)
-            bar.set_postfix(K=r.k, ms=f"{r.timings['total']:.0f}")
+            if r is not None:
+                bar.set_postfix(K=r.k, ms=f"{r.timings['total']:.0f}")
     return results
 
 
@@ -43,7 +46,7 @@ def run_and_write(
     total: int | None = None,
     progress: bool = True,
     skipped: Sequence[int] = (),
-) -> tuple[list[FrameResult], dict[str, Path]]:
+) -> tuple[list[StepResult | None], dict[str, Path]]:
     """`run_stream`, then `write_results`. When a frame fails (an undecodable video frame,
     an engine error) or the run is interrupted, the frames before it are written first and
     the error is raised as RunError (an interrupt as itself), saying where they are.
@@ -51,7 +54,7 @@ def run_and_write(
     skipped: video positions of frames the source skipped; read when writing, so a reader's
     live list (`VideoReader.skipped`) can be passed before it has read anything.
     """
-    results: list[FrameResult] = []
+    results: list[StepResult | None] = []
     try:
         run_stream(stream, frames, total, progress, results)
     except BaseException as e:
@@ -59,22 +62,26 @@ def run_and_write(
         if not isinstance(e, Exception):
             raise
         raise RunError(
-            f"{e}; the {len(results)} frames before it are written to {paths['detections']} "
+            f"{e}; the {len(results)} frames before it are written to {paths['outputs']} "
             f"and {paths['frames']}"
         ) from e
     return results, write_results(out, results, class_names, skipped)
 
 
-def summarize(results: list[FrameResult], skip: int = 1, skipped: Sequence[int] = ()) -> dict:
-    """Per-frame means (the first `skip` frames are warm-up and left out of timings), and
+def summarize(
+    results: Sequence[StepResult | None], skip: int = 1, skipped: Sequence[int] = ()
+) -> dict:
+    """Per-step means (the first `skip` steps are warm-up and left out of timings), and
     the video positions of the frames the source skipped as undecodable."""
-    timed = results[skip:] or results
+    steps = [r for r in results if r is not None]
+    timed = steps[skip:] or steps
     parts = sorted({p for r in timed for p in r.timings})
     return {
         "frames": len(results),
-        "reset_frames": sum(r.reset for r in results),
-        "mean_k": statistics.fmean(r.k for r in results) if results else None,
-        "ms_per_frame": {p: statistics.fmean(r.timings.get(p, 0.0) for r in timed) for p in parts},
+        "steps": len(steps),
+        "reset_steps": sum(r.reset for r in steps),
+        "mean_k": statistics.fmean(r.k for r in steps) if steps else None,
+        "ms_per_step": {p: statistics.fmean(r.timings.get(p, 0.0) for r in timed) for p in parts},
         "skipped_frames": len(skipped),
         "skipped_positions": list(skipped),
     }
@@ -82,22 +89,26 @@ def summarize(results: list[FrameResult], skip: int = 1, skipped: Sequence[int] 
 
 def write_results(
     out: str | Path,
-    results: list[FrameResult],
+    results: Sequence[StepResult | None],
     class_names: tuple[str, ...] = (),
     skipped: Sequence[int] = (),
 ) -> dict[str, Path]:
-    """detections.json (per-frame boxes), frames.json (per-frame K, reset, timings),
-    summary.json; returns their paths. "frame" is the frame's position in the video, which
-    differs from the stream's count once the source skipped frames (`skipped`)."""
+    """The step outputs (detections.json for a detector, classes.json for a classifier:
+    `output_file`), frames.json (per step: K, reset, timings) and summary.json; returns
+    their paths, the outputs' as "outputs" (and under its own name). "frame" is the video
+    position of the step's last frame, which differs from the stream's count once the
+    source skipped frames (`skipped`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / f"{name}.json" for name in ("detections", "frames", "summary")}
     gaps = set(skipped)
     positions = (p for p in range(len(results) + len(gaps)) if p not in gaps)
-    rows = list(zip(positions, results, strict=False))
-    detections = [{"frame": p, "detections": r.detections.to_list(class_names)} for p, r in rows]
+    rows = [(p, r) for p, r in zip(positions, results, strict=False) if r is not None]
+    name = type(rows[0][1]).output_file if rows else "outputs"
+    paths = {name: out / f"{name}.json" for name in (name, "frames", "summary")}
+    paths["outputs"] = out / f"{name}.json"
+    outputs = [{"frame": p, **r.output_json(class_names)} for p, r in rows]
     frames = [{"frame": p, "k": r.k, "reset": r.reset, "timings_ms": r.timings} for p, r in rows]
-    paths["detections"].write_text(json.dumps(detections, indent=1))
+    paths["outputs"].write_text(json.dumps(outputs, indent=1))
     paths["frames"].write_text(json.dumps(frames, indent=1))
     paths["summary"].write_text(json.dumps(summarize(results, skipped=skipped), indent=1))
     return paths

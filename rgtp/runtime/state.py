@@ -1,4 +1,4 @@
-"""Per-stream state of the pruned frame loop: everything that outlives one frame."""
+"""Per-stream state of the pruned loop: everything that outlives one step."""
 
 from __future__ import annotations
 
@@ -6,31 +6,36 @@ from collections.abc import Sequence
 
 import torch
 
+from rgtp.models.families import Task
 from rgtp.models.plan import StagePlan
 
 
 class StreamState:
-    """Caches and buffers of one video stream.
+    """Caches and buffers of one video stream. Rows: E prefix tokens then N patch tokens
+    (`plan.StagePlan`).
 
-    k_cache, v_cache: per block, (N, C) latest keys/values of every token (empty for a
-        block whose attention runs over all tokens every frame).
-    attn_rows: per rollout block, (N, N) last computed fused attention row of every token,
-        which rollout uses for tokens this frame did not compute; with rollout pooling p,
+    k_cache, v_cache: per block, (E + N, C) latest keys/values of every row (empty for a
+        block whose attention runs over all tokens every step).
+    attn_rows: per rollout block, (E + N, E + N) last computed fused attention row of every
+        row, which rollout uses for rows this step did not compute; with rollout pooling p,
         (N/p², N/p²) rows of the pooled grid (`core.rollout.pool_attention_rows`).
-    out_map: (N, C) backbone output; pruned tokens keep their last computed feature.
-    prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous frame.
+    out_map: (E + N, C) encoder output; pruned tokens keep their last computed feature.
+    prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous step.
+    pending: model-input frames of a time step still short of its frames (a tubelet).
+    task: the family's per-stream part (`rgtp.models.families.Task`).
     """
 
     def __init__(
         self,
         plan: StagePlan,
+        task: Task,
         rollout_blocks: Sequence[int],
         device: torch.device,
         rollout_pool: int = 1,
     ) -> None:
-        n, c = plan.num_tokens, plan.dim
-        depth = plan.config.backbone.depth
-        rows = n // rollout_pool**2
+        n, c = plan.prefix + plan.num_tokens, plan.dim
+        depth = plan.encoder.depth
+        rows = n if rollout_pool == 1 else plan.num_tokens // rollout_pool**2
 
         def cache(b: int) -> torch.Tensor:
             return torch.zeros(0 if b == plan.dense_block else n, c, device=device)
@@ -41,16 +46,20 @@ class StreamState:
         self.out_map = torch.zeros(n, c, device=device)
         self.prev_patches: torch.Tensor | None = None
         self.prev_importance: torch.Tensor | None = None
-        self.frame_index = 0
+        self.pending: list[torch.Tensor] = []
+        self.task = task
+        self.frame_index = 0  # steps run (time steps for a classifier)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the state by name (prev_* once a frame has run)."""
+        """Every tensor of the state by name (prev_* once a step has run)."""
         out = {f"k_cache_{b}": t for b, t in enumerate(self.k_cache)}
         out |= {f"v_cache_{b}": t for b, t in enumerate(self.v_cache)}
         out |= {f"attn_rows_{g}": t for g, t in self.attn_rows.items()}
         out["out_map"] = self.out_map
         if self.prev_patches is not None and self.prev_importance is not None:
             out |= {"prev_patches": self.prev_patches, "prev_importance": self.prev_importance}
+        out |= {f"pending_{i}": t for i, t in enumerate(self.pending)}
+        out |= {f"task_{name}": t for name, t in self.task.tensors().items()}
         return out
 
     def nbytes(self) -> int:

@@ -1,40 +1,53 @@
-"""The pruned frame loop of one video stream (ALGORITHM §4), driving engine calls.
+"""The pruned loop of one video stream (ALGORITHM §4), driving engine calls; the same for
+every model family (`rgtp.models.families`), which supplies the graphs after the stages.
 
-One frame, in order: embed all tokens; on a reset frame keep all N, otherwise track last
-frame's importance onto this frame, choose K and keep the top-K; gather kept tokens; run the
-stages; write the kept tokens into the output map; run the head on the full map; NMS; then
-rollout from this frame's detections gives the importance that guides the next frame.
+One step (a frame for a detector, a tubelet of frames for ViViT), in order: embed all
+tokens; on a reset step keep all N (or the checkerboard), otherwise track last step's
+importance onto this step, choose K and keep the top-K; gather the kept rows (and the
+prefix rows, e.g. a CLS token, always); run the stages; write the kept rows into the
+maintained output; the family's task turns that output into a prediction and s_L; rollout
+from s_L gives the importance that guides the next step.
 
-A frame is a transaction: the frame is checked before anything runs, the stages' fresh
-keys, values and attention rows are written into the caches only once every engine output
-of the frame is finite and post-processing and rollout have succeeded. A frame that fails
-anywhere leaves the stream as it was, so the next frame runs as if it had never been given.
+A step is a transaction: the frame is checked before anything runs, the stages' fresh keys,
+values and attention rows are written into the caches only once every engine output of the
+step is finite and the prediction and rollout have succeeded. A step that fails anywhere
+leaves the stream as it was, so the next frame runs as if it had never been given.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rgtp.core.checks import check_int
-from rgtp.core.rollout import detection_target, pool_attention_rows, token_importance
-from rgtp.core.selection import FixedKeep, KeepPolicy, is_reset_frame, select_tokens
+from rgtp.core.rollout import pool_attention_rows, token_importance
+from rgtp.core.selection import (
+    RESETS,
+    FixedKeep,
+    KeepPolicy,
+    checkerboard,
+    fill_from_most_similar,
+    is_reset_frame,
+    select_tokens,
+)
 from rgtp.core.tracking import check_radius, track
-from rgtp.engines.base import EngineError
-from rgtp.models.boxes import Detections, check_postprocess, postprocess
+from rgtp.engines.base import EngineError, EngineSet
+from rgtp.models.boxes import check_postprocess
 from rgtp.models.config import PruningConfig
-from rgtp.models.head_io import as_nchw, head_boxes_scores, head_feeds
+from rgtp.models.families import StepResult
+from rgtp.models.head_io import as_nchw
 from rgtp.runtime.frames import check_frame_options, to_model_input
 from rgtp.runtime.state import StreamState
 from rgtp.runtime.timing import PartTimer
 
-if TYPE_CHECKING:
-    from rgtp.runtime.pipeline import Pipeline
+# A family's own head for a step's maintained output (a detector's: the backbone map
+# (1, C, H, W) -> detections, `rgtp.models.families.detection.UserHead`).
+UserHead = Callable[[torch.Tensor], object]
 
 
 class EngineOutputError(EngineError):
@@ -45,28 +58,21 @@ class StreamBusyError(RuntimeError):
     """A stream was stepped from a second thread while a frame was running."""
 
 
-class HeadOutputError(ValueError):
-    """A user head (`Stream.step(frame, head=...)`) returned something that is not
-    detections. The frame is refused and the stream is unchanged."""
-
-
-# A user's head: the maintained backbone map (1, C, H, W) -> its final detections in
-# model-input pixels: (boxes (D, 4), scores (D,)) or (boxes, scores, labels (D,)), or
-# Detections. Its own post-processing (NMS) is done; rgtp forms s_L from what it returns.
-UserHead = Callable[[torch.Tensor], object]
-
-
 @dataclass(frozen=True)
 class StreamOptions:
     """Per-stream settings, checked when the stream is opened; defaults are the authors'
     ViTDet configuration.
 
     policy: how many tokens to keep (None keeps all: the dense model);
-    reset_every: R, frames between dense reset frames (0: only frame 0);
+    reset_every: R, steps between reset steps (0: only step 0);
+    reset: what a reset step keeps: "dense" (all N tokens) or "checkerboard" (the authors'
+        ViViT reset: a fixed 1-in-2 checkerboard, each dropped token then taking the
+        importance of its most similar kept token; needs the bucket of that size). A
+        stream's first step is always dense: its caches hold nothing yet for the others;
     radius: token tracking window r, 0..grid-1 (larger for faster motion);
     pruning: rollout blocks, tracking similarity and union, novelty share, s_L threshold;
-        None takes the model's own (`DetectorConfig.pruning`, carried in the package manifest);
-    score_threshold, nms_iou, max_detections: detection post-processing;
+        None takes the model's own (`config.pruning`, carried in the package manifest);
+    score_threshold, nms_iou, max_detections: detection post-processing (detectors);
     resize: how frames of another size than the model input are fitted: "letterbox"
         (longer side to the input size, padded bottom/right), "stretch", or "refuse";
     float_scale: float frames are read as pixel = value * float_scale (255.0 for [0, 1]);
@@ -75,6 +81,7 @@ class StreamOptions:
 
     policy: KeepPolicy | None = None
     reset_every: int = 8
+    reset: str = "dense"
     radius: int = 1
     pruning: PruningConfig | None = None
     score_threshold: float = 0.02
@@ -92,6 +99,8 @@ class StreamOptions:
                 f"for the dense model; got {self.policy!r}"
             )
         check_int("reset_every", self.reset_every, 0)
+        if self.reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {self.reset!r}")
         check_int("tracking radius", self.radius, 0)  # bounded by the grid at stream creation
         if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
             raise ValueError(f"pruning must be a PruningConfig or None, got {self.pruning!r}")
@@ -99,82 +108,78 @@ class StreamOptions:
         check_frame_options(self.resize, self.float_scale)
 
 
-@dataclass
-class FrameResult:
-    """What one step produced.
-
-    detections: in the input frame's pixels, clipped to the frame; keep: (K,) kept token
-    indices (CPU); importance: s_0 (N,) of this frame, which guides the next; tracked: ŝ (N,)
-    that chose this frame's tokens (None on reset frames); timings: milliseconds per part.
-    """
-
-    index: int
-    reset: bool
-    k: int
-    keep: torch.Tensor
-    detections: Detections
-    importance: torch.Tensor
-    tracked: torch.Tensor | None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 class Stream:
-    """One video stream over a shared pipeline. One thread at a time: a second thread that
-    steps it while a frame runs gets StreamBusyError; give each thread its own stream."""
+    """One video stream over shared engines (`Pipeline.new_stream()`). One thread at a time:
+    a second thread that steps it while a step runs gets StreamBusyError; give each thread
+    its own stream."""
 
-    def __init__(self, pipeline: Pipeline, options: StreamOptions) -> None:
-        self.pipeline = pipeline
+    def __init__(self, engines: EngineSet, options: StreamOptions) -> None:
+        self.engines = engines
+        self.plan = plan = engines.plan
         self.options = options
-        plan = pipeline.plan
+        grid = plan.encoder.grid
         self.policy = options.policy or FixedKeep(plan.num_tokens)
-        self.policy.check(plan.buckets)  # fail at creation, not on the first pruned frame
-        check_radius(options.radius, plan.config.backbone.grid)
+        self.policy.check(plan.buckets)  # fail at creation, not on the first pruned step
+        check_radius(options.radius, grid)
         self.pruning = options.pruning or plan.config.pruning
         self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
         self.pool = self.pruning.rollout_pool
-        if plan.config.backbone.grid % self.pool:
+        if grid % self.pool:
             raise ValueError(
-                f"rollout_pool {self.pool} does not divide the {plan.config.backbone.grid}-token "
-                "grid side; choose a divisor of it (1: no pooling)"
+                f"rollout_pool {self.pool} does not divide the {grid}-token grid side; choose "
+                "a divisor of it (1: no pooling)"
             )
+        if self.pool > 1 and plan.prefix:
+            raise ValueError("rollout_pool > 1 needs a model without prefix (CLS) tokens")
+        self.checkerboard = None
+        if options.reset == "checkerboard":
+            self.checkerboard = checkerboard(grid, engines.device)
+            k = self.checkerboard.numel()
+            if k not in plan.buckets:
+                raise ValueError(
+                    f"the checkerboard reset keeps {k} tokens, and the package has no K = {k} "
+                    f"bucket (buckets: {list(plan.buckets)}); export with it, or reset='dense'"
+                )
         self.state = self._new_state()
         self._busy = threading.Lock()
 
+    @property
+    def device(self) -> torch.device:
+        return self.engines.device
+
     def _new_state(self) -> StreamState:
-        return StreamState(self.pipeline.plan, self.rollout_blocks, self.pipeline.device, self.pool)
+        task = self.plan.family.new_task(self.plan, self.options)
+        return StreamState(self.plan, task, self.rollout_blocks, self.device, self.pool)
 
     @property
     def out_map(self) -> torch.Tensor:
-        """The maintained backbone output map (N, C)."""
+        """The maintained encoder output (E + N, C)."""
         return self.state.out_map
 
     @property
     def feature_map(self) -> torch.Tensor:
-        """A copy of the maintained backbone output map as a conv head reads it,
-        (1, C, H, W)."""
-        grid = self.pipeline.plan.config.backbone.grid
-        return as_nchw(self.state.out_map, grid)
+        """A copy of the maintained patch outputs as a conv head reads them, (1, C, H, W)."""
+        return as_nchw(self.state.out_map[self.plan.prefix :], self.plan.encoder.grid)
 
     def reset(self) -> None:
-        """Forget the stream's history: the next frame is a dense reset frame at index 0."""
+        """Forget the stream's history: the next frame starts a dense reset step at index 0."""
         with self._exclusive():
             self.state = self._new_state()
 
     @torch.inference_mode()
-    def step(self, frame: object, head: UserHead | None = None) -> FrameResult:
+    def step(self, frame: object, head: UserHead | None = None) -> Any:
         """Process one frame: RGB (H, W, 3) uint8, or float with `StreamOptions.float_scale`
         (see `rgtp.runtime.frames`). Raises FrameError for a frame outside that contract and
         EngineOutputError for non-finite engine outputs; either way the stream is unchanged.
 
-        head: your own detection head instead of the package's (required for a package
+        Returns the step's result (the family's `StepResult`: detections, or class scores),
+        or None for a frame that only fills a time step (a classifier's steps
+        are tubelets of several frames).
+
+        head: a detector's own head instead of the package's (required for a package
         exported with `--head none`), called once per frame on the maintained backbone map
         (1, C, H, W); it returns final detections in model-input pixels (see `UserHead`). If
         it raises, or returns something else, the stream is unchanged."""
-        if head is None and self.pipeline.plan.head == "none":
-            raise ValueError(
-                "this package has no head (exported with --head none): pass your own, "
-                "stream.step(frame, head=my_head), see the README's 'Your own head'"
-            )
         with self._exclusive():
             return self._step(frame, head)
 
@@ -191,55 +196,60 @@ class Stream:
         finally:
             self._busy.release()
 
-    def _step(self, frame: object, user_head: UserHead | None) -> FrameResult:
-        plan, engines, opts, st = (
-            self.pipeline.plan,
-            self.pipeline.engines,
-            self.options,
-            self.state,
-        )
-        bb = plan.config.backbone
-        timer = PartTimer(self.pipeline.device)
+    def _step(self, frame: object, user_head: UserHead | None) -> StepResult | None:
+        plan, engines, opts, st = self.plan, self.engines, self.options, self.state
+        enc, prefix = plan.encoder, plan.prefix
+        task = st.task
+        timer = PartTimer(self.device)
         checks = OutputChecks()
 
         with timer("prepare"):
             pixels, geometry = to_model_input(
                 frame,
-                bb.img_size,
-                self.pipeline.device,
+                enc.img_size,
+                self.device,
                 opts.resize,
                 opts.float_scale,
                 plan.config.pixel_mean,
             )
+        frames = [*st.pending, pixels]
+        if len(frames) < task.frames_per_step:
+            st.pending = frames  # the frame is checked: holding it is the whole step
+            return None
         with timer("embed"):
-            emb = checks.add("embed", engines.embed.run({"frame": pixels}))
+            emb = checks.add("embed", engines.embed.run(task.embed_feeds(frames)))
         patches, tokens = emb["patches"], emb["tokens"]
 
-        reset = st.prev_importance is None or is_reset_frame(st.frame_index, opts.reset_every)
+        first = st.prev_importance is None
+        reset = first or is_reset_frame(st.frame_index, opts.reset_every)
         tracked = None
         with timer("select"):
-            if reset:
-                k = plan.num_tokens
-                keep = torch.arange(k, device=tokens.device)
+            if reset and (first or self.checkerboard is None):
+                keep = torch.arange(plan.num_tokens, device=tokens.device)
+            elif reset:
+                keep = self.checkerboard
             else:
                 tracked, similarity = track(
                     st.prev_importance,
                     st.prev_patches,
                     patches,
-                    bb.grid,
+                    enc.grid,
                     opts.radius,
                     self.pruning.similarity,
                     self.pruning.track_union,
                 )
                 k = self.policy.choose(tracked, plan.buckets)
                 keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
-            x = tokens.index_select(0, keep)
+            k = keep.numel()
+            # rows of the stages: the prefix (always kept) and the kept patches after it
+            rows = torch.cat([torch.arange(prefix, device=keep.device), keep + prefix])
+            x = tokens.index_select(0, rows)
 
-        # A stage reads only its own blocks' caches, so this frame's rows can wait for the
-        # commit: earlier stages of the frame never need them.
+        # A stage reads only its own blocks' caches, so this step's rows can wait for the
+        # commit: earlier stages of the step never need them.
         fresh: dict[str, torch.Tensor] = {}
         for i in range(len(plan.stages)):
-            feeds = {"tokens": tokens if plan.takes_all_tokens(i) else x, "keep": keep}
+            feeds = {"tokens": tokens if plan.takes_all_tokens(i) else x, "keep": rows}
             for b in plan.cached_blocks(i):
                 feeds[f"k_cache_{b}"] = st.k_cache[b]
                 feeds[f"v_cache_{b}"] = st.v_cache[b]
@@ -249,73 +259,80 @@ class Stream:
             x = out.pop("tokens_out")
             fresh |= out
         with timer("scatter"):
-            out_map = st.out_map.index_copy(0, keep, x)
+            out_map = st.out_map.index_copy(0, rows, x)
 
-        if user_head is not None:
-            checks.raise_if_not_finite()
-            with timer("head"):
-                dets = user_detections(user_head(as_nchw(out_map, bb.grid)), tokens.device)
-        else:
-            spec = engines.head.spec
-            with timer("head"):
-                head = checks.add("head", engines.head.run(head_feeds(spec, out_map, bb.grid)))
-            checks.raise_if_not_finite()
-            with timer("postprocess"):
-                boxes, scores = head_boxes_scores(spec, head)
-                dets = postprocess(
-                    boxes, scores, opts.score_threshold, opts.nms_iou, opts.max_detections
-                )
+        with timer("head"):
+            prediction = task.predict(out_map, _Runner(engines, checks), user_head)
         with timer("rollout"):
-            target = detection_target(
-                dets.boxes, dets.scores, bb.grid, bb.patch_size, self.pruning.target_threshold
-            )
-            importance = self._rollout(keep, fresh, target)
+            importance = self._rollout(rows, fresh, prediction.target)
+            if reset and not first and self.checkerboard is not None:
+                importance = fill_from_most_similar(
+                    importance, patches, keep, self.pruning.similarity
+                )
 
         with timer("scatter"):  # the commit: nothing below can fail on checked tensors
-            for b in range(bb.depth):
+            for b in range(enc.depth):
                 if b == plan.dense_block:
                     continue
-                st.k_cache[b].index_copy_(0, keep, fresh[f"k_new_{b}"])
-                st.v_cache[b].index_copy_(0, keep, fresh[f"v_new_{b}"])
+                st.k_cache[b].index_copy_(0, rows, fresh[f"k_new_{b}"])
+                st.v_cache[b].index_copy_(0, rows, fresh[f"v_new_{b}"])
             st.out_map = out_map
             st.prev_patches, st.prev_importance = patches, importance
-        result = FrameResult(
-            index=st.frame_index,
-            reset=reset,
-            k=k,
-            keep=keep.cpu(),
-            detections=geometry.detections_to_frame(dets),
-            importance=importance,
-            tracked=tracked,
-            timings=timer.summary(),
-        )
+            st.pending = []
+            task.commit(prediction)
+        common = {
+            "index": st.frame_index,
+            "reset": reset,
+            "k": k,
+            "keep": keep.cpu(),
+            "importance": importance,
+            "tracked": tracked,
+            "timings": timer.summary(),
+        }
         st.frame_index += 1
-        return result
+        return task.result(common, prediction, geometry)
 
     def _rollout(
-        self, keep: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
+        self, rows: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
     ) -> torch.Tensor:
-        """s_0 (N,) by rollout through this frame's attention rows of the kept tokens and the
-        buffered rows of the others (pooled first with `rollout_pool`). Rollout reads the
-        whole buffers, so the fresh rows go in first; should rollout fail, the rows they
-        replaced are put back."""
-        grid = self.pipeline.plan.config.backbone.grid
-        rows = self.state.attn_rows
+        """s_0 (N,) of the patch tokens by rollout from s_L `target` (E + N,) through this
+        step's attention rows of the kept rows and the buffered rows of the others (pooled
+        first with `rollout_pool`). Rollout reads the whole buffers, so the fresh rows go in
+        first; should rollout fail, the rows they replaced are put back."""
+        grid, prefix = self.plan.encoder.grid, self.plan.prefix
+        buffers = self.state.attn_rows
         written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for g in self.rollout_blocks:
             if self.pool == 1:
-                written[g] = (keep, fresh[f"attn_{g}"])
+                written[g] = (rows, fresh[f"attn_{g}"])
             else:
-                written[g] = pool_attention_rows(fresh[f"attn_{g}"], keep, grid, self.pool)
-        replaced = {g: rows[g].index_select(0, where) for g, (where, _) in written.items()}
+                written[g] = pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool)
+        replaced = {g: buffers[g].index_select(0, where) for g, (where, _) in written.items()}
         try:
             for g, (where, new) in written.items():
-                rows[g].index_copy_(0, where, new)
-            return token_importance([rows[g] for g in self.rollout_blocks], target, grid, self.pool)
+                buffers[g].index_copy_(0, where, new)
+            s0 = token_importance(
+                [buffers[g] for g in self.rollout_blocks], target, grid, self.pool
+            )
+            return s0[prefix:] / s0[prefix:].sum() if prefix else s0
         except BaseException:
             for g, old in replaced.items():
-                rows[g].index_copy_(0, written[g][0], old)
+                buffers[g].index_copy_(0, written[g][0], old)
             raise
+
+
+class _Runner:
+    """A task's view of the step's engines (`rgtp.models.families.GraphRunner`): graphs by
+    name, every output added to the step's finiteness checks."""
+
+    def __init__(self, engines: EngineSet, checks: OutputChecks) -> None:
+        self.engines, self.checks = engines, checks
+
+    def __call__(self, graph: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.checks.add(graph, self.engines.graph(graph).run(feeds))
+
+    def check_finite(self) -> None:
+        self.checks.raise_if_not_finite()
 
 
 class OutputChecks:
@@ -340,36 +357,3 @@ class OutputChecks:
                 f"engine {first} returned NaN or Inf ({names}); the frame was refused and the "
                 "stream is unchanged"
             )
-
-
-def user_detections(out: object, device: torch.device) -> Detections:
-    """What a user head returned, as Detections; HeadOutputError for anything else."""
-    if isinstance(out, Detections):
-        boxes, scores, labels = out.boxes, out.scores, out.labels
-    elif isinstance(out, tuple | list) and len(out) in (2, 3):
-        boxes, scores = out[0], out[1]
-        labels = out[2] if len(out) == 3 else None
-    else:
-        raise HeadOutputError(
-            "your head must return (boxes (D, 4), scores (D,)[, labels (D,)]) or Detections; "
-            f"it returned {type(out).__name__}"
-        )
-    try:
-        boxes = torch.as_tensor(boxes, dtype=torch.float32, device=device)
-        scores = torch.as_tensor(scores, dtype=torch.float32, device=device)
-        d = scores.shape[0] if scores.ndim == 1 else -1
-        labels = (
-            torch.zeros(max(d, 0), dtype=torch.int64, device=device)
-            if labels is None
-            else torch.as_tensor(labels, device=device).to(torch.int64)
-        )
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise HeadOutputError(f"your head returned values that are not tensors ({e})") from e
-    if boxes.shape != (d, 4) or labels.shape != (d,):
-        raise HeadOutputError(
-            "your head must return boxes (D, 4), scores (D,) and labels (D,) of one length D; "
-            f"got {tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)}"
-        )
-    if not (boxes.isfinite().all() and scores.isfinite().all()):
-        raise HeadOutputError("your head returned NaN or Inf boxes or scores")
-    return Detections(boxes, scores, labels)

@@ -1,20 +1,32 @@
-"""Pictures of what the pruned loop did (the seed's Fig. 7): per frame, the detections with
-pruned tokens dimmed beside the importance map that chose the kept tokens."""
+"""Pictures of what the pruned loop did (the seed's Fig. 7): per step, the frame with pruned
+tokens dimmed and the step's prediction (a detector's boxes, a classifier's top class) beside
+the importance map that chose the kept tokens."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib import colormaps
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-from rgtp.runtime.stream import FrameResult
+from rgtp.models.families import StepResult
+from rgtp.viz import describe
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230)]  # fmt: skip
+_WHITE = (255, 255, 255)
+# matplotlib's DejaVu Sans (installed with matplotlib): Pillow's own font lacks glyphs such as
+# the "—" of a classifier before its first full clip.
+_FONT = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf")), 11)
+
+
+def _color(index: int | None) -> tuple[int, int, int]:
+    """A class's colour; white for None (no class)."""
+    return _WHITE if index is None else _PALETTE[index % len(_PALETTE)]
 
 
 def _token_mask(keep: torch.Tensor, grid: int) -> np.ndarray:
@@ -33,16 +45,19 @@ def _upsample(grid_map: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def overlay(
     frame: np.ndarray,
-    result: FrameResult,
+    result: StepResult,
     grid: int,
     class_names: Sequence[str] = (),
     score_threshold: float = 0.3,
 ) -> np.ndarray:
-    """Side-by-side picture (H, 2W, 3) uint8.
+    """Side-by-side picture (H, 2W, 3) uint8 of a step and `frame` (H, W, 3), its input (for a
+    classifier, the time step's last frame).
 
-    Left: the frame, pruned tokens dimmed, detections above `score_threshold` boxed.
-    Right: the importance that chose this frame's tokens (ŝ, tracked from the previous
-    frame; s_0 of this frame on reset frames), kept tokens outlined by brightness.
+    Left: the frame, pruned tokens dimmed, and the prediction: a detector's boxes scoring at
+    least `score_threshold` (labels named by `class_names`), or a classifier's top class and
+    its probability over the clip, "—" before the first full clip (`rgtp.viz.describe`).
+    Right: the importance that chose this step's tokens (ŝ, tracked from the previous step;
+    s_0 of this step on reset steps), kept tokens outlined by brightness.
     """
     h, w = frame.shape[:2]
     kept = _upsample(_token_mask(result.keep, grid), h, w)
@@ -55,30 +70,36 @@ def overlay(
     heat[~kept] *= 0.5
     canvas = Image.fromarray(np.concatenate([left, heat], axis=1).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    dets = result.detections
-    for box, score, label in zip(
-        dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist(), strict=True
-    ):
-        if score < score_threshold:
-            continue
-        color = _PALETTE[label % len(_PALETTE)]
-        draw.rectangle(box, outline=color, width=2)
-        name = class_names[label] if label < len(class_names) else str(label)
-        draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
-    tag = "reset (dense)" if result.reset else f"K={result.k}/{grid * grid}"
-    draw.text((4, 4), f"frame {result.index}  {tag}", fill=(255, 255, 255))
-    draw.text((w + 4, 4), "importance", fill=(255, 255, 255))
+    marks = describe(result, class_names, score_threshold)
+    for box, text, color in marks.boxes:
+        draw.rectangle(box, outline=_color(color), width=2)
+        draw.text((box[0] + 2, box[1] + 1), text, fill=_color(color), font=_FONT)
+    if marks.caption is not None:
+        # on a dark strip: the class must read over any frame, dimmed or not
+        at = (4, h - 16)
+        right = draw.textbbox(at, marks.caption, font=_FONT)[2]
+        draw.rectangle((0, h - 19, right + 4, h - 1), fill=(0, 0, 0))
+        draw.text(at, marks.caption, fill=_color(marks.caption_color), font=_FONT)
+    # two short lines: the tag must fit the left half of a small model-input frame
+    tag = f"{marks.unit} {result.index}\nK={result.k}/{grid * grid}"
+    tag += ", reset" if result.reset else ""
+    draw.text((4, 4), tag, fill=_WHITE, font=_FONT)
+    draw.text((w + 4, 4), "importance", fill=_WHITE, font=_FONT)
     return np.asarray(canvas)
 
 
 def overlays(
     frames: Iterable[np.ndarray],
-    results: Iterable[FrameResult],
+    results: Iterable[StepResult | None],
     grid: int,
     class_names: Sequence[str] = (),
 ) -> Iterator[np.ndarray]:
+    """One picture per step result; `results` are `stream.step(frame)`'s for each of `frames`,
+    in order. A None (a frame that only filled a classifier's time step) gives no picture, so
+    each time step is shown on its last frame."""
     for frame, result in zip(frames, results, strict=True):
-        yield overlay(frame, result, grid, class_names)
+        if result is not None:
+            yield overlay(frame, result, grid, class_names)
 
 
 def save_pngs(images: Iterable[np.ndarray], directory: str | Path) -> list[Path]:

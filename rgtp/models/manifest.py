@@ -5,7 +5,7 @@ problem: its schema version, its types and required fields (`manifest_schema.jso
 the cross-references a schema cannot express (every graph's files listed, embed and head
 present, every (stage, K bucket) served by a fixed-K graph or the stage's symbolic one,
 every file name inside the package). Whether the files still hold what the manifest
-records is `rgtp.export.verify`'s business.
+records is `rgtp.models.package_verify`'s business.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 PARTIAL_MANIFEST = f".{MANIFEST}.partial"  # written, then renamed over MANIFEST
+PUBLIC_MODES = (0o755, 0o644)  # a package's (directories, files): readable by every user
+PRIVATE_MODES = (0o700, 0o600)
 _SCHEMA_FILE = Path(__file__).with_name("manifest_schema.json")
 _MAX_SCHEMA_ERRORS = 5  # a list, not a page: the first few say what is wrong
 _JSON_TYPES = {
@@ -86,7 +88,8 @@ def package_file(directory: str | Path, name: str) -> Path:
 
 @dataclass
 class GraphRecord:
-    """One ONNX graph: `kind` embed | stage | head; `k` an int, or "K" for the symbolic
+    """One ONNX graph: `kind` embed | stage | head | extra (the family's further graphs,
+    e.g. ViViT's temporal transformer); `k` an int, or "K" for the symbolic
     variant; `weights` the external-data file its initializers live in."""
 
     name: str
@@ -266,6 +269,12 @@ def _bucket_problems(m: Manifest) -> list[str]:
     for g in m.graphs:
         if g.kind == "stage" and not (g.stage is not None and g.stage < stages):
             problems.append(f"graph {g.name!r}: stage {g.stage}, the plan has {stages} stages")
+    have = {g.name for g in m.graphs if g.kind == "extra"}
+    problems += [
+        f"expected the {name!r} graph of a {m.plan.family.name} model, found none"
+        for name in m.plan.extra_specs()
+        if name not in have
+    ]
     for i in range(stages):
         if m.stage_graphs(i, symbolic=True):
             continue
