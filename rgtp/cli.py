@@ -92,27 +92,36 @@ def _tolerance(name: str) -> Callable[[str], float]:
 @command
 def cmd_flops(args: argparse.Namespace) -> int:
     from rgtp.models import get_config
-    from rgtp.models.flops import frame_macs, schedule_macs
 
     cfg = get_config(args.model, args.size)
+    return {"detection": _flops_detector, "classification": _flops_classifier}[cfg.family](
+        args, cfg
+    )
+
+
+def _check_k(args: argparse.Namespace, enc) -> int:
+    k = args.keep if args.keep is not None else enc.num_tokens
+    if not 0 < k <= enc.num_tokens:
+        raise ValueError(f"--keep must be in 1..{enc.num_tokens} (N at {enc.img_size} px)")
+    return k
+
+
+def _flops_detector(args: argparse.Namespace, cfg) -> int:
+    from rgtp.models.flops import frame_macs, schedule_macs
+
     bb = cfg.backbone
-    keep = args.keep if args.keep is not None else bb.num_tokens
-    if not 0 < keep <= bb.num_tokens:
-        print(
-            f"error: --keep must be in 1..{bb.num_tokens} (N at {bb.img_size} px)", file=sys.stderr
-        )
-        return 2
+    k = _check_k(args, bb)
     prune_from = _prune_from(args)
     rows = {
         "dense": frame_macs(bb, None, args.radius, cfg),
-        "pruned": frame_macs(bb, keep, args.radius, cfg, prune_from),
-        "average": schedule_macs(bb, keep, args.reset_every, args.radius, cfg, prune_from),
+        "pruned": frame_macs(bb, k, args.radius, cfg, prune_from),
+        "average": schedule_macs(bb, k, args.reset_every, args.radius, cfg, prune_from),
     }
     report = {
         "model": args.model,
         "size": bb.img_size,
         "num_tokens": bb.num_tokens,
-        "keep": keep,
+        "keep": k,
         "prune_from": prune_from,
         "reset_every": args.reset_every,
         "radius": args.radius,
@@ -127,7 +136,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{args.model} at {bb.img_size}x{bb.img_size}: N = {bb.num_tokens} tokens, "
-        f"keep K = {keep}, reset every {args.reset_every} frames, pruning from {prune_from}"
+        f"keep K = {k}, reset every {args.reset_every} frames, pruning from {prune_from}"
     )
     print("GFLOPs in the paper's convention: multiply-accumulates of the backbone, x1e9")
     parts = list(rows["dense"].as_dict())
@@ -141,17 +150,67 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_detector(args: argparse.Namespace):
-    """The named model at --size with --weights, the shipped weights, or --random-init.
+def _flops_classifier(args: argparse.Namespace, cfg) -> int:
+    from rgtp.models.vivit_flops import KINETICS_VIEWS, view_macs
 
-    Every backbone tensor must load; neck and head tensors the checkpoint lacks keep their
-    random values only with --allow-missing-head, and the log says so.
+    sp = cfg.spatial
+    k = _check_k(args, sp)
+    views = KINETICS_VIEWS[0] * KINETICS_VIEWS[1]
+    reset_every = max(args.reset_every, 1)
+    board = (sp.num_tokens + 1) // 2 if args.reset == "checkerboard" else None
+    rows = {"dense": view_macs(cfg), "pruned": view_macs(cfg, k, reset_every, board)}
+    report = {
+        "model": args.model,
+        "size": sp.img_size,
+        "frames": cfg.num_frames,
+        "num_tokens": sp.num_tokens,
+        "keep": k,
+        "reset_every": reset_every,
+        "reset": args.reset,
+        "views": views,
+        **{
+            name: {f"{part}_gmacs_per_view": v / 1e9 for part, v in m.as_dict().items()}
+            for name, m in rows.items()
+        },
+        "dense_tmacs_per_video": rows["dense"].total * views / 1e12,
+        "pruned_tmacs_per_video": rows["pruned"].total * views / 1e12,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"{args.model} at {sp.img_size}x{sp.img_size}, {cfg.num_frames} frames "
+        f"({cfg.num_steps} time steps of {sp.tubelet}): N = {sp.num_tokens} patch tokens + CLS, "
+        f"keep K = {k}, a {args.reset} reset every {reset_every} time steps"
+    )
+    print("GFLOPs in the paper's convention: multiply-accumulates, x1e9, per view (one clip)")
+    print(f"{'part':<16}" + "".join(f"{name:>12}" for name in rows))
+    for p in rows["dense"].as_dict():
+        print(f"{p:<16}" + "".join(f"{m.as_dict()[p] / 1e9:>12.2f}" for m in rows.values()))
+    print(
+        f"per video over {KINETICS_VIEWS[0]} clips x {KINETICS_VIEWS[1]} crops = {views} views: "
+        f"dense {report['dense_tmacs_per_video']:.3f} TFLOPs, pruned "
+        f"{report['pruned_tmacs_per_video']:.3f} TFLOPs "
+        f"({100 * rows['pruned'].total / rows['dense'].total:.1f} % of dense)"
+    )
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    """The named model (any family) at --size with --weights, the shipped weights, or
+    --random-init.
+
+    Every encoder tensor must load; tensors outside it (a detector's neck and head, a
+    ViViT's temporal transformer under a timm image checkpoint) the checkpoint lacks keep
+    their random values only with --allow-missing-head, and the log says so.
     """
-    from rgtp.models import Detector, get_config
-    from rgtp.models.checkpoints import load_weights
+    from rgtp.models import get_config
+    from rgtp.models.families import family_of
     from rgtp.models.registry import shipped_weights
 
-    detector = Detector(get_config(args.model, args.size))
+    cfg = get_config(args.model, args.size)
+    family = family_of(cfg)
+    model = family.build(cfg)
     path = args.weights or shipped_weights(args.model)
     if path is None and not args.random_init:
         raise ValueError(
@@ -162,16 +221,16 @@ def _load_detector(args: argparse.Namespace):
     if path is not None:
         fmt = args.weights_format if args.weights else "rgtp"
         strict = not (args.allow_missing_head or own_head)
-        report = load_weights(detector, path, fmt, strict=strict)
+        report = family.load_checkpoint(model, path, fmt, strict)
         print(f"weights {path}: {report.summary()}", file=sys.stderr)
         if report.missing:
             why = "your own head replaces them" if own_head else "--allow-missing-head"
             print(
-                f"warning: {why}: {len(report.missing)} neck and head tensors "
+                f"warning: {why}: {len(report.missing)} tensors outside the encoder "
                 "are not in the checkpoint and keep random values",
                 file=sys.stderr,
             )
-    return detector.eval()
+    return model.eval()
 
 
 def _add_weights_flags(p: argparse.ArgumentParser) -> None:
@@ -203,19 +262,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         user_graph, user_spec = read_user_head(args.head_onnx)
         head = "onnx"
-    detector = _load_detector(args)
-    detector.cfg = _export_pruning(args, detector.cfg)
+    model = _load_model(args)
+    model.cfg = _export_pruning(args, model.cfg)
     plan = StagePlan.create(
-        detector.cfg,
+        model.cfg,
         args.buckets,
-        args.stages,
+        args.partition,
         args.fusion,
         _prune_from(args),
         head,
         user_spec,
     )
     manifest = export_package(
-        detector,
+        model,
         plan,
         args.out,
         opset=args.opset,
@@ -264,7 +323,31 @@ def _export_pruning(args: argparse.Namespace, cfg):
     that the package's manifest carries them and its streams use them by default."""
     import dataclasses
 
-    return dataclasses.replace(cfg, pruning=_pruning(args, cfg.pruning, cfg.backbone.img_size))
+    return dataclasses.replace(cfg, pruning=_pruning(args, cfg.pruning, cfg.encoder.img_size))
+
+
+def _add_partition_flag(p: argparse.ArgumentParser) -> None:
+    from rgtp.models.plan import PARTITIONS
+
+    p.add_argument(
+        "--partition",
+        default="per-global",
+        choices=PARTITIONS,
+        help="how the encoder's blocks are cut into stages: each ending at a global block, "
+        "one block each, or one stage",
+    )
+
+
+def _add_reset_flag(p: argparse.ArgumentParser) -> None:
+    from rgtp.core.selection import RESETS
+
+    p.add_argument(
+        "--reset",
+        default="dense",
+        choices=RESETS,
+        help="what a reset step keeps: all tokens, or the authors' ViViT 1-in-2 checkerboard "
+        "(needs the K = ceil(N/2) bucket)",
+    )
 
 
 def _add_prune_from_flag(p: argparse.ArgumentParser) -> None:
@@ -336,6 +419,25 @@ def _policy(args: argparse.Namespace):
     return None
 
 
+def _synthetic_frames(config, count: int) -> list:
+    """`count` frames of held-out synthetic video the model was trained for: a SynthVID
+    sequence for a detector, consecutive SynthMotion clips for a classifier."""
+    import itertools
+
+    if config.family == "classification":
+        from rgtp.eval.classify import data_config, heldout_clips
+
+        per_clip = config.num_frames
+        clips = heldout_clips(-(-count // per_clip), data_config(config))
+        return list(itertools.chain.from_iterable(c.frames for c in clips))[:count]
+    from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
+
+    seq = generate_sequence(
+        heldout_seeds(1)[0], SynthVIDConfig(size=config.encoder.img_size, num_frames=count)
+    )
+    return list(seq.frames)
+
+
 @command
 def cmd_run(args: argparse.Namespace) -> int:
     import warnings
@@ -344,11 +446,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rgtp.runtime.run import run_and_write, summarize
 
     pipe = Pipeline.load(args.package, backend=args.backend, device=args.device)
+    config = pipe.plan.config
     stream = pipe.new_stream(
         policy=_policy(args),
         reset_every=args.reset_every,
+        reset=args.reset,
         radius=args.radius,
-        pruning=_pruning(args, pipe.plan.config.pruning, pipe.plan.config.backbone.img_size),
+        pruning=_pruning(args, config.pruning, config.encoder.img_size),
     )
     skipped: list[int] = []
     if args.video:
@@ -357,38 +461,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         reader = VideoReader(args.video, args.max_frames, args.skip_bad_frames)
         frames, total, skipped = reader, args.max_frames, reader.skipped
     else:
-        from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
-
-        size = pipe.plan.config.backbone.img_size
-        seq = generate_sequence(
-            heldout_seeds(1)[0], SynthVIDConfig(size=size, num_frames=args.synthetic)
-        )
-        frames, total = iter(seq.frames), args.synthetic
+        frames, total = iter(_synthetic_frames(config, args.synthetic)), args.synthetic
     with warnings.catch_warnings(record=True) as caught:
         try:
             results, paths = run_and_write(
-                stream,
-                frames,
-                args.out,
-                pipe.plan.config.head.class_names,
-                total,
-                not args.quiet,
-                skipped,
+                stream, frames, args.out, config.class_names, total, not args.quiet, skipped
             )
         finally:
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)
-    if not results:
-        print(f"error: no frame could be run ({len(skipped)} skipped)", file=sys.stderr)
-        return 1
     s = summarize(results, skipped=skipped)
-    ms = s["ms_per_frame"]
+    if not s["steps"]:
+        print(f"error: no step could be run ({len(skipped)} frames skipped)", file=sys.stderr)
+        return 1
+    ms = s["ms_per_step"]
     skips = f", skipped {len(skipped)} undecodable frames" if args.skip_bad_frames else ""
     print(
-        f"{s['frames']} frames on {pipe.backend} ({pipe.device}){skips}: mean K "
-        f"{s['mean_k']:.0f} of {pipe.plan.num_tokens}, {ms['total']:.1f} ms/frame "
+        f"{s['frames']} frames, {s['steps']} steps on {pipe.backend} ({pipe.device}){skips}: "
+        f"mean K {s['mean_k']:.0f} of {pipe.plan.num_tokens}, {ms['total']:.1f} ms/step "
         f"({ms['outside_engine']:.1f} ms outside engine calls); wrote "
-        f"{', '.join(str(p) for p in paths.values())}"
+        f"{', '.join(str(p) for p in dict.fromkeys(paths.values()))}"
     )
     return 0
 
@@ -404,9 +496,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 2
     options = BuildOptions(
         fp16=args.fp16,
-        per_k_plans=args.per_k_plans,
+        layout=args.layout,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
-        workspace_mb=args.workspace,
+        mem_pool_size=args.mem_pool_size,
         compute_capabilities=tuple(args.compute_capability) if args.compute_capability else None,
     )
     info = build_trt(args.package, options, progress=not args.quiet, verify=not args.no_verify)
@@ -419,39 +511,49 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace, buckets: list[int]):
-    """A pipeline of the detector on --backend: torch in memory, else an exported package
-    (--package if it exists, else exported there or into a temporary directory)."""
-    import tempfile
-    from pathlib import Path
-
-    from rgtp.export.package import export_package
+def _pipeline(args: argparse.Namespace, model, buckets: list[int]):
+    """A pipeline of `model` on --backend: torch in memory, else an exported package of
+    fixed-K graphs (--package if it holds this export, else exported there or into a
+    temporary directory; stderr says which)."""
+    from rgtp.export.ensure import ensure_package
     from rgtp.models.plan import StagePlan
     from rgtp.runtime import Pipeline
 
-    detector = _load_detector(args)
     if args.backend == "torch":
-        return Pipeline.from_detector(detector, buckets, prune_from=_prune_from(args))
-    package = Path(args.package) if args.package else Path(tempfile.mkdtemp(prefix="rgtp-eval-"))
-    if not (package / "manifest.json").is_file():
-        plan = StagePlan.create(detector.cfg, buckets, prune_from=_prune_from(args))
-        export_package(detector, plan, package, symbolic=False, force=True, progress=True)
-    pipe = Pipeline.load(package, backend=args.backend, device=args.device)
-    missing = sorted(set(buckets) - set(pipe.plan.buckets))
-    if missing:
-        raise ValueError(f"{package} has no K buckets {missing}; export them or drop --package")
-    return pipe
+        return Pipeline.from_model(
+            model, buckets, partition=args.partition, prune_from=_prune_from(args)
+        )
+    plan = StagePlan.create(model.cfg, buckets, args.partition, prune_from=_prune_from(args))
+    # fixed-K graphs only: eval loads one session per (stage, K), and exports faster
+    package = ensure_package(model, plan, args.package, symbolic=False, progress=not args.quiet)
+    return Pipeline.load(package, backend=args.backend, device=args.device)
+
+
+def _write_table(args: argparse.Namespace, title: str, table: str, records: list) -> None:
+    from pathlib import Path
+
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(f"# {title}\n\n{table}\n")
 
 
 @command
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    model = _load_model(args)
+    evaluate = {"detection": _eval_detector, "classification": _eval_classifier}
+    return evaluate[model.cfg.family](args, model)
 
+
+def _eval_detector(args: argparse.Namespace, model) -> int:
     from rgtp.eval.evaluate import EvalSetting, evaluate, radius_table, results_table
 
     keeps = args.keep or []
-    pipe = _pipeline(args, keeps)
-    pruning = _pruning(args, pipe.plan.config.pruning, pipe.plan.config.backbone.img_size)
+    pipe = _pipeline(args, model, keeps)
+    pruning = _pruning(args, pipe.plan.config.pruning, pipe.plan.encoder.img_size)
     if args.ablate_r:
         if not keeps:
             raise ValueError("--ablate-r needs one --keep value to ablate at")
@@ -471,58 +573,150 @@ def cmd_eval(args: argparse.Namespace) -> int:
             EvalSetting(k, args.radius, sampling, args.reset_every, pruning) for k in keeps
         ]
     records = evaluate(pipe, settings, args.sequences, args.frames, progress=not args.quiet)
-    title = f"{args.model} SynthVID {pipe.plan.config.backbone.img_size}"
+    title = f"{args.model} SynthVID {pipe.plan.encoder.img_size}"
     table = radius_table(records) if args.ablate_r else results_table(records, title)
-    print(table)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=1))
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(f"# {title}\n\n{table}\n")
+    _write_table(args, title, table, [r.to_dict() for r in records])
+    return 0
+
+
+def _eval_classifier(args: argparse.Namespace, model) -> int:
+    """Top-1 on SynthMotion's held-out clips: dense, pruned at each --keep, and pruned with
+    the temporal transformer fine-tuned at that K where its file exists (`rgtp
+    finetune-temporal`; --finetuned-dir says where to look), with GFLOPs per clip."""
+    from pathlib import Path
+
+    from rgtp.eval.classify import data_config, heldout_clips
+    from rgtp.eval.classify_pruned import classifier_table, format_table, rows_as_dicts
+    from rgtp.models.registry import shipped_weights
+    from rgtp.train.finetune_temporal import finetuned_path, load_temporal
+
+    if args.backend != "torch":
+        print("note: the classifier table runs the PyTorch reference engines", file=sys.stderr)
+    weights = Path(args.weights) if args.weights else shipped_weights(args.model)
+    finetuned = {}
+    for k in args.keep or []:
+        path = finetuned_path(weights, k) if weights else None
+        if path is not None and args.finetuned_dir:
+            path = Path(args.finetuned_dir) / path.name
+        if path is not None and path.exists():
+            tuned = _load_model(args)
+            finetuned[k] = load_temporal(tuned, path).eval()
+            print(f"fine-tuned temporal transformer at K={k}: {path}", file=sys.stderr)
+    clips = heldout_clips(args.clips, data_config(model.cfg))
+    rows = classifier_table(
+        model,
+        clips,
+        args.keep or [],
+        finetuned,
+        max(args.reset_every, 1),
+        args.reset,
+        progress=not args.quiet,
+    )
+    title = f"{args.model} SynthMotion {model.cfg.spatial.img_size}"
+    _write_table(args, title, format_table(rows, len(clips)), rows_as_dicts(rows))
     return 0
 
 
 @command
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.model == "vivit-small":
+        from rgtp.demo_classifier import run_classifier_demo
+
+        fraction = args.keep_fraction or 0.4
+        run_classifier_demo(args.out, fraction, args.clips, progress=not args.quiet)
+        return 0
     from rgtp.demo import run_demo
 
-    run_demo(args.out, args.keep_fraction, args.sequences, args.frames, progress=not args.quiet)
+    fraction = args.keep_fraction or 0.3
+    run_demo(args.out, fraction, args.sequences, args.frames, progress=not args.quiet)
     return 0
 
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
+    from rgtp.models import get_config
+
+    family = get_config(args.model).family
+    return {"detection": _train_detector, "classification": _train_classifier}[family](args)
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The training flags given on the command line (the rest keep the config's defaults)."""
+    out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return out | ({"bf16": False} if args.fp32 else {})
+
+
+def _train_detector(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rgtp.train.trainer import TrainConfig, train
 
     tc = TrainConfig(
-        model=args.model,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        bf16=not args.fp32,
-        workers=args.workers,
+        model=args.model, **_given(args, "steps", "batch_size", "lr", "seed", "workers")
     )
-    summary = train(tc, Path(args.out), progress=not args.quiet)
+    out = args.out or f"rgtp/weights/{args.model}.safetensors"
+    summary = train(tc, Path(out), progress=not args.quiet)
     last = summary["log"][-1]
     print(
         f"trained {tc.steps} steps in {summary['minutes']:.1f} min; final losses "
         + ", ".join(f"{k} {last[k]:.3f}" for k in ("cls", "box", "ctr"))
-        + f"; wrote {args.out}"
+        + f"; wrote {out}"
+    )
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rgtp.train.vivit_trainer import ViViTTrainConfig, train
+
+    tc = ViViTTrainConfig(
+        model=args.model, **_given(args, "steps", "batch_size", "lr", "seed", "workers")
+    )
+    out = args.out or f"rgtp/weights/{args.model}.safetensors"
+    summary = train(tc, Path(out), heldout=args.heldout, progress=not args.quiet)
+    held = summary.get("heldout", {})
+    print(
+        f"trained {tc.steps} steps in {summary['minutes']:.1f} min; held-out top-1 "
+        f"{held.get('dense', float('nan')):.3f} over {held.get('clips', 0)} clips; wrote {out}"
+    )
+    return 0
+
+
+@command
+def cmd_finetune_temporal(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rgtp.models.registry import shipped_weights
+    from rgtp.train.finetune_temporal import FinetuneConfig, finetune_temporal, finetuned_path
+
+    model = _load_model(args)
+    if model.cfg.family != "classification":
+        raise ValueError(f"{args.model} has no temporal transformer; choose a ViViT model")
+    weights = Path(args.weights) if args.weights else shipped_weights(args.model)
+    out = Path(args.out) if args.out else finetuned_path(weights, args.keep)
+    fc = FinetuneConfig(
+        k=args.keep,
+        reset_every=args.reset_every,
+        reset=args.reset,
+        clips=args.clips,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    log = finetune_temporal(model, fc, out, progress=not args.quiet)
+    print(
+        f"fine-tuned the temporal transformer at K={args.keep} on {fc.clips} clips "
+        f"({fc.epochs} epochs, {log['minutes']:.1f} min); wrote {out}"
     )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from rgtp.core.rollout import FUSIONS
-    from rgtp.engines import BACKENDS
+    from rgtp.engines import BACKENDS, LAYOUTS
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
-    from rgtp.models.plan import PARTITIONS
     from rgtp.models.registry import model_names
-    from rgtp.train.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="rgtp",
@@ -543,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="R: a dense frame every R frames (0: only the first)",
     )
     p.add_argument("--radius", type=_int_at_least(0), default=1, help="tracking window radius r")
+    _add_reset_flag(p)
     p.add_argument("--paper", action="store_true", help="the authors' pruning point (block0-mlp)")
     _add_prune_from_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -552,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_flags(p)
     p.add_argument("--size", type=int, default=None, help="input side in pixels")
     p.add_argument("--buckets", type=_ints, default=[], help="K buckets, e.g. 64,128,256")
-    p.add_argument("--stages", default="per-global", choices=PARTITIONS)
+    _add_partition_flag(p)
     p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
     p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
@@ -610,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     keep.add_argument("--keep", type=_int_at_least(1), help="tokens kept per pruned frame (K)")
     keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
     p.add_argument("--reset-every", type=_int_at_least(0), default=8)
+    _add_reset_flag(p)
     p.add_argument("--radius", type=_int_at_least(0), default=1)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -621,7 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--package", default=None, help="reuse (or export into) this package dir")
+    p.add_argument(
+        "--package",
+        default=None,
+        help="reuse the package in this directory if it is this export, else export into it",
+    )
+    _add_partition_flag(p)
     p.add_argument("--keep", type=_ints_at_least(1), default=None, help="K values, e.g. 32,64,77")
     p.add_argument("--radius", type=_int_at_least(0), default=1)
     p.add_argument("--reset-every", type=_int_at_least(0), default=8)
@@ -633,38 +834,82 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
     _add_prune_from_flag(p)
-    p.add_argument("--sequences", type=_int_at_least(1), default=30)
-    p.add_argument("--frames", type=_int_at_least(1), default=64)
+    _add_reset_flag(p)
+    p.add_argument("--sequences", type=_int_at_least(1), default=30, help="detectors: videos")
+    p.add_argument("--frames", type=_int_at_least(1), default=64, help="detectors: per video")
+    p.add_argument(
+        "--clips", type=_int_at_least(1), default=240, help="classifiers: held-out clips"
+    )
+    p.add_argument(
+        "--finetuned-dir",
+        default=None,
+        help="classifiers: where NAME.temporal-kK.safetensors files are (default: beside "
+        "the weights)",
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--quiet", action="store_true")
     _add_pruning_flags(p)
 
-    p = sub.add_parser("demo", help="end-to-end demo on the shipped model and the CPU")
+    p = sub.add_parser("demo", help="end-to-end demo on a shipped model and the CPU")
+    p.add_argument("--model", default="vitdet-small", choices=("vitdet-small", "vivit-small"))
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--keep-fraction", type=float, default=0.3)
-    p.add_argument("--sequences", type=int, default=8)
-    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--keep-fraction", type=float, default=None, help="K / N (default per model)")
+    p.add_argument("--sequences", type=int, default=8, help="detector: held-out videos")
+    p.add_argument("--frames", type=int, default=64, help="detector: frames per video")
+    p.add_argument("--clips", type=int, default=120, help="classifier: held-out clips")
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("train", help="train a detector on SynthVID (seeded, reproducible)")
+    p = sub.add_parser("train", help="train a model from scratch (seeded, reproducible)")
     p.add_argument("--model", default="vitdet-small", choices=model_names())
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="data-generation processes")
+    p.add_argument("--steps", type=_int_at_least(1), default=None, help="default: the config's")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--workers", type=_int_at_least(1), default=None, help="data processes")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    p.add_argument("--out", default="rgtp/weights/vitdet-small.safetensors")
+    p.add_argument(
+        "--heldout", type=int, default=600, help="classifiers: held-out clips scored at the end"
+    )
+    p.add_argument("--out", default=None, help="default rgtp/weights/MODEL.safetensors")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser(
+        "finetune-temporal",
+        help="fine-tune a ViViT's temporal transformer on its pruned encoder's outputs",
+    )
+    p.add_argument("--model", default="vivit-small", choices=model_names())
+    _add_weights_flags(p)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--keep", type=_int_at_least(1), required=True, help="K, tokens kept per step")
+    p.add_argument("--reset-every", type=_int_at_least(1), default=8)
+    _add_reset_flag(p)
+    p.add_argument("--clips", type=_int_at_least(1), default=480, help="training clips")
+    p.add_argument("--epochs", type=_int_at_least(1), default=10)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: beside the weights, NAME.temporal-kK")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("build", help="build TensorRT plans for an exported package")
     p.add_argument("package")
     p.add_argument("--backend", default="trt", choices=["trt"])
     p.add_argument("--fp16", action="store_true")
-    p.add_argument("--per-k-plans", action="store_true", help="one plan per (stage, K)")
+    p.add_argument(
+        "--layout",
+        default="per-stage",
+        choices=LAYOUTS,
+        help="per-stage: one plan per stage with a profile per K (weights once); per-k: one "
+        "plan per (stage, K)",
+    )
     p.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
-    p.add_argument("--workspace", type=int, default=None, help="workspace limit in MiB")
+    p.add_argument(
+        "--mem-pool-size",
+        type=_int_at_least(1),
+        default=None,
+        metavar="MIB",
+        help="workspace pool limit in MiB (trtexec's --memPoolSize=workspace:MIB)",
+    )
     p.add_argument(
         "--compute-capability",
         action="append",

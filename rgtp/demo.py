@@ -14,7 +14,7 @@ from pathlib import Path
 from rgtp.core.selection import FixedKeep
 from rgtp.data.synthvid import CLASSES, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.evaluate import EvalSetting, evaluate, results_table
-from rgtp.export.package import export_package
+from rgtp.export.ensure import ensure_package
 from rgtp.models import Detector, get_config
 from rgtp.models.checkpoints import load_weights
 from rgtp.models.plan import StagePlan
@@ -43,20 +43,20 @@ def run_demo(
     detector = Detector(get_config(MODEL))
     load_weights(detector, weights)
     n = detector.cfg.backbone.num_tokens
-    keep = round(keep_fraction * n)
-    plan = StagePlan.create(detector.cfg, [keep], "per-global")
+    k = round(keep_fraction * n)
+    plan = StagePlan.create(detector.cfg, [k], "per-global")
 
-    print(f"1/4 export {MODEL} (N = {n} tokens, K buckets {list(plan.buckets)}) to ONNX")
-    package = out / "package"
-    export_package(detector, plan, package, symbolic=False, force=True, progress=progress)
+    print(f"1/4 export {MODEL} to ONNX")
+    # a fresh export every time: this step is part of what the demo shows
+    package = ensure_package(
+        detector, plan, out / "package", symbolic=False, fresh=True, progress=progress
+    )
     pipe = Pipeline.load(package, backend="ort")
 
     print("2/4 run one held-out video, dense and pruned, on ONNX Runtime (CPU)")
     seq = generate_sequence(heldout_seeds(1)[0], SynthVIDConfig(num_frames=frames))
     dense = run_stream(pipe.new_stream(), seq.frames, len(seq.frames), progress)
-    pruned = run_stream(
-        pipe.new_stream(policy=FixedKeep(keep)), seq.frames, len(seq.frames), progress
-    )
+    pruned = run_stream(pipe.new_stream(policy=FixedKeep(k)), seq.frames, len(seq.frames), progress)
     write_results(out / "dense", dense, CLASSES)
     write_results(out / "pruned", pruned, CLASSES)
 
@@ -65,11 +65,11 @@ def run_demo(
     video = out / "pruned_overlay.mp4"
     write_video(video, overlays(seq.frames, pruned, grid, CLASSES), fps=8)
     save_pngs(overlays(seq.frames[::8], pruned[::8], grid, CLASSES), out / "frames")
-    timeline = plot_timeline({"dense": dense, f"pruned K={keep}": pruned}, out / "timeline.png")
+    timeline = plot_timeline({"dense": dense, f"pruned K={k}": pruned}, out / "timeline.png")
 
     print(f"4/4 evaluate on {sequences} held-out sequences x {frames} frames")
     records = evaluate(
-        pipe, [EvalSetting(None), EvalSetting(keep)], sequences, frames, progress=progress
+        pipe, [EvalSetting(None), EvalSetting(k)], sequences, frames, progress=progress
     )
     table = results_table(records, f"{MODEL} SynthVID {detector.cfg.backbone.img_size}")
     (out / "summary.md").write_text(f"# rgtp demo\n\n{table}\n")
