@@ -98,7 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="vitdet-b")
     ap.add_argument("--size", type=int, default=672)
-    ap.add_argument("--keep", default="768,512,384,196,64")
+    ap.add_argument("--keep", dest="ks", default="768,512,384,196,64")
     ap.add_argument("--frames", type=int, default=7, help="frames per measurement")
     ap.add_argument("--package", default=None, help="reuse/export the package here")
     ap.add_argument("--buckets", default=None, help="buckets to export (default: --keep)")
@@ -110,7 +110,7 @@ def main() -> None:
         help="ORT sessions per (stage, K), or one per stage from the symbolic-K graph",
     )
     args = ap.parse_args()
-    ks = [int(k) for k in args.keep.split(",")]
+    ks = [int(k) for k in args.ks.split(",")]
 
     torch.manual_seed(0)
     detector = Detector(get_config(args.model, args.size)).eval()
@@ -135,7 +135,7 @@ def main() -> None:
         speedup = dense_ms / backbone
         rows.append(
             {
-                "keep": k,
+                "k": k,
                 "gflops": frame_macs(cfg, k).backbone / 1e9,
                 "flops_ratio": flops_ratio,
                 "backbone_ms": backbone,
@@ -172,7 +172,7 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['keep']:>6}{r['gflops']:>9.1f}{r['flops_ratio']:>9.2f}{r['backbone_ms']:>9.0f}"
+            f"{r['k']:>6}{r['gflops']:>9.1f}{r['flops_ratio']:>9.2f}{r['backbone_ms']:>9.0f}"
             f"{r['speedup']:>9.2f}{r['speedup_over_flops_ratio']:>10.2f}"
             f"{100 * r['outside_engine_share']:>11.1f}{r['head_ms']:>9.0f}"
         )

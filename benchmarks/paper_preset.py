@@ -33,7 +33,7 @@ def attention_row_mib(pipe: Pipeline, pruning: PruningConfig) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", type=int, default=77)
+    ap.add_argument("--keep", dest="k", type=int, default=77)
     ap.add_argument("--sequences", type=int, default=30)
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--out", default="out/eval")
@@ -55,7 +55,7 @@ def main() -> None:
     rows, records = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for prune_from in ("input", "block0-mlp"):
-            plan = StagePlan.create(cfg, [args.keep], prune_from=prune_from)
+            plan = StagePlan.create(cfg, [args.k], prune_from=prune_from)
             pkg = Path(tmp) / prune_from
             ensure_package(detector.eval(), plan, pkg, symbolic=False, progress=False)
             pipe = Pipeline.load(pkg, backend="ort", threads=args.threads)
@@ -64,11 +64,11 @@ def main() -> None:
                 rows.append(("dense", "-", dense))
                 memory = {name: attention_row_mib(pipe, p) for name, p in settings.items()}
             for name, pruning in settings.items():
-                setting = EvalSetting(args.keep, pruning=pruning)
+                setting = EvalSetting(args.k, pruning=pruning)
                 (rec,) = evaluate(pipe, [setting], args.sequences, args.frames)
                 rows.append((name, prune_from, rec))
     lines = [
-        f"| vitdet-small, K = {args.keep} | pruning from | GFLOPs | mAP50 | "
+        f"| vitdet-small, K = {args.k} | pruning from | GFLOPs | mAP50 | "
         "attention-row buffers (MiB) | ms/frame |",
         "|---|---|---|---|---|---|",
     ]

@@ -39,10 +39,10 @@ def rss_bytes() -> int:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def export_shipped(keep: int, out: Path) -> Path:
-    """The shipped model exported with bucket `keep`, in a child process, so that the export's
+def export_shipped(k: int, out: Path) -> Path:
+    """The shipped model exported with bucket k, in a child process, so that the export's
     memory is not in the soak's RSS."""
-    export = ["export", "--model", MODEL, "--buckets", str(keep), "--no-symbolic", "--quiet"]
+    export = ["export", "--model", MODEL, "--buckets", str(k), "--no-symbolic", "--quiet"]
     subprocess.run([sys.executable, "-m", "rgtp", *export, "--out", str(out)], check=True)
     return out
 
@@ -56,9 +56,9 @@ def video(size: int, length: int) -> Iterator[np.ndarray]:
     return itertools.cycle(frames + frames[-2:0:-1])
 
 
-def soak(package: Path, frames: int, every: int, keep: int) -> dict:
+def soak(package: Path, frames: int, every: int, k: int) -> dict:
     pipe = Pipeline.load(package, "ort")
-    stream = pipe.new_stream(policy=FixedKeep(keep), reset_every=8)
+    stream = pipe.new_stream(policy=FixedKeep(k), reset_every=8)
     source = video(pipe.plan.config.backbone.img_size, 64)
     samples, window = [], []
     print(f"{'frame':>8}{'RSS MiB':>10}{'vs first':>10}{'ms/frame':>10}")
@@ -79,7 +79,7 @@ def soak(package: Path, frames: int, every: int, keep: int) -> dict:
         "package": str(package),
         "frames": frames,
         "every": every,
-        "keep": keep,
+        "k": k,
         "reset_every": 8,
         "stream_state_mib": stream.state.nbytes() / 2**20,
         "seconds": time.perf_counter() - start,
@@ -93,7 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=10_000)
     ap.add_argument("--every", type=int, default=500, help="frames between RSS samples")
-    ap.add_argument("--keep", type=int, default=77, help="K per pruned frame")
+    ap.add_argument("--keep", dest="k", type=int, default=77, help="K per pruned frame")
     ap.add_argument("--package", default=None, help="an exported vitdet-small package")
     ap.add_argument("--json", default="out/bench/soak.json")
     args = ap.parse_args()
@@ -101,9 +101,9 @@ def main() -> None:
         ap.error("need --frames >= 1 and 1 <= --every <= --frames")
     with tempfile.TemporaryDirectory(prefix="rgtp-soak-") as tmp:
         package = (
-            Path(args.package) if args.package else export_shipped(args.keep, Path(tmp) / "pkg")
+            Path(args.package) if args.package else export_shipped(args.k, Path(tmp) / "pkg")
         )
-        report = soak(package, args.frames, args.every, args.keep)
+        report = soak(package, args.frames, args.every, args.k)
     change = 100 * report["first_vs_last"]
     verdict = "flat" if report["flat"] else "NOT flat"
     print(

@@ -141,7 +141,7 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sampling", type=int, default=4)
-    ap.add_argument("--keep", type=int, default=77)
+    ap.add_argument("--keep", dest="k", type=int, default=77)
     ap.add_argument("--sequences", type=int, default=30)
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument(
@@ -155,7 +155,7 @@ def main() -> None:
     detector.eval()
     bb = detector.cfg.backbone
     with tempfile.TemporaryDirectory() as tmp:
-        plan = StagePlan.create(detector.cfg, [args.keep])
+        plan = StagePlan.create(detector.cfg, [args.k])
         ensure_package(detector, plan, tmp, symbolic=False, progress=False)
         pipe = Pipeline.load(tmp, backend="ort")
         cfg = SynthVIDConfig(size=bb.img_size, num_frames=args.frames, sampling=args.sampling)
@@ -172,13 +172,13 @@ def main() -> None:
         frame: dict = {}
         rows = {}
         for name, (radius, tracker) in controls(frame, bb.patch_size).items():
-            rows[name] = run(pipe, seqs, gt, args.keep, name, tracker, radius, frame)
+            rows[name] = run(pipe, seqs, gt, args.k, name, tracker, radius, frame)
 
     print(
         f"\nobject motion between frames at 1/{args.sampling} sampling, in tokens: "
         f"median {p50:.2f}, p75 {p75:.2f}, p90 {p90:.2f}"
     )
-    print(f"\n| tracking at 1/{args.sampling} sampling, K = {args.keep} | mAP50 |\n|---|---|")
+    print(f"\n| tracking at 1/{args.sampling} sampling, K = {args.k} | mAP50 |\n|---|---|")
     for name, value in rows.items():
         print(f"| {name} | {100 * value:.2f} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def main() -> None:
             {
                 "model": MODEL,
                 "sampling": args.sampling,
-                "keep": args.keep,
+                "k": args.k,
                 "sequences": args.sequences,
                 "offset": args.offset,
                 "frames": args.frames,

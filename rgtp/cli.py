@@ -100,7 +100,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _check_k(args: argparse.Namespace, enc) -> int:
-    k = args.keep if args.keep is not None else enc.num_tokens
+    k = args.k if args.k is not None else enc.num_tokens
     if not 0 < k <= enc.num_tokens:
         raise ValueError(f"--keep must be in 1..{enc.num_tokens} (N at {enc.img_size} px)")
     return k
@@ -121,7 +121,7 @@ def _flops_detector(args: argparse.Namespace, cfg) -> int:
         "model": args.model,
         "size": bb.img_size,
         "num_tokens": bb.num_tokens,
-        "keep": k,
+        "k": k,
         "prune_from": prune_from,
         "reset_every": args.reset_every,
         "radius": args.radius,
@@ -164,7 +164,7 @@ def _flops_classifier(args: argparse.Namespace, cfg) -> int:
         "size": sp.img_size,
         "frames": cfg.num_frames,
         "num_tokens": sp.num_tokens,
-        "keep": k,
+        "k": k,
         "reset_every": reset_every,
         "reset": args.reset,
         "views": views,
@@ -412,8 +412,8 @@ def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
 def _policy(args: argparse.Namespace):
     from rgtp.core.selection import FixedKeep, MassKeep
 
-    if args.keep is not None:
-        return FixedKeep(args.keep)
+    if args.k is not None:
+        return FixedKeep(args.k)
     if args.mass is not None:
         return MassKeep(args.mass)
     return None
@@ -551,14 +551,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _eval_detector(args: argparse.Namespace, model) -> int:
     from rgtp.eval.evaluate import EvalSetting, evaluate, radius_table, results_table
 
-    keeps = args.keep or []
-    pipe = _pipeline(args, model, keeps)
+    ks = args.ks or []
+    pipe = _pipeline(args, model, ks)
     pruning = _pruning(args, pipe.plan.config.pruning, pipe.plan.encoder.img_size)
     if args.ablate_r:
-        if not keeps:
+        if not ks:
             raise ValueError("--ablate-r needs one --keep value to ablate at")
         settings = [
-            EvalSetting(keeps[0], r, s, args.reset_every, pruning)
+            EvalSetting(ks[0], r, s, args.reset_every, pruning)
             for s in args.sampling
             for r in args.ablate_r
         ]
@@ -569,9 +569,7 @@ def _eval_detector(args: argparse.Namespace, model) -> int:
             if args.no_dense
             else [EvalSetting(None, args.radius, sampling, args.reset_every, pruning)]
         )
-        settings += [
-            EvalSetting(k, args.radius, sampling, args.reset_every, pruning) for k in keeps
-        ]
+        settings += [EvalSetting(k, args.radius, sampling, args.reset_every, pruning) for k in ks]
     records = evaluate(pipe, settings, args.sequences, args.frames, progress=not args.quiet)
     title = f"{args.model} SynthVID {pipe.plan.encoder.img_size}"
     table = radius_table(records) if args.ablate_r else results_table(records, title)
@@ -594,7 +592,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
         print("note: the classifier table runs the PyTorch reference engines", file=sys.stderr)
     weights = Path(args.weights) if args.weights else shipped_weights(args.model)
     finetuned = {}
-    for k in args.keep or []:
+    for k in args.ks or []:
         path = finetuned_path(weights, k) if weights else None
         if path is not None and args.finetuned_dir:
             path = Path(args.finetuned_dir) / path.name
@@ -606,7 +604,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
     rows = classifier_table(
         model,
         clips,
-        args.keep or [],
+        args.ks or [],
         finetuned,
         max(args.reset_every, 1),
         args.reset,
@@ -622,12 +620,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.model == "vivit-small":
         from rgtp.demo_classifier import run_classifier_demo
 
-        fraction = args.keep_fraction or 0.4
+        fraction = args.k_fraction or 0.4
         run_classifier_demo(args.out, fraction, args.clips, progress=not args.quiet)
         return 0
     from rgtp.demo import run_demo
 
-    fraction = args.keep_fraction or 0.3
+    fraction = args.k_fraction or 0.3
     run_demo(args.out, fraction, args.sequences, args.frames, progress=not args.quiet)
     return 0
 
@@ -694,9 +692,9 @@ def cmd_finetune_temporal(args: argparse.Namespace) -> int:
     if model.cfg.family != "classification":
         raise ValueError(f"{args.model} has no temporal transformer; choose a ViViT model")
     weights = Path(args.weights) if args.weights else shipped_weights(args.model)
-    out = Path(args.out) if args.out else finetuned_path(weights, args.keep)
+    out = Path(args.out) if args.out else finetuned_path(weights, args.k)
     fc = FinetuneConfig(
-        k=args.keep,
+        k=args.k,
         reset_every=args.reset_every,
         reset=args.reset,
         clips=args.clips,
@@ -706,7 +704,7 @@ def cmd_finetune_temporal(args: argparse.Namespace) -> int:
     )
     log = finetune_temporal(model, fc, out, progress=not args.quiet)
     print(
-        f"fine-tuned the temporal transformer at K={args.keep} on {fc.clips} clips "
+        f"fine-tuned the temporal transformer at K={args.k} on {fc.clips} clips "
         f"({fc.epochs} epochs, {log['minutes']:.1f} min); wrote {out}"
     )
     return 0
@@ -728,7 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vitdet-b", choices=model_names())
     p.add_argument("--size", type=_int_at_least(1), default=None, help="input side in pixels")
     p.add_argument(
-        "--keep", type=_int_at_least(1), default=None, help="tokens kept per pruned frame (K)"
+        "--keep",
+        dest="k",
+        type=_int_at_least(1),
+        default=None,
+        help="tokens kept per pruned frame (K)",
     )
     p.add_argument(
         "--reset-every",
@@ -802,7 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
     keep = p.add_mutually_exclusive_group()
-    keep.add_argument("--keep", type=_int_at_least(1), help="tokens kept per pruned frame (K)")
+    keep.add_argument(
+        "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
+    )
     keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
     p.add_argument("--reset-every", type=_int_at_least(0), default=8)
     _add_reset_flag(p)
@@ -823,7 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse the package in this directory if it is this export, else export into it",
     )
     _add_partition_flag(p)
-    p.add_argument("--keep", type=_ints_at_least(1), default=None, help="K values, e.g. 32,64,77")
+    p.add_argument(
+        "--keep", dest="ks", type=_ints_at_least(1), default=None, help="K values, e.g. 32,64,77"
+    )
     p.add_argument("--radius", type=_int_at_least(0), default=1)
     p.add_argument("--reset-every", type=_int_at_least(0), default=8)
     p.add_argument(
@@ -854,7 +860,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="end-to-end demo on a shipped model and the CPU")
     p.add_argument("--model", default="vitdet-small", choices=("vitdet-small", "vivit-small"))
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--keep-fraction", type=float, default=None, help="K / N (default per model)")
+    p.add_argument(
+        "--keep-fraction",
+        dest="k_fraction",
+        type=float,
+        default=None,
+        help="K / N (default per model)",
+    )
     p.add_argument("--sequences", type=int, default=8, help="detector: held-out videos")
     p.add_argument("--frames", type=int, default=64, help="detector: frames per video")
     p.add_argument("--clips", type=int, default=120, help="classifier: held-out clips")
@@ -881,7 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vivit-small", choices=model_names())
     _add_weights_flags(p)
     p.add_argument("--size", type=int, default=None)
-    p.add_argument("--keep", type=_int_at_least(1), required=True, help="K, tokens kept per step")
+    p.add_argument(
+        "--keep", dest="k", type=_int_at_least(1), required=True, help="K, tokens kept per step"
+    )
     p.add_argument("--reset-every", type=_int_at_least(1), default=8)
     _add_reset_flag(p)
     p.add_argument("--clips", type=_int_at_least(1), default=480, help="training clips")

@@ -30,7 +30,7 @@ MODEL = "vitdet-small"
 
 def run_demo(
     out: str | Path,
-    keep_fraction: float = 0.3,
+    k_fraction: float = 0.3,
     sequences: int = 8,
     frames: int = 64,
     progress: bool = True,
@@ -43,7 +43,7 @@ def run_demo(
     detector = Detector(get_config(MODEL))
     load_weights(detector, weights)
     n = detector.cfg.backbone.num_tokens
-    k = round(keep_fraction * n)
+    k = round(k_fraction * n)
     plan = StagePlan.create(detector.cfg, [k], "per-global")
 
     print(f"1/4 export {MODEL} to ONNX")

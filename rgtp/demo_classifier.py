@@ -34,7 +34,7 @@ MODEL = "vivit-small"
 
 
 def run_classifier_demo(
-    out: str | Path, keep_fraction: float = 0.4, clips: int = 120, progress: bool = True
+    out: str | Path, k_fraction: float = 0.4, clips: int = 120, progress: bool = True
 ) -> dict:
     start = time.perf_counter()
     out = Path(out)
@@ -47,7 +47,7 @@ def run_classifier_demo(
     family.load_weights(model, weights)
     model.eval()
     n = cfg.spatial.num_tokens
-    k = round(keep_fraction * n)
+    k = round(k_fraction * n)
 
     print(f"1/4 export {MODEL} to ONNX")
     plan = StagePlan.create(cfg, [k], "per-global")

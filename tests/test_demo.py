@@ -22,7 +22,7 @@ def test_demo_writes_video_plot_and_table(tmp_path) -> None:
     assert len(list((tmp_path / "frames").glob("*.png"))) == 2
     records = json.loads((tmp_path / "summary.json").read_text())["records"]
     dense, pruned = records
-    assert dense["keep"] == "N" and pruned["keep"] == 77
+    assert dense["k"] == "N" and pruned["k"] == 77
     assert pruned["gflops"] < dense["gflops"]
     assert "| dense |" in (tmp_path / "summary.md").read_text()
     assert summary["records"] == records

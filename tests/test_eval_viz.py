@@ -62,7 +62,7 @@ def test_evaluate_setting_records_cost_and_accuracy() -> None:
     seqs = tuple(generate_sequence(s, SynthVIDConfig(size=128, num_frames=9)) for s in (1, 2))
     dense = evaluate_setting(pipe, EvalSetting(None), seqs, progress=False)
     pruned = evaluate_setting(pipe, EvalSetting(n // 4, reset_every=8), seqs, progress=False)
-    assert dense.keep == "N" and dense.gflops_ratio == 1.0 and dense.frames == 18
+    assert dense.k == "N" and dense.gflops_ratio == 1.0 and dense.frames == 18
     # 2 of 9 frames per sequence are dense (0 and 8): the paper's average over all frames
     bb = det.cfg.backbone
     full, part = frame_macs(bb).backbone, frame_macs(bb, n // 4, 1).backbone

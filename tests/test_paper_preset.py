@@ -80,15 +80,15 @@ PUBLISHED = [
 ]
 
 
-@pytest.mark.parametrize(("size", "keep", "paper"), PUBLISHED)
+@pytest.mark.parametrize(("size", "k", "paper"), PUBLISHED)
 def test_pruning_after_block0_reproduces_the_published_gflops(
-    size: int, keep: int, paper: float
+    size: int, k: int, paper: float
 ) -> None:
     """Counting block 0's qkv and projection on all N tokens (the authors prune before its
     MLP) gives every published figure within 1 %; pruning at the input counts less."""
     cfg = get_config("vitdet-b", size).backbone
-    after0 = schedule_macs(cfg, keep, 8, prune_from="block0-mlp").backbone / 1e9
-    at_input = schedule_macs(cfg, keep, 8).backbone / 1e9
+    after0 = schedule_macs(cfg, k, 8, prune_from="block0-mlp").backbone / 1e9
+    at_input = schedule_macs(cfg, k, 8).backbone / 1e9
     assert abs(after0 - paper) / paper <= 0.01, after0
     assert at_input < after0
 

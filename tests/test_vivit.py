@@ -249,12 +249,12 @@ def test_pruned_view_flops() -> None:
     cfg = get_vivit_config("vivit-b")
     n = cfg.spatial.num_tokens
     dense = view_macs(cfg).total
-    assert view_macs(cfg, keep=n).total == dense
-    costs = [view_macs(cfg, keep=k).total for k in (32, 98, 196)]
+    assert view_macs(cfg, k=n).total == dense
+    costs = [view_macs(cfg, k=k).total for k in (32, 98, 196)]
     assert costs == sorted(costs) and costs[0] < 0.4 * dense
     # reset steps 0 and 8 of 16: a checkerboard reset costs less than a dense one
-    assert view_macs(cfg, keep=78, reset_keep=n // 2).total < view_macs(cfg, keep=78).total
+    assert view_macs(cfg, k=78, reset_k=n // 2).total < view_macs(cfg, k=78).total
     _, s = step_macs(cfg.spatial)
-    assert view_macs(cfg, keep=1, reset_every=1).spatial == cfg.num_steps * s
-    with pytest.raises(ValueError, match=r"keep must be in 1\.\.196"):
+    assert view_macs(cfg, k=1, reset_every=1).spatial == cfg.num_steps * s
+    with pytest.raises(ValueError, match=r"K must be in 1\.\.196"):
         step_macs(cfg.spatial, 197)

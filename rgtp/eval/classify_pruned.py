@@ -34,15 +34,15 @@ class PrunedRun:
 def pruned_run(
     pipeline: Pipeline,
     clips: Sequence[Clip],
-    keep: int | None,
+    k: int | None,
     reset_every: int = 8,
     reset: str = "dense",
     progress: bool = False,
     desc: str = "clips",
 ) -> PrunedRun:
-    """Run every clip through a fresh stream keeping `keep` patch tokens (None: all)."""
+    """Run every clip through a fresh stream keeping k patch tokens (None: all)."""
     right, features, ks = 0, [], []
-    policy = None if keep is None else FixedKeep(keep)
+    policy = None if k is None else FixedKeep(k)
     for clip in tqdm(clips, desc=desc, unit="clip", disable=not progress, leave=False):
         stream = pipeline.new_stream(policy=policy, reset_every=reset_every, reset=reset)
         results = [r for r in map(stream.step, clip.frames) if r is not None]
@@ -55,7 +55,7 @@ def pruned_run(
 @dataclass
 class TableRow:
     setting: str
-    keep: int | None  # None: dense
+    k: int | None  # None: dense
     top1: float
     gflops_per_clip: float
     of_dense: float  # GFLOPs as a fraction of dense
@@ -64,30 +64,30 @@ class TableRow:
 def classifier_table(
     model: ViViT,
     clips: Sequence[Clip],
-    keeps: Sequence[int],
+    ks: Sequence[int],
     finetuned: dict[int, ViViT] | None = None,
     reset_every: int = 8,
     reset: str = "dense",
     progress: bool = True,
 ) -> list[TableRow]:
-    """Rows: dense, then per keep K the pruned model, and the pruned model with the temporal
+    """Rows: dense, then per K in `ks` the pruned model, and the pruned model with the temporal
     transformer fine-tuned at that K (`finetuned[K]`, where given). GFLOPs per clip are
     multiply-accumulates (`rgtp.models.vivit_flops`), reset steps counted at their K."""
     cfg = model.cfg
     board = (cfg.spatial.num_tokens + 1) // 2
-    buckets = sorted({*keeps, *([board] if reset == "checkerboard" else [])})
+    buckets = sorted({*ks, *([board] if reset == "checkerboard" else [])})
     dense_macs = view_macs(cfg).total
 
-    def row(name: str, m: ViViT, keep: int | None) -> TableRow:
+    def row(name: str, m: ViViT, k: int | None) -> TableRow:
         run = pruned_run(
-            Pipeline.from_model(m, buckets), clips, keep, reset_every, reset, progress, name
+            Pipeline.from_model(m, buckets), clips, k, reset_every, reset, progress, name
         )
-        reset_keep = board if reset == "checkerboard" else None
-        macs = dense_macs if keep is None else view_macs(cfg, keep, reset_every, reset_keep).total
-        return TableRow(name, keep, run.top1, macs / 1e9, macs / dense_macs)
+        reset_k = board if reset == "checkerboard" else None
+        macs = dense_macs if k is None else view_macs(cfg, k, reset_every, reset_k).total
+        return TableRow(name, k, run.top1, macs / 1e9, macs / dense_macs)
 
     rows = [row("dense", model, None)]
-    for k in keeps:
+    for k in ks:
         rows.append(row(f"pruned K={k}", model, k))
         if finetuned and k in finetuned:
             rows.append(row(f"pruned K={k} + fine-tuned temporal", finetuned[k], k))

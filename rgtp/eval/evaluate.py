@@ -26,10 +26,10 @@ from rgtp.runtime.pipeline import Pipeline
 
 @dataclass(frozen=True)
 class EvalSetting:
-    """keep: tokens per pruned frame (None: dense, K = N on every frame); pruning: the
+    """k: tokens per pruned frame (None: dense, K = N on every frame); pruning: the
     method's settings (None: the model's own)."""
 
-    keep: int | None = None
+    k: int | None = None
     radius: int = 1
     sampling: int = 1
     reset_every: int = 8
@@ -38,8 +38,8 @@ class EvalSetting:
 
 @dataclass
 class EvalRecord:
-    keep: int | str
-    keep_fraction: float
+    k: int | str
+    k_fraction: float
     r: int
     sampling: int
     reset_every: int
@@ -79,12 +79,12 @@ def evaluate_setting(
     gt = sequences_to_coco(sequences, CLASSES)
     results, ks, totals, engine = [], [], [], []
     image_id = 0
-    label = f"K={setting.keep or 'N'} r={setting.radius} 1/{setting.sampling}"
+    label = f"K={setting.k or 'N'} r={setting.radius} 1/{setting.sampling}"
     total = sum(len(s.frames) for s in sequences)
     with tqdm(total=total, desc=label, unit="frame", disable=not progress) as bar:
         for s_index, seq in enumerate(sequences):
             stream = pipeline.new_stream(
-                policy=FixedKeep(setting.keep or n),
+                policy=FixedKeep(setting.k or n),
                 radius=setting.radius,
                 reset_every=setting.reset_every,
                 pruning=setting.pruning,
@@ -105,8 +105,8 @@ def evaluate_setting(
     ms = statistics.fmean(totals)
     ms_engine = statistics.fmean(engine)
     return EvalRecord(
-        keep=setting.keep or "N",
-        keep_fraction=(setting.keep or n) / n,
+        k=setting.k or "N",
+        k_fraction=(setting.k or n) / n,
         r=setting.radius,
         sampling=setting.sampling,
         reset_every=setting.reset_every,
@@ -145,8 +145,8 @@ def results_table(records: list[EvalRecord], title: str) -> str:
         f"| {title} | GFLOPs | % of dense | mAP50 | ms/frame | ms outside engines |",
         "|---|---|---|---|---|---|",
     ]
-    for r in sorted(records, key=lambda r: (r.keep != "N", -r.keep_fraction)):
-        name = "dense" if r.keep == "N" else f"K={r.keep} ({100 * r.keep_fraction:.0f} %)"
+    for r in sorted(records, key=lambda r: (r.k != "N", -r.k_fraction)):
+        name = "dense" if r.k == "N" else f"K={r.k} ({100 * r.k_fraction:.0f} %)"
         lines.append(
             f"| {name} | {r.gflops:.3f} | {100 * r.gflops_ratio:.1f} | {100 * r.map50:.2f} | "
             f"{r.ms_per_frame:.1f} | {r.ms_outside_engine:.1f} |"

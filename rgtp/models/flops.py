@@ -76,20 +76,20 @@ def neck_head_macs(cfg: DetectorConfig) -> float:
 
 def frame_macs(
     cfg: BackboneConfig,
-    keep: int | None = None,
+    k: int | None = None,
     radius: int = 1,
     head: DetectorConfig | None = None,
     prune_from: str = "input",
 ) -> FrameMACs:
-    """MACs of one frame keeping `keep` tokens (None or N: a dense reset frame).
+    """MACs of one frame keeping k tokens (None or N: a dense reset frame).
 
     A dense frame runs no tracking; every frame runs rollout (it guides the next frame).
     `prune_from` "block0-mlp" (the authors'): block 0's qkv and projection run on all N.
     """
     n, c, g = cfg.num_tokens, cfg.embed_dim, cfg.grid
-    k = n if keep is None else keep
+    k = n if k is None else k
     if not 0 < k <= n:
-        raise ValueError(f"keep must be in 1..{n}, got {k}")
+        raise ValueError(f"K must be in 1..{n}, got {k}")
     hidden = int(c * cfg.mlp_ratio)
     per_token = 3 * c * c + c * c + 2 * c * hidden  # qkv, proj, mlp
     token_wise = cfg.depth * k * per_token
@@ -119,7 +119,7 @@ def frame_macs(
 
 def schedule_macs(
     cfg: BackboneConfig,
-    keep: int | None,
+    k: int | None,
     reset_every: int = 8,
     radius: int = 1,
     head: DetectorConfig | None = None,
@@ -127,10 +127,10 @@ def schedule_macs(
 ) -> FrameMACs:
     """Average MACs per frame over a reset schedule: one dense frame every `reset_every`."""
     dense = frame_macs(cfg, None, radius, head)
-    if keep is None or keep == cfg.num_tokens or reset_every == 1:
+    if k is None or k == cfg.num_tokens or reset_every == 1:
         return dense
     if reset_every < 1:
         raise ValueError("reset_every must be >= 1 for an average over the schedule")
-    pruned = frame_macs(cfg, keep, radius, head, prune_from)
+    pruned = frame_macs(cfg, k, radius, head, prune_from)
     w = 1.0 / reset_every
     return FrameMACs.mix([(w, dense), (1.0 - w, pruned)])

@@ -47,17 +47,17 @@ def block_macs(queries: int, keys: int, dim: int, hidden: int) -> float:
     return float(queries * (4 * dim * dim + 2 * dim * hidden) + 2 * queries * keys * dim)
 
 
-def step_macs(cfg: SpatialConfig, keep: int | None = None) -> tuple[float, float]:
-    """(tubelet embedding, spatial blocks) MACs of one time step keeping `keep` of the N patch
+def step_macs(cfg: SpatialConfig, k: int | None = None) -> tuple[float, float]:
+    """(tubelet embedding, spatial blocks) MACs of one time step keeping k of the N patch
     tokens (None: all N).
 
     The CLS token is always computed and not counted in K. The embedding runs on all N
     tokens: tracking matches every token's z_0.
     """
     n, c = cfg.num_tokens, cfg.embed_dim
-    k = n if keep is None else keep
+    k = n if k is None else k
     if not 0 < k <= n:
-        raise ValueError(f"keep must be in 1..{n}, got {k}")
+        raise ValueError(f"K must be in 1..{n}, got {k}")
     embed = n * c * cfg.in_chans * cfg.tubelet * cfg.patch_size**2
     blocks = cfg.depth * block_macs(1 + k, 1 + n, c, int(c * cfg.mlp_ratio))
     return float(embed), blocks
@@ -65,24 +65,24 @@ def step_macs(cfg: SpatialConfig, keep: int | None = None) -> tuple[float, float
 
 def view_macs(
     cfg: ViViTConfig,
-    keep: int | None = None,
+    k: int | None = None,
     reset_every: int = 8,
-    reset_keep: int | None = None,
+    reset_k: int | None = None,
 ) -> ViewMACs:
     """MACs of one view: `num_steps` time steps of the spatial encoder, then the temporal
     transformer and classifier.
 
-    Dense when `keep` is None. Otherwise time steps 0, R, 2R, ... (R = `reset_every`) are reset
-    steps keeping `reset_keep` patch tokens (None: all N, a dense reset; N // 2 is the
-    authors' checkerboard reset) and the others keep `keep`.
+    Dense when `k` is None. Otherwise time steps 0, R, 2R, ... (R = `reset_every`) are reset
+    steps keeping `reset_k` patch tokens (None: all N, a dense reset; N // 2 is the
+    authors' checkerboard reset) and the others keep `k`.
     """
     if reset_every < 1:
         raise ValueError(f"reset_every must be >= 1, got {reset_every}")
     sp, tm = cfg.spatial, cfg.temporal
     embed = spatial = 0.0
     for step in range(cfg.num_steps):
-        reset = keep is None or step % reset_every == 0
-        e, s = step_macs(sp, None if keep is None else reset_keep if reset else keep)
+        reset = k is None or step % reset_every == 0
+        e, s = step_macs(sp, None if k is None else reset_k if reset else k)
         embed, spatial = embed + e, spatial + s
     c = sp.embed_dim
     tokens = 1 + cfg.num_steps
