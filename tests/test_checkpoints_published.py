@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rgtp.cli import _load_detector, build_parser, main
+from rgtp.cli import _load_model, build_parser, main
 from rgtp.models import Detector, get_config
 from rgtp.models.checkpoints import CheckpointError, load_state_dict_into, read_state_dict
 from tests.conftest import randomize, tiny_config
@@ -218,7 +218,7 @@ def test_model_zoo_vitdet_b_loads_unedited_and_matches_references(model_zoo_pkl,
     resampled 127 -> 31 rows and the position table 14 -> 16, all as detectron2 does."""
     path, arrays = model_zoo_pkl
     assert len(arrays) == 245
-    detector = _load_detector(
+    detector = _load_model(
         export_args(
             "--model", "vitdet-b", "--size", "256", "--weights", str(path), "--allow-missing-head"
         )
@@ -228,7 +228,7 @@ def test_model_zoo_vitdet_b_loads_unedited_and_matches_references(model_zoo_pkl,
     assert "(backbone 171 of 171, neck 32 of 32, head 0 of 23)" in log, log
     assert log.count("not used by rgtp: detectron2 heads (42 tensors)") == 1, log
     assert "global blocks [2, 5, 8, 11] resized 127 -> 31 offsets" in log, log
-    assert "warning: --allow-missing-head: 23 neck and head tensors" in log, log
+    assert "warning: --allow-missing-head: 23 tensors outside the encoder" in log, log
 
     torch.manual_seed(0)
     x = torch.randn(1, 3, 256, 256)
@@ -298,7 +298,7 @@ def test_hugging_face_vitdet_matches_its_output(tmp_path, capsys, model_class, s
     else:  # what save_pretrained(safe_serialization=False) writes: pytorch_model.bin
         torch.save(sd, path)
     argv = ["--model", "vitdet-small", "--size", "224", "--weights", str(path)]
-    detector = _load_detector(export_args(*argv, "--weights-format", fmt, "--allow-missing-head"))
+    detector = _load_model(export_args(*argv, "--weights-format", fmt, "--allow-missing-head"))
     assert "format hf: loaded 171 of 214" in capsys.readouterr().err
 
     x = torch.randn(1, 3, 224, 224)

@@ -26,3 +26,20 @@ def test_demo_writes_video_plot_and_table(tmp_path) -> None:
     assert pruned["gflops"] < dense["gflops"]
     assert "| dense |" in (tmp_path / "summary.md").read_text()
     assert summary["records"] == records
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shipped_weights("vivit-small") is None, reason="no shipped weights")
+def test_classifier_demo_writes_video_plot_and_table(tmp_path) -> None:
+    from rgtp.demo_classifier import run_classifier_demo
+
+    summary = run_classifier_demo(tmp_path, clips=3, progress=False)
+    frames = list(read_frames(tmp_path / "pruned_overlay.mp4"))
+    assert len(frames) == 16 and frames[0].shape[1] == 2 * frames[0].shape[0]  # a step each
+    assert (tmp_path / "timeline.png").stat().st_size > 10_000
+    classes = json.loads((tmp_path / "pruned" / "classes.json").read_text())
+    assert [c["top"] is not None for c in classes] == [False] * 7 + [True] * 9
+    rows = summary["table"]
+    assert [r["setting"] for r in rows][:2] == ["dense", "pruned K=26"]
+    assert rows[1]["of_dense"] < 0.6
+    assert all(c["dense"] and c["pruned"] for c in summary["clips_shown"])

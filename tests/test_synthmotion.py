@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import islice
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 
 from rgtp.data.synthmotion import (
     CLASSES,
+    COVER_CELL,
     MOTIONS,
     SynthMotionConfig,
+    _Scene,
     generate_clip,
     heldout_seeds,
     label_of,
@@ -92,3 +95,29 @@ def test_last_frame_position_and_size_do_not_tell_the_motion(a: str, b: str, axi
     is_a = np.arange(2 * n) < n
     best = max(max(((last < t) == is_a).mean(), ((last >= t) == is_a).mean()) for t in last)
     assert best <= 0.7, best
+
+
+def test_target_cover_follows_the_target_and_its_occluders() -> None:
+    """The cover map is where the target is: alone in the scene, its heaviest column is the
+    target's horizontal phase (on the torus) and it grows while the target approaches; with
+    distractors in front of it, parts of it are hidden."""
+    alone = SynthMotionConfig(size=64, min_distractors=0, max_distractors=0,
+                              min_clutter=0, max_clutter=0)  # fmt: skip
+    clip = generate_clip(2, alone)  # cat approaching
+    assert clip.motion == "approaching"
+    cells = clip.target_cover.shape[-1]
+    assert clip.target_cover.shape == (16, cells, cells) and cells == 64 // COVER_CELL
+    columns = clip.target_cover.sum(axis=1)  # (T, cells)
+    centre = (np.argmax(columns, axis=1) + 0.5) / cells
+    gap = np.abs((centre - clip.target_phase[:, 0] + 0.5) % 1 - 0.5)
+    assert (gap <= 1.5 / cells).all(), gap
+    area = clip.target_cover.sum(axis=(1, 2))
+    grows = np.diff(area[::2]) > 0
+    assert grows.sum() >= len(grows) - 1  # one wrap from largest to smallest at most
+    # one crowded scene, the target drawn last (in front) or first (behind the distractors)
+    scene = _Scene(2, replace(alone, min_distractors=2, max_distractors=2), obj=0)
+    scene.order = np.array([0, 1, 2])  # back to front; index 2 is the target
+    front = scene.clip(2, 2).target_cover
+    scene.order = np.array([2, 0, 1])
+    behind = scene.clip(2, 2).target_cover
+    assert (behind <= front + 1e-6).all() and behind.sum() < front.sum()
