@@ -34,6 +34,7 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/rgtp demo --out out/demo
+	$(BIN)/rgtp demo --model vivit-small --out out/demo-vivit
 
 clean:
 	rm -rf out build .pytest_cache .ruff_cache

@@ -211,7 +211,7 @@ def _load_model(args: argparse.Namespace):
     cfg = get_config(args.model, args.size)
     family = family_of(cfg)
     model = family.build(cfg)
-    path = args.weights or shipped_weights(args.model)
+    path = args.weights or (None if args.random_init else shipped_weights(args.model))
     if path is None and not args.random_init:
         raise ValueError(
             f"no weights for {args.model}: pass --weights PATH, or --random-init for timing work"
@@ -869,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sequences", type=int, default=8, help="detector: held-out videos")
     p.add_argument("--frames", type=int, default=64, help="detector: frames per video")
-    p.add_argument("--clips", type=int, default=120, help="classifier: held-out clips")
+    p.add_argument("--clips", type=int, default=60, help="classifier: held-out clips")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("train", help="train a model from scratch (seeded, reproducible)")

@@ -34,7 +34,7 @@ MODEL = "vivit-small"
 
 
 def run_classifier_demo(
-    out: str | Path, k_fraction: float = 0.4, clips: int = 120, progress: bool = True
+    out: str | Path, k_fraction: float = 0.4, clips: int = 60, progress: bool = True
 ) -> dict:
     start = time.perf_counter()
     out = Path(out)

@@ -208,13 +208,11 @@ def test_a_model_with_other_classes_is_refused() -> None:
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="vivit-small weights not trained yet")
 def test_shipped_weights_are_small_and_need_time() -> None:
-    """48 held-out clips (four per class): the shipped model knows the object and tells
-    motion better than any single-step control (one time step repeated), which sits at
-    chance on the motion. Measured 2026-11-27: dense 0.479 (object 1.000), best single step
-    0.271; the issue's bar (dense >= 0.8) is not reached yet (README, "Measured")."""
+    """48 held-out clips (four per class): the shipped model gets >= 80 % dense, and every
+    single-step control (one time step repeated) clearly less: the task needs time."""
     assert SHIPPED.stat().st_size <= 15 * 2**20
     model = load_classifier("vivit-small", SHIPPED)
     result = classify(model, heldout_clips(48, data_config(get_vivit_config("vivit-small"))))
     print(result.summary())
-    assert result.object >= 0.95
-    assert result.single_step_best <= result.dense - 0.15
+    assert result.dense >= 0.8
+    assert result.single_step_best <= result.dense - 0.25

@@ -102,9 +102,8 @@ class ViViTTrainConfig(TrainConfig):
     # held-out clips, rendered once
     eval_every: int = 500
     eval_clips: int = 48
-    # the temporal phase (`_train_temporal`); 0 by default: the shipped weights are the
-    # joint phase's alone (out/vivit-final.log), the temporal phase is not measured yet
-    temporal_steps: int = 0
+    # the temporal phase (`_train_temporal`)
+    temporal_steps: int = 1500
     temporal_clips: int = 3000
     temporal_batch: int = 64
     temporal_lr: float = 3e-4
@@ -472,7 +471,8 @@ def train(
     with torch.no_grad():
         for tensor in model.state_dict().values():
             tensor.copy_(tensor.to(getattr(torch, tc.save_dtype)))
-    log += _train_temporal(model, data, tc, probe, progress)
+    if tc.temporal_steps:
+        log += _train_temporal(model, data, tc, probe, progress)
     train_minutes = (time.time() - train_start) / 60
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"config": json.dumps(cfg.to_dict()), "train": json.dumps(asdict(tc))}
@@ -534,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         bf16=not args.no_bf16,
     )
+    if args.init and not tc.temporal_steps:
+        p.error("--init skips the joint phase: give the temporal phase steps (--temporal-steps N)")
     summary = train(
         tc,
         Path(args.out),
@@ -543,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     last = summary["log"][-1]
     print(
-        f"trained {tc.steps} steps in {summary['minutes']:.1f} min "
+        f"trained {0 if args.init else tc.steps} joint + {tc.temporal_steps} temporal steps in "
+        f"{summary['minutes']:.1f} min "
         f"(rendering {summary['render_minutes']:.1f}); final ce {last['ce']:.3f}; "
         f"weights {args.out}"
     )
