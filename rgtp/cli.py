@@ -609,6 +609,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
         max(args.reset_every, 1),
         args.reset,
         progress=not args.quiet,
+        radius=args.radius,
     )
     title = f"{args.model} SynthMotion {model.cfg.spatial.img_size}"
     _write_table(args, title, format_table(rows, len(clips)), rows_as_dicts(rows))

@@ -39,12 +39,16 @@ def pruned_run(
     reset: str = "dense",
     progress: bool = False,
     desc: str = "clips",
+    radius: int = 1,
 ) -> PrunedRun:
-    """Run every clip through a fresh stream keeping k patch tokens (None: all)."""
+    """Run every clip through a fresh stream keeping k patch tokens (None: all), tracking
+    within `radius`."""
     right, features, ks = 0, [], []
     policy = None if k is None else FixedKeep(k)
     for clip in tqdm(clips, desc=desc, unit="clip", disable=not progress, leave=False):
-        stream = pipeline.new_stream(policy=policy, reset_every=reset_every, reset=reset)
+        stream = pipeline.new_stream(
+            policy=policy, reset_every=reset_every, reset=reset, radius=radius
+        )
         results = [r for r in map(stream.step, clip.frames) if r is not None]
         right += int(results[-1].label == clip.label)
         features.append(torch.stack([r.feature for r in results]))
@@ -69,6 +73,7 @@ def classifier_table(
     reset_every: int = 8,
     reset: str = "dense",
     progress: bool = True,
+    radius: int = 1,
 ) -> list[TableRow]:
     """Rows: dense, then per K in `ks` the pruned model, and the pruned model with the temporal
     transformer fine-tuned at that K (`finetuned[K]`, where given). GFLOPs per clip are
@@ -80,7 +85,7 @@ def classifier_table(
 
     def row(name: str, m: ViViT, k: int | None) -> TableRow:
         run = pruned_run(
-            Pipeline.from_model(m, buckets), clips, k, reset_every, reset, progress, name
+            Pipeline.from_model(m, buckets), clips, k, reset_every, reset, progress, name, radius
         )
         reset_k = board if reset == "checkerboard" else None
         macs = dense_macs if k is None else view_macs(cfg, k, reset_every, reset_k).total
