@@ -100,9 +100,7 @@ def main() -> None:
     if args.frames < 1 or not 1 <= args.every <= args.frames:
         ap.error("need --frames >= 1 and 1 <= --every <= --frames")
     with tempfile.TemporaryDirectory(prefix="rgtp-soak-") as tmp:
-        package = (
-            Path(args.package) if args.package else export_shipped(args.k, Path(tmp) / "pkg")
-        )
+        package = Path(args.package) if args.package else export_shipped(args.k, Path(tmp) / "pkg")
         report = soak(package, args.frames, args.every, args.k)
     change = 100 * report["first_vs_last"]
     verdict = "flat" if report["flat"] else "NOT flat"
