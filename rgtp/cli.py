@@ -157,7 +157,9 @@ def _flops_classifier(args: argparse.Namespace, cfg) -> int:
     k = _check_k(args, sp)
     views = KINETICS_VIEWS[0] * KINETICS_VIEWS[1]
     reset_every = max(args.reset_every, 1)
-    board = (sp.num_tokens + 1) // 2 if args.reset == "checkerboard" else None
+    from rgtp.core.selection import checkerboard_size
+
+    board = checkerboard_size(sp.grid) if args.reset == "checkerboard" else None
     rows = {"dense": view_macs(cfg), "pruned": view_macs(cfg, k, reset_every, board)}
     report = {
         "model": args.model,
@@ -581,6 +583,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
     """Top-1 on SynthMotion's held-out clips: dense, pruned at each --keep, and pruned with
     the temporal transformer fine-tuned at that K where its file exists (`rgtp
     finetune-temporal`; --finetuned-dir says where to look), with GFLOPs per clip."""
+    import copy
     from pathlib import Path
 
     from rgtp.eval.classify import data_config, heldout_clips
@@ -597,8 +600,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
         if path is not None and args.finetuned_dir:
             path = Path(args.finetuned_dir) / path.name
         if path is not None and path.exists():
-            tuned = _load_model(args)
-            finetuned[k] = load_temporal(tuned, path).eval()
+            finetuned[k] = load_temporal(copy.deepcopy(model), path).eval()
             print(f"fine-tuned temporal transformer at K={k}: {path}", file=sys.stderr)
     clips = heldout_clips(args.clips, data_config(model.cfg))
     rows = classifier_table(

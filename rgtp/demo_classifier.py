@@ -10,6 +10,7 @@ transformer fine-tuned at that K when its file is shipped).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import time
@@ -75,9 +76,7 @@ def run_classifier_demo(
     finetuned = {}
     tuned_file = finetuned_path(weights, k)
     if tuned_file.exists():
-        tuned = family.build(cfg)
-        family.load_weights(tuned, weights)
-        finetuned[k] = load_temporal(tuned, tuned_file).eval()
+        finetuned[k] = load_temporal(copy.deepcopy(model), tuned_file).eval()
     rows = classifier_table(
         model, heldout_clips(clips, data_config(cfg)), [k], finetuned, progress=progress
     )

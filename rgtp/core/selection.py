@@ -118,6 +118,11 @@ def is_reset_frame(frame_index: int, reset_every: int) -> bool:
 RESETS = ("dense", "checkerboard")
 
 
+def checkerboard_size(grid: int) -> int:
+    """Tokens `checkerboard(grid)` keeps: ceil(grid² / 2), the K bucket its reset needs."""
+    return (grid * grid + 1) // 2
+
+
 def checkerboard(grid: int, device: torch.device | None = None) -> torch.Tensor:
     """The authors' 1-in-2 reset pattern: raster indices (ceil(grid²/2),) of the tokens whose
     row + column is even, in increasing order."""

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from rgtp.core.selection import FixedKeep
+from rgtp.core.selection import FixedKeep, checkerboard_size
 from rgtp.data.synthmotion import Clip
 from rgtp.models.vivit import ViViT
 from rgtp.models.vivit_flops import view_macs
@@ -79,7 +79,7 @@ def classifier_table(
     transformer fine-tuned at that K (`finetuned[K]`, where given). GFLOPs per clip are
     multiply-accumulates (`rgtp.models.vivit_flops`), reset steps counted at their K."""
     cfg = model.cfg
-    board = (cfg.spatial.num_tokens + 1) // 2
+    board = checkerboard_size(cfg.spatial.grid)
     buckets = sorted({*ks, *([board] if reset == "checkerboard" else [])})
     dense_macs = view_macs(cfg).total
 

@@ -140,6 +140,7 @@ class Stream:
                     f"the checkerboard reset keeps {k} tokens, and the package has no K = {k} "
                     f"bucket (buckets: {list(plan.buckets)}); export with it, or reset='dense'"
                 )
+        self._prefix_rows = torch.arange(plan.prefix, device=engines.device)
         self.state = self._new_state()
         self._busy = threading.Lock()
 
@@ -242,7 +243,7 @@ class Stream:
                 keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
             k = keep.numel()
             # rows of the stages: the prefix (always kept) and the kept patches after it
-            rows = torch.cat([torch.arange(prefix, device=keep.device), keep + prefix])
+            rows = torch.cat([self._prefix_rows, keep + prefix]) if prefix else keep
             x = tokens.index_select(0, rows)
 
         # A stage reads only its own blocks' caches, so this step's rows can wait for the

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from rgtp.core.selection import checkerboard_size
 from rgtp.data.synthmotion import training_clips
 from rgtp.eval.classify import data_config
 from rgtp.eval.classify_pruned import pruned_run
@@ -62,7 +63,7 @@ def finetune_temporal(model: ViViT, fc: FinetuneConfig, out: Path, progress: boo
     spatial_before = {k: v.clone() for k, v in model.spatial.state_dict().items()}
     data_cfg = data_config(model.cfg)
     clips = list(itertools.islice(training_clips(fc.seed, data_cfg), fc.clips))
-    buckets = sorted({fc.k, (model.cfg.spatial.num_tokens + 1) // 2})
+    buckets = sorted({fc.k, checkerboard_size(model.cfg.spatial.grid)})
     run = pruned_run(
         Pipeline.from_model(model.eval(), buckets),
         clips,
