@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
+from backbone_timing import BACKBONE_PARTS, OVERHEAD_PARTS, DenseBackbone, moving_frames
 
 from rgtp.core.selection import FixedKeep
 from rgtp.engines import LAYOUTS
@@ -32,20 +32,6 @@ from rgtp.models import Detector, get_config
 from rgtp.models.flops import frame_macs
 from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
 from rgtp.runtime import Pipeline
-
-BACKBONE_PARTS = ("embed", "select", "stages", "scatter", "rollout")  # the paper's runtime
-OVERHEAD_PARTS = ("select", "scatter", "rollout")  # the method's work between engine calls
-
-
-class DenseBackbone(nn.Module):
-    """frame (1, 3, S, S) -> backbone map (N, C): the unpruned model, for the baseline."""
-
-    def __init__(self, detector: Detector) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        return self.detector.features(frame).flatten(1, 2)[0]
 
 
 def dense_baseline_ms(detector: Detector, frames: int, directory: Path) -> float:
@@ -86,12 +72,6 @@ def stream_parts(pipe: Pipeline, k: int, frames: list[np.ndarray]) -> dict[str, 
     timed = results[2:]
     parts = timed[0].timings.keys()
     return {p: statistics.median(r.timings[p] for r in timed) for p in parts}
-
-
-def moving_frames(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (size + 8 * n, size + 8 * n, 3), dtype=np.uint8)
-    return [base[4 * t : 4 * t + size, 8 * t : 8 * t + size].copy() for t in range(n)]
 
 
 def main() -> None:

@@ -18,7 +18,11 @@ def fuse_heads(attn: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     """Fuse the heads of attention probabilities (..., h, M, N) -> (..., M, N).
 
     "mean": (1/h) Σ A^h; "rms": sqrt((1/h) Σ (A^h)²), the authors' choice for both models.
+    Computed in float32 (a reduced-precision graph's probabilities ~ 1/N square to
+    float16's subnormals), and returned so.
     """
+    if attn.dtype != torch.float32:
+        attn = attn.float()
     if mode == "mean":
         return attn.mean(dim=-3)
     if mode == "rms":

@@ -6,6 +6,8 @@ the importance of the most similar token of frame t-1 within a (2r+1)² window a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -42,22 +44,35 @@ def match_tokens(
     check_radius(radius, grid)
     if similarity == "cosine":
         prev_z, z = F.normalize(prev_z, dim=1), F.normalize(z, dim=1)
-    c = z.shape[1]
-    cur = z.view(grid, grid, c)
-    padded = F.pad(prev_z.view(grid, grid, c), (0, 0, radius, radius, radius, radius))
-    ys = torch.arange(grid, device=z.device)
-    offsets = window_offsets(radius)
-    sims = torch.empty(len(offsets), grid, grid, dtype=z.dtype, device=z.device)
-    for d, (dy, dx) in enumerate(offsets):
-        shifted = padded[radius + dy : radius + dy + grid, radius + dx : radius + dx + grid]
-        sim = (cur * shifted).sum(-1)
-        valid_y = ((ys + dy >= 0) & (ys + dy < grid)).unsqueeze(1)
-        valid_x = ((ys + dx >= 0) & (ys + dx < grid)).unsqueeze(0)
-        sims[d] = sim.masked_fill(~(valid_y & valid_x), float("-inf"))
-    best = sims.argmax(dim=0)  # first maximum: the (0, 0) offset wins ties
-    table = torch.tensor(offsets, device=z.device)  # (D, 2)
-    dy, dx = table[best, 0], table[best, 1]
-    return ((ys.unsqueeze(1) + dy) * grid + (ys.unsqueeze(0) + dx)).flatten()
+    candidates, valid = _window(grid, radius, z.device)  # (N, D) each
+    n, d = candidates.shape
+    sims = torch.empty(n, d, dtype=z.dtype, device=z.device)
+    # All offsets of a chunk at once: a few kernels a frame instead of a few per offset
+    # (chunks bound the (N, D, C) gather for wide windows).
+    step = max(1, _GATHER_ELEMENTS // (n * z.shape[1]))
+    for lo in range(0, d, step):
+        window = prev_z[candidates[:, lo : lo + step]]  # (N, d', C)
+        sims[:, lo : lo + step] = torch.bmm(window, z.unsqueeze(2)).squeeze(2)
+    best = sims.masked_fill(~valid, float("-inf")).argmax(dim=1)  # first max: (0, 0) on ties
+    return candidates.gather(1, best.unsqueeze(1)).squeeze(1)
+
+
+_GATHER_ELEMENTS = 1 << 26  # elements of the largest (N, d', C) gather of one chunk
+
+
+@functools.cache
+def _window(grid: int, radius: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raster index of every token's candidate at each `window_offsets` offset (N, D),
+    clamped onto the grid, and whether the offset stays on the grid (N, D); made once per
+    (grid, radius, device)."""
+    offsets = torch.tensor(window_offsets(radius))  # (D, 2)
+    pos = torch.arange(grid)
+    rows = pos.view(grid, 1, 1) + offsets[:, 0]  # (grid, 1, D)
+    cols = pos.view(1, grid, 1) + offsets[:, 1]  # (1, grid, D)
+    valid = ((rows >= 0) & (rows < grid)) & ((cols >= 0) & (cols < grid))  # (grid, grid, D)
+    index = rows.clamp(0, grid - 1) * grid + cols.clamp(0, grid - 1)
+    d = offsets.shape[0]
+    return index.reshape(grid * grid, d).to(device), valid.reshape(grid * grid, d).to(device)
 
 
 def match_similarity(prev_z: torch.Tensor, z: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

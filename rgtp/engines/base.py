@@ -31,7 +31,9 @@ class Engine(Protocol):
     spec: GraphSpec
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run the graph on named inputs; returns named outputs on the same device."""
+        """Run the graph on named inputs; returns named outputs on the same device. Outputs
+        may be the engine's own buffers (CUDA graphs): valid until the engine runs again on
+        the same input buffers; a caller that keeps them longer copies them."""
         ...
 
 
@@ -50,6 +52,11 @@ class EngineSet:
     # objects the engines rely on but do not own (e.g. deserialized TensorRT engines)
     resources: list[object] = field(default_factory=list)
     extra: dict[str, Engine] = field(default_factory=dict)
+    # dtype of what a stream keeps for these engines: caches, maintained output, tokens
+    dtype: torch.dtype = torch.float32
+    # the stage engines replay CUDA graphs keyed by their input buffers: a stream feeds them
+    # its own buffers, at the same addresses on every step (`engines.cuda_graphs`)
+    static_inputs: bool = False
 
     def graph(self, name: str) -> Engine:
         """The engine of a graph around the stages, by name: embed, head or an extra one."""

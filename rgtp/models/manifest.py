@@ -16,11 +16,12 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -210,6 +211,9 @@ class Manifest:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
+    # imported here: in-memory pipelines (Pipeline.from_model) never read a manifest
+    import jsonschema
+
     return jsonschema.Draft202012Validator(json.loads(_SCHEMA_FILE.read_text()))
 
 

@@ -40,14 +40,17 @@ class Pipeline:
         device: torch.device | str = "cpu",
         prune_from: str = "input",
         head: str = "rgtp",
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
     ) -> Pipeline:
         """The PyTorch reference pipeline of an in-memory model of any family (a `Detector`,
         a `ViViT`; no export needed); a detector's `head` "none" leaves the head to the
-        application (`Stream.step(frame, head=...)`)."""
+        application (`Stream.step(frame, head=...)`). `precision` ("fp32", "fp16", "bf16")
+        and `cuda_graphs` (on CUDA) as `engines.torch_backend.torch_engines`."""
         from rgtp.engines.torch_backend import torch_engines
 
         plan = StagePlan.create(model.cfg, buckets, partition, fusion, prune_from, head)
-        return cls(torch_engines(model, plan, device))
+        return cls(torch_engines(model, plan, device, None, precision, cuda_graphs))
 
     @classmethod
     def load(cls, package: str | Path, backend: str = "ort", **backend_options: Any) -> Pipeline:

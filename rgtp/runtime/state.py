@@ -20,6 +20,10 @@ class StreamState:
         row, which rollout uses for rows this step did not compute; with rollout pooling p,
         (N/p², N/p²) rows of the pooled grid (`core.rollout.pool_attention_rows`).
     out_map: (E + N, C) encoder output; pruned tokens keep their last computed feature.
+    gathered: per K bucket, the buffers a step's stages read, allocated on first use and
+        rewritten in place every step, so that engines replaying CUDA graphs see the same
+        addresses: tokens (E + K, C) and their rows (E + K,) (the prefix rows filled once).
+    all_tokens: (E + N, C), a stage that reads every token reads them here (static inputs).
     prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous step.
     pending: model-input frames of a time step still short of its frames (a tubelet).
     task: the family's per-stream part (`rgtp.models.families.Task`).
@@ -32,23 +36,48 @@ class StreamState:
         rollout_blocks: Sequence[int],
         device: torch.device,
         rollout_pool: int = 1,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         n, c = plan.prefix + plan.num_tokens, plan.dim
+        self.plan, self.device, self.dtype = plan, device, dtype
         depth = plan.encoder.depth
         rows = n if rollout_pool == 1 else plan.num_tokens // rollout_pool**2
 
         def cache(b: int) -> torch.Tensor:
-            return torch.zeros(0 if b == plan.dense_block else n, c, device=device)
+            return torch.zeros(0 if b == plan.dense_block else n, c, device=device, dtype=dtype)
 
         self.k_cache = [cache(b) for b in range(depth)]
         self.v_cache = [cache(b) for b in range(depth)]
         self.attn_rows = {g: torch.zeros(rows, rows, device=device) for g in rollout_blocks}
-        self.out_map = torch.zeros(n, c, device=device)
+        self.out_map = torch.zeros(n, c, device=device, dtype=dtype)
+        self.gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._all_tokens: torch.Tensor | None = None
         self.prev_patches: torch.Tensor | None = None
         self.prev_importance: torch.Tensor | None = None
         self.pending: list[torch.Tensor] = []
         self.task = task
         self.frame_index = 0  # steps run (time steps for a classifier)
+
+    def gather(self, tokens: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of the stages, (E + K,): the prefix then the kept patches `keep` (K,),
+        and those rows of `tokens` (E + N, C), written into the bucket's buffers."""
+        prefix = self.plan.prefix
+        k = keep.numel()
+        if k not in self.gathered:
+            rows = torch.empty(prefix + k, dtype=torch.int64, device=self.device)
+            rows[:prefix] = torch.arange(prefix, device=self.device)
+            x = torch.empty(prefix + k, tokens.shape[1], dtype=self.dtype, device=self.device)
+            self.gathered[k] = (x, rows)
+        x, rows = self.gathered[k]
+        torch.add(keep, prefix, out=rows[prefix:])
+        torch.index_select(tokens.to(self.dtype), 0, rows, out=x)
+        return x, rows
+
+    def all_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens` (E + N, C) copied into the stream's own buffer."""
+        if self._all_tokens is None:
+            self._all_tokens = torch.empty_like(tokens, dtype=self.dtype)
+        return self._all_tokens.copy_(tokens)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the state by name (prev_* once a step has run)."""

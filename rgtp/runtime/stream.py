@@ -43,7 +43,7 @@ from rgtp.models.families import StepResult
 from rgtp.models.head_io import as_nchw
 from rgtp.runtime.frames import check_frame_options, to_model_input
 from rgtp.runtime.state import StreamState
-from rgtp.runtime.timing import PartTimer
+from rgtp.runtime.timing import TIMINGS, PartTimer
 
 # A family's own head for a step's maintained output (a detector's: the backbone map
 # (1, C, H, W) -> detections, `rgtp.models.families.detection.UserHead`).
@@ -76,7 +76,10 @@ class StreamOptions:
     resize: how frames of another size than the model input are fitted: "letterbox"
         (longer side to the input size, padded bottom/right), "stretch", or "refuse";
     float_scale: float frames are read as pixel = value * float_scale (255.0 for [0, 1]);
-        None refuses float frames.
+        None refuses float frames;
+    timing: per-part timings of a step (`runtime.timing`): "auto" (CUDA events on a GPU,
+        no synchronisation inside a step), or "sync" (wall clock, the GPU synchronised
+        around every part).
     """
 
     policy: KeepPolicy | None = None
@@ -89,6 +92,7 @@ class StreamOptions:
     max_detections: int = 100
     resize: str = "letterbox"
     float_scale: float | None = None
+    timing: str = "auto"
 
     def __post_init__(self) -> None:
         if self.policy is not None and not all(
@@ -106,6 +110,8 @@ class StreamOptions:
             raise ValueError(f"pruning must be a PruningConfig or None, got {self.pruning!r}")
         check_postprocess(self.score_threshold, self.nms_iou, self.max_detections)
         check_frame_options(self.resize, self.float_scale)
+        if self.timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {TIMINGS}, got {self.timing!r}")
 
 
 class Stream:
@@ -140,7 +146,6 @@ class Stream:
                     f"the checkerboard reset keeps {k} tokens, and the package has no K = {k} "
                     f"bucket (buckets: {list(plan.buckets)}); export with it, or reset='dense'"
                 )
-        self._prefix_rows = torch.arange(plan.prefix, device=engines.device)
         self.state = self._new_state()
         self._busy = threading.Lock()
 
@@ -150,7 +155,9 @@ class Stream:
 
     def _new_state(self) -> StreamState:
         task = self.plan.family.new_task(self.plan, self.options)
-        return StreamState(self.plan, task, self.rollout_blocks, self.device, self.pool)
+        return StreamState(
+            self.plan, task, self.rollout_blocks, self.device, self.pool, self.engines.dtype
+        )
 
     @property
     def out_map(self) -> torch.Tensor:
@@ -199,9 +206,9 @@ class Stream:
 
     def _step(self, frame: object, user_head: UserHead | None) -> StepResult | None:
         plan, engines, opts, st = self.plan, self.engines, self.options, self.state
-        enc, prefix = plan.encoder, plan.prefix
+        enc = plan.encoder
         task = st.task
-        timer = PartTimer(self.device)
+        timer = PartTimer(self.device, opts.timing)
         checks = OutputChecks()
 
         with timer("prepare"):
@@ -242,15 +249,15 @@ class Stream:
                 k = self.policy.choose(tracked, plan.buckets)
                 keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
             k = keep.numel()
-            # rows of the stages: the prefix (always kept) and the kept patches after it
-            rows = torch.cat([self._prefix_rows, keep + prefix]) if prefix else keep
-            x = tokens.index_select(0, rows)
+            x, rows = st.gather(tokens, keep)
 
         # A stage reads only its own blocks' caches, so this step's rows can wait for the
         # commit: earlier stages of the step never need them.
         fresh: dict[str, torch.Tensor] = {}
         for i in range(len(plan.stages)):
-            feeds = {"tokens": tokens if plan.takes_all_tokens(i) else x, "keep": rows}
+            if plan.takes_all_tokens(i):
+                x = st.all_tokens(tokens) if engines.static_inputs else tokens
+            feeds = {"tokens": x, "keep": rows}
             for b in plan.cached_blocks(i):
                 feeds[f"k_cache_{b}"] = st.k_cache[b]
                 feeds[f"v_cache_{b}"] = st.v_cache[b]
@@ -259,17 +266,25 @@ class Stream:
                 out = checks.add(engine.spec.name, engine.run(feeds))
             x = out.pop("tokens_out")
             fresh |= out
-        with timer("scatter"):
-            out_map = st.out_map.index_copy(0, rows, x)
 
-        with timer("head"):
-            prediction = task.predict(out_map, _Runner(engines, checks), user_head)
-        with timer("rollout"):
-            importance = self._rollout(rows, fresh, prediction.target)
-            if reset and not first and self.checkerboard is not None:
-                importance = fill_from_most_similar(
-                    importance, patches, keep, self.pruning.similarity
-                )
+        # The maintained output and the rollout buffers are written in place (no copy of
+        # the whole buffers per step); should anything fail before the commit, the rows
+        # they held are put back.
+        writes = RowWrites()
+        try:
+            with timer("scatter"):
+                writes.write(st.out_map, rows, x)
+            with timer("head"):
+                prediction = task.predict(st.out_map, _Runner(engines, checks), user_head)
+            with timer("rollout"):
+                importance = self._rollout(rows, fresh, prediction.target, writes)
+                if reset and not first and self.checkerboard is not None:
+                    importance = fill_from_most_similar(
+                        importance, patches, keep, self.pruning.similarity
+                    )
+        except BaseException:
+            writes.undo()
+            raise
 
         with timer("scatter"):  # the commit: nothing below can fail on checked tensors
             for b in range(enc.depth):
@@ -277,7 +292,6 @@ class Stream:
                     continue
                 st.k_cache[b].index_copy_(0, rows, fresh[f"k_new_{b}"])
                 st.v_cache[b].index_copy_(0, rows, fresh[f"v_new_{b}"])
-            st.out_map = out_map
             st.prev_patches, st.prev_importance = patches, importance
             st.pending = []
             task.commit(prediction)
@@ -294,32 +308,46 @@ class Stream:
         return task.result(common, prediction, geometry)
 
     def _rollout(
-        self, rows: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
+        self,
+        rows: torch.Tensor,
+        fresh: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        writes: RowWrites,
     ) -> torch.Tensor:
         """s_0 (N,) of the patch tokens by rollout from s_L `target` (E + N,) through this
         step's attention rows of the kept rows and the buffered rows of the others (pooled
         first with `rollout_pool`). Rollout reads the whole buffers, so the fresh rows go in
-        first; should rollout fail, the rows they replaced are put back."""
+        first, through `writes`."""
         grid, prefix = self.plan.encoder.grid, self.plan.prefix
         buffers = self.state.attn_rows
-        written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for g in self.rollout_blocks:
             if self.pool == 1:
-                written[g] = (rows, fresh[f"attn_{g}"])
+                writes.write(buffers[g], rows, fresh[f"attn_{g}"])
             else:
-                written[g] = pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool)
-        replaced = {g: buffers[g].index_select(0, where) for g, (where, _) in written.items()}
-        try:
-            for g, (where, new) in written.items():
-                buffers[g].index_copy_(0, where, new)
-            s0 = token_importance(
-                [buffers[g] for g in self.rollout_blocks], target, grid, self.pool
-            )
-            return s0[prefix:] / s0[prefix:].sum() if prefix else s0
-        except BaseException:
-            for g, old in replaced.items():
-                buffers[g].index_copy_(0, written[g][0], old)
-            raise
+                writes.write(
+                    buffers[g], *pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool)
+                )
+        s0 = token_importance(
+            [buffers[g] for g in self.rollout_blocks], target.float(), grid, self.pool
+        )
+        return s0[prefix:] / s0[prefix:].sum() if prefix else s0
+
+
+class RowWrites:
+    """In-place writes of rows into a step's buffers, undone in reverse if the step fails:
+    the rows they replaced are kept (K rows, not the buffers)."""
+
+    def __init__(self) -> None:
+        self._replaced: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def write(self, buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+        self._replaced.append((buffer, rows, buffer.index_select(0, rows)))
+        buffer.index_copy_(0, rows, values.to(buffer.dtype))
+
+    def undo(self) -> None:
+        for buffer, rows, old in reversed(self._replaced):
+            buffer.index_copy_(0, rows, old)
+        self._replaced.clear()
 
 
 class _Runner:
@@ -345,7 +373,12 @@ class OutputChecks:
         self.sums: list[tuple[str, str, torch.Tensor]] = []
 
     def add(self, graph: str, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self.sums += [(graph, n, t.sum()) for n, t in outputs.items() if t.is_floating_point()]
+        # summed in float32: a float16 sum of a whole map overflows where no element does
+        self.sums += [
+            (graph, n, t.sum(dtype=torch.float32))
+            for n, t in outputs.items()
+            if t.is_floating_point()
+        ]
         return outputs
 
     def raise_if_not_finite(self) -> None:

@@ -1,0 +1,103 @@
+"""CUDA graphs of an engine, one per set of input buffers: shared by every backend that runs
+on CUDA (PyTorch, TensorRT).
+
+A graph replays kernels on fixed addresses. rgtp's streams own their buffers (caches of all
+tokens, and per K bucket the gathered tokens and their row indices), so a stage called by a
+stream with bucket K always reads the same addresses: the graph of (stage, K, stream) is
+captured once and replayed on every later call with no copy of its inputs. The first call
+at a new shape runs eagerly (the warm-up that initialises libraries and grows the allocator
+outside any capture); buffers at a shape already warmed up are captured at once (another
+stream, or the next stage fed by a captured one).
+
+A graph is replayed only when the caller passes tensors at its addresses, so they are live
+memory then: the graph need not hold its inputs. Outputs are the graph's own tensors, which
+a replay overwrites: valid until the same engine runs again on the same input buffers,
+which for a stream is its next step. Graphs suit long-lived streams: each new stream costs
+a capture per (stage, K).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+Forward = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def shape_key(inputs: Mapping[str, torch.Tensor]) -> tuple:
+    """Every input's name, shape and dtype."""
+    return tuple((n, tuple(t.shape), t.dtype) for n, t in inputs.items())
+
+
+def buffer_key(inputs: Mapping[str, torch.Tensor]) -> tuple:
+    """What a graph is specialised to: `shape_key` and every input's address."""
+    return (*shape_key(inputs), *(t.data_ptr() for t in inputs.values()))
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    outputs: dict[str, torch.Tensor]  # in the graph's memory pool
+
+
+class GraphCache:
+    """Captured graphs of one engine keyed by `buffer_key`, least recently used dropped
+    beyond `max_graphs` (each holds the memory of its intermediates and outputs).
+
+    warmup: eager runs at a new `shape_key` before buffers of that shape are captured.
+    """
+
+    def __init__(self, device: torch.device, warmup: int = 1, max_graphs: int = 64) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        self.device = device
+        self.warmup = warmup
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._warm: OrderedDict[tuple, int] = OrderedDict()  # eager runs per shape_key
+        self.captures = 0
+        self.eager_runs = 0
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def run(self, inputs: Mapping[str, torch.Tensor], forward: Forward) -> dict[str, torch.Tensor]:
+        """`forward(inputs)` through the graph of these buffers: replayed if captured,
+        otherwise run eagerly (warm-up) or captured now."""
+        key = buffer_key(inputs)
+        captured = self._graphs.get(key)
+        if captured is None:
+            shape = shape_key(inputs)
+            runs = self._warm.pop(shape, 0)
+            self._remember(self._warm, shape, min(runs + 1, self.warmup))
+            if runs < self.warmup:
+                self.eager_runs += 1
+                return forward(inputs)
+            captured = self._capture(inputs, forward)
+            self._remember(self._graphs, key, captured)
+        else:
+            self._graphs.move_to_end(key)
+        captured.graph.replay()
+        return dict(captured.outputs)  # the caller's dict: popping from it keeps the graph's
+
+    def _capture(self, inputs: Mapping[str, torch.Tensor], forward: Forward) -> _Captured:
+        graph = torch.cuda.CUDAGraph()
+        # Capture runs on a side stream of its own; work queued before must be done.
+        torch.cuda.current_stream(self.device).synchronize()
+        with torch.cuda.graph(graph):
+            outputs = forward(inputs)
+        self.captures += 1
+        return _Captured(graph, outputs)
+
+    def _remember(self, table: OrderedDict, key: tuple, value: object) -> None:
+        table[key] = value
+        while len(table) > self.max_graphs:
+            table.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop every graph (and the memory it holds)."""
+        self._graphs.clear()
+        self._warm.clear()

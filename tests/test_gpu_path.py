@@ -1,0 +1,232 @@
+"""The GPU path's pieces that run on the CPU: stream-owned buffers at fixed addresses, the
+CUDA-graph cache's keying (with a fake graph), reduced-precision torch engines, the
+finiteness check in float16, and the GPU benchmark script end to end (a tiny dry run)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from rgtp.core.selection import FixedKeep
+from rgtp.engines import cuda_graphs
+from rgtp.engines.cuda_graphs import GraphCache
+from rgtp.runtime import Pipeline
+from rgtp.runtime.stream import OutputChecks
+from rgtp.runtime.timing import PartTimer
+from tests.conftest import moving_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RecordingEngine:
+    """Wraps an engine and records the address of every input of every call."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.spec = engine, engine.spec
+        self.addresses: list[dict[str, int]] = []
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.addresses.append({n: t.data_ptr() for n, t in feeds.items()})
+        return self.engine.run(feeds)
+
+
+def test_stages_read_the_same_buffers_on_every_step_of_a_bucket(tiny_detector) -> None:
+    pipe = Pipeline.from_model(tiny_detector, [20, 60])
+    pipe.engines.static_inputs = True  # as a CUDA-graph backend declares
+    recorders = {}
+    for i, engines in enumerate(pipe.engines.stages):
+        for k in (20, 60):
+            recorders[i, k] = engines[k] = RecordingEngine(engines[k])
+    stream = pipe.new_stream(policy=FixedKeep(20), reset_every=4)
+    other = pipe.new_stream(policy=FixedKeep(60), reset_every=0)
+    for frame in moving_frames(7, 224):
+        stream.step(frame)
+        other.step(frame)
+    assert all(rec.addresses for rec in recorders.values())
+    # stage 0 at K=20: only `stream` calls it, on its 5 pruned steps, at the same addresses
+    first = recorders[0, 20].addresses
+    assert len(first) == 5 and all(a == first[0] for a in first)
+    # the other stream's buffers are its own
+    theirs = recorders[0, 60].addresses
+    assert all(a == theirs[0] for a in theirs)
+    assert theirs[0]["tokens"] != first[0]["tokens"]
+    assert theirs[0]["k_cache_0"] != first[0]["k_cache_0"]
+
+
+def test_in_place_buffers_give_the_same_results_as_a_fresh_stream_per_step(tiny_detector):
+    """Writing the maintained output and the rollout rows in place (with an undo journal)
+    must not change what a stream computes: two streams, one stepped alone and one
+    interleaved with a third, keep the same tokens and maps."""
+    pipe = Pipeline.from_model(tiny_detector, [24])
+    a = pipe.new_stream(policy=FixedKeep(24), reset_every=3)
+    b = pipe.new_stream(policy=FixedKeep(24), reset_every=3)
+    c = pipe.new_stream(policy=FixedKeep(24), reset_every=0)
+    frames = list(moving_frames(6, 224))
+    for frame, noise in zip(frames, moving_frames(6, 224, seed=3), strict=True):
+        ra = a.step(frame)
+        c.step(noise)
+        rb = b.step(frame)
+        assert torch.equal(ra.keep, rb.keep)
+        assert torch.equal(a.out_map, b.out_map)
+
+
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph: counts replays (capture runs nothing)."""
+
+    captured: ClassVar[list[FakeGraph]] = []
+
+    def __init__(self) -> None:
+        self.replays = 0
+        FakeGraph.captured.append(self)
+
+    def replay(self) -> None:
+        self.replays += 1
+
+
+class FakeCapture:
+    def __init__(self, graph: FakeGraph) -> None:
+        self.graph = graph
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    FakeGraph.captured = []
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "graph", FakeCapture)
+
+    class Stream:
+        def synchronize(self) -> None:
+            pass
+
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "current_stream", lambda device=None: Stream())
+
+
+def test_graph_cache_warms_up_once_per_shape_then_captures_per_buffers(fake_cuda) -> None:
+    cache = GraphCache(torch.device("cuda"), warmup=1, max_graphs=2)
+    calls = []
+
+    def forward(inputs):
+        calls.append({n: t.data_ptr() for n, t in inputs.items()})
+        return {"y": inputs["x"] + 1}
+
+    a, b, c = torch.zeros(3), torch.zeros(3), torch.zeros(3)
+    cache.run({"x": a}, forward)  # new shape: eager warm-up
+    assert (cache.eager_runs, cache.captures, len(calls)) == (1, 0, 1)
+    out = cache.run({"x": a}, forward)  # same buffers: captured (forward traced once)
+    assert (cache.captures, len(calls)) == (1, 2) and FakeGraph.captured[0].replays == 1
+    out.pop("y")  # the caller may consume its dict: the graph keeps its own
+    again = cache.run({"x": a}, forward)  # replayed: forward not called
+    assert len(calls) == 2 and "y" in again and FakeGraph.captured[0].replays == 2
+    cache.run({"x": b}, forward)  # other buffers, shape warmed up: captured at once
+    assert (cache.eager_runs, cache.captures, len(cache)) == (1, 2, 2)
+    cache.run({"x": c}, forward)  # beyond max_graphs: the least recently used goes
+    assert len(cache) == 2 and cache.captures == 3
+    cache.run({"x": a}, forward)  # a's graph was dropped: captured again
+    assert cache.captures == 4
+    cache.run({"x": torch.zeros(5)}, forward)  # a new shape warms up eagerly again
+    assert cache.eager_runs == 2
+
+
+def test_graph_cache_refuses_a_cpu_device() -> None:
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphCache(torch.device("cpu"))
+
+
+def test_cuda_graphs_are_refused_off_cuda(tiny_detector) -> None:
+    from rgtp.engines.base import EngineError
+
+    with pytest.raises(EngineError, match="CUDA graphs need a CUDA device"):
+        Pipeline.from_model(tiny_detector, [20], cuda_graphs=True)
+    with pytest.raises(EngineError, match="precision must be one of"):
+        Pipeline.from_model(tiny_detector, [20], precision="fp8")
+
+
+def test_bfloat16_engines_keep_bfloat16_caches_and_equal_the_dense_model_in_bfloat16(
+    tiny_detector,
+) -> None:
+    frames = list(moving_frames(4, 224))
+    pipe = Pipeline.from_model(tiny_detector, [30], precision="bf16")
+    stream = pipe.new_stream(policy=FixedKeep(30), reset_every=0)
+    result = stream.step(frames[0])  # the dense step
+    assert stream.state.k_cache[0].dtype == torch.bfloat16
+    assert stream.out_map.dtype == torch.bfloat16
+    assert result.importance.dtype == torch.float32  # rollout runs in float32
+    assert next(tiny_detector.parameters()).dtype == torch.float32  # the caller's model
+    dense = copy.deepcopy(tiny_detector).to(torch.bfloat16)
+    pixels = torch.from_numpy(frames[0]).permute(2, 0, 1)[None].to(torch.bfloat16)
+    with torch.inference_mode():
+        fmap = dense.features(pixels).flatten(1, 2)[0].float()
+    err = (stream.out_map.float() - fmap).abs().max() / fmap.abs().max()
+    assert err <= 2e-2
+    for frame in frames[1:]:
+        assert stream.step(frame).k == 30
+
+
+def test_the_finiteness_check_does_not_overflow_on_float16_maps() -> None:
+    checks = OutputChecks()
+    big = torch.full((4096, 768), 8.0, dtype=torch.float16)  # its float16 sum is inf
+    assert not torch.isfinite(big.sum())
+    checks.add("stage", {"tokens_out": big})
+    checks.raise_if_not_finite()  # no error: every element is finite
+    checks.add("stage", {"k_new_0": torch.tensor([1.0, float("nan")], dtype=torch.float16)})
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        checks.raise_if_not_finite()
+
+
+def test_part_timer_modes() -> None:
+    with pytest.raises(ValueError, match="timing must be one of"):
+        PartTimer(torch.device("cpu"), "never")
+    timer = PartTimer(torch.device("cpu"), "sync")  # no CUDA: plain wall clock
+    with timer("stages"):
+        pass
+    with timer("select"):
+        pass
+    out = timer.summary()
+    assert set(out) >= {"stages", "select", "total", "engine", "outside_engine"}
+    assert out["total"] == pytest.approx(out["stages"] + out["select"])
+
+
+def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path, monkeypatch) -> None:
+    """The GPU benchmark's whole flow on a tiny setting (CPU, eager): the check against the
+    CPU reference, the dense baseline, pruned rows with every figure, the JSON."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("gpu", None)
+    import gpu
+
+    out = tmp_path / "gpu.json"
+    rc = gpu.main(
+        [
+            "--device=cpu",
+            "--plan=224:64",
+            "--precisions=fp32",
+            "--frames=1",
+            "--warmup=1",
+            "--check-size=224",
+            "--check-keep=64",
+            "--check-frames=2",
+            f"--json={out}",
+        ]
+    )
+    assert rc == 0
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    assert report["check"][0]["within_tolerance"]
+    (row,) = report["pruned"]
+    assert row["k"] == 64 and row["flops_ratio"] > 1 and row["backbone_ms"] > 0
+    assert 0 <= row["outside_engine_share"] < 1
+    assert np.isfinite(row["speedup"])
