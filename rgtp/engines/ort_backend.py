@@ -116,15 +116,24 @@ class OrtEngine:
         return outputs
 
 
-def _providers(device: torch.device) -> list[str]:
-    available = ort.get_available_providers()
+# An execution provider as `InferenceSession(providers=...)` takes it: a name, or a name and
+# its options.
+Provider = str | tuple[str, dict[str, int]]
+
+
+def _providers(device: torch.device, available: list[str] | None = None) -> list[Provider]:
+    """The providers of sessions on `device`, among `available` (the installed ones by
+    default). The CUDA provider is told the device's index: without it, it runs on GPU 0."""
+    available = ort.get_available_providers() if available is None else available
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise EngineError(
                 "device cuda needs onnxruntime-gpu (CUDAExecutionProvider); installed providers: "
                 f"{available}"
             )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        # the index the engines bind their tensors on (`OrtEngine`)
+        cuda = ("CUDAExecutionProvider", {"device_id": device.index or 0})
+        return [cuda, "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -205,7 +214,7 @@ def load_ort_engines(
         resources=list(shared.values()),
         info={
             "onnxruntime": ort.__version__,
-            "providers": ",".join(providers),
+            "providers": ",".join(p if isinstance(p, str) else p[0] for p in providers),
             "layout": layout,
             "weights_bytes": str(sum(s.nbytes() for s in shared.values())),
         },
@@ -218,7 +227,7 @@ def open_session(
     device: torch.device,
     threads: int | None = None,
     shared: dict[str, SharedInitializers] | None = None,
-    providers: list[str] | None = None,
+    providers: list[Provider] | None = None,
 ) -> OrtEngine:
     """One session for a graph of a verified package. Weights files are read once into
     `shared` (keep it alive as long as the session) and handed to every session using them."""

@@ -1,74 +1,33 @@
-"""The TensorRT backend: plans from `rgtp build --backend trt`, run on one CUDA stream.
+"""The TensorRT backend: plans from `rgtp build --backend trt`, run on torch's CUDA streams.
 
-Inputs and outputs are torch CUDA tensors bound by address (`set_tensor_address`), so
-tokens, caches and attention rows never leave the GPU; gather, scatter, tracking and
-rollout run on the same torch stream between engine calls. A multi-profile plan gets one
-execution context per profile (one per K bucket), each created once at load.
+Inputs and outputs are torch CUDA tensors bound by address, so tokens, caches and attention
+rows never leave the GPU; gather, scatter, tracking and rollout run on the same stream
+between engine calls. A multi-profile plan gets one execution context per profile (one per
+K bucket), all on one shared activation memory (`engines.trt_context`). The stage engines
+read a stream's own buffers in place, with outputs allocated and addresses bound once per
+set of buffers, and optionally replay one CUDA graph per set (`engines.cuda_graphs`).
 
 Everything that could make a plan unusable is checked at load, before any frame runs:
 missing plans, another TensorRT version, another GPU architecture, plans built from other
-graphs than the package's, and K buckets without a profile.
+graphs than the package's, K buckets without a profile, plans whose tensors are not the
+graphs' (names, dtypes, output shapes); then every engine runs once (`warmup`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rgtp.engines.base import EngineError, EngineSet
-from rgtp.engines.binding import bind_io, input_buffers
+from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.engines.trt_build import import_tensorrt
+from rgtp.engines.trt_context import CudaStreams, SharedPlan, TrtEngine, check_interface
 from rgtp.models.manifest import Manifest, package_file
 from rgtp.models.package_verify import load_verified
-from rgtp.models.plan import GraphSpec, TensorSpec, stage_graph_name
-
-
-class TrtEngine:
-    """One execution context (one optimization profile) of a deserialized plan."""
-
-    def __init__(self, spec: GraphSpec, context: Any, device: torch.device, cuda_graph: bool):
-        self.spec = spec
-        self.context = context
-        self.device = device
-        self.cuda_graph = cuda_graph
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._static_in: dict[str, torch.Tensor] = {}
-        self._static_out: dict[str, torch.Tensor] = {}
-
-    def _bind(self, t: TensorSpec, x: torch.Tensor, output: bool) -> None:
-        if not output:
-            self.context.set_input_shape(t.name, tuple(x.shape))
-        self.context.set_tensor_address(t.name, x.data_ptr())
-
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise EngineError(f"{self.spec.name}: TensorRT execution failed")
-
-    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.cuda_graph:
-            # inputs may be freed on return: torch reuses their memory only for work queued
-            # after this run on the same stream
-            _inputs, outputs = bind_io(self.spec, feeds, self.device, self._bind)
-            self._execute()  # enqueued on torch's current stream: later torch ops wait for it
-            return outputs
-        inputs = input_buffers(self.spec, feeds, self.device)
-        if self._graph is None:
-            # buffers of the graph's own: the caller's tensors are copied in on every replay
-            self._static_in = {n: x.clone() for n, x in inputs.items()}
-            _, self._static_out = bind_io(self.spec, self._static_in, self.device, self._bind)
-            self._execute()  # TensorRT allocates its resources outside capture
-            torch.cuda.current_stream(self.device).synchronize()
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._execute()
-        for n, x in self._static_in.items():
-            x.copy_(inputs[n], non_blocking=True)
-        self._graph.replay()
-        # the graph's buffers are reused by the next replay: hand out copies
-        return {n: y.clone() for n, y in self._static_out.items()}
+from rgtp.models.plan import GraphSpec, StagePlan, stage_graph_name
 
 
 def validate_plans(
@@ -110,6 +69,62 @@ def validate_plans(
     return info
 
 
+def trt_engine_set(
+    plan: StagePlan,
+    plans: list[dict[str, Any]],
+    open_plan: Callable[[dict[str, Any]], SharedPlan],
+    device: torch.device,
+    graphs: Callable[[], GraphCache] | None = None,
+) -> EngineSet:
+    """The engines of `plan` on the plans the manifest records (`plans`: its "trt" record's
+    list), each plan opened once by `open_plan`. Stage engines are static (a stream's own
+    buffers), each with a GraphCache from `graphs` when given."""
+    by_name = {p["name"]: p for p in plans}
+    opened: dict[str, SharedPlan] = {}
+
+    def engine(name: str, spec: GraphSpec, k: int | None = None) -> TrtEngine:
+        rec = by_name.get(name)
+        if rec is None:
+            raise EngineError(f"no TensorRT plan for {name}")
+        if name not in opened:
+            opened[name] = open_plan(rec)
+            check_interface(opened[name].engine, spec, rec["file"])
+        shared = opened[name]
+        if k is None:
+            return TrtEngine(spec, shared.context(0, name), shared, device)
+        context = shared.context(rec["profiles"][str(k)], f"K={k}")
+        graph_cache = graphs() if graphs else None
+        return TrtEngine(spec, context, shared, device, static=True, graphs=graph_cache)
+
+    stages = []
+    for i in range(len(plan.stages)):
+        per_stage = f"stage{i}" in by_name  # one plan, one profile per K
+        names = {k: f"stage{i}" if per_stage else stage_graph_name(i, k) for k in plan.buckets}
+        stages.append({k: engine(names[k], plan.stage_spec(i, k), k) for k in plan.buckets})
+    return EngineSet(
+        plan=plan,
+        backend="trt",
+        device=device,
+        embed=engine("embed", plan.embed_spec()),
+        head=None if plan.head == "none" else engine("head", plan.head_spec()),
+        stages=stages,
+        extra={name: engine(name, spec) for name, spec in plan.extra_specs().items()},
+        resources=list(opened.values()),
+        # the stage engines bind addresses once per set of input buffers
+        static_inputs=True,
+    )
+
+
+def warmup(engines: EngineSet) -> None:
+    """Run every engine once (embed, every (stage, K), head, the extra graphs) on zeros, so
+    that TensorRT's lazy initialisation happens at load and not in a stream's first frames.
+    CUDA graphs are still captured at a stream's first steps, on its own buffers."""
+    stage_engines = [e for by_k in engines.stages for e in by_k.values()]
+    for e in [engines.embed, *stage_engines, engines.head, *engines.extra.values()]:
+        if e is not None:
+            e.warmup()
+
+
 def load_trt_engines(
     package: Path,
     device: str | torch.device = "cuda",
@@ -117,7 +132,9 @@ def load_trt_engines(
     verify: bool = True,
 ) -> EngineSet:
     """Execution contexts for the package's plans, once every file of the package (plans
-    included) is verified (`verify=False`: sizes only, with a warning)."""
+    included) is verified (`verify=False`: sizes only, with a warning), each engine run
+    once (`warmup`). cuda_graphs: the stage engines replay one CUDA graph per set of a
+    stream's buffers."""
     manifest = load_verified(package, verify)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
@@ -127,54 +144,26 @@ def load_trt_engines(
         package, manifest, flavor, trt.__version__, torch.cuda.get_device_capability(device)
     )
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    plan = manifest.plan
-    by_name = {p["name"]: p for p in info["plans"]}
-    engines: list[Any] = []  # deserialized engines must outlive their contexts
+    side = torch.cuda.Stream(device)  # for work queued on the default stream (`CudaStreams`)
 
-    def contexts(rec: dict[str, Any]) -> list[Any]:
-        engine = runtime.deserialize_cuda_engine(package_file(package, rec["file"]).read_bytes())
+    def open_plan(rec: dict[str, Any]) -> SharedPlan:
+        blob = package_file(package, rec["file"]).read_bytes()
+        engine = runtime.deserialize_cuda_engine(blob)
         if engine is None:
             raise EngineError(f"{rec['file']}: TensorRT cannot deserialize this plan")
-        engines.append(engine)
-        out = []
-        stream = torch.cuda.current_stream(device).cuda_stream
-        for index in range(max(1, engine.num_optimization_profiles)):
-            ctx = engine.create_execution_context()
-            if engine.num_optimization_profiles > 1:
-                ctx.set_optimization_profile_async(index, stream)
-            out.append(ctx)
-        return out
+        return SharedPlan(trt, engine, rec["file"], device, CudaStreams(device, side))
 
-    def single(name: str, spec: GraphSpec) -> TrtEngine:
-        if name not in by_name:
-            raise EngineError(f"no TensorRT plan for {name}")
-        return TrtEngine(spec, contexts(by_name[name])[0], device, cuda_graphs)
-
-    stages: list[dict[int, Any]] = []
-    for i in range(len(plan.stages)):
-        engines_k: dict[int, Any] = {}
-        if f"stage{i}" in by_name:  # one plan, one profile per K
-            rec = by_name[f"stage{i}"]
-            ctxs = contexts(rec)
-            for k in plan.buckets:
-                ctx = ctxs[rec["profiles"][str(k)]]
-                engines_k[k] = TrtEngine(plan.stage_spec(i, k), ctx, device, cuda_graphs)
-        else:
-            for k in plan.buckets:
-                engines_k[k] = single(stage_graph_name(i, k), plan.stage_spec(i, k))
-        stages.append(engines_k)
-    return EngineSet(
-        plan=plan,
-        backend="trt",
-        device=device,
-        embed=single("embed", plan.embed_spec()),
-        head=None if plan.head == "none" else single("head", plan.head_spec()),
-        stages=stages,
-        extra={name: single(name, spec) for name, spec in plan.extra_specs().items()},
-        info={
-            "tensorrt": f"{flavor} {trt.__version__}",
-            "precision": info["precision"],
-            "layout": info["layout"],
-        },
-        resources=[runtime, *engines],
-    )
+    graphs = (lambda: GraphCache(device)) if cuda_graphs else None
+    with torch.cuda.device(device):  # TensorRT deserializes onto the current device
+        engines = trt_engine_set(manifest.plan, info["plans"], open_plan, device, graphs)
+        warmup(engines)
+        torch.cuda.synchronize(device)  # a plan that fails on the GPU fails here
+    memory = sum(p.memory.numel() for p in engines.resources if isinstance(p, SharedPlan))
+    engines.info = {
+        "tensorrt": f"{flavor} {trt.__version__}",
+        "precision": info["precision"],
+        "layout": info["layout"],
+        "device_memory_bytes": str(memory),
+    }
+    engines.resources.append(runtime)
+    return engines
