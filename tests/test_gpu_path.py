@@ -5,6 +5,7 @@ finiteness check in float16, and the GPU benchmark script end to end (a tiny dry
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.runtime import Pipeline
 from rgtp.runtime.stream import OutputChecks
 from rgtp.runtime.timing import PartTimer
-from tests.conftest import moving_frames
+from tests.conftest import moving_frames, small_detector, synthvid_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,3 +231,92 @@ def test_gpu_benchmark_dry_run_on_the_cpu(tmp_path, monkeypatch) -> None:
     assert row["k"] == 64 and row["flops_ratio"] > 1 and row["backbone_ms"] > 0
     assert 0 <= row["outside_engine_share"] < 1
     assert np.isfinite(row["speedup"])
+
+
+class ReplayingGraph:
+    """A CPU stand-in for a captured CUDA graph with its semantics: replay recomputes the
+    captured function from the captured input tensors (whatever they hold now) into the
+    captured output tensors, in place."""
+
+    def __init__(self, forward, inputs) -> None:
+        self.forward, self.inputs = forward, dict(inputs)
+
+    def replay(self) -> None:
+        fresh = self.forward(self.inputs)
+        for name, out in self.outputs.items():
+            out.copy_(fresh[name])
+
+
+def emulate_capture(self, inputs, forward):
+    graph = ReplayingGraph(forward, inputs)
+    graph.outputs = {n: t.clone() for n, t in forward(inputs).items()}
+    self.captures += 1
+    return cuda_graphs._Captured(graph, graph.outputs)
+
+
+def test_a_stream_on_replayed_graphs_equals_the_eager_stream(monkeypatch):
+    """Every graph of a frame (stages, tracking, top-K, rollout) replayed on the stream's
+    buffers, emulated on the CPU: the same kept tokens, maps and importance as eager, over
+    resets and two interleaved streams. Catches a buffer a replay overwrites while someone
+    still reads it (results, the previous step's importance or patches)."""
+    from rgtp.runtime import stream as stream_module
+
+    monkeypatch.setattr(GraphCache, "_capture", emulate_capture)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(
+        stream_module,
+        "step_graphs",
+        lambda engines: (
+            {n: GraphCache(cuda) for n in stream_module.STEP_GRAPHS}
+            if engines.static_inputs
+            else None
+        ),
+    )
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "current_stream", lambda device=None: _NoSync())
+    frames = synthvid_frames(9)  # the shipped model on its data: importance moves
+    detector = small_detector()
+    eager = Pipeline.from_model(detector, [20, 40])
+    graphed = Pipeline.from_model(detector, [20, 40])
+    graphed.engines.static_inputs = True
+    for engines in graphed.engines.stages:
+        shared = GraphCache(cuda)
+        for engine in engines.values():
+            engine.graphs = shared
+    runs = {}
+    for name, pipe in (("eager", eager), ("graphs", graphed)):
+        a = pipe.new_stream(policy=FixedKeep(20), reset_every=4)
+        b = pipe.new_stream(policy=FixedKeep(40), reset_every=0)
+        runs[name] = [(a.step(f), b.step(f)) for f in frames]
+        runs[name + "-maps"] = (a.out_map.clone(), b.out_map.clone())
+    assert graphed.engines.stages[0][20].graphs.captures > 0
+    steps = [a.importance for a, _ in runs["eager"]]
+    assert any(not torch.equal(x, y) for x, y in itertools.pairwise(steps))  # it moves
+    for (ea, eb), (ga, gb) in zip(runs["eager"], runs["graphs"], strict=True):
+        for e, g in ((ea, ga), (eb, gb)):
+            assert torch.equal(e.keep, g.keep)
+            assert torch.allclose(e.importance, g.importance, atol=1e-7)
+            assert (e.tracked is None) == (g.tracked is None)
+    for e, g in zip(runs["eager-maps"], runs["graphs-maps"], strict=True):
+        assert torch.allclose(e, g, atol=1e-6)
+
+
+class _NoSync:
+    def synchronize(self) -> None:
+        pass
+
+
+def test_a_shape_that_cannot_be_captured_stays_eager(fake_cuda, monkeypatch) -> None:
+    attempts = []
+
+    def refuse(self, inputs, forward):
+        attempts.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphCache, "_capture", refuse)
+    cache = GraphCache(torch.device("cuda"))
+    x = torch.ones(2)
+    assert cache.run({"x": x}, lambda f: {"y": f["x"] * 2})["y"].tolist() == [2, 2]  # warm-up
+    with pytest.warns(UserWarning, match="no CUDA graph"):
+        assert cache.run({"x": x}, lambda f: {"y": f["x"] * 3})["y"].tolist() == [3, 3]
+    assert cache.run({"x": x}, lambda f: {"y": f["x"] * 4})["y"].tolist() == [4, 4]
+    assert len(attempts) == 1 and len(cache) == 0 and cache.eager_runs == 3

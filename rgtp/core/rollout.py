@@ -18,10 +18,10 @@ def fuse_heads(attn: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     """Fuse the heads of attention probabilities (..., h, M, N) -> (..., M, N).
 
     "mean": (1/h) Σ A^h; "rms": sqrt((1/h) Σ (A^h)²), the authors' choice for both models.
-    Computed in float32 (a reduced-precision graph's probabilities ~ 1/N square to
-    float16's subnormals), and returned so.
+    Reduced precision is lifted to float32 first (probabilities ~ 1/N square to float16's
+    subnormals).
     """
-    if attn.dtype != torch.float32:
+    if attn.dtype in (torch.float16, torch.bfloat16):
         attn = attn.float()
     if mode == "mean":
         return attn.mean(dim=-3)
@@ -72,20 +72,20 @@ def detection_target(
     threshold, or the passing ones cover no token (degenerate, off-frame or NaN corners),
     every token gets the same share.
     """
-    device = scores.device
-    sel = boxes[scores > threshold]
-    if sel.numel() == 0:
-        return torch.full((grid * grid,), 1.0 / (grid * grid), device=device)
-    lo = torch.floor(sel[:, :2] / patch_size).clamp(0, grid)
-    hi = torch.ceil(sel[:, 2:] / patch_size).clamp(0, grid)
-    pos = torch.arange(grid, device=device, dtype=sel.dtype)
-    in_x = (pos >= lo[:, 0:1]) & (pos < hi[:, 0:1])  # (D, grid) over columns
+    # Boxes below the threshold are masked, not dropped: no data-dependent shapes, so no
+    # host synchronisation on a GPU.
+    lo = torch.floor(boxes[:, :2] / patch_size).clamp(0, grid)
+    hi = torch.ceil(boxes[:, 2:] / patch_size).clamp(0, grid)
+    pos = torch.arange(grid, device=scores.device, dtype=boxes.dtype)
+    in_x = (pos >= lo[:, 0:1]) & (pos < hi[:, 0:1])  # (D, grid) over columns (NaN: none)
     in_y = (pos >= lo[:, 1:2]) & (pos < hi[:, 1:2])  # (D, grid) over rows
-    covered = (in_y.unsqueeze(2) & in_x.unsqueeze(1)).any(0).flatten().to(torch.float32)
+    passing = (scores > threshold).view(-1, 1, 1)
+    covered = (in_y.unsqueeze(2) & in_x.unsqueeze(1) & passing).any(0).flatten()
+    covered = covered.to(torch.float32)
     total = covered.sum()
-    if total == 0:  # boxes that pass but cover no token (degenerate / off-frame)
-        return torch.full((grid * grid,), 1.0 / (grid * grid), device=device)
-    return covered / total
+    uniform = torch.full_like(covered, 1.0 / (grid * grid))
+    # no passing box, or passing boxes that cover no token (degenerate / off-frame)
+    return torch.where(total > 0, covered / total.clamp_min(1.0), uniform)
 
 
 def cls_target(

@@ -89,9 +89,11 @@ def track(
     radius: int = 1,
     similarity: str = "dot",
     union: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_similarity: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Tracked importance ŝ^t[i] = s^{t-1}[j*(i)] (N,), and each token's match similarity
-    (N,) (see `match_similarity`). Radius 0 keeps every token at its position.
+    (N,) (see `match_similarity`; None when not `with_similarity`: it costs a dozen kernels
+    a frame). Radius 0 keeps every token at its position.
 
     union (an rgtp extension; False is the paper's Eq. 4): ŝ^t[i] = max(s^{t-1}[i],
     s^{t-1}[j*(i)]). When content moves less than a token between frames, token i holds
@@ -105,4 +107,4 @@ def track(
     tracked = prev_scores[source]
     if union:
         tracked = torch.maximum(tracked, prev_scores)
-    return tracked, match_similarity(prev_z, z, source)
+    return tracked, match_similarity(prev_z, z, source) if with_similarity else None

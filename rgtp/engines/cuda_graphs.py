@@ -18,8 +18,9 @@ a capture per (stage, K).
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,25 +59,35 @@ class GraphCache:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._warm: OrderedDict[tuple, int] = OrderedDict()  # eager runs per shape_key
+        self._uncapturable: set[tuple] = set()  # shapes whose capture failed
         self.captures = 0
         self.eager_runs = 0
 
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def run(self, inputs: Mapping[str, torch.Tensor], forward: Forward) -> dict[str, torch.Tensor]:
+    def run(
+        self, inputs: Mapping[str, torch.Tensor], forward: Forward, setting: Hashable = None
+    ) -> dict[str, torch.Tensor]:
         """`forward(inputs)` through the graph of these buffers: replayed if captured,
-        otherwise run eagerly (warm-up) or captured now."""
-        key = buffer_key(inputs)
+        otherwise run eagerly (warm-up) or captured now. `setting`: what else `forward`
+        depends on that the inputs do not show (e.g. the K of a top-K)."""
+        key = (buffer_key(inputs), setting)
         captured = self._graphs.get(key)
         if captured is None:
-            shape = shape_key(inputs)
+            shape = (shape_key(inputs), setting)
             runs = self._warm.pop(shape, 0)
             self._remember(self._warm, shape, min(runs + 1, self.warmup))
-            if runs < self.warmup:
+            if runs < self.warmup or shape in self._uncapturable:
                 self.eager_runs += 1
                 return forward(inputs)
-            captured = self._capture(inputs, forward)
+            try:
+                captured = self._capture(inputs, forward)
+            except RuntimeError as e:  # e.g. a host sync inside: that shape stays eager
+                warnings.warn(f"running eagerly, no CUDA graph: {e}", stacklevel=2)
+                self._uncapturable.add(shape)
+                self.eager_runs += 1
+                return forward(inputs)
             self._remember(self._graphs, key, captured)
         else:
             self._graphs.move_to_end(key)

@@ -19,7 +19,7 @@ from torch import nn
 
 from rgtp.core.rollout import fuse_heads
 from rgtp.models.plan import StagePlan
-from rgtp.models.vit_ops import attend, grid_coords, slot_of_token, window_slots
+from rgtp.models.vit_ops import attend, attention_output, grid_coords, slot_of_token, window_slots
 from rgtp.models.vitdet import Attention, Block
 
 
@@ -158,7 +158,8 @@ class PrunedStage(nn.Module):
             return attn.split_heads(t[self.slots].view(-1, window * window, c))
 
         qw = windows(q_ext)
-        o, _ = attend(qw, windows(k_ext), windows(v_ext), attn.bias(qw, attn.rows, attn.cols))
+        bias = attn.bias(qw, attn.rows, attn.cols)
+        o = attention_output(qw, windows(k_ext), windows(v_ext), bias)
         return o.transpose(1, 2).reshape(-1, c)[self.slot_of[keep]]
 
 

@@ -124,6 +124,15 @@ def attend(
     return probs @ v, probs
 
 
+def attention_output(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """`attend`'s output alone, (B, h, M, d), where no one reads the probabilities (dense
+    blocks, windowed blocks): one fused kernel where the backend has one, so the (M, Nk)
+    logits, bias and probabilities are never all written out."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
 def grid_coords(side: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column of every raster position of a side x side grid: two (side²,) int64."""
     idx = torch.arange(side * side)

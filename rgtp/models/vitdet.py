@@ -13,6 +13,7 @@ from torch import nn
 from rgtp.models.config import BackboneConfig
 from rgtp.models.vit_ops import (
     attend,
+    attention_output,
     grid_coords,
     rel_pos_logits,
     resize_abs_pos,
@@ -48,12 +49,23 @@ class Attention(nn.Module):
 
     `side` is the grid side the attention sees: the window size for windowed blocks, the
     token grid for global blocks. It sizes the relative-position tables (2 * side - 1 rows).
+    `windowed` attention runs as one fused kernel (nothing reads its probabilities); global
+    attention spells out its probabilities as the pruned stages do (`vit_ops.attend`).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_rel_pos: bool, side: int):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool,
+        use_rel_pos: bool,
+        side: int,
+        windowed: bool = False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.side = side
+        self.windowed = windowed
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
@@ -82,7 +94,11 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         q, k, v = self.qkv(x.reshape(b, h * w, c)).chunk(3, dim=-1)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
-        out, _ = attend(q, k, v, self.bias(q, self.rows, self.cols))
+        bias = self.bias(q, self.rows, self.cols)
+        if self.windowed:  # no rollout reads a windowed block: one fused kernel
+            out = attention_output(q, k, v, bias)
+        else:  # the same arithmetic as the pruned global blocks, so K = N equals dense
+            out, _ = attend(q, k, v, bias)
         out = out.transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out)
 
@@ -95,7 +111,9 @@ class Block(nn.Module):
         self.window_size = 0 if cfg.is_global(index) else cfg.window_size
         side = self.window_size or cfg.grid
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.use_rel_pos, side)
+        self.attn = Attention(
+            cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.use_rel_pos, side, self.window_size > 0
+        )
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio))
 

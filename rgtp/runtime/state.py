@@ -52,6 +52,7 @@ class StreamState:
         self.out_map = torch.zeros(n, c, device=device, dtype=dtype)
         self.gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._all_tokens: torch.Tensor | None = None
+        self._static: dict[str, torch.Tensor] = {}
         self.prev_patches: torch.Tensor | None = None
         self.prev_importance: torch.Tensor | None = None
         self.pending: list[torch.Tensor] = []
@@ -78,6 +79,14 @@ class StreamState:
         if self._all_tokens is None:
             self._all_tokens = torch.empty_like(tokens, dtype=self.dtype)
         return self._all_tokens.copy_(tokens)
+
+    def static(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """`value` copied into the stream's own buffer `name` (made on first use, again if
+        the shape or dtype changes): the same address every step, for CUDA graphs."""
+        buffer = self._static.get(name)
+        if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+            buffer = self._static[name] = torch.empty_like(value)
+        return buffer.copy_(value)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the state by name (prev_* once a step has run)."""

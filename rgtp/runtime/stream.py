@@ -37,6 +37,7 @@ from rgtp.core.selection import (
 )
 from rgtp.core.tracking import check_radius, track
 from rgtp.engines.base import EngineError, EngineSet
+from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.models.boxes import check_postprocess
 from rgtp.models.config import PruningConfig
 from rgtp.models.families import StepResult
@@ -146,6 +147,10 @@ class Stream:
                     f"the checkerboard reset keeps {k} tokens, and the package has no K = {k} "
                     f"bucket (buckets: {list(plan.buckets)}); export with it, or reset='dense'"
                 )
+        # With engines that replay CUDA graphs, the method's own work between engine calls
+        # (tracking, top-K, rollout) replays graphs too, on this stream's buffers.
+        self._graphs = step_graphs(engines)
+        self._cached_blocks = [b for i in range(len(plan.stages)) for b in plan.cached_blocks(i)]
         self.state = self._new_state()
         self._busy = threading.Lock()
 
@@ -232,22 +237,25 @@ class Stream:
         reset = first or is_reset_frame(st.frame_index, opts.reset_every)
         tracked = None
         with timer("select"):
+            if self._graphs is not None:  # this frame's patches in one of two own buffers
+                patches = st.static(f"patches{st.frame_index % 2}", patches)
             if reset and (first or self.checkerboard is None):
                 keep = torch.arange(plan.num_tokens, device=tokens.device)
             elif reset:
                 keep = self.checkerboard
             else:
-                tracked, similarity = track(
-                    st.prev_importance,
-                    st.prev_patches,
-                    patches,
-                    enc.grid,
-                    opts.radius,
-                    self.pruning.similarity,
-                    self.pruning.track_union,
-                )
+                tracked, similarity = self._track(patches)
                 k = self.policy.choose(tracked, plan.buckets)
-                keep = select_tokens(tracked, k, similarity, self.pruning.novelty_share)
+                share = self.pruning.novelty_share
+                feeds = {"tracked": tracked}
+                if similarity is not None:
+                    feeds["similarity"] = similarity
+                keep = self._replay(
+                    "select",
+                    feeds,
+                    lambda f: {"keep": select_tokens(f["tracked"], k, f.get("similarity"), share)},
+                    k,
+                )["keep"]
             k = keep.numel()
             x, rows = st.gather(tokens, keep)
 
@@ -287,19 +295,21 @@ class Stream:
             raise
 
         with timer("scatter"):  # the commit: nothing below can fail on checked tensors
-            for b in range(enc.depth):
-                if b == plan.dense_block:
-                    continue
-                st.k_cache[b].index_copy_(0, rows, fresh[f"k_new_{b}"])
-                st.v_cache[b].index_copy_(0, rows, fresh[f"v_new_{b}"])
-            st.prev_patches, st.prev_importance = patches, importance
+            self._commit_caches(rows, fresh)
+            if self._graphs is not None:  # graph outputs are overwritten next step: copies
+                st.prev_importance = st.static("prev_importance", importance)
+                importance = st.prev_importance.clone()  # the result's own
+                tracked = None if tracked is None else tracked.clone()
+            else:
+                st.prev_importance = importance
+            st.prev_patches = patches
             st.pending = []
             task.commit(prediction)
         common = {
             "index": st.frame_index,
             "reset": reset,
             "k": k,
-            "keep": keep.cpu(),
+            "keep": keep.to("cpu", copy=True),  # its own: a graph rewrites `keep`
             "importance": importance,
             "tracked": tracked,
             "timings": timer.summary(),
@@ -320,17 +330,90 @@ class Stream:
         first, through `writes`."""
         grid, prefix = self.plan.encoder.grid, self.plan.prefix
         buffers = self.state.attn_rows
-        for g in self.rollout_blocks:
-            if self.pool == 1:
-                writes.write(buffers[g], rows, fresh[f"attn_{g}"])
-            else:
-                writes.write(
-                    buffers[g], *pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool)
-                )
-        s0 = token_importance(
-            [buffers[g] for g in self.rollout_blocks], target.float(), grid, self.pool
-        )
-        return s0[prefix:] / s0[prefix:].sum() if prefix else s0
+        target = target.float()
+        if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
+            for g in self.rollout_blocks:
+                cells, pooled = pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool)
+                writes.write(buffers[g], cells, pooled)
+            # (no prefix: pooling refuses models with one)
+            return token_importance(
+                [buffers[g] for g in self.rollout_blocks], target, grid, self.pool
+            )
+        if self._graphs is not None:
+            target = self.state.static("target", target)
+        blocks = self.rollout_blocks
+        feeds = {"rows": rows, "target": target}
+        feeds |= {f"buffer_{g}": buffers[g] for g in blocks}
+        feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
+
+        def write_and_roll_out(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            where, bufs = f["rows"], [f[f"buffer_{g}"] for g in blocks]
+            old = [b.index_select(0, where) for b in bufs]
+            try:
+                for g, b in zip(blocks, bufs, strict=True):
+                    b.index_copy_(0, where, f[f"attn_{g}"].to(b.dtype))
+                s0 = token_importance(bufs, f["target"], grid)
+            except BaseException:
+                for b, o in zip(bufs, old, strict=True):
+                    b.index_copy_(0, where, o)
+                raise
+            s0 = s0[prefix:] / s0[prefix:].sum() if prefix else s0
+            return {"s0": s0} | {f"old_{g}": o for g, o in zip(blocks, old, strict=True)}
+
+        out = self._replay("rollout", feeds, write_and_roll_out)
+        for g in blocks:  # put back should the step fail later
+            writes.record(buffers[g], rows, out[f"old_{g}"])
+        return out["s0"]
+
+    def _commit_caches(self, rows: torch.Tensor, fresh: dict[str, torch.Tensor]) -> None:
+        """This step's keys and values of `rows` into the caches, in place."""
+        feeds = {"rows": rows}
+        for b in self._cached_blocks:
+            feeds |= {f"k_cache_{b}": self.state.k_cache[b], f"k_new_{b}": fresh[f"k_new_{b}"]}
+            feeds |= {f"v_cache_{b}": self.state.v_cache[b], f"v_new_{b}": fresh[f"v_new_{b}"]}
+
+        def write(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            for b in self._cached_blocks:
+                for kv in ("k", "v"):
+                    f[f"{kv}_cache_{b}"].index_copy_(0, f["rows"], f[f"{kv}_new_{b}"])
+            return {}
+
+        self._replay("commit", feeds, write)
+
+    def _track(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Last step's importance tracked onto `patches`, and the match similarity where
+        novelty needs it."""
+        opts, pruning, st = self.options, self.pruning, self.state
+
+        def tracked(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            s, similarity = track(
+                f["prev_s"],
+                f["prev_z"],
+                f["z"],
+                self.plan.encoder.grid,
+                opts.radius,
+                pruning.similarity,
+                pruning.track_union,
+                with_similarity=pruning.novelty_share > 0,
+            )
+            return {"s": s} if similarity is None else {"s": s, "similarity": similarity}
+
+        assert st.prev_importance is not None and st.prev_patches is not None
+        feeds = {"prev_s": st.prev_importance, "prev_z": st.prev_patches, "z": patches}
+        out = self._replay("track", feeds, tracked)
+        return out["s"], out.get("similarity")
+
+    def _replay(
+        self,
+        name: str,
+        feeds: Mapping[str, torch.Tensor],
+        fn: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
+        setting: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`fn(feeds)`, through this stream's CUDA graph `name` where it has graphs."""
+        if self._graphs is None:
+            return fn(feeds)
+        return self._graphs[name].run(feeds, fn, setting)
 
 
 class RowWrites:
@@ -344,10 +427,25 @@ class RowWrites:
         self._replaced.append((buffer, rows, buffer.index_select(0, rows)))
         buffer.index_copy_(0, rows, values.to(buffer.dtype))
 
+    def record(self, buffer: torch.Tensor, rows: torch.Tensor, old: torch.Tensor) -> None:
+        """A write done elsewhere, whose replaced rows were `old`."""
+        self._replaced.append((buffer, rows, old))
+
     def undo(self) -> None:
         for buffer, rows, old in reversed(self._replaced):
             buffer.index_copy_(0, rows, old)
         self._replaced.clear()
+
+
+STEP_GRAPHS = ("track", "select", "rollout", "commit")
+
+
+def step_graphs(engines: EngineSet) -> dict[str, GraphCache] | None:
+    """A new stream's graphs of tracking, top-K and rollout: where its engines replay CUDA
+    graphs on the stream's buffers (`EngineSet.static_inputs`) on a GPU; else None."""
+    if not (engines.static_inputs and engines.device.type == "cuda"):
+        return None
+    return {name: GraphCache(engines.device) for name in STEP_GRAPHS}
 
 
 class _Runner:
