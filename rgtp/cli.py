@@ -612,6 +612,8 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
         args.reset,
         progress=not args.quiet,
         radius=args.radius,
+        pruning=_pruning(args, model.cfg.pruning, model.cfg.spatial.img_size),
+        dense=not args.no_dense,
     )
     title = f"{args.model} SynthMotion {model.cfg.spatial.img_size}"
     _write_table(args, title, format_table(rows, len(clips)), rows_as_dicts(rows))

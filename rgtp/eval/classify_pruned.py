@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from rgtp.core.selection import FixedKeep, checkerboard_size
 from rgtp.data.synthmotion import Clip
+from rgtp.models.config import PruningConfig
 from rgtp.models.vivit import ViViT
 from rgtp.models.vivit_flops import view_macs
 from rgtp.runtime import Pipeline
@@ -40,14 +41,15 @@ def pruned_run(
     progress: bool = False,
     desc: str = "clips",
     radius: int = 1,
+    pruning: PruningConfig | None = None,
 ) -> PrunedRun:
     """Run every clip through a fresh stream keeping k patch tokens (None: all), tracking
-    within `radius`."""
+    within `radius`, with `pruning` settings (None: the model's)."""
     right, features, ks = 0, [], []
     policy = None if k is None else FixedKeep(k)
     for clip in tqdm(clips, desc=desc, unit="clip", disable=not progress, leave=False):
         stream = pipeline.new_stream(
-            policy=policy, reset_every=reset_every, reset=reset, radius=radius
+            policy=policy, reset_every=reset_every, reset=reset, radius=radius, pruning=pruning
         )
         results = [r for r in map(stream.step, clip.frames) if r is not None]
         right += int(results[-1].label == clip.label)
@@ -74,24 +76,26 @@ def classifier_table(
     reset: str = "dense",
     progress: bool = True,
     radius: int = 1,
+    pruning: PruningConfig | None = None,
+    dense: bool = True,
 ) -> list[TableRow]:
     """Rows: dense, then per K in `ks` the pruned model, and the pruned model with the temporal
     transformer fine-tuned at that K (`finetuned[K]`, where given). GFLOPs per clip are
-    multiply-accumulates (`rgtp.models.vivit_flops`), reset steps counted at their K."""
+    multiply-accumulates (`rgtp.models.vivit_flops`), reset steps counted at their K.
+    `pruning`: settings other than the model's; `dense` False leaves out the dense row."""
     cfg = model.cfg
     board = checkerboard_size(cfg.spatial.grid)
     buckets = sorted({*ks, *([board] if reset == "checkerboard" else [])})
     dense_macs = view_macs(cfg).total
 
     def row(name: str, m: ViViT, k: int | None) -> TableRow:
-        run = pruned_run(
-            Pipeline.from_model(m, buckets), clips, k, reset_every, reset, progress, name, radius
-        )
+        pipe = Pipeline.from_model(m, buckets)
+        run = pruned_run(pipe, clips, k, reset_every, reset, progress, name, radius, pruning)
         reset_k = board if reset == "checkerboard" else None
         macs = dense_macs if k is None else view_macs(cfg, k, reset_every, reset_k).total
         return TableRow(name, k, run.top1, macs / 1e9, macs / dense_macs)
 
-    rows = [row("dense", model, None)]
+    rows = [row("dense", model, None)] if dense else []
     for k in ks:
         rows.append(row(f"pruned K={k}", model, k))
         if finetuned and k in finetuned:

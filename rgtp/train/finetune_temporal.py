@@ -112,12 +112,15 @@ def finetune_temporal(model: ViViT, fc: FinetuneConfig, out: Path, progress: boo
     summary = {
         "finetune": asdict(fc),
         "model": model.cfg.name,
+        # the features were pruned with these settings: fine-tuned weights match them only
+        "pruning": asdict(model.cfg.pruning),
         "pruned_mean_k": run.mean_k,
         "extract_minutes": extract_minutes,
         "minutes": (time.time() - start) / 60,
         "log": log,
     }
-    save_file(tensors, str(out), metadata={"finetune": json.dumps(asdict(fc))})
+    metadata = {"finetune": json.dumps(asdict(fc)), "pruning": json.dumps(summary["pruning"])}
+    save_file(tensors, str(out), metadata=metadata)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return summary
 
