@@ -441,8 +441,9 @@ STEP_GRAPHS = ("track", "select", "rollout", "commit")
 
 
 def step_graphs(engines: EngineSet) -> dict[str, GraphCache] | None:
-    """A new stream's graphs of tracking, top-K and rollout: where its engines replay CUDA
-    graphs on the stream's buffers (`EngineSet.static_inputs`) on a GPU; else None."""
+    """A new stream's graphs of tracking, top-K, rollout and the cache commit, where its
+    engines replay CUDA graphs on the stream's buffers (`EngineSet.static_inputs`) on a GPU;
+    else None."""
     if not (engines.static_inputs and engines.device.type == "cuda"):
         return None
     return {name: GraphCache(engines.device) for name in STEP_GRAPHS}
