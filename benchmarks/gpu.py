@@ -228,6 +228,17 @@ def compare_to_cpu(
     return rows
 
 
+def attempt(report: dict, label: str, work, *args, **kwargs):
+    """`work(*args, **kwargs)`, or None with its error printed and kept in
+    `report["errors"]`: one broken setting must not cost the run's other figures."""
+    try:
+        return work(*args, **kwargs)
+    except Exception as e:
+        traceback.print_exc()
+        report["errors"].append(f"{label}: {e!r}")
+        return None
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     plans = parse_plans(args.plan)
@@ -264,11 +275,17 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             for graphs in modes:
                 setting = Setting(size, precision, graphs)
                 label = f"{size} px {precision} {setting.mode}"
-                try:
-                    dense = dense_backbone_ms(detector, pixels, setting, device, args.frames)
-                except Exception as e:
-                    traceback.print_exc()
-                    report["errors"].append(f"dense {label}: {e!r}")
+                dense = attempt(
+                    report,
+                    f"dense {label}",
+                    dense_backbone_ms,
+                    detector,
+                    pixels,
+                    setting,
+                    device,
+                    args.frames,
+                )
+                if dense is None:
                     continue
                 report["dense"].append({**setting.__dict__, "mode": setting.mode, "ms": dense})
                 print(f"{label}: dense backbone {dense:.2f} ms", flush=True)
@@ -277,24 +294,34 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     f"{'head ms':>9}{'frame ms':>10}{'syncs':>7}{'peak GiB':>10}",
                     flush=True,
                 )
-                try:
-                    pipe = Pipeline.from_model(
-                        detector, ks, device=device, precision=precision, cuda_graphs=graphs
-                    )
-                except Exception as e:
-                    traceback.print_exc()
-                    report["errors"].append(f"engines {label}: {e!r}")
+                pipe = attempt(
+                    report,
+                    f"engines {label}",
+                    Pipeline.from_model,
+                    detector,
+                    ks,
+                    device=device,
+                    precision=precision,
+                    cuda_graphs=graphs,
+                )
+                if pipe is None:
                     continue
                 for k in ks:
                     forget_graphs(pipe)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats(device)
-                    try:
-                        parts = pruned_parts(pipe, k, frames, device, args.warmup)
-                    except Exception as e:
-                        traceback.print_exc()
-                        report["errors"].append(f"pruned {label} K={k}: {e!r}")
+                    parts = attempt(
+                        report,
+                        f"pruned {label} K={k}",
+                        pruned_parts,
+                        pipe,
+                        k,
+                        frames,
+                        device,
+                        args.warmup,
+                    )
+                    if parts is None:
                         continue
                     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
                     backbone = sum(parts.get(p, 0.0) for p in BACKBONE_PARTS)

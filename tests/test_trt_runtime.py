@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
@@ -206,6 +206,18 @@ class Loaded:
 
         self.open_plan = open_plan
 
+    def alter(self, name: str, change: Callable[[FakeEngine], None]) -> None:
+        """Plan `name`'s fake engine goes through `change` when it is opened."""
+        real = self.open_plan
+
+        def altered(rec: dict) -> SharedPlan:
+            shared = real(rec)
+            if rec["name"] == name:
+                change(shared.engine)
+            return shared
+
+        self.open_plan = altered
+
     def load(self, graphs: bool = False) -> EngineSet:
         factory = None
         if graphs:
@@ -349,15 +361,7 @@ def test_a_stage_refuses_a_feed_it_would_have_to_copy(change, message: str) -> N
 )
 def test_every_refusal_of_tensorrt_is_an_engine_error(call: str, message: str) -> None:
     loaded = Loaded()
-    real = loaded.open_plan
-
-    def failing(rec: dict) -> SharedPlan:
-        shared = real(rec)
-        if rec["name"] == "stage0":
-            shared.engine.fail = call
-        return shared
-
-    loaded.open_plan = failing
+    loaded.alter("stage0", lambda engine: setattr(engine, "fail", call))
     with pytest.raises(EngineError, match=message):
         engine = loaded.load().stage(0, 49)
         engine.run(stream_buffers(engine.spec))
@@ -366,14 +370,7 @@ def test_every_refusal_of_tensorrt_is_an_engine_error(call: str, message: str) -
 def test_a_profile_switch_that_raises_is_an_engine_error() -> None:
     """TensorRT 10's Python binding raises where the C++ call returns false."""
     loaded = Loaded()
-    real = loaded.open_plan
-
-    def raising(rec: dict) -> SharedPlan:
-        shared = real(rec)
-        shared.engine.raise_profile = rec["name"] == "stage1"
-        return shared
-
-    loaded.open_plan = raising
+    loaded.alter("stage1", lambda engine: setattr(engine, "raise_profile", True))
     with pytest.raises(EngineError, match=r"trt/stage1\.plan: TensorRT cannot select .* profile"):
         loaded.load()
 
@@ -399,19 +396,14 @@ def test_output_shapes_come_from_the_context_and_must_be_the_manifests() -> None
 )
 def test_a_plan_of_other_tensors_is_refused_at_load(change: str, message: str) -> None:
     loaded = Loaded()
-    real = loaded.open_plan
 
-    def other(rec: dict) -> SharedPlan:
-        shared = real(rec)
-        if rec["name"] == "head":
-            tensors = shared.engine.tensors
-            if change == "dtype":
-                tensors["out_map"] = "int64"
-            else:
-                tensors["map"] = tensors.pop("out_map")
-        return shared
+    def other(engine: FakeEngine) -> None:
+        if change == "dtype":
+            engine.tensors["out_map"] = "int64"
+        else:
+            engine.tensors["map"] = engine.tensors.pop("out_map")
 
-    loaded.open_plan = other
+    loaded.alter("head", other)
     with pytest.raises(EngineError, match=rf"trt/head\.plan does not fit graph head: .*{message}"):
         loaded.load()
 
