@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,trt-rtx]" $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test,trt-rtx,serve]" $(TORCH)
 	$(BIN)/python -m pip install -q --no-deps $(TIMM)
 	touch $(STAMP)
 

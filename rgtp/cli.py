@@ -513,6 +513,28 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_triton(args: argparse.Namespace) -> int:
+    from rgtp.serving import ServingSettings, write_repository
+
+    settings = ServingSettings(
+        backend=args.backend,
+        max_streams=args.max_streams,
+        idle_timeout_s=args.idle_timeout,
+        keep=args.k,
+        mass=args.mass,
+        reset_every=args.reset_every,
+        reset=args.reset,
+        radius=args.radius,
+    )
+    model = write_repository(args.package, args.out, settings, force=args.force)
+    print(
+        f"wrote model {model.name} to {args.out}; start the server with: "
+        f"python -m rgtp.serving {args.out}"
+    )
+    return 0
+
+
 def _pipeline(args: argparse.Namespace, model, buckets: list[int]):
     """A pipeline of `model` on --backend: torch in memory, else an exported package of
     fixed-K graphs (--package if it holds this export, else exported there or into a
@@ -941,6 +963,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the sha256 check of the package's files (verified elsewhere); warns",
     )
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("triton", help="write a Triton model repository serving a package")
+    p.add_argument("package")
+    p.add_argument("--out", required=True, help="the repository directory to write")
+    p.add_argument("--backend", default="ort", choices=BACKENDS)
+    p.add_argument(
+        "--max-streams",
+        type=_int_at_least(1),
+        default=8,
+        help="sequences served at once (the most requests one execute gets)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds without a request after which a sequence's stream is freed",
+    )
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
+    )
+    keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
+    p.add_argument("--reset-every", type=_int_at_least(0), default=8)
+    _add_reset_flag(p)
+    p.add_argument("--radius", type=_int_at_least(0), default=1)
+    p.add_argument("--force", action="store_true", help="replace a repository rgtp wrote there")
     return parser
 
 

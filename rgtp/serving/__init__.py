@@ -1,0 +1,18 @@
+"""Serving rgtp streams from NVIDIA Triton Inference Server: a model repository for an
+exported package (`rgtp triton`), the Python-backend model that holds one stream per
+sequence, and the bundled server to run it on."""
+
+from rgtp.serving.repository import RepositoryError, write_repository
+from rgtp.serving.sequences import SequenceError, SequenceRequest, StreamTable
+from rgtp.serving.settings import ServingSettings
+from rgtp.serving.tensors import RequestError
+
+__all__ = [
+    "RepositoryError",
+    "RequestError",
+    "SequenceError",
+    "SequenceRequest",
+    "ServingSettings",
+    "StreamTable",
+    "write_repository",
+]

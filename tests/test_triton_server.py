@@ -1,0 +1,245 @@
+"""The real Triton server (the one nvidia-pytriton bundles) serving the shipped vitdet-small
+package on loopback ports: served detections and kept tokens equal the in-process runtime's,
+sequences are freed by END, by the idle timeout and after a client goes away, and bad
+requests are answered with errors while the other streams go on. One server for the module."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from rgtp.models.boxes import Detections
+from rgtp.runtime import Pipeline
+from rgtp.serving import ServingSettings, write_repository
+from rgtp.serving.server import ServerError, TritonServer
+from tests.conftest import assert_same_detections, synthvid_frames
+
+IDLE_S = 5.0
+SETTINGS = ServingSettings(keep=64, max_streams=8, idle_timeout_s=IDLE_S)
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def package(small_packages) -> Path:
+    return small_packages["a"][0]
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return synthvid_frames(12)
+
+
+@pytest.fixture(scope="module")
+def server(package, tmp_path_factory):
+    model = write_repository(package, tmp_path_factory.mktemp("triton") / "repo", SETTINGS)
+    with TritonServer(model.parent) as srv:
+        group, ports = srv.process.pid, list(srv.ports.values())
+        srv.model = model.name
+        yield srv
+    # stopped: no process left of its group, every port free again
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
+    for port in ports:  # (a listener may take a port with connections in TIME_WAIT)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+
+
+def served_streams(server) -> int:
+    """The model's own count of open streams, from the server's metrics endpoint."""
+    text = urllib.request.urlopen(f"http://{server.metrics_url}/metrics").read().decode()
+    return int(float(re.search(r"^rgtp_streams\{[^}]*\} (\S+)$", text, re.M)[1]))
+
+
+def metric(server, name: str) -> float:
+    text = urllib.request.urlopen(f"http://{server.metrics_url}/metrics").read().decode()
+    return float(re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)[1])
+
+
+def frame_input(frame: np.ndarray, name: str = "FRAME", module=grpcclient):
+    dtype = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32"}.get(frame.dtype, "INT32")
+    x = module.InferInput(name, [1, *frame.shape], dtype)
+    x.set_data_from_numpy(frame[None])
+    return x
+
+
+def infer(client, server, cid: int, frame: np.ndarray | None, start=False, end=False, **kw):
+    inputs = [] if frame is None else [frame_input(frame, **kw)]
+    return client.infer(
+        server.model, inputs, sequence_id=cid, sequence_start=start, sequence_end=end
+    )
+
+
+def in_process(package: Path, frames: list[np.ndarray]) -> list:
+    stream = Pipeline.load(package, backend=SETTINGS.backend).new_stream(SETTINGS.stream_options())
+    return [stream.step(f) for f in frames]
+
+
+def assert_same_as(response, want) -> None:
+    got = Detections(
+        torch.tensor(response.as_numpy("BOXES")[0]),
+        torch.tensor(response.as_numpy("SCORES")[0]),
+        torch.tensor(response.as_numpy("LABELS")[0]),
+    )
+    assert int(response.as_numpy("K")[0, 0]) == want.k
+    assert np.array_equal(response.as_numpy("KEEP")[0], want.keep.numpy())
+    assert_same_detections(got, want.detections)
+
+
+def wait_for_streams(server, count: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while served_streams(server) != count:
+        assert time.monotonic() < deadline, f"{served_streams(server)} streams, not {count}"
+        time.sleep(0.2)
+
+
+def test_three_streams_at_once_equal_the_in_process_runtime(server, package, frames) -> None:
+    """Three sequences over three versions of the video, each from its own client thread, so
+    that requests of several sequences reach one execute: every frame's detections and kept
+    tokens equal those of the runtime in this process."""
+    videos = [frames, [f[:, ::-1] for f in frames], [f[::-1] for f in frames]]
+    want = [in_process(package, v) for v in videos]
+    executes, requests = (
+        metric(server, "nv_inference_exec_count"),
+        metric(server, "nv_inference_request_success"),
+    )
+    got: dict[int, list] = {}
+
+    def run(i: int) -> None:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        n = len(videos[i])
+        got[i] = [
+            infer(client, server, 100 + i, f, start=t == 0, end=t == n - 1)
+            for t, f in enumerate(videos[i])
+        ]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(3):
+        assert len(got[i]) == len(frames) >= 12
+        for response, result in zip(got[i], want[i], strict=True):
+            assert_same_as(response, result)
+    assert served_streams(server) == 0  # all three ended
+    served = metric(server, "nv_inference_request_success") - requests
+    assert served == 36
+    # the sequence batcher handed the model several sequences' requests in one execute
+    assert metric(server, "nv_inference_exec_count") - executes < served
+
+
+def test_bad_requests_get_errors_and_other_streams_go_on(server, package, frames) -> None:
+    want = in_process(package, frames[:6])
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    other = httpclient.InferenceServerClient(server.http_url)
+    responses = [infer(client, server, 7, frames[0], start=True)]
+    other_responses = [infer(other, server, 8, frames[0], start=True, module=httpclient)]
+    responses.append(infer(client, server, 7, frames[1]))
+    nan = frames[2].astype(np.float32)
+    nan[10, 10, 0] = np.nan
+    bad = [
+        (frames[2][..., :2].copy(), {}, r"unexpected shape for input 'FRAME'"),
+        (
+            frames[2].astype(np.int32),
+            {},
+            r"input 'FRAME' data-type is 'INT32', but model '\S+' expects 'UINT8'",
+        ),
+        (None, {}, r"RequestError: the request has no frame; send one frame per request"),
+        (nan, {"name": "FRAME_FLOAT"}, r"FrameError: frame has NaN values"),
+    ]
+    for frame, kw, message in bad:
+        with pytest.raises(InferenceServerException, match=message):
+            infer(client, server, 7, frame, **kw)
+    for t in range(2, 6):
+        responses.append(infer(client, server, 7, frames[t], end=t == 5))
+        other_responses.append(
+            infer(other, server, 8, frames[t - 1], end=t == 5, module=httpclient)
+        )
+    for response, result in zip(responses, want, strict=True):
+        assert_same_as(response, result)
+    for response, result in zip(other_responses, want[:5], strict=True):
+        assert_same_as(response, result)
+    assert served_streams(server) == 0
+
+
+def test_unknown_sequence_without_start_gets_a_clear_error(server, frames) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException, match="must specify the START flag"):
+        infer(client, server, 999, frames[0])
+    assert infer(client, server, 999, frames[0], start=True, end=True).as_numpy("K")[0, 0] > 0
+
+
+def test_end_idle_timeout_and_a_gone_client_free_their_streams(server, frames) -> None:
+    # a sequence that goes quiet (HTTP), and a gRPC streaming client that goes away
+    http = httpclient.InferenceServerClient(server.http_url)
+    for t in range(2):
+        infer(http, server, 21, frames[t], start=t == 0, module=httpclient)
+    received: list = []
+    streaming = grpcclient.InferenceServerClient(server.grpc_url)
+    streaming.start_stream(callback=lambda result, error: received.append((result, error)))
+    for t in range(2):
+        streaming.async_stream_infer(
+            server.model, [frame_input(frames[t])], sequence_id=22, sequence_start=t == 0
+        )
+    while len(received) < 2:
+        time.sleep(0.05)
+    assert all(error is None for _, error in received)
+    streaming.stop_stream(cancel_requests=True)
+    streaming.close()
+    ended = infer(
+        grpcclient.InferenceServerClient(server.grpc_url),
+        server,
+        23,
+        frames[0],
+        start=True,
+        end=True,
+    )
+    assert int(ended.as_numpy("STREAMS")[0, 0]) == 2  # END freed its own at once
+    assert served_streams(server) == 2
+    wait_for_streams(server, 0, within_s=IDLE_S + 5)
+    with pytest.raises(InferenceServerException, match="START"):
+        infer(http, server, 21, frames[2], module=httpclient)
+
+
+def test_the_readme_client_example_runs(server) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (example,) = [b for b in blocks if "tritonclient" in b]
+    assert '"127.0.0.1:8001"' in example and '"rgtp_vitdet-small"' in example
+    example = example.replace("127.0.0.1:8001", server.grpc_url)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(example, "README.md", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 8 and all(int(line.split()[1]) in (64, 256) for line in lines)
+    assert served_streams(server) == 0
+
+
+def test_a_changed_package_stops_the_server_start_and_leaves_nothing(package, tmp_path):
+    model = write_repository(package, tmp_path / "repo", SETTINGS)
+    weights = model / "1" / "package" / "head.onnx"
+    weights.chmod(0o644)
+    with open(weights, "r+b") as f:
+        f.seek(64)
+        byte = f.read(1)
+        f.seek(64)
+        f.write(b"\x00" if byte != b"\x00" else b"\x01")
+    srv = TritonServer(model.parent, ready_timeout_s=120)
+    with pytest.raises(ServerError, match=r"(?s)exited with status 1.*sha256 differs"):
+        srv.start()
+    assert srv.process is None and srv.workdir is None
