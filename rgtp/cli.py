@@ -64,6 +64,17 @@ def _share(text: str) -> float:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    """argparse type: a finite number of milliseconds > 0 (--latency-budget)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected milliseconds > 0, got {text!r}")
+    return value
+
+
 def _opset(text: str) -> int:
     from rgtp.export.onnx_graphs import ExportError, check_opset
 
@@ -377,6 +388,7 @@ def _pruning(args: argparse.Namespace, model_default, img_size: int):
         "rollout_blocks": tuple(args.rollout_blocks) if args.rollout_blocks else None,
         "similarity": args.similarity,
         "novelty_share": args.novelty_share,
+        "novelty": args.novelty,
         "track_union": args.track_union,
         "target_threshold": args.target_threshold,
     }
@@ -385,6 +397,7 @@ def _pruning(args: argparse.Namespace, model_default, img_size: int):
 
 def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
     from rgtp.core.tracking import SIMILARITIES
+    from rgtp.models.config import NOVELTIES
 
     g = p.add_argument_group("pruning (default: the model's settings, see the manifest)")
     g.add_argument(
@@ -403,6 +416,13 @@ def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--similarity", default=None, choices=SIMILARITIES)
     g.add_argument("--novelty-share", type=float, default=None)
     g.add_argument(
+        "--novelty",
+        default=None,
+        choices=NOVELTIES,
+        help="what the novelty share compares a token with: its tracked match in the last "
+        "step, or what its cache was computed from",
+    )
+    g.add_argument(
         "--track-union",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -418,6 +438,10 @@ def _policy(args: argparse.Namespace):
         return FixedKeep(args.k)
     if args.mass is not None:
         return MassKeep(args.mass)
+    if getattr(args, "latency_budget", None) is not None:
+        from rgtp.runtime.latency_budget import LatencyBudget
+
+        return LatencyBudget(args.latency_budget)
     return None
 
 
@@ -835,6 +859,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
     )
     keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
+    keep.add_argument(
+        "--latency-budget",
+        type=_milliseconds,
+        metavar="MS",
+        help="keep the largest bucket expected to run a frame within MS on this machine, "
+        "learnt from the running frames",
+    )
     p.add_argument("--reset-every", type=_int_at_least(0), default=8)
     _add_reset_flag(p)
     p.add_argument("--radius", type=_int_at_least(0), default=1)

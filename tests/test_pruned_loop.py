@@ -185,3 +185,32 @@ def test_model_pruning_settings_apply_and_are_validated(tiny_detector) -> None:
         pipe.new_stream(pruning=PruningConfig(rollout_blocks=(0,)))
     with pytest.raises(ValueError, match="not global blocks"):
         dataclasses.replace(tiny_detector.cfg, pruning=PruningConfig(rollout_blocks=(1,)))
+
+
+def test_novelty_against_the_cache_refreshes_content_that_left(tiny_detector) -> None:
+    """A square vanishes from a still scene: the cache of the tokens it covered still shows
+    it, so novelty against the cache keeps them on the next step whatever their importance;
+    every token's reference is its patch embedding from the last step that computed it."""
+    from rgtp.models.config import PruningConfig
+
+    n, grid = tiny_detector.cfg.backbone.num_tokens, tiny_detector.cfg.backbone.grid
+    patch = 224 // grid
+    pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4])
+    pruning = PruningConfig(novelty_share=0.5, novelty="cache")
+    stream = pipe.new_stream(policy=FixedKeep(n // 4), pruning=pruning)
+    scene = next(moving_frames(1, 224, speed=0.0))
+    with_square = scene.copy()
+    with_square[4 * patch : 6 * patch, 8 * patch : 10 * patch] = (20, 60, 220)
+    square = [r * grid + c for r in (4, 5) for c in (8, 9)]
+
+    last_patches = {}  # token -> its patch embedding when last computed
+    for i, frame in enumerate([with_square, scene, scene, with_square]):
+        result = stream.step(frame)
+        z = stream.state.prev_patches
+        for t in result.keep.tolist():
+            last_patches[t] = z[t].clone()
+        assert torch.equal(
+            stream.state.ref_patches, torch.stack([last_patches[t] for t in range(n)])
+        )
+        if i in (1, 3):  # the square left, then came back: its cache is stale either way
+            assert set(square) <= set(result.keep.tolist())

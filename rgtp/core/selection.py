@@ -36,9 +36,10 @@ def select_tokens(
     """The k tokens a frame keeps, sorted: (k,) int64.
 
     With `novelty_share` 0 (the paper), the top-k of `scores`. Otherwise round(share * k)
-    of the slots go to the tokens with the lowest `novelty` (N,) (match similarity to the
-    previous frame) among those the importance did not pick: content entering the frame
-    has no importance yet, because the previous frame's detections could not see it.
+    of the slots go to the tokens with the lowest `novelty` (N,) (similarity to the content
+    they are compared with, `PruningConfig.novelty`) among those the importance did not
+    pick: content entering the frame has no importance yet, because the previous frame's
+    prediction could not see it.
     """
     reserve = round(novelty_share * k) if novelty is not None else 0
     if reserve == 0 or k == scores.numel():
@@ -67,6 +68,9 @@ class KeepPolicy(Protocol):
     def check(self, buckets: Sequence[int]) -> None:
         """Raise ValueError now if some frame could ask for a K no bucket serves."""
         ...
+
+    # A policy may also have `observe(k, ms)`: the stream calls it after every step with the
+    # step's K and its time (`rgtp.runtime.latency_budget.LatencyBudget` learns from it).
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,12 @@ def _window(grid: int, radius: int, device: torch.device) -> tuple[torch.Tensor,
 def match_similarity(prev_z: torch.Tensor, z: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Cosine similarity (N,) of every token to the token it was matched to: near 1 for
     content seen in the previous frame, low for content that is new."""
-    return (F.normalize(z, dim=1) * F.normalize(prev_z, dim=1)[source]).sum(dim=1)
+    return row_cosine(z, prev_z[source])
+
+
+def row_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row of a (N, C) to the same row of b (N, C): (N,)."""
+    return (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1)
 
 
 def track(

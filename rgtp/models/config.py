@@ -87,14 +87,22 @@ class HeadConfig:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
 
+NOVELTIES = ("match", "cache")
+
+
 @dataclass(frozen=True)
 class PruningConfig:
     """The method's settings that depend on the model (defaults: the authors' ViTDet).
 
     rollout_blocks: global blocks rollout runs through; None means all of them.
     similarity: token-tracking match score, "dot" (the paper) or "cosine".
-    novelty_share: share of K kept for the tokens tracking matched worst, i.e. content that
-        is new in this frame (an rgtp extension; 0 is the paper's method).
+    novelty_share: share of K kept for the tokens whose content is newest (an rgtp
+        extension; 0 is the paper's method), measured as `novelty` says.
+    novelty: what a token's content is compared with: "match", the token the tracking matched
+        it to in the previous step (content that arrived), or "cache", its own patch
+        embedding when its cached keys and values were last computed (content that arrived
+        or left since: the cache still shows an object that moved away, which nothing else
+        refreshes; Eventful Transformers gate tokens by the same change).
     track_union: a token's tracked importance is the larger of its matched source's and its
         own previous one (an rgtp extension for sub-token motion, see `core.tracking.track`;
         False is the paper's method).
@@ -107,6 +115,7 @@ class PruningConfig:
     rollout_blocks: tuple[int, ...] | None = None
     similarity: str = "dot"
     novelty_share: float = 0.0
+    novelty: str = "match"
     track_union: bool = False
     target_threshold: float = 0.1
     rollout_pool: int = 1
@@ -135,6 +144,8 @@ class PruningConfig:
         if self.similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be dot or cosine, got {self.similarity!r}")
         check_real("novelty_share", self.novelty_share, 0.0, 1.0, high_open=True)
+        if self.novelty not in NOVELTIES:
+            raise ValueError(f"novelty must be one of {NOVELTIES}, got {self.novelty!r}")
         if not isinstance(self.track_union, bool):
             raise ValueError(f"track_union must be True or False, got {self.track_union!r}")
         # Scores are probabilities: a threshold of 1 lets no box through (uniform s_L).

@@ -25,6 +25,8 @@ class StreamState:
         addresses: tokens (E + K, C) and their rows (E + K,) (the prefix rows filled once).
     all_tokens: (E + N, C), a stage that reads every token reads them here (static inputs).
     prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous step.
+    ref_patches: z_0 (N, C) of every token as it was when its cached keys and values were
+        last computed; kept only for novelty against the cache (`PruningConfig.novelty`).
     pending: model-input frames of a time step still short of its frames (a tubelet).
     task: the family's per-stream part (`rgtp.models.families.Task`).
     """
@@ -55,6 +57,7 @@ class StreamState:
         self._static: dict[str, torch.Tensor] = {}
         self.prev_patches: torch.Tensor | None = None
         self.prev_importance: torch.Tensor | None = None
+        self.ref_patches: torch.Tensor | None = None
         self.pending: list[torch.Tensor] = []
         self.task = task
         self.frame_index = 0  # steps run (time steps for a classifier)
@@ -73,6 +76,12 @@ class StreamState:
         torch.add(keep, prefix, out=rows[prefix:])
         torch.index_select(tokens.to(self.dtype), 0, rows, out=x)
         return x, rows
+
+    def refresh_references(self, patches: torch.Tensor, keep: torch.Tensor) -> None:
+        """`ref_patches` rows `keep` (K,) from this step's `patches` (N, C), in place."""
+        if self.ref_patches is None:
+            self.ref_patches = torch.empty_like(patches)
+        self.ref_patches.index_copy_(0, keep, patches.index_select(0, keep))
 
     def all_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """`tokens` (E + N, C) copied into the stream's own buffer."""
@@ -96,6 +105,8 @@ class StreamState:
         out["out_map"] = self.out_map
         if self.prev_patches is not None and self.prev_importance is not None:
             out |= {"prev_patches": self.prev_patches, "prev_importance": self.prev_importance}
+        if self.ref_patches is not None:
+            out["ref_patches"] = self.ref_patches
         out |= {f"pending_{i}": t for i, t in enumerate(self.pending)}
         out |= {f"task_{name}": t for name, t in self.task.tensors().items()}
         return out

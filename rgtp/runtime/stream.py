@@ -35,7 +35,7 @@ from rgtp.core.selection import (
     is_reset_frame,
     select_tokens,
 )
-from rgtp.core.tracking import check_radius, track
+from rgtp.core.tracking import check_radius, row_cosine, track
 from rgtp.engines.base import EngineError, EngineSet
 from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.models.boxes import check_postprocess
@@ -131,6 +131,8 @@ class Stream:
         self.pruning = options.pruning or plan.config.pruning
         self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
         self.pool = self.pruning.rollout_pool
+        # What novelty compares a token with, where K keeps a share for novelty at all.
+        self._novelty = self.pruning.novelty if self.pruning.novelty_share > 0 else None
         if grid % self.pool:
             raise ValueError(
                 f"rollout_pool {self.pool} does not divide the {grid}-token grid side; choose "
@@ -194,7 +196,12 @@ class Stream:
         (1, C, H, W); it returns final detections in model-input pixels (see `UserHead`). If
         it raises, or returns something else, the stream is unchanged."""
         with self._exclusive():
-            return self._step(frame, head)
+            result = self._step(frame, head)
+        # A policy that learns from the steps' times (`runtime.latency_budget`) hears of it.
+        observe = getattr(self.policy, "observe", None)
+        if result is not None and observe is not None:
+            observe(result.k, result.timings["total"])
+        return result
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -303,6 +310,8 @@ class Stream:
             else:
                 st.prev_importance = importance
             st.prev_patches = patches
+            if self._novelty == "cache":
+                st.refresh_references(patches, keep)
             st.pending = []
             task.commit(prediction)
         common = {
@@ -381,9 +390,10 @@ class Stream:
         self._replay("commit", feeds, write)
 
     def _track(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Last step's importance tracked onto `patches`, and the match similarity where
-        novelty needs it."""
+        """Last step's importance tracked onto `patches`, and, where novelty needs it, each
+        token's similarity to what `PruningConfig.novelty` compares it with."""
         opts, pruning, st = self.options, self.pruning, self.state
+        novelty = self._novelty
 
         def tracked(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             s, similarity = track(
@@ -394,12 +404,17 @@ class Stream:
                 opts.radius,
                 pruning.similarity,
                 pruning.track_union,
-                with_similarity=pruning.novelty_share > 0,
+                with_similarity=novelty == "match",
             )
+            if novelty == "cache":
+                similarity = row_cosine(f["z"], f["ref_z"])
             return {"s": s} if similarity is None else {"s": s, "similarity": similarity}
 
         assert st.prev_importance is not None and st.prev_patches is not None
         feeds = {"prev_s": st.prev_importance, "prev_z": st.prev_patches, "z": patches}
+        if novelty == "cache":
+            assert st.ref_patches is not None
+            feeds["ref_z"] = st.ref_patches
         out = self._replay("track", feeds, tracked)
         return out["s"], out.get("similarity")
 
