@@ -110,6 +110,12 @@ def cmd_flops(args: argparse.Namespace) -> int:
     )
 
 
+_CONVENTION_NAMES = {
+    "paper": "the authors' count: windows computed whole",
+    "executed": "what rgtp runs",
+}
+
+
 def _check_k(args: argparse.Namespace, enc) -> int:
     k = args.k if args.k is not None else enc.num_tokens
     if not 0 < k <= enc.num_tokens:
@@ -123,16 +129,18 @@ def _flops_detector(args: argparse.Namespace, cfg) -> int:
     bb = cfg.backbone
     k = _check_k(args, bb)
     prune_from = _prune_from(args)
+    conv = args.convention
     rows = {
-        "dense": frame_macs(bb, None, args.radius, cfg),
-        "pruned": frame_macs(bb, k, args.radius, cfg, prune_from),
-        "average": schedule_macs(bb, k, args.reset_every, args.radius, cfg, prune_from),
+        "dense": frame_macs(bb, None, args.radius, cfg, convention=conv),
+        "pruned": frame_macs(bb, k, args.radius, cfg, prune_from, conv),
+        "average": schedule_macs(bb, k, args.reset_every, args.radius, cfg, prune_from, conv),
     }
     report = {
         "model": args.model,
         "size": bb.img_size,
         "num_tokens": bb.num_tokens,
         "k": k,
+        "convention": conv,
         "prune_from": prune_from,
         "reset_every": args.reset_every,
         "radius": args.radius,
@@ -149,7 +157,10 @@ def _flops_detector(args: argparse.Namespace, cfg) -> int:
         f"{args.model} at {bb.img_size}x{bb.img_size}: N = {bb.num_tokens} tokens, "
         f"keep K = {k}, reset every {args.reset_every} frames, pruning from {prune_from}"
     )
-    print("GFLOPs in the paper's convention: multiply-accumulates of the backbone, x1e9")
+    print(
+        f"GFLOPs, {conv} convention ({_CONVENTION_NAMES[conv]}): "
+        "multiply-accumulates of the backbone, x1e9"
+    )
     parts = list(rows["dense"].as_dict())
     print(f"{'part':<16}" + "".join(f"{name:>12}" for name in rows))
     for p in parts:
@@ -180,6 +191,7 @@ def _flops_classifier(args: argparse.Namespace, cfg) -> int:
         "k": k,
         "reset_every": reset_every,
         "reset": args.reset,
+        "convention": args.convention,  # both count the same: no windowed blocks
         "views": views,
         **{
             name: {f"{part}_gmacs_per_view": v / 1e9 for part, v in m.as_dict().items()}
@@ -196,7 +208,10 @@ def _flops_classifier(args: argparse.Namespace, cfg) -> int:
         f"({cfg.num_steps} time steps of {sp.tubelet}): N = {sp.num_tokens} patch tokens + CLS, "
         f"keep K = {k}, a {args.reset} reset every {reset_every} time steps"
     )
-    print("GFLOPs in the paper's convention: multiply-accumulates, x1e9, per view (one clip)")
+    print(
+        f"GFLOPs, {args.convention} convention (paper and executed agree for this model): "
+        "multiply-accumulates, x1e9, per view (one clip)"
+    )
     print(f"{'part':<16}" + "".join(f"{name:>12}" for name in rows))
     for p in rows["dense"].as_dict():
         print(f"{p:<16}" + "".join(f"{m.as_dict()[p] / 1e9:>12.2f}" for m in rows.values()))
@@ -765,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rgtp.core.rollout import FUSIONS
     from rgtp.engines import BACKENDS, LAYOUTS
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
+    from rgtp.models.flops import CONVENTIONS
     from rgtp.models.registry import model_names
 
     parser = argparse.ArgumentParser(
@@ -793,6 +809,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reset_flag(p)
     p.add_argument("--paper", action="store_true", help="the authors' pruning point (block0-mlp)")
     _add_prune_from_flag(p)
+    p.add_argument(
+        "--convention",
+        default="paper",
+        choices=CONVENTIONS,
+        help="paper: windowed blocks computed whole (the authors' GFLOPs); executed: what rgtp "
+        "runs (each window's rows for the kept queries only)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("export", help="export embed, stage x K-bucket and head graphs to ONNX")

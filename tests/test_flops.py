@@ -1,15 +1,19 @@
-"""The analytic FLOPs counter against the paper's published figures."""
+"""The analytic FLOPs counter against the paper's published figures, and its executed
+convention against what the stages run."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from rgtp.models import get_config
 from rgtp.models.flops import frame_macs, schedule_macs
+from tests.conftest import tiny_config
 
 
 @pytest.mark.parametrize(("size", "paper"), [(672, 174.5), (1024, 467.4)])
@@ -72,3 +76,87 @@ def test_cli_prints_and_writes_json() -> None:
     assert abs(data["dense"]["backbone_gmacs"] - 174.5) / 174.5 <= 0.02
     average, dense = data["average"]["backbone_gmacs"], data["dense"]["backbone_gmacs"]
     assert data["average_over_dense"] == pytest.approx(average / dense, rel=1e-12)
+
+
+def test_executed_convention_equals_the_paper_at_k_n_unless_windows_pad() -> None:
+    """At K = N every window runs all its w² query rows, as the paper counts; rel-pos runs
+    only for real tokens, so a padded grid (64 tokens in 14-token windows at 1024 px) counts
+    fewer than the paper's nW·w² slots."""
+    even = get_config("vitdet-b", 672).backbone  # grid 42 = 3 windows of 14
+    assert frame_macs(even, convention="executed") == frame_macs(even)
+    padded = get_config("vitdet-b", 1024).backbone  # grid 64, padded to 70
+    paper, executed = frame_macs(padded), frame_macs(padded, convention="executed")
+    assert executed.attention == paper.attention
+    c, slots, n = padded.embed_dim, 70 * 70, padded.num_tokens
+    assert paper.rel_pos - executed.rel_pos == 8 * 2 * (slots - n) * c * (2 * 14 - 1)
+
+
+@pytest.mark.parametrize("k", [1, 64, 195, 196, 512, 1763])
+def test_executed_convention_counts_less_than_the_paper_below_n(k: int) -> None:
+    cfg = get_config("vitdet-b", 672).backbone
+    paper, executed = frame_macs(cfg, k), frame_macs(cfg, k, convention="executed")
+    assert executed.backbone < paper.backbone
+    assert executed.token_wise == paper.token_wise
+    # below w² = 196 kept tokens the windowed attention itself shrinks with K
+    assert (executed.attention < paper.attention) == (k < 196)
+
+
+def test_executed_convention_by_hand_on_a_tiny_config() -> None:
+    """The tiny detector: 14 x 14 tokens of width 96, 6 x 6 windows (grid padded to 18 x 18,
+    nW = 9), blocks 2 and 5 global, the other 4 windowed."""
+    cfg = tiny_config().backbone
+    k = 24  # < w² = 36: each window runs 24 query rows
+    m = frame_macs(cfg, k, convention="executed")
+    assert m.attention == 2 * (2 * 24 * 196 * 96) + 4 * (2 * 9 * 24 * 36 * 96)
+    assert m.rel_pos == 2 * (2 * 24 * 96 * 27) + 4 * (2 * 24 * 96 * 11)
+    k = 49  # >= w²: each window runs all 36 rows, as the paper counts
+    m = frame_macs(cfg, k, convention="executed")
+    assert m.attention == 2 * (2 * 49 * 196 * 96) + 4 * (2 * 9 * 36 * 36 * 96)
+    assert m.attention == frame_macs(cfg, k).attention
+    # block 0 attending before pruning (the authors' point) runs all 36 rows at any K
+    m = frame_macs(cfg, 24, prune_from="block0-mlp", convention="executed")
+    window = 2 * 9 * 24 * 36 * 96
+    assert m.attention == 2 * (2 * 24 * 196 * 96) + 3 * window + 2 * 9 * 36 * 36 * 96
+
+
+@pytest.mark.parametrize("k", [24, 36, 49, 196])
+def test_executed_count_is_what_the_stage_runs(tiny_detector, monkeypatch, k: int) -> None:
+    """The windowed attention's query rows x keys in the stage modules, recorded at the
+    fused kernel, equal the executed convention's count."""
+    from rgtp.models import stages
+    from rgtp.models.plan import StagePlan
+
+    cfg = tiny_detector.cfg.backbone
+    seen: list[tuple[int, ...]] = []
+    real = stages.attention_output
+
+    def record(q, key, v, bias):
+        seen.append((*q.shape[:-1], key.shape[-2], q.shape[-1]))
+        return real(q, key, v, bias)
+
+    monkeypatch.setattr(stages, "attention_output", record)
+    (stage,) = stages.stage_modules(
+        tiny_detector.backbone, StagePlan.create(tiny_detector.cfg, [], "whole")
+    )
+    n, c = cfg.num_tokens, cfg.embed_dim
+    keep = torch.randperm(n)[:k].sort().values
+    caches = [torch.randn(n, c) for _ in range(2 * cfg.depth)]
+    with torch.no_grad():
+        stage(torch.randn(k, c), keep, *caches)
+    macs = sum(2 * math.prod(s) for s in seen)  # QKᵀ and AV: windows x heads x rows x keys x d
+    m = frame_macs(cfg, k, convention="executed")
+    assert macs == m.attention - 2 * (2 * k * n * c)  # less the two global blocks
+
+
+@pytest.mark.parametrize("convention", ["paper", "executed"])
+def test_cli_names_the_convention_of_every_table(convention: str) -> None:
+    argv = [sys.executable, "-m", "rgtp", "flops", "--size", "672", "--keep", "64"]
+    argv += ["--convention", convention]
+    table = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert f"GFLOPs, {convention} convention" in table
+    out = subprocess.run([*argv, "--json"], capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    cfg = get_config("vitdet-b", 672).backbone
+    assert data["convention"] == convention
+    pruned = frame_macs(cfg, 64, convention=convention).backbone / 1e9
+    assert data["pruned"]["backbone_gmacs"] == pruned

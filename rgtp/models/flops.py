@@ -1,11 +1,20 @@
-"""Analytic multiply-accumulate counts per frame, in the paper's convention.
+"""Analytic multiply-accumulate counts per frame, in two conventions.
 
 The paper's "GFLOPs" are GMACs of the transformer backbone (patch embedding and blocks),
-averaged over all frames of the reset schedule. We count what our pruned frame executes:
-token-wise layers on K tokens; global attention of K queries against N keys; windowed
-attention for every window (computed whole, as the authors do, so shapes stay static);
-relative-position terms as implemented (each query dotted with every offset). The method's
-own overhead (tracking, rollout) and the detection neck+head are counted separately.
+averaged over all frames of the reset schedule. Both conventions count token-wise layers on
+K tokens, global attention of K queries against N keys, and relative-position terms as
+implemented (each query dotted with every offset). They differ in the windowed blocks:
+
+- "paper": every window computed whole, padding slots included (the authors' count):
+  nW·w² queries against w² keys, rel-pos for all nW·w² slots;
+- "executed": what rgtp's stages run (`stages.PrunedStage._windowed`): each window gets
+  R = min(K, w²) query rows, so nW·R queries against w² keys, rel-pos for the K queries.
+  At K = N (dense frames) the attention is the paper's and rel-pos skips the padding slots;
+  below w² kept tokens the attention shrinks with K.
+
+Softmax, norms, GELU, head fusion of the attention rows and biases are counted in neither.
+The method's own overhead (tracking, rollout) and the detection neck+head are counted
+separately.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rgtp.models.config import BackboneConfig, DetectorConfig
+
+CONVENTIONS = ("paper", "executed")
 
 
 @dataclass(frozen=True)
@@ -80,12 +91,16 @@ def frame_macs(
     radius: int = 1,
     head: DetectorConfig | None = None,
     prune_from: str = "input",
+    convention: str = "paper",
 ) -> FrameMACs:
     """MACs of one frame keeping k tokens (None or N: a dense reset frame).
 
     A dense frame runs no tracking; every frame runs rollout (it guides the next frame).
-    `prune_from` "block0-mlp" (the authors'): block 0's qkv and projection run on all N.
+    `prune_from` "block0-mlp" (the authors'): block 0's qkv and projection (and, executed,
+    its windowed attention) run on all N. `convention`: one of `CONVENTIONS` (module doc).
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown FLOPs convention {convention!r}; choose from {CONVENTIONS}")
     n, c, g = cfg.num_tokens, cfg.embed_dim, cfg.grid
     k = n if k is None else k
     if not 0 < k <= n:
@@ -98,13 +113,25 @@ def frame_macs(
     elif prune_from != "input":
         raise ValueError(f"unknown prune_from {prune_from!r}")
     n_global = len(cfg.global_blocks)
-    n_window = cfg.depth - n_global
     ws = cfg.window_size
-    padded = (g + (-g) % ws) ** 2 if n_window else 0
-    attention = n_global * 2 * k * n * c + n_window * 2 * padded * ws * ws * c
+    padded = (g + (-g) % ws) ** 2 if ws else 0
+    # queries of each windowed block: K, or N for block 0 when it attends before pruning
+    windowed = [
+        n if prune_from == "block0-mlp" and b == 0 else k
+        for b in range(cfg.depth)
+        if not cfg.is_global(b)
+    ]
+    if convention == "paper":
+        window_rows = rel_rows = [padded] * len(windowed)
+    else:
+        window_rows = [padded // (ws * ws) * min(q, ws * ws) for q in windowed]
+        rel_rows = windowed
+    attention = n_global * 2 * k * n * c + sum(2 * r * ws * ws * c for r in window_rows)
     rel_pos = 0.0
     if cfg.use_rel_pos:
-        rel_pos = n_global * 2 * k * c * (2 * g - 1) + n_window * 2 * padded * c * (2 * ws - 1)
+        rel_pos = n_global * 2 * k * c * (2 * g - 1) + sum(
+            2 * r * c * (2 * ws - 1) for r in rel_rows
+        )
     dense = k == n
     return FrameMACs(
         patch_embed=float(n * c * cfg.in_chans * cfg.patch_size**2),
@@ -124,13 +151,14 @@ def schedule_macs(
     radius: int = 1,
     head: DetectorConfig | None = None,
     prune_from: str = "input",
+    convention: str = "paper",
 ) -> FrameMACs:
     """Average MACs per frame over a reset schedule: one dense frame every `reset_every`."""
-    dense = frame_macs(cfg, None, radius, head)
+    dense = frame_macs(cfg, None, radius, head, convention=convention)
     if k is None or k == cfg.num_tokens or reset_every == 1:
         return dense
     if reset_every < 1:
         raise ValueError("reset_every must be >= 1 for an average over the schedule")
-    pruned = frame_macs(cfg, k, radius, head, prune_from)
+    pruned = frame_macs(cfg, k, radius, head, prune_from, convention)
     w = 1.0 / reset_every
     return FrameMACs.mix([(w, dense), (1.0 - w, pruned)])

@@ -4,8 +4,8 @@ inputs/outputs, shared by every model family (the graphs around them are the fam
 
 `PrunedStage` runs its blocks against per-block key/value caches of all tokens. Token-wise
 work (norms, qkv, projection, MLP) touches the kept rows; global blocks attend them to all
-keys; windowed blocks attend each query to its own window (computed for all windows at once,
-as the authors do, so shapes stay static).
+keys; windowed blocks attend each query to the keys of its own window, with static shapes
+(`PrunedStage._windowed`).
 
 The same modules are the PyTorch reference engine and what gets exported to ONNX.
 """
@@ -71,7 +71,10 @@ class PrunedStage(nn.Module):
             if cfg.prefix_tokens:
                 raise ValueError("windowed blocks with prefix tokens are not supported")
             self.register_buffer("slots", window_slots(cfg.grid, cfg.window_size), False)
-            self.register_buffer("slot_of", slot_of_token(cfg.grid, cfg.window_size), False)
+            slot = slot_of_token(cfg.grid, cfg.window_size)
+            area = cfg.window_size**2
+            self.register_buffer("window_of", slot // area, False)  # (N,) window of each token
+            self.register_buffer("place_of", slot % area, False)  # (N,) its position there
 
     @property
     def global_ids(self) -> tuple[int, ...]:
@@ -139,28 +142,55 @@ class PrunedStage(nn.Module):
         k_all: torch.Tensor,
         v_all: torch.Tensor,
     ) -> torch.Tensor:
-        """Windowed attention of the kept queries q (K, C) -> (K, C).
+        """Windowed attention of the kept queries q (K, C) at rows `keep` -> (K, C), each
+        query against the w² keys of its own window, as the dense model computes it.
 
         Padding slots of the dense model hold normalised zeros, so their keys/values are the
         qkv bias: one extra "padding" row (index N) carries them and `slots` points there.
-        Queries of pruned tokens are zero; their outputs are computed and dropped.
+
+        Every window gets R = min(K, w²) query rows: with K <= w², row i of every window
+        holds query i (only its own window's output is read); otherwise a query sits at its
+        position in its window, as in the dense model. So the attention is nW x R queries
+        against w² keys (nW·K·w² at small K instead of the padded grid's nW·w²·w²), with
+        static shapes, no per-query copies of keys and one fused kernel. (Copying each
+        query's own w² keys costs K·w²·C memory traffic, slower than whole windows on a CPU.)
         """
-        n, c = k_all.shape
+        c = k_all.shape[1]
         if attn.qkv.bias is not None:
             pad_k, pad_v = attn.qkv.bias[c : 2 * c], attn.qkv.bias[2 * c :]
         else:
             pad_k = pad_v = k_all.new_zeros(c)
-        q_ext = q.new_zeros(n + 1, c).index_copy(0, keep, q)
-        k_ext = torch.cat([k_all, pad_k.unsqueeze(0)])
-        v_ext = torch.cat([v_all, pad_v.unsqueeze(0)])
+        area = window * window
+        num_windows = self.slots.numel() // area
+        k = q.shape[0]
+        per_window = torch.sym_min(k, area)
+        # 1 when every query has its own row in every window, else 0: SymInt arithmetic, so
+        # the symbolic-K graph picks the rows without a branch
+        own_rows = per_window // k
+        place = self.place_of[keep]  # (K,) position in its window
+        row = torch.arange(k, device=q.device) * own_rows + place * (1 - own_rows)
+        home = self.window_of[keep]  # (K,) its window
+        index = home * per_window + row  # (K,) into the nW·R query rows
 
-        def windows(t: torch.Tensor) -> torch.Tensor:  # (N + 1, C) -> (nW, h, w², d)
-            return attn.split_heads(t[self.slots].view(-1, window * window, c))
+        def windows(t: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+            """(N, C) and the padding row (C,) -> (nW, h, w², d)."""
+            t = torch.cat([t, pad.unsqueeze(0)])
+            return attn.split_heads(t[self.slots].view(num_windows, area, c))
 
-        qw = windows(q_ext)
-        bias = attn.bias(qw, attn.rows, attn.cols)
-        o = attention_output(qw, windows(k_ext), windows(v_ext), bias)
-        return o.transpose(1, 2).reshape(-1, c)[self.slot_of[keep]]
+        qh = attn.split_heads(q)  # (h, K, d)
+        bias = attn.bias(qh.unsqueeze(0), attn.rows[place], attn.cols[place])  # (1, h, K, w²)
+        if bias is not None:  # query rows no kept query fills get no bias; they are not read
+            bias = bias[0].transpose(0, 1)  # (K, h, w²)
+            empty = bias.new_zeros(num_windows * per_window, attn.num_heads, area)
+            bias = empty.index_copy(0, index, bias)
+            bias = bias.view(num_windows, per_window, attn.num_heads, area).transpose(1, 2)
+        rows = q.new_zeros(num_windows * per_window, c).index_copy(0, index, q)
+        qw = attn.split_heads(rows.view(num_windows, per_window, c))  # (nW, h, R, d)
+        kw, vw = windows(k_all, pad_k), windows(v_all, pad_v)  # (nW, h, w², d)
+        o = attention_output(qw, kw, vw, bias)  # (nW, h, R, d)
+        # indexed by (window, row), not flattened: merging nW and a symbolic R in a reshape
+        # makes the exporter guard R != 1
+        return o.transpose(1, 2)[home, row].reshape(k, c)
 
 
 def stage_modules(encoder: nn.Module, plan: StagePlan) -> list[PrunedStage]:

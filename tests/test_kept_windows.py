@@ -1,0 +1,77 @@
+"""Windowed blocks of the pruned stages attend each kept query to its own window only: the
+same result as whole windows, with the padding slots of the dense model (the tiny detector's
+14 x 14 grid needs padding to 18 x 18 for its 6 x 6 windows), in PyTorch and in ONNX."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rgtp.core.selection import FixedKeep
+from rgtp.export.package import export_package
+from rgtp.models.plan import StagePlan
+from rgtp.runtime import Pipeline
+from tests.conftest import assert_same_detections, moving_frames
+from tests.test_pruned_loop import dense_reference
+
+WINDOW_AREA = 36  # the tiny detector's 6 x 6 windows
+# below the window area every window gets one row per query; from it on, a query sits at its
+# place in its window
+KS = (24, 49)
+PARTITIONS = ("per-global", "whole")
+
+
+@pytest.mark.parametrize("partition", PARTITIONS)
+@pytest.mark.parametrize("prune_from", ["input", "block0-mlp"])
+def test_keeping_all_tokens_equals_the_dense_model(tiny_detector, partition, prune_from):
+    assert tiny_detector.cfg.backbone.window_size**2 == WINDOW_AREA
+    n = tiny_detector.cfg.backbone.num_tokens
+    pipe = Pipeline.from_model(tiny_detector, [*KS, n], partition, prune_from=prune_from)
+    stream = pipe.new_stream(policy=FixedKeep(n))
+    for frame in moving_frames(2, 224):
+        stream.step(frame)
+        fmap, _ = dense_reference(tiny_detector, frame)
+        assert (stream.out_map - fmap).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("partition", PARTITIONS)
+@pytest.mark.parametrize("k", KS)
+def test_kept_queries_of_a_still_frame_equal_the_dense_model(tiny_detector, partition, k):
+    """With the caches of a dense step on the same frame, every kept query's window holds the
+    dense keys/values, so the kept tokens' features are the dense ones."""
+    n = tiny_detector.cfg.backbone.num_tokens
+    stream = Pipeline.from_model(tiny_detector, [k, n], partition).new_stream(
+        policy=FixedKeep(k), reset_every=0
+    )
+    frame = next(moving_frames(1, 224))
+    fmap, _ = dense_reference(tiny_detector, frame)
+    stream.step(frame)
+    result = stream.step(frame)
+    assert result.k == k and not result.reset
+    assert (stream.out_map - fmap).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module", params=PARTITIONS)
+def tiny_package(request, tiny_detector, tmp_path_factory):
+    plan = StagePlan.create(tiny_detector.cfg, list(KS), request.param)
+    path = tmp_path_factory.mktemp(f"kept_windows_{request.param}")
+    export_package(tiny_detector, plan, path, force=True, progress=False)
+    return path, plan, request.param
+
+
+@pytest.mark.parametrize("layout", ["per-k", "per-stage"])  # fixed-K and symbolic-K graphs
+@pytest.mark.parametrize("k", KS)
+def test_onnx_runtime_follows_the_torch_reference(tiny_detector, tiny_package, layout, k):
+    path, plan, partition = tiny_package
+    ort_stream = Pipeline.load(path, "ort", layout=layout).new_stream(policy=FixedKeep(k))
+    ref_stream = Pipeline.from_model(tiny_detector, plan.buckets, partition).new_stream(
+        policy=FixedKeep(k)
+    )
+    pruned = 0
+    for frame in moving_frames(6, 224, speed=8.0):
+        a, b = ort_stream.step(frame), ref_stream.step(frame)
+        assert torch.equal(a.keep, b.keep), f"frame {a.index}: kept tokens differ"
+        assert (ort_stream.out_map - ref_stream.out_map).abs().max() <= 1e-4
+        assert_same_detections(a.detections, b.detections)
+        pruned += not a.reset
+    assert pruned == 5
