@@ -55,7 +55,10 @@ def main() -> None:
     rows, records = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for prune_from in ("input", "block0-mlp"):
-            plan = StagePlan.create(cfg, [args.k], prune_from=prune_from)
+            # rows of every global block: the paper's settings roll out through all of them
+            plan = StagePlan.create(
+                cfg, [args.k], prune_from=prune_from, rollout_blocks=cfg.backbone.global_blocks
+            )
             pkg = Path(tmp) / prune_from
             ensure_package(detector.eval(), plan, pkg, symbolic=False, progress=False)
             pipe = Pipeline.load(pkg, backend="ort", threads=args.threads)

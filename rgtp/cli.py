@@ -615,6 +615,8 @@ def _eval_detector(args: argparse.Namespace, model) -> int:
     from rgtp.eval.evaluate import EvalSetting, evaluate, radius_table, results_table
 
     ks = args.ks or []
+    # the pruning flags as the model's own, so that its stages return the rows they roll out
+    model.cfg = _export_pruning(args, model.cfg)
     pipe = _pipeline(args, model, ks)
     pruning = _pruning(args, pipe.plan.config.pruning, pipe.plan.encoder.img_size)
     if args.ablate_r:

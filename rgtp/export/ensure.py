@@ -34,7 +34,8 @@ def ensure_package(
     `package` None: exported into a new temporary directory; a directory without a package
     (or, with `fresh`, an earlier rgtp package, which is replaced): exported there. A
     package already there is reused if it holds `model`'s weights and `plan`'s model,
-    partition, pruning point, head and every K bucket asked for (more buckets are fine);
+    partition, pruning point, head, every K bucket and rollout block asked for (more are
+    fine);
     otherwise ExportError naming what differs. With `progress`, one line on stderr says
     what is exported, or which package is reused.
     """
@@ -63,7 +64,8 @@ def describe(plan: StagePlan) -> str:
     """The cut of a plan in the words of `rgtp export`'s options."""
     return (
         f"{_model(plan)}, partition {_partition(plan)}, K buckets {list(plan.buckets)}, "
-        f"pruning from {plan.prune_from}, head fusion {plan.fusion}, head {plan.head}"
+        f"pruning from {plan.prune_from}, head fusion {plan.fusion}, head {plan.head}, "
+        f"rollout blocks {list(plan.rollout_blocks or ())}"
     )
 
 
@@ -83,6 +85,12 @@ def plan_differences(have: StagePlan, want: StagePlan) -> list[str]:
     missing = sorted(set(want.buckets) - set(have.buckets))
     if missing:
         out.append(f"it has no K buckets {missing} (it has {list(have.buckets)})")
+    rows = sorted(set(want.rollout_blocks or ()) - set(have.rollout_blocks or ()))
+    if rows:
+        out.append(
+            f"it returns no attention rows for rollout blocks {rows} (it returns them for "
+            f"{list(have.rollout_blocks or ())})"
+        )
     return out
 
 

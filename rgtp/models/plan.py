@@ -142,9 +142,19 @@ class StagePlan:
     prune_from: str = "input"
     head: str = "rgtp"
     user_head: GraphSpec | None = None  # head "onnx": the user graph's interface
+    # The global blocks whose stage graphs return attention rows, the only ones a stream can
+    # roll out through; None: every global block (plans from before this field).
+    rollout_blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         enc = self.encoder
+        rows = enc.global_blocks if self.rollout_blocks is None else self.rollout_blocks
+        if not rows or not set(rows) <= set(enc.global_blocks):
+            raise ValueError(
+                f"rollout blocks {list(rows)}: choose one or more of the global blocks "
+                f"{list(enc.global_blocks)}"
+            )
+        object.__setattr__(self, "rollout_blocks", tuple(sorted(set(rows))))
         covered = [b for s in self.stages for b in s]
         if covered != list(range(enc.depth)):
             raise ValueError(f"stages {self.stages} do not cover blocks 0..depth-1 in order")
@@ -176,7 +186,12 @@ class StagePlan:
         prune_from: str = "input",
         head: str = "rgtp",
         user_head: GraphSpec | None = None,
+        rollout_blocks: Sequence[int] | None = None,
     ) -> StagePlan:
+        """`rollout_blocks`: the global blocks whose attention rows the stages return; None:
+        those the model's own pruning settings roll out through (`config.pruning`)."""
+        if rollout_blocks is None:
+            rollout_blocks = config.pruning.blocks(config.encoder.global_blocks)
         return cls(
             config,
             tuple(partition_blocks(config.encoder, partition)),
@@ -185,6 +200,7 @@ class StagePlan:
             prune_from,
             head,
             user_head,
+            tuple(rollout_blocks),
         )
 
     @property
@@ -248,6 +264,11 @@ class StagePlan:
         """The blocks of a stage that read and refresh key/value caches."""
         return tuple(b for b in self.stages[stage] if b != self.dense_block)
 
+    def row_blocks(self, stage: int) -> tuple[int, ...]:
+        """The blocks of a stage that return their attention rows (`rollout_blocks`)."""
+        assert self.rollout_blocks is not None  # set by __post_init__
+        return tuple(b for b in self.cached_blocks(stage) if b in self.rollout_blocks)
+
     def stage_spec(self, stage: int, k: int | str) -> GraphSpec:
         """Interface of stage `stage` at K = k (an int, or a str for a symbolic K axis)."""
         n, c = self.prefix + self.num_tokens, self.dim
@@ -265,9 +286,7 @@ class StagePlan:
                 TensorSpec(f"k_new_{b}", (m, c), "float32"),
                 TensorSpec(f"v_new_{b}", (m, c), "float32"),
             ]
-        outputs += [
-            TensorSpec(f"attn_{b}", (m, n), "float32") for b in blocks if self.encoder.is_global(b)
-        ]
+        outputs += [TensorSpec(f"attn_{b}", (m, n), "float32") for b in self.row_blocks(stage)]
         return GraphSpec(stage_graph_name(stage, k), tuple(inputs), tuple(outputs))
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +298,7 @@ class StagePlan:
             "prune_from": self.prune_from,
             "head": self.head,
             **({"user_head": self.user_head.to_dict()} if self.user_head else {}),
+            "rollout_blocks": list(self.rollout_blocks or ()),
         }
 
     @classmethod
@@ -293,6 +313,7 @@ class StagePlan:
             data.get("prune_from", "input"),
             data.get("head", "rgtp"),
             GraphSpec.from_dict(data["user_head"]) if data.get("user_head") else None,
+            tuple(data["rollout_blocks"]) if "rollout_blocks" in data else None,
         )
 
 

@@ -30,10 +30,13 @@ class PrunedStage(nn.Module):
     forward(tokens (M, C), keep (M,) int64 sorted row indices,
             k_cache_b, v_cache_b (N, C) for each block b of the stage, in order)
     -> (tokens (M, C), k_new_b, v_new_b (M, C) for each block, then attn_b (M, N), the
-        head-fused attention rows of the kept queries, for each global block).
+        head-fused attention rows of the kept queries, for each block of `row_blocks`).
 
     The caches hold the latest keys/values of all rows; the stage overwrites the kept rows
-    in its own copy, and returns the fresh rows for the runtime to write back.
+    in its own copy, and returns the fresh rows for the runtime to write back. (Global
+    attention against the stale cache with the kept columns' scores and values corrected,
+    which avoids that copy, measured no faster on ONNX Runtime CPU: the cache is still
+    transposed into heads, and at small K the scores are as large as the cache.)
 
     With `dense_block` (one of the stage's blocks, its first), `tokens` holds all N tokens:
     that block's attention runs over all of them as in the dense model (so it needs no
@@ -47,14 +50,19 @@ class PrunedStage(nn.Module):
         block_ids: Sequence[int],
         fusion: str = "rms",
         dense_block: int | None = None,
+        row_blocks: Sequence[int] | None = None,
     ):
         """`encoder`: a module with `cfg` (an encoder config: grid, window_size, is_global,
-        prefix_tokens) and `blocks` (pre-norm blocks with `attn.qkv`, `attn.proj`,
-        `attn.split_heads`, `attn.bias`, `mlp`, `norm1`, `norm2`)."""
+        global_blocks, prefix_tokens) and `blocks` (pre-norm blocks with `attn.qkv`,
+        `attn.proj`, `attn.split_heads`, `attn.bias`, `mlp`, `norm1`, `norm2`).
+        `row_blocks`: the global blocks whose attention rows are returned (rollout reads
+        them; the others attend alike without writing their probabilities out); None: all."""
         super().__init__()
         cfg = encoder.cfg
         self.cfg = cfg
         self.block_ids = tuple(block_ids)
+        rows = cfg.global_blocks if row_blocks is None else row_blocks
+        self.row_blocks = tuple(b for b in self.block_ids if b in rows and cfg.is_global(b))
         if dense_block is not None and dense_block not in self.block_ids:
             dense_block = None  # the dense block lives in another stage
         if dense_block is not None and dense_block != self.block_ids[0]:
@@ -76,21 +84,19 @@ class PrunedStage(nn.Module):
             self.register_buffer("window_of", slot // area, False)  # (N,) window of each token
             self.register_buffer("place_of", slot % area, False)  # (N,) its position there
 
-    @property
-    def global_ids(self) -> tuple[int, ...]:
-        return tuple(b for b in self.block_ids if self.cfg.is_global(b))
-
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor, *caches: torch.Tensor):
-        blocks = list(self.blocks)
+        ids, blocks = list(self.block_ids), list(self.blocks)
         x = tokens
         if self.dense_block is not None:
+            ids.pop(0)
             x = self._dense_then_prune(blocks.pop(0), x, keep)
         if len(caches) != 2 * len(blocks):
             raise ValueError(f"stage {self.block_ids} needs {2 * len(blocks)} caches")
         fresh: list[torch.Tensor] = []
         rows: list[torch.Tensor] = []
-        for j, block in enumerate(blocks):
-            x, k, v, fused = self._block(block, x, keep, caches[2 * j], caches[2 * j + 1])
+        for j, (b, block) in enumerate(zip(ids, blocks, strict=True)):
+            k_cache, v_cache = caches[2 * j], caches[2 * j + 1]
+            x, k, v, fused = self._block(block, x, keep, k_cache, v_cache, b in self.row_blocks)
             fresh += [k, v]
             if fused is not None:
                 rows.append(fused)
@@ -113,7 +119,10 @@ class PrunedStage(nn.Module):
         keep: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
+        rows_out: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One cached block on the kept rows x (K, C) -> (x, fresh k, v (K, C), the fused
+        attention rows (K, N) where `rows_out`, else None)."""
         attn = block.attn
         q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (K, C) each
         k_all = k_cache.index_copy(0, keep, k)
@@ -124,11 +133,13 @@ class PrunedStage(nn.Module):
         else:
             qh = attn.split_heads(q).unsqueeze(0)  # (1, h, K, d)
             bias = attn.bias(qh, self.rows[keep], self.cols[keep])
-            o, probs = attend(
-                qh, attn.split_heads(k_all)[None], attn.split_heads(v_all)[None], bias
-            )
+            kh, vh = attn.split_heads(k_all)[None], attn.split_heads(v_all)[None]
+            if rows_out:
+                o, probs = attend(qh, kh, vh, bias)
+                fused = fuse_heads(probs[0], self.fusion)  # (K, N)
+            else:
+                o = attention_output(qh, kh, vh, bias)
             out = o[0].transpose(0, 1).reshape(x.shape)
-            fused = fuse_heads(probs[0], self.fusion)  # (K, N)
         x = x + attn.proj(out)
         x = x + block.mlp(block.norm2(x))
         return x, k, v, fused
@@ -195,4 +206,7 @@ class PrunedStage(nn.Module):
 
 def stage_modules(encoder: nn.Module, plan: StagePlan) -> list[PrunedStage]:
     """One module per stage of `plan`, sharing the encoder's parameters."""
-    return [PrunedStage(encoder, blocks, plan.fusion, plan.dense_block) for blocks in plan.stages]
+    return [
+        PrunedStage(encoder, blocks, plan.fusion, plan.dense_block, plan.rollout_blocks)
+        for blocks in plan.stages
+    ]

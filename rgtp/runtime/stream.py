@@ -130,6 +130,16 @@ class Stream:
         check_radius(options.radius, grid)
         self.pruning = options.pruning or plan.config.pruning
         self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
+        missing = sorted(set(self.rollout_blocks) - set(plan.rollout_blocks or ()))
+        if missing:
+            wanted = ",".join(map(str, self.rollout_blocks))
+            raise ValueError(
+                f"rollout through blocks {self.rollout_blocks} needs the attention rows of "
+                f"blocks {missing}, which this package's stages do not return (they return "
+                f"rows for blocks {list(plan.rollout_blocks or ())}, the model's rollout "
+                "blocks at export); roll out through those, or export again with "
+                f"--rollout-blocks {wanted} (StagePlan.create(..., rollout_blocks=...))"
+            )
         self.pool = self.pruning.rollout_pool
         # What novelty compares a token with, where K keeps a share for novelty at all.
         self._novelty = self.pruning.novelty if self.pruning.novelty_share > 0 else None
