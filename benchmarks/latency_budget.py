@@ -89,7 +89,7 @@ def main() -> None:
 
     budget = LatencyBudget(args.budget_ms or 1.0)
     start = time.perf_counter()
-    budget.calibrate(pipe, frames[:4], repeats=2)
+    budget.calibrate(pipe, frames[:4], repeats=3)
     calibration_s = time.perf_counter() - start
     buckets = pipe.plan.buckets
     if not args.budget_ms:

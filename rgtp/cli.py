@@ -927,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=_int_at_least(1), default=30, help="detectors: videos")
     p.add_argument("--frames", type=_int_at_least(1), default=64, help="detectors: per video")
     p.add_argument(
-        "--clips", type=_int_at_least(1), default=240, help="classifiers: held-out clips"
+        "--clips", type=_int_at_least(1), default=600, help="classifiers: held-out clips"
     )
     p.add_argument(
         "--finetuned-dir",

@@ -73,3 +73,17 @@ def test_streams_report_every_step_and_calibration_measures_every_bucket(tiny_de
     results = [s.step(f) for f in frames for s in (a, b)]
     assert heard == [(r.k, r.timings["total"]) for r in results]
     assert [r.k for r in results[2:]] == [n] * 6  # an unbounded budget keeps the most
+
+
+def test_steps_that_vary_buy_a_margin() -> None:
+    """Alternating 20 % above and below the baseline: the mean says K = 64 fits 30 ms, but
+    one step in two would miss it; the spread's margin keeps the bucket below."""
+    steady, margined = LatencyBudget(30.0, spread=0.0), LatencyBudget(30.0)
+    for policy in (steady, margined):
+        for k, ms in [(16, 10.0), (32, 15.0), (64, 25.0), (128, 45.0)]:
+            policy.observe(k, ms)
+        for i in range(40):
+            policy.observe(64, 25.0 * (1.2 if i % 2 else 0.8))
+    assert steady.choose(NONE, BUCKETS) == 64
+    assert margined.variance > 0.01
+    assert margined.choose(NONE, BUCKETS) == 32

@@ -2,7 +2,9 @@
 time on this machine, now, fits the budget.
 
 Expected time = the bucket's baseline (its step time on an idle machine) x the current
-slowdown. Baselines come from `calibrate` at load (each bucket timed on a few frames), or
+slowdown, plus `spread` running standard deviations of that ratio: steps vary from one to
+the next, and a budget is held on most steps only with that margin (1.65: ~95 % for normal
+noise). Baselines come from `calibrate` at load (each bucket timed on a few frames), or
 from the running steps (a bucket's first measurement); a bucket with none yet is
 interpolated linearly in K between measured ones. The slowdown is a running average of
 measured / baseline over the latest steps, so when another process takes the CPU every
@@ -35,13 +37,16 @@ class LatencyBudget:
 
     One object may serve many streams of one pipeline (they share its engines, so what one
     stream measures is true of the others); it is thread-safe. `smoothing`: weight of the
-    newest step in the running slowdown (0..1]."""
+    newest step in the running slowdown (0..1]; `spread`: the margin in standard deviations
+    of the step-to-step variation (0: the expected time alone)."""
 
-    def __init__(self, ms: float, smoothing: float = 0.2) -> None:
+    def __init__(self, ms: float, smoothing: float = 0.2, spread: float = 1.65) -> None:
         self.ms = check_real("latency budget (ms)", ms, 0.0, float("inf"), low_open=True)
         self.smoothing = check_real("smoothing", smoothing, 0.0, 1.0, low_open=True)
+        self.spread = check_real("spread", spread, 0.0, float("inf"))
         self.baseline: dict[int, float] = {}
         self.slowdown = 1.0
+        self.variance = 0.0  # running variance of measured / baseline
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -59,7 +64,10 @@ class LatencyBudget:
         """A step with `k` tokens took `ms` milliseconds (called by the stream)."""
         with self._lock:
             base = self.baseline.setdefault(k, ms / self.slowdown)
-            self.slowdown += self.smoothing * (ms / base - self.slowdown)
+            deviation = ms / base - self.slowdown
+            self.slowdown += self.smoothing * deviation
+            # the exponentially weighted variance matching that running mean
+            self.variance = (1 - self.smoothing) * (self.variance + self.smoothing * deviation**2)
 
     def expected(self, buckets: Sequence[int]) -> dict[int, float]:
         """The expected step time of every bucket now (ms)."""
@@ -67,13 +75,16 @@ class LatencyBudget:
             return {b: self._expected(b, buckets) for b in buckets}
 
     def _expected(self, k: int, buckets: Sequence[int]) -> float:
+        return self._baseline(k, buckets) * (self.slowdown + self.spread * self.variance**0.5)
+
+    def _baseline(self, k: int, buckets: Sequence[int]) -> float:
         if k in self.baseline:
-            return self.baseline[k] * self.slowdown
+            return self.baseline[k]
         if not self.baseline:  # nothing measured: only the smallest bucket is a safe guess
             return 0.0 if k == buckets[0] else float("inf")
         known = sorted(self.baseline)
         if len(known) == 1:  # time proportional to K: optimistic; the step's time corrects it
-            return self.baseline[known[0]] * k / known[0] * self.slowdown
+            return self.baseline[known[0]] * k / known[0]
         # np.interp holds the end values; extrapolate with the end segments' slopes instead
         lo, hi = (known[0], known[1]) if k < known[0] else (known[-2], known[-1])
         if known[0] <= k <= known[-1]:
@@ -81,7 +92,7 @@ class LatencyBudget:
         else:
             slope = (self.baseline[hi] - self.baseline[lo]) / (hi - lo)
             base = self.baseline[lo] + slope * (k - lo)
-        return max(base, 0.0) * self.slowdown
+        return max(base, 0.0)
 
     def calibrate(self, pipeline: Pipeline, frames: Iterable[object], repeats: int = 3) -> None:
         """Baselines of every bucket of `pipeline`: a throwaway stream per bucket runs
@@ -104,4 +115,4 @@ class LatencyBudget:
             times[b] = statistics.median(measured)
         with self._lock:
             self.baseline = times
-            self.slowdown = 1.0
+            self.slowdown, self.variance = 1.0, 0.0
