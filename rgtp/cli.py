@@ -446,6 +446,27 @@ def _add_pruning_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-threshold", type=float, default=None)
 
 
+def _add_stream_flags(p: argparse.ArgumentParser, latency_budget: bool) -> None:
+    """A stream's keep policy (one of --keep, --mass and, where a process measures its own
+    frames, --latency-budget), reset schedule and tracking radius (`_policy` reads them)."""
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
+    )
+    keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
+    if latency_budget:
+        keep.add_argument(
+            "--latency-budget",
+            type=_milliseconds,
+            metavar="MS",
+            help="keep the largest bucket expected to run a frame within MS on this machine, "
+            "learnt from the running frames",
+        )
+    p.add_argument("--reset-every", type=_int_at_least(0), default=8)
+    _add_reset_flag(p)
+    p.add_argument("--radius", type=_int_at_least(0), default=1)
+
+
 def _policy(args: argparse.Namespace):
     from rgtp.core.selection import FixedKeep, MassKeep
 
@@ -879,21 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
-    keep = p.add_mutually_exclusive_group()
-    keep.add_argument(
-        "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
-    )
-    keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
-    keep.add_argument(
-        "--latency-budget",
-        type=_milliseconds,
-        metavar="MS",
-        help="keep the largest bucket expected to run a frame within MS on this machine, "
-        "learnt from the running frames",
-    )
-    p.add_argument("--reset-every", type=_int_at_least(0), default=8)
-    _add_reset_flag(p)
-    p.add_argument("--radius", type=_int_at_least(0), default=1)
+    _add_stream_flags(p, latency_budget=True)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     _add_pruning_flags(p)
@@ -1037,14 +1044,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds without a request after which a sequence's stream is freed",
     )
-    keep = p.add_mutually_exclusive_group()
-    keep.add_argument(
-        "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
-    )
-    keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
-    p.add_argument("--reset-every", type=_int_at_least(0), default=8)
-    _add_reset_flag(p)
-    p.add_argument("--radius", type=_int_at_least(0), default=1)
+    _add_stream_flags(p, latency_budget=False)
     p.add_argument("--force", action="store_true", help="replace a repository rgtp wrote there")
     return parser
 
