@@ -119,7 +119,7 @@ def export_package(
         try:
             manifest = _export_into(model.eval(), plan, tmp, opset, symbolic, progress, user_head)
             set_modes(tmp, private)
-            _move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
+            move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
             return manifest
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -284,10 +284,10 @@ def set_modes(root: Path, private: bool = False) -> None:
             (Path(base) / f).chmod(file_mode)
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Put the complete package `tmp` at `out`. What was at `out` (an empty directory or an
-    earlier package) is renamed aside first and deleted only once `tmp` is in place, so any
-    failure leaves it where it was."""
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Put the complete directory `tmp` (a package, a Triton repository) at `out`. What was
+    at `out` (an empty directory or an earlier one of the same kind) is renamed aside first
+    and deleted only once `tmp` is in place, so any failure leaves it where it was."""
     if not out.exists():
         tmp.rename(out)
         return

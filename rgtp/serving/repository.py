@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import rgtp
-from rgtp.export.package import set_modes
+from rgtp.export.package import move_into_place, set_modes
 from rgtp.models.manifest import MANIFEST, Manifest, package_file
 from rgtp.models.package_verify import verify_package
 from rgtp.serving.model_config import config_text, model_config
@@ -92,7 +92,7 @@ def write_repository(
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         (tmp / MARKER).write_text(json.dumps({"model": name, "files": written}, indent=1))
         set_modes(tmp)
-        _put_in_place(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -141,20 +141,3 @@ def _foreign_files(repo: Path) -> list[str] | None:
         if (not p.is_dir() or p.is_symlink()) and "__pycache__" not in p.parts
     )
     return sorted(rel for p in files if (rel := p.relative_to(repo).as_posix()) not in own)
-
-
-def _put_in_place(tmp: Path, out: Path) -> None:
-    """`tmp` at `out`; what was there (empty, or an earlier repository) is renamed aside and
-    deleted only once `tmp` is in place."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.rgtp-old-", dir=out.parent))
-    aside.rmdir()
-    out.rename(aside)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        aside.rename(out)
-        raise
-    shutil.rmtree(aside)
