@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rgtp.data.synthmotion import generate_clip
-from rgtp.data.synthvid import HELDOUT_SEED_BASE
-from rgtp.eval.classify import data_config
+from rgtp.eval.classify import data_config, heldout_clips
 from rgtp.eval.classify_pruned import pruned_run
 from rgtp.models.registry import shipped_weights
 from rgtp.models.vivit import ViViT
@@ -49,8 +47,7 @@ def main() -> None:
     if weights is None:
         raise SystemExit(f"{args.model} has no shipped weights")
     load_vivit_weights(model, weights)
-    seeds = range(HELDOUT_SEED_BASE + args.first, HELDOUT_SEED_BASE + args.first + args.clips)
-    clips = [generate_clip(s, data_config(cfg)) for s in seeds]
+    clips = heldout_clips(args.clips, data_config(cfg), args.first)
     pipe = Pipeline.from_model(model, [args.keep])
 
     rows: dict[str, float] = {}

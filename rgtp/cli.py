@@ -468,12 +468,10 @@ def _add_stream_flags(p: argparse.ArgumentParser, latency_budget: bool) -> None:
 
 
 def _policy(args: argparse.Namespace):
-    from rgtp.core.selection import FixedKeep, MassKeep
+    from rgtp.core.selection import keep_policy
 
-    if args.k is not None:
-        return FixedKeep(args.k)
-    if args.mass is not None:
-        return MassKeep(args.mass)
+    if args.k is not None or args.mass is not None:
+        return keep_policy(args.k, args.mass)
     if getattr(args, "latency_budget", None) is not None:
         from rgtp.runtime.latency_budget import LatencyBudget
 

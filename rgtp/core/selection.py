@@ -113,6 +113,15 @@ class MassKeep:
         pass  # the largest bucket (N) always serves
 
 
+def keep_policy(k: int | None = None, mass: float | None = None) -> KeepPolicy | None:
+    """`FixedKeep(k)` or `MassKeep(mass)` from options that name at most one (None: dense)."""
+    if k is not None and mass is not None:
+        raise ValueError("give keep (K) or mass, not both")
+    if k is not None:
+        return FixedKeep(k)
+    return None if mass is None else MassKeep(mass)
+
+
 def is_reset_frame(frame_index: int, reset_every: int) -> bool:
     """Frame 0 and every R-th frame run dense and rebuild every cache (R = 0: only frame 0)."""
     check_int("reset_every", reset_every, 0)

@@ -51,9 +51,10 @@ def clip_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float()
 
 
-def heldout_clips(n: int, cfg: SynthMotionConfig) -> list[Clip]:
-    """The first n held-out clips (balanced over the classes when n is a multiple of 12)."""
-    return [generate_clip(s, cfg) for s in heldout_seeds(n)]
+def heldout_clips(n: int, cfg: SynthMotionConfig, first: int = 0) -> list[Clip]:
+    """n held-out clips from the `first`-th on (balanced over the classes when n and first
+    are multiples of 12)."""
+    return [generate_clip(s, cfg) for s in heldout_seeds(first + n)[first:]]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from rgtp.core.checks import check_int, check_real
-from rgtp.core.selection import RESETS, FixedKeep, MassKeep
+from rgtp.core.selection import keep_policy
 from rgtp.engines import BACKENDS
 from rgtp.runtime import StreamOptions
 
@@ -42,23 +42,12 @@ class ServingSettings:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_int("max streams", self.max_streams, 1)
         check_real("idle timeout (seconds)", self.idle_timeout_s, 0.0, 86400.0, low_open=True)
-        if self.keep is not None and self.mass is not None:
-            raise ValueError("give keep (K) or mass, not both")
         self.stream_options()  # every option checked now, not at the first sequence
 
     def stream_options(self) -> StreamOptions:
         """The options every sequence's stream is opened with."""
-        policy = (
-            FixedKeep(self.keep)
-            if self.keep is not None
-            else MassKeep(self.mass)
-            if self.mass is not None
-            else None
-        )
-        if self.reset not in RESETS:
-            raise ValueError(f"reset must be one of {RESETS}, got {self.reset!r}")
         return StreamOptions(
-            policy=policy,
+            policy=keep_policy(self.keep, self.mass),
             reset_every=self.reset_every,
             reset=self.reset,
             radius=self.radius,
