@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgtp.core.rollout import cls_target, detection_target, fuse_heads, rollout
+from rgtp.core.rollout import (
+    cls_target,
+    detection_target,
+    fuse_heads,
+    rollout,
+    write_rows,
+)
 
 
 def random_attention(heads: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -35,6 +41,34 @@ def test_recursion_equals_explicit_product(mode: str) -> None:
     rel = (fast - slow).norm() / slow.norm()
     assert rel <= 1e-6, rel
     assert torch.isclose(fast.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_rows_standing_in_equal_the_rows_written_and_leave_the_buffers_alone() -> None:
+    """Rollout through buffers with this step's rows standing in for some of theirs (and
+    kept row sums) equals the explicit product over the buffers with those rows written;
+    the buffers are not touched until `write_rows`, after which plain rollout agrees."""
+    gen = torch.Generator().manual_seed(2)
+    n = 48
+    buffers = [fuse_heads(random_attention(4, n, gen), "rms") for _ in range(3)]
+    sums = [b.sum(dim=1) for b in buffers]
+    where = torch.randperm(n, generator=gen)[:17]
+    fresh = [fuse_heads(random_attention(4, n, gen), "rms")[:17] for _ in range(3)]
+    target = torch.rand(n, generator=gen, dtype=torch.float64)
+    before = [b.clone() for b in buffers] + [s.clone() for s in sums]
+
+    got = rollout(buffers, target, sums, where, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(before, buffers + sums, strict=True))
+    written = [b.index_copy(0, where, f) for b, f in zip(buffers, fresh, strict=True)]
+    want = explicit_rollout(written, target)
+    assert (got - want).norm() / want.norm() <= 1e-12
+    assert torch.allclose(rollout(buffers, target, None, where, fresh), want, atol=1e-14)
+
+    for b, s, f in zip(buffers, sums, fresh, strict=True):
+        write_rows(b, s, where, f)
+    assert all(
+        torch.allclose(s, b.sum(dim=1), atol=1e-14) for b, s in zip(buffers, sums, strict=True)
+    )
+    assert torch.allclose(rollout(buffers, target, sums), want, atol=1e-14)
 
 
 def test_fusions() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from rgtp.core.tracking import match_tokens, track, window_offsets
+from rgtp.core.tracking import match_tokens, track, window_offsets, window_similarities
 from rgtp.models.vitdet import PatchEmbed
 
 GRID, PATCH = 12, 16
@@ -140,3 +140,18 @@ def test_match_similarity_flags_new_content() -> None:
     inside = interior(1)
     inside[new] = False
     assert sim[new] < sim[inside].min()
+
+
+@pytest.mark.parametrize(("grid", "radius"), [(5, 1), (6, 2), (4, 3), (1, 0)])
+def test_window_similarities_equal_the_dot_products_of_each_window(grid: int, radius: int) -> None:
+    g = torch.Generator().manual_seed(grid * 10 + radius)
+    prev, z = torch.randn(2, grid * grid, 8, generator=g, dtype=torch.float64)
+    sims = window_similarities(prev, z, grid, radius)
+    offsets = window_offsets(radius)
+    assert sims.shape == (grid * grid, len(offsets))
+    for i in range(grid * grid):
+        y, x = divmod(i, grid)
+        for d, (dy, dx) in enumerate(offsets):
+            inside = 0 <= y + dy < grid and 0 <= x + dx < grid
+            want = float(z[i] @ prev[(y + dy) * grid + x + dx]) if inside else 0.0
+            assert float(sims[i, d]) == pytest.approx(want, abs=1e-12)

@@ -30,26 +30,67 @@ def fuse_heads(attn: torch.Tensor, mode: str = "rms") -> torch.Tensor:
     raise ValueError(f"unknown head fusion {mode!r}; choose from {FUSIONS}")
 
 
-def rollout_step(fused: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """One backward step s_{l-1} = Â_lᵀ s_l for fused attention Ā_l (N, N), s_l (N,).
+def rollout_step(
+    fused: torch.Tensor,
+    s: torch.Tensor,
+    sums: torch.Tensor | None = None,
+    where: torch.Tensor | None = None,
+    fresh: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One backward step s_{l-1} = Â_lᵀ s_l for fused attention Ā_l (M, M), s_l (M,).
 
     With r_m = Σ_k Ā(m, k) + 1 the row sums of Ā + I, Â(m, n) = (Ā(m, n) + δ_mn) / r_m, so
-    Âᵀ s = Āᵀ u + u where u = s / r: no N x N temporary is built.
+    Âᵀ s = Āᵀ u + u where u = s / r: no M x M temporary is built.
+
+    sums: Ā's row sums (M,), kept beside a buffer so that a step reads Ā once (None: summed
+    here). where, fresh: this step's rows `fresh` (K, M) of the queries `where` (K,) stand in
+    for those rows of Ā without being written into it (the buffer stays as it was until the
+    step commits): Āᵀ u = Ā_oldᵀ u' + freshᵀ u[where], u' = u with the `where` entries zero.
     """
-    u = s / (fused.sum(dim=1) + 1.0)
-    return fused.t() @ u + u
+    if sums is None:
+        sums = fused.sum(dim=1)
+    if where is None or fresh is None:
+        u = s / (sums + 1.0)
+        return fused.t() @ u + u
+    fresh = fresh.to(fused.dtype)
+    u = s / (sums.index_copy(0, where, fresh.sum(dim=1)) + 1.0)
+    return fused.t() @ u.index_fill(0, where, 0.0) + fresh.t() @ u[where] + u
 
 
-def rollout(fused: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def rollout(
+    fused: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    sums: Sequence[torch.Tensor] | None = None,
+    where: torch.Tensor | None = None,
+    fresh: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Importance of the input tokens, s_0 = Ãᵀ s_L, normalised to sum 1.
 
-    fused: the fused attention (N, N) of each rollout block, in forward order;
-    target: s_L (N,), what the output cares about. Returns s_0 (N,).
+    fused: the fused attention (M, M) of each rollout block, in forward order;
+    target: s_L (M,), what the output cares about. Returns s_0 (M,).
+    sums, where, fresh: per block as `rollout_step` (the same queries `where` in every
+    block): the buffers' row sums, and this step's rows standing in for theirs.
     """
     s = target
-    for a in reversed(fused):
-        s = rollout_step(a, s)
+    for i in reversed(range(len(fused))):
+        s = rollout_step(
+            fused[i],
+            s,
+            None if sums is None else sums[i],
+            where,
+            None if fresh is None else fresh[i],
+        )
     return s / s.sum()
+
+
+def write_rows(
+    buffer: torch.Tensor, sums: torch.Tensor, where: torch.Tensor, fresh: torch.Tensor
+) -> None:
+    """Rows `fresh` (K, M) of the queries `where` (K,) into a rollout buffer (M, M) and its row
+    sums (M,), in place: what `rollout_step` read as standing in for them, summed alike."""
+    fresh = fresh.to(buffer.dtype)
+    buffer.index_copy_(0, where, fresh)
+    sums.index_copy_(0, where, fresh.sum(dim=1))
 
 
 def detection_target(
@@ -160,12 +201,20 @@ def upsample_importance(pooled: torch.Tensor, grid: int, pool: int) -> torch.Ten
 
 
 def token_importance(
-    rows: Sequence[torch.Tensor], target: torch.Tensor, grid: int, pool: int = 1
+    rows: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    grid: int,
+    pool: int = 1,
+    sums: Sequence[torch.Tensor] | None = None,
+    where: torch.Tensor | None = None,
+    fresh: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """s_0 (grid²,) of every token from s_L (grid²,) through the buffered fused attention of
     each rollout block (forward order): (N, N) rows, or with `pool` > 1 the pooled
     (N/pool², N/pool²) rows of `pool_attention_rows`; rollout then runs on the pooled grid and
-    the result is upsampled bilinearly."""
+    the result is upsampled bilinearly. sums, where, fresh: as `rollout` (with pooling, the
+    pooled cells and rows)."""
     if pool == 1:
-        return rollout(rows, target)
-    return upsample_importance(rollout(rows, pool_target(target, grid, pool)), grid, pool)
+        return rollout(rows, target, sums, where, fresh)
+    pooled = rollout(rows, pool_target(target, grid, pool), sums, where, fresh)
+    return upsample_importance(pooled, grid, pool)

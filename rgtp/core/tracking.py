@@ -45,19 +45,47 @@ def match_tokens(
     if similarity == "cosine":
         prev_z, z = F.normalize(prev_z, dim=1), F.normalize(z, dim=1)
     candidates, valid = _window(grid, radius, z.device)  # (N, D) each
-    n, d = candidates.shape
-    sims = torch.empty(n, d, dtype=z.dtype, device=z.device)
-    # All offsets of a chunk at once: a few kernels a frame instead of a few per offset
-    # (chunks bound the (N, D, C) gather for wide windows).
-    step = max(1, _GATHER_ELEMENTS // (n * z.shape[1]))
-    for lo in range(0, d, step):
-        window = prev_z[candidates[:, lo : lo + step]]  # (N, d', C)
-        sims[:, lo : lo + step] = torch.bmm(window, z.unsqueeze(2)).squeeze(2)
+    sims = window_similarities(prev_z, z, grid, radius)
     best = sims.masked_fill(~valid, float("-inf")).argmax(dim=1)  # first max: (0, 0) on ties
     return candidates.gather(1, best.unsqueeze(1)).squeeze(1)
 
 
-_GATHER_ELEMENTS = 1 << 26  # elements of the largest (N, d', C) gather of one chunk
+def window_similarities(
+    prev_z: torch.Tensor, z: torch.Tensor, grid: int, radius: int
+) -> torch.Tensor:
+    """<z[i], prev_z[j]> (N, D) for every token i and its candidate j at each
+    `window_offsets` offset (0 where the offset leaves the grid).
+
+    Per row offset dy, one batched matrix product takes every token of each grid row y
+    against every token of row y + dy of the zero-padded last frame, (grid, grid, grid + 2r);
+    the window's products are a band of it. That is (grid + 2r) / (2r + 1) times the
+    multiply-adds of the window alone, but in a matrix product instead of an (N, D, C)
+    gather: several times faster on CPUs and GPUs for the usual radii.
+    """
+    g, r, c = grid, radius, z.shape[1]
+    prev = F.pad(prev_z.view(g, g, c), (0, 0, r, r, r, r))  # (g + 2r, g + 2r, C)
+    rows = z.view(g, g, c)
+    band, order = _band(g, r, z.device)
+    per_dy = [
+        torch.bmm(rows, prev[r + dy : r + dy + g].transpose(1, 2))  # (g, g, g + 2r)
+        .view(g, -1)
+        .index_select(1, band)
+        .view(g, g, 2 * r + 1)
+        for dy in range(-r, r + 1)
+    ]
+    return torch.stack(per_dy, dim=2).view(g * g, -1).index_select(1, order)
+
+
+@functools.cache
+def _band(grid: int, radius: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the window's products lie in a row's (grid, grid + 2r) products, flattened:
+    column x + r + dx of row x, (grid * (2r + 1),) in (x, dx) order; and the permutation from
+    (dy, dx) raster order to `window_offsets` order, (D,)."""
+    span, width = 2 * radius + 1, grid + 2 * radius
+    x = torch.arange(grid).view(grid, 1)
+    band = (x * width + x + torch.arange(span).view(1, span)).flatten()
+    order = torch.tensor([(dy + radius) * span + dx + radius for dy, dx in window_offsets(radius)])
+    return band.to(device), order.to(device)
 
 
 @functools.cache

@@ -19,6 +19,8 @@ class StreamState:
     attn_rows: per rollout block, (E + N, E + N) last computed fused attention row of every
         row, which rollout uses for rows this step did not compute; with rollout pooling p,
         (N/p², N/p²) rows of the pooled grid (`core.rollout.pool_attention_rows`).
+    attn_sums: per rollout block, the row sums of `attn_rows` (rollout reads each buffer
+        once); both are written together at a step's commit (`core.rollout.write_rows`).
     out_map: (E + N, C) encoder output; pruned tokens keep their last computed feature.
     gathered: per K bucket, the buffers a step's stages read, allocated on first use and
         rewritten in place every step, so that engines replaying CUDA graphs see the same
@@ -51,6 +53,7 @@ class StreamState:
         self.k_cache = [cache(b) for b in range(depth)]
         self.v_cache = [cache(b) for b in range(depth)]
         self.attn_rows = {g: torch.zeros(rows, rows, device=device) for g in rollout_blocks}
+        self.attn_sums = {g: torch.zeros(rows, device=device) for g in rollout_blocks}
         self.out_map = torch.zeros(n, c, device=device, dtype=dtype)
         self.gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._all_tokens: torch.Tensor | None = None
@@ -102,6 +105,7 @@ class StreamState:
         out = {f"k_cache_{b}": t for b, t in enumerate(self.k_cache)}
         out |= {f"v_cache_{b}": t for b, t in enumerate(self.v_cache)}
         out |= {f"attn_rows_{g}": t for g, t in self.attn_rows.items()}
+        out |= {f"attn_sums_{g}": t for g, t in self.attn_sums.items()}
         out["out_map"] = self.out_map
         if self.prev_patches is not None and self.prev_importance is not None:
             out |= {"prev_patches": self.prev_patches, "prev_importance": self.prev_importance}

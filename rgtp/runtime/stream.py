@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rgtp.core.checks import check_int
-from rgtp.core.rollout import pool_attention_rows, token_importance
+from rgtp.core.rollout import pool_attention_rows, token_importance, write_rows
 from rgtp.core.selection import (
     RESETS,
     FixedKeep,
@@ -292,9 +292,10 @@ class Stream:
             x = out.pop("tokens_out")
             fresh |= out
 
-        # The maintained output and the rollout buffers are written in place (no copy of
-        # the whole buffers per step); should anything fail before the commit, the rows
-        # they held are put back.
+        # The maintained output is written in place (no copy of the whole map per step);
+        # should anything fail before the commit, the rows it held are put back. Rollout
+        # reads its buffers with this step's rows standing in for theirs, and the commit
+        # writes them.
         writes = RowWrites()
         try:
             with timer("scatter"):
@@ -302,7 +303,7 @@ class Stream:
             with timer("head"):
                 prediction = task.predict(st.out_map, _Runner(engines, checks), user_head)
             with timer("rollout"):
-                importance = self._rollout(rows, fresh, prediction.target, writes)
+                importance, attention = self._rollout(rows, fresh, prediction.target)
                 if reset and not first and self.checkerboard is not None:
                     importance = fill_from_most_similar(
                         importance, patches, keep, self.pruning.similarity
@@ -312,7 +313,7 @@ class Stream:
             raise
 
         with timer("scatter"):  # the commit: nothing below can fail on checked tensors
-            self._commit_caches(rows, fresh)
+            self._commit(rows, fresh, attention)
             if self._graphs is not None:  # graph outputs are overwritten next step: copies
                 st.prev_importance = st.static("prev_importance", importance)
                 importance = st.prev_importance.clone()  # the result's own
@@ -337,67 +338,82 @@ class Stream:
         return task.result(common, prediction, geometry)
 
     def _rollout(
+        self, rows: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]] | None]:
+        """s_0 (N,) of the patch tokens by rollout from s_L `target` (E + N,) through this
+        step's attention rows of the kept rows and the buffered rows of the others, and, with
+        `rollout_pool`, the pooled rows to commit (the cells and their rows per rollout
+        block; without pooling the commit takes the step's rows as they are: None)."""
+        grid, prefix, blocks = self.plan.encoder.grid, self.plan.prefix, self.rollout_blocks
+        buffers, sums = self.state.attn_rows, self.state.attn_sums
+        target = target.float()
+        if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
+            pooled = [
+                pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool) for g in blocks
+            ]
+            cells = pooled[0][0]  # the same queries in every block: the same cells
+            s0 = token_importance(
+                [buffers[g] for g in blocks],
+                target,
+                grid,
+                self.pool,
+                [sums[g] for g in blocks],
+                cells,
+                [p for _, p in pooled],
+            )  # (no prefix: pooling refuses models with one)
+            return s0, (cells, [p for _, p in pooled])
+        if self._graphs is not None:
+            target = self.state.static("target", target)
+        feeds = {"rows": rows, "target": target}
+        feeds |= {f"buffer_{g}": buffers[g] for g in blocks}
+        feeds |= {f"sums_{g}": sums[g] for g in blocks}
+        feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
+
+        def roll_out(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            s0 = token_importance(
+                [f[f"buffer_{g}"] for g in blocks],
+                f["target"],
+                grid,
+                sums=[f[f"sums_{g}"] for g in blocks],
+                where=f["rows"],
+                fresh=[f[f"attn_{g}"] for g in blocks],
+            )
+            return {"s0": s0[prefix:] / s0[prefix:].sum() if prefix else s0}
+
+        return self._replay("rollout", feeds, roll_out)["s0"], None
+
+    def _commit(
         self,
         rows: torch.Tensor,
         fresh: dict[str, torch.Tensor],
-        target: torch.Tensor,
-        writes: RowWrites,
-    ) -> torch.Tensor:
-        """s_0 (N,) of the patch tokens by rollout from s_L `target` (E + N,) through this
-        step's attention rows of the kept rows and the buffered rows of the others (pooled
-        first with `rollout_pool`). Rollout reads the whole buffers, so the fresh rows go in
-        first, through `writes`."""
-        grid, prefix = self.plan.encoder.grid, self.plan.prefix
-        buffers = self.state.attn_rows
-        target = target.float()
-        if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
-            for g in self.rollout_blocks:
-                cells, pooled = pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool)
-                writes.write(buffers[g], cells, pooled)
-            # (no prefix: pooling refuses models with one)
-            return token_importance(
-                [buffers[g] for g in self.rollout_blocks], target, grid, self.pool
-            )
-        if self._graphs is not None:
-            target = self.state.static("target", target)
-        blocks = self.rollout_blocks
-        feeds = {"rows": rows, "target": target}
-        feeds |= {f"buffer_{g}": buffers[g] for g in blocks}
-        feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
-
-        def write_and_roll_out(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            where, bufs = f["rows"], [f[f"buffer_{g}"] for g in blocks]
-            old = [b.index_select(0, where) for b in bufs]
-            try:
-                for g, b in zip(blocks, bufs, strict=True):
-                    b.index_copy_(0, where, f[f"attn_{g}"].to(b.dtype))
-                s0 = token_importance(bufs, f["target"], grid)
-            except BaseException:
-                for b, o in zip(bufs, old, strict=True):
-                    b.index_copy_(0, where, o)
-                raise
-            s0 = s0[prefix:] / s0[prefix:].sum() if prefix else s0
-            return {"s0": s0} | {f"old_{g}": o for g, o in zip(blocks, old, strict=True)}
-
-        out = self._replay("rollout", feeds, write_and_roll_out)
-        for g in blocks:  # put back should the step fail later
-            writes.record(buffers[g], rows, out[f"old_{g}"])
-        return out["s0"]
-
-    def _commit_caches(self, rows: torch.Tensor, fresh: dict[str, torch.Tensor]) -> None:
-        """This step's keys and values of `rows` into the caches, in place."""
+        pooled: tuple[torch.Tensor, list[torch.Tensor]] | None,
+    ) -> None:
+        """This step's keys and values of `rows` into the caches and its attention rows into
+        the rollout buffers (`pooled`: the cells and pooled rows instead), in place."""
+        st, blocks = self.state, self.rollout_blocks
         feeds = {"rows": rows}
         for b in self._cached_blocks:
-            feeds |= {f"k_cache_{b}": self.state.k_cache[b], f"k_new_{b}": fresh[f"k_new_{b}"]}
-            feeds |= {f"v_cache_{b}": self.state.v_cache[b], f"v_new_{b}": fresh[f"v_new_{b}"]}
+            feeds |= {f"k_cache_{b}": st.k_cache[b], f"k_new_{b}": fresh[f"k_new_{b}"]}
+            feeds |= {f"v_cache_{b}": st.v_cache[b], f"v_new_{b}": fresh[f"v_new_{b}"]}
+        if pooled is None:
+            feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
+            feeds |= {f"sums_{g}": st.attn_sums[g] for g in blocks}
+            feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
 
         def write(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for b in self._cached_blocks:
                 for kv in ("k", "v"):
                     f[f"{kv}_cache_{b}"].index_copy_(0, f["rows"], f[f"{kv}_new_{b}"])
+            if pooled is None:
+                for g in blocks:
+                    write_rows(f[f"buffer_{g}"], f[f"sums_{g}"], f["rows"], f[f"attn_{g}"])
             return {}
 
         self._replay("commit", feeds, write)
+        if pooled is not None:
+            cells, values = pooled
+            for g, v in zip(blocks, values, strict=True):
+                write_rows(st.attn_rows[g], st.attn_sums[g], cells, v)
 
     def _track(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Last step's importance tracked onto `patches`, and, where novelty needs it, each
@@ -451,10 +467,6 @@ class RowWrites:
     def write(self, buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
         self._replaced.append((buffer, rows, buffer.index_select(0, rows)))
         buffer.index_copy_(0, rows, values.to(buffer.dtype))
-
-    def record(self, buffer: torch.Tensor, rows: torch.Tensor, old: torch.Tensor) -> None:
-        """A write done elsewhere, whose replaced rows were `old`."""
-        self._replaced.append((buffer, rows, old))
 
     def undo(self) -> None:
         for buffer, rows, old in reversed(self._replaced):
