@@ -118,13 +118,15 @@ def dense_backbone_ms(
 
 
 def forget_graphs(pipe: Pipeline) -> None:
-    """Drop the captured graphs of every stage engine, so that a setting's peak memory is
-    its own."""
-    for engines in pipe.engines.stages:
-        for engine in engines.values():
-            graphs = getattr(engine, "graphs", None)
-            if graphs is not None:
-                graphs.clear()
+    """Drop the captured graphs of every engine, so that a setting's peak memory is its
+    own."""
+    engines = pipe.engines
+    every = [e for stage in engines.stages for e in stage.values()]
+    every += [engines.embed, engines.head, *engines.extra.values()]
+    for engine in every:
+        graphs = getattr(engine, "graphs", None)
+        if graphs is not None:
+            graphs.clear()
 
 
 def count_syncs(step) -> int:

@@ -7,7 +7,13 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from rgtp.core.tracking import match_tokens, track, window_offsets, window_similarities
+from rgtp.core.tracking import (
+    match_tokens,
+    track,
+    unit_rows,
+    window_offsets,
+    window_similarities,
+)
 from rgtp.models.vitdet import PatchEmbed
 
 GRID, PATCH = 12, 16
@@ -155,3 +161,13 @@ def test_window_similarities_equal_the_dot_products_of_each_window(grid: int, ra
             inside = 0 <= y + dy < grid and 0 <= x + dx < grid
             want = float(z[i] @ prev[(y + dy) * grid + x + dx]) if inside else 0.0
             assert float(sims[i, d]) == pytest.approx(want, abs=1e-12)
+
+
+def test_unit_rows_in_half_precision_leave_zero_rows_zero() -> None:
+    """Cosine tracking in float16 (the fp16 GPU path) normalises in float32: float16's
+    epsilon would be 0, and a zero row would become NaN."""
+    z = torch.zeros(3, 8, dtype=torch.float16)
+    z[1] = 3.0
+    out = unit_rows(z)
+    assert out.dtype == torch.float16 and bool(out.isfinite().all())
+    assert torch.equal(out[0], z[0]) and abs(float(out[1].float().norm()) - 1.0) < 1e-3

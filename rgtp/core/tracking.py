@@ -43,7 +43,7 @@ def match_tokens(
         raise ValueError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
     check_radius(radius, grid)
     if similarity == "cosine":
-        prev_z, z = F.normalize(prev_z, dim=1), F.normalize(z, dim=1)
+        prev_z, z = unit_rows(prev_z), unit_rows(z)
     candidates, valid = _window(grid, radius, z.device)  # (N, D) each
     sims = window_similarities(prev_z, z, grid, radius)
     best = sims.masked_fill(~valid, float("-inf")).argmax(dim=1)  # first max: (0, 0) on ties
@@ -111,7 +111,13 @@ def match_similarity(prev_z: torch.Tensor, z: torch.Tensor, source: torch.Tensor
 
 def row_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of each row of a (N, C) to the same row of b (N, C): (N,)."""
-    return (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1)
+    return (unit_rows(a) * unit_rows(b)).sum(dim=1)
+
+
+def unit_rows(z: torch.Tensor) -> torch.Tensor:
+    """Each row of z (N, C) scaled to unit length, normalised in float32 (in float16 the
+    norm's epsilon is zero and a zero row would divide by zero), in z's dtype."""
+    return F.normalize(z.float(), dim=1).to(z.dtype)
 
 
 def track(

@@ -72,7 +72,28 @@ class GraphCache:
         """`forward(inputs)` through the graph of these buffers: replayed if captured,
         otherwise run eagerly (warm-up) or captured now. `setting`: what else `forward`
         depends on that the inputs do not show (e.g. the K of a top-K)."""
+        return self._run((buffer_key(inputs), setting), inputs, forward, setting)
+
+    def prepare(
+        self, inputs: Mapping[str, torch.Tensor], forward: Forward, setting: Hashable = None
+    ) -> Callable[[], dict[str, torch.Tensor]]:
+        """`run(inputs, forward, setting)` made ready: the graph's key is taken now, so that
+        the call does no more than replay it on what the input buffers hold then."""
         key = (buffer_key(inputs), setting)
+        captured = self._graphs.get(key)
+        if captured is None:
+            return lambda: self._run(key, inputs, forward, setting)
+        self._graphs.move_to_end(key)
+
+        def replay() -> dict[str, torch.Tensor]:
+            captured.graph.replay()
+            return dict(captured.outputs)
+
+        return replay
+
+    def _run(
+        self, key: tuple, inputs: Mapping[str, torch.Tensor], forward: Forward, setting: Hashable
+    ) -> dict[str, torch.Tensor]:
         captured = self._graphs.get(key)
         if captured is None:
             shape = (shape_key(inputs), setting)
