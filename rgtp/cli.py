@@ -53,6 +53,33 @@ def _ints_at_least(low: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def _keep(text: str) -> int | tuple[int, ...]:
+    """argparse type: K (an integer >= 1), or a keep schedule of one K per stage, never
+    increasing ("96/77/64/48"; its length is checked against the model's stages)."""
+    try:
+        values = tuple(int(v) for v in text.split("/"))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected K (an integer >= 1) or a keep schedule of one K per stage such as "
+            f"96/77/64/48, got {text!r}"
+        )
+    if len(values) == 1:
+        return values[0]
+    from rgtp.core.selection import check_schedule
+
+    try:
+        return check_schedule(values, len(values), max(values))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _keeps(text: str) -> list[int | tuple[int, ...]]:
+    """argparse type: comma-separated `_keep` values ("64,77,96/85/69/58"), at least one."""
+    return [_keep(v) for v in text.split(",") if v.strip()] or [_keep("")]
+
+
 def _share(text: str) -> float:
     """argparse type: a number in (0, 1] (--mass)."""
     try:
@@ -118,16 +145,23 @@ _CONVENTION_NAMES = {
 
 def _check_k(args: argparse.Namespace, enc) -> int:
     k = args.k if args.k is not None else enc.num_tokens
+    if not isinstance(k, int):
+        raise ValueError("keep schedules (one K per stage) are for detectors; give one --keep K")
     if not 0 < k <= enc.num_tokens:
         raise ValueError(f"--keep must be in 1..{enc.num_tokens} (N at {enc.img_size} px)")
     return k
 
 
 def _flops_detector(args: argparse.Namespace, cfg) -> int:
-    from rgtp.models.flops import frame_macs, schedule_macs
+    from rgtp.core.selection import schedule_name
+    from rgtp.models.flops import block_keeps, frame_macs, schedule_macs
 
     bb = cfg.backbone
-    k = _check_k(args, bb)
+    k = args.k if args.k is not None else bb.num_tokens
+    if isinstance(k, int):
+        k = _check_k(args, bb)
+    else:
+        block_keeps(bb, k)  # a keep schedule: one K per stage of the default cut
     prune_from = _prune_from(args)
     conv = args.convention
     rows = {
@@ -139,7 +173,7 @@ def _flops_detector(args: argparse.Namespace, cfg) -> int:
         "model": args.model,
         "size": bb.img_size,
         "num_tokens": bb.num_tokens,
-        "k": k,
+        "k": k if isinstance(k, int) else list(k),
         "convention": conv,
         "prune_from": prune_from,
         "reset_every": args.reset_every,
@@ -155,7 +189,8 @@ def _flops_detector(args: argparse.Namespace, cfg) -> int:
         return 0
     print(
         f"{args.model} at {bb.img_size}x{bb.img_size}: N = {bb.num_tokens} tokens, "
-        f"keep K = {k}, reset every {args.reset_every} frames, pruning from {prune_from}"
+        f"keep K = {k if isinstance(k, int) else schedule_name(k) + ' (per stage)'}, reset "
+        f"every {args.reset_every} frames, pruning from {prune_from}"
     )
     print(
         f"GFLOPs, {conv} convention ({_CONVENTION_NAMES[conv]}): "
@@ -294,12 +329,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     model.cfg = _export_pruning(args, model.cfg)
     plan = StagePlan.create(
         model.cfg,
-        args.buckets,
+        [*args.buckets, *(k for k in args.ks if isinstance(k, int))],
         args.partition,
         args.fusion,
         _prune_from(args),
         head,
         user_spec,
+        schedules=[k for k in args.ks if not isinstance(k, int)],
     )
     manifest = export_package(
         model,
@@ -313,10 +349,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         user_head=user_graph,
     )
     size = sum(f["bytes"] for f in manifest.files.values())
-    print(
-        f"exported {len(manifest.graphs)} graphs ({len(plan.stages)} stages x "
-        f"{len(plan.buckets)} buckets {list(plan.buckets)}) to {args.out}: {size / 2**20:.1f} MiB"
-    )
+    if plan.stage_buckets is None:
+        cut = f"{len(plan.stages)} stages x {len(plan.buckets)} buckets {list(plan.buckets)}"
+    else:
+        cut = (
+            f"{len(plan.stages)} stages, K buckets per stage {list(map(list, plan.stage_buckets))}"
+        )
+    print(f"exported {len(manifest.graphs)} graphs ({cut}) to {args.out}: {size / 2**20:.1f} MiB")
     return 0
 
 
@@ -451,7 +490,10 @@ def _add_stream_flags(p: argparse.ArgumentParser, latency_budget: bool) -> None:
     frames, --latency-budget), reset schedule and tracking radius (`_policy` reads them)."""
     keep = p.add_mutually_exclusive_group()
     keep.add_argument(
-        "--keep", dest="k", type=_int_at_least(1), help="tokens kept per pruned frame (K)"
+        "--keep",
+        dest="k",
+        type=_keep,
+        help="tokens kept per pruned frame (K), or one K per stage (96/77/64/48)",
     )
     keep.add_argument("--mass", type=_share, help="keep the smallest bucket with this share")
     if latency_budget:
@@ -593,19 +635,27 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace, model, buckets: list[int]):
+def _pipeline(
+    args: argparse.Namespace, model, buckets: list[int], schedules: Sequence[Sequence[int]] = ()
+):
     """A pipeline of `model` on --backend: torch in memory, else an exported package of
     fixed-K graphs (--package if it holds this export, else exported there or into a
-    temporary directory; stderr says which)."""
+    temporary directory; stderr says which); `schedules`' K as their stages' buckets."""
     from rgtp.export.ensure import ensure_package
     from rgtp.models.plan import StagePlan
     from rgtp.runtime import Pipeline
 
     if args.backend == "torch":
         return Pipeline.from_model(
-            model, buckets, partition=args.partition, prune_from=_prune_from(args)
+            model,
+            buckets,
+            partition=args.partition,
+            prune_from=_prune_from(args),
+            schedules=schedules,
         )
-    plan = StagePlan.create(model.cfg, buckets, args.partition, prune_from=_prune_from(args))
+    plan = StagePlan.create(
+        model.cfg, buckets, args.partition, prune_from=_prune_from(args), schedules=schedules
+    )
     # fixed-K graphs only: eval loads one session per (stage, K), and exports faster
     package = ensure_package(model, plan, args.package, symbolic=False, progress=not args.quiet)
     return Pipeline.load(package, backend=args.backend, device=args.device)
@@ -636,7 +686,12 @@ def _eval_detector(args: argparse.Namespace, model) -> int:
     ks = args.ks or []
     # the pruning flags as the model's own, so that its stages return the rows they roll out
     model.cfg = _export_pruning(args, model.cfg)
-    pipe = _pipeline(args, model, ks)
+    pipe = _pipeline(
+        args,
+        model,
+        [k for k in ks if isinstance(k, int)],
+        [k for k in ks if not isinstance(k, int)],
+    )
     pruning = _pruning(args, pipe.plan.config.pruning, pipe.plan.encoder.img_size)
     if args.ablate_r:
         if not ks:
@@ -673,6 +728,8 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
     from rgtp.models.registry import shipped_weights
     from rgtp.train.finetune_temporal import finetuned_path, load_temporal
 
+    if any(not isinstance(k, int) for k in args.ks or []):
+        raise ValueError("keep schedules (one K per stage) are for detectors; give single K")
     if args.backend != "torch":
         print("note: the classifier table runs the PyTorch reference engines", file=sys.stderr)
     weights = Path(args.weights) if args.weights else shipped_weights(args.model)
@@ -816,9 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep",
         dest="k",
-        type=_int_at_least(1),
+        type=_keep,
         default=None,
-        help="tokens kept per pruned frame (K)",
+        help="tokens kept per pruned frame (K), or one K per stage (96/77/64/48)",
     )
     p.add_argument(
         "--reset-every",
@@ -844,6 +901,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_flags(p)
     p.add_argument("--size", type=int, default=None, help="input side in pixels")
     p.add_argument("--buckets", type=_ints, default=[], help="K buckets, e.g. 64,128,256")
+    p.add_argument(
+        "--keep",
+        dest="ks",
+        type=_keeps,
+        default=[],
+        help="keep schedules to serve (one K per stage, e.g. 96/77/64/48): each stage gets "
+        "its own K as a bucket",
+    )
     _add_partition_flag(p)
     p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
@@ -916,7 +981,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_partition_flag(p)
     p.add_argument(
-        "--keep", dest="ks", type=_ints_at_least(1), default=None, help="K values, e.g. 32,64,77"
+        "--keep",
+        dest="ks",
+        type=_keeps,
+        default=None,
+        help="K values and keep schedules (one K per stage), e.g. 64,77,96/85/69/58",
     )
     p.add_argument("--radius", type=_int_at_least(0), default=1)
     p.add_argument("--reset-every", type=_int_at_least(0), default=8)

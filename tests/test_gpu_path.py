@@ -4,6 +4,7 @@ finiteness check in float16, and the GPU benchmark script end to end (a tiny dry
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import sys
@@ -242,26 +243,44 @@ class ReplayingGraph:
         self.forward, self.inputs = forward, dict(inputs)
 
     def replay(self) -> None:
-        fresh = self.forward(self.inputs)
+        with emulated_graph():
+            fresh = self.forward(self.inputs)
         for name, out in self.outputs.items():
             out.copy_(fresh[name])
 
 
+IN_GRAPH = [False]  # whether the emulated graph's function runs (as on a GPU, captured)
+
+
+@contextlib.contextmanager
+def emulated_graph():
+    IN_GRAPH[0] = True
+    try:
+        yield
+    finally:
+        IN_GRAPH[0] = False
+
+
 def emulate_capture(self, inputs, forward):
     graph = ReplayingGraph(forward, inputs)
-    graph.outputs = {n: t.clone() for n, t in forward(inputs).items()}
+    with emulated_graph():
+        graph.outputs = {n: t.clone() for n, t in forward(inputs).items()}
     self.captures += 1
     return cuda_graphs._Captured(graph, graph.outputs)
 
 
 def test_a_stream_on_replayed_graphs_equals_the_eager_stream(monkeypatch):
-    """Every graph of a frame (stages, tracking, top-K, rollout) replayed on the stream's
-    buffers, emulated on the CPU: the same kept tokens, maps and importance as eager, over
-    resets and two interleaved streams. Catches a buffer a replay overwrites while someone
-    still reads it (results, the previous step's importance or patches)."""
+    """Every graph of a frame (stages, tracking, top-K, rollout with the commit) replayed on
+    the stream's buffers, emulated on the CPU: the same kept tokens, maps and importance as
+    eager, over resets and two interleaved streams. Catches a buffer a replay overwrites while
+    someone still reads it (results, the previous step's importance or patches), and checks
+    that a graph's order (commit, then rollout over the committed rows) equals the eager one
+    (rollout with the step's rows standing in, then the commit)."""
     from rgtp.runtime import stream as stream_module
 
     monkeypatch.setattr(GraphCache, "_capture", emulate_capture)
+    # what a captured graph runs: the commit first, then rollout over the committed rows
+    monkeypatch.setattr(stream_module, "capturing", lambda t: IN_GRAPH[0])
     cuda = torch.device("cuda")
     monkeypatch.setattr(
         stream_module,

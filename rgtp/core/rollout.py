@@ -1,7 +1,8 @@
 """Attention rollout (seed Eq. 1, 2, 6, 7): which input tokens the prediction relied on.
 
 Only matrix-vector products are formed: s_{l-1} = Â_lᵀ s_l, with Â_l = rownorm(Ā_l + I)
-applied implicitly, so one step costs one pass over the N x N fused attention.
+applied implicitly, so one step costs one pass over the N x N fused attention. Its inverse
+(Eq. 8, importance at a later layer) solves one linear system per block (`unroll`).
 """
 
 from __future__ import annotations
@@ -57,19 +58,23 @@ def rollout_step(
     return fused.t() @ u.index_fill(0, where, 0.0) + fresh.t() @ u[where] + u
 
 
+Where = torch.Tensor | Sequence[torch.Tensor] | None
+
+
 def rollout(
     fused: Sequence[torch.Tensor],
     target: torch.Tensor,
     sums: Sequence[torch.Tensor] | None = None,
-    where: torch.Tensor | None = None,
+    where: Where = None,
     fresh: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Importance of the input tokens, s_0 = Ãᵀ s_L, normalised to sum 1.
 
     fused: the fused attention (M, M) of each rollout block, in forward order;
     target: s_L (M,), what the output cares about. Returns s_0 (M,).
-    sums, where, fresh: per block as `rollout_step` (the same queries `where` in every
-    block): the buffers' row sums, and this step's rows standing in for theirs.
+    sums, where, fresh: per block as `rollout_step`: the buffers' row sums, and this step's
+    rows standing in for theirs. `where`: the same queries (K,) in every block, or each
+    block's own (a keep schedule runs fewer tokens in later stages).
     """
     s = target
     for i in reversed(range(len(fused))):
@@ -77,9 +82,81 @@ def rollout(
             fused[i],
             s,
             None if sums is None else sums[i],
-            where,
+            where if where is None or isinstance(where, torch.Tensor) else where[i],
             None if fresh is None else fresh[i],
         )
+    return s / s.sum()
+
+
+def unroll_step(
+    fused: torch.Tensor, s: torch.Tensor, sums: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One forward step of Eq. 8, the inverse of `rollout_step`: s_l with Â_lᵀ s_l = s_{l-1},
+    for fused attention Ā_l (M, M) and s_{l-1} (M,).
+
+    Â = D⁻¹(Ā + I) with D = diag(r), r the row sums of Ā + I, so Âᵀ y = s reads
+    (Āᵀ + I) D⁻¹ y = s: solve (Āᵀ + I) w = s, then y = r ⊙ w. One LU solve, O(M³); no
+    inverse is formed. sums: Ā's row sums (M,) (None: summed here). Ā + I is singular only
+    if Ā has the eigenvalue -1, which non-negative attention rows with a positive diagonal
+    do not give in practice.
+    """
+    if sums is None:
+        sums = fused.sum(dim=1)
+    eye = torch.eye(fused.shape[0], dtype=fused.dtype, device=fused.device)
+    # solve_ex is linalg.solve without its error check, which would wait for the GPU (and so
+    # break a CUDA graph); a singular system gives non-finite values, which `unroll` refuses
+    w = torch.linalg.solve_ex(fused.t() + eye, s.to(fused.dtype).unsqueeze(1))[0].squeeze(1)
+    return (sums + 1.0) * w
+
+
+def unroll(
+    fused: Sequence[torch.Tensor], s0: torch.Tensor, sums: Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Importance after some rollout blocks from the input's (seed §F, Eq. 8):
+    s_l = (Ã_(l,1)ᵀ)⁻¹ s_0 with Ã_(l,1) = Â_l ⋯ Â_1 the partial rollout of the blocks `fused`
+    (M, M) each, in forward order; s0 (M,). Since Ã_(l,1)ᵀ = Â_1ᵀ ⋯ Â_lᵀ, s_l solves block 1
+    first. Returns s_l (M,), non-negative, summing to 1.
+
+    Rollout smooths (Âᵀ averages), so undoing it sharpens, and an s_0 that rollout of no s_l
+    could give (tracked importance, which moved with the scene) comes back with negative
+    entries; importance is a share of the output's reliance, never negative, so those are
+    clamped to 0 before renormalising (one bad token cannot push others out by sign). Where
+    nothing positive and finite is left (a singular block), s_0 itself is returned.
+    """
+    s = s0
+    for i, a in enumerate(fused):
+        s = unroll_step(a, s, None if sums is None else sums[i])
+    s = s.clamp_min(0.0)
+    total = s.sum()
+    ok = total.isfinite() & (total > 0)  # a tensor, not a branch: no wait for the GPU
+    return torch.where(ok, s / torch.where(ok, total, 1.0), s0 / s0.sum())
+
+
+def later_importance(
+    rows: Sequence[torch.Tensor],
+    s0: torch.Tensor,
+    grid: int,
+    pool: int = 1,
+    sums: Sequence[torch.Tensor] | None = None,
+    prefix: int = 0,
+) -> torch.Tensor:
+    """Importance of the patch tokens after some rollout blocks, (grid²,), from s_0 (grid²,)
+    at the input: `unroll` through the blocks' buffered fused attention `rows` (forward
+    order), (E + N, E + N) each, or pooled (N/pool², N/pool²) with `pool` > 1 (`s0` pooled
+    onto their grid, the result upsampled as `token_importance` does).
+
+    `prefix` E tokens (a CLS) come first in the rows and get no importance at the input:
+    s_0 covers the patches only, and the prefix enters as the same learnt vector on every
+    frame, so it holds nothing of this frame the output can rely on.
+    """
+    if pool > 1:
+        side = _pooled_side(grid, pool)
+        pooled = F.avg_pool2d(s0.view(1, 1, grid, grid), pool).flatten()
+        assert pooled.numel() == side * side
+        return upsample_importance(unroll(rows, pooled, sums), grid, pool)
+    if prefix:
+        s0 = torch.cat([s0.new_zeros(prefix), s0])
+    s = unroll(rows, s0, sums)[prefix:]
     return s / s.sum()
 
 
@@ -206,7 +283,7 @@ def token_importance(
     grid: int,
     pool: int = 1,
     sums: Sequence[torch.Tensor] | None = None,
-    where: torch.Tensor | None = None,
+    where: Where = None,
     fresh: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """s_0 (grid²,) of every token from s_L (grid²,) through the buffered fused attention of

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from rgtp.core.checks import check_int, check_real
+from rgtp.core.tracking import unit_rows
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,6 +71,8 @@ class KeepPolicy(Protocol):
 
     # A policy may also have `observe(k, ms)`: the stream calls it after every step with the
     # step's K and its time (`rgtp.runtime.latency_budget.LatencyBudget` learns from it).
+    # A policy with `schedule` (one K per stage, `ScheduleKeep`) is checked against each
+    # stage's own buckets instead, and `choose` gives its first stage's K.
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,79 @@ class MassKeep:
         pass  # the largest bucket (N) always serves
 
 
-def keep_policy(k: int | None = None, mass: float | None = None) -> KeepPolicy | None:
-    """`FixedKeep(k)` or `MassKeep(mass)` from options that name at most one (None: dense)."""
+def schedule_name(schedule: Sequence[int]) -> str:
+    """A keep schedule as the command line spells it: "96/77/64/48"."""
+    return "/".join(str(k) for k in schedule)
+
+
+def check_schedule(schedule: Sequence[int], stages: int, num_tokens: int) -> tuple[int, ...]:
+    """A keep schedule for a model of `stages` stages and N = `num_tokens`: one K per stage,
+    each in 1..N, never increasing (a stage keeps a subset of the tokens the one before
+    ran on). Returns it as a tuple; ValueError names what is wrong."""
+    name = schedule_name(schedule)
+    if len(schedule) != stages:
+        raise ValueError(
+            f"keep schedule {name} gives {len(schedule)} K for a model with {stages} stages; "
+            f"give one K per stage, e.g. {schedule_name([num_tokens // 4] * stages)}"
+        )
+    for i, k in enumerate(schedule):
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= num_tokens:
+            raise ValueError(
+                f"keep schedule {name}: K = {k} at stage {i} is outside 1..{num_tokens} (N)"
+            )
+        if i and k > schedule[i - 1]:
+            raise ValueError(
+                f"keep schedule {name} increases at stage {i} ({schedule[i - 1]} -> {k}); a "
+                "stage keeps a subset of the tokens the stage before ran on: K never increases"
+            )
+    return tuple(schedule)
+
+
+@dataclass(frozen=True)
+class ScheduleKeep:
+    """Keep K_i tokens at stage i (seed §F): stage 0 the top K_0 of the tracked importance,
+    each later stage the K_i of the previous stage's tokens with the highest importance at
+    its first block (Eq. 8, `core.rollout.unroll`). Non-increasing; each K_i must be a
+    bucket of stage i (`rgtp export --keep 96/77/64/48` exports them)."""
+
+    schedule: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        ks = tuple(self.schedule)
+        if not ks:
+            raise ValueError("a keep schedule needs one K per stage, e.g. 96/77/64/48")
+        ks = tuple(check_int("K (tokens kept at a stage)", k, 1) for k in ks)
+        # its length and N are the model's: checked against the package (`check`)
+        object.__setattr__(self, "schedule", check_schedule(ks, len(ks), max(ks)))
+
+    def __str__(self) -> str:
+        return schedule_name(self.schedule)
+
+    def choose(self, scores: torch.Tensor, buckets: Sequence[int]) -> int:
+        return self.schedule[0]
+
+    def check(self, buckets: Sequence[Sequence[int]]) -> None:
+        """`buckets`: each stage's own, sorted (N, the largest, in every stage's)."""
+        n = max(max(b) for b in buckets)
+        check_schedule(self.schedule, len(buckets), n)
+        for i, (k, have) in enumerate(zip(self.schedule, buckets, strict=True)):
+            if k not in have:
+                raise ValueError(
+                    f"keep schedule {self} needs K = {k} at stage {i}, and the package has no "
+                    f"such graph (stage {i} has K buckets {list(have)}); export with "
+                    f"--keep {self}"
+                )
+
+
+def keep_policy(
+    k: int | Sequence[int] | None = None, mass: float | None = None
+) -> KeepPolicy | None:
+    """`FixedKeep(k)`, `ScheduleKeep(k)` for a sequence (one K per stage) or `MassKeep(mass)`
+    from options that name at most one (None: dense)."""
     if k is not None and mass is not None:
         raise ValueError("give keep (K) or mass, not both")
+    if isinstance(k, list | tuple):
+        return ScheduleKeep(tuple(k))
     if k is not None:
         return FixedKeep(k)
     return None if mass is None else MassKeep(mass)
@@ -150,9 +221,8 @@ def fill_from_most_similar(
     importance of the kept token most similar to it (raw patch embeddings z (N, C), dot or
     cosine), as the authors' checkerboard reset does; renormalised to sum 1. (N,)"""
     if similarity == "cosine":
-        z = F.normalize(z, dim=1)
+        z = unit_rows(z)
     nearest = kept[(z @ z[kept].t()).argmax(dim=1)]  # (N,), read for the dropped only
-    out = importance.clone()
     dropped = torch.ones_like(importance, dtype=torch.bool).index_fill_(0, kept, False)
-    out[dropped] = importance[nearest[dropped]]
+    out = torch.where(dropped, importance[nearest], importance)  # no host sync: a graph
     return out / out.sum()

@@ -100,10 +100,19 @@ def check_feeds(spec: GraphSpec, feeds: Mapping[str, torch.Tensor]) -> dict[str,
 
 
 def restrict_buckets(plan: StagePlan, buckets: Sequence[int] | None) -> StagePlan:
-    """The plan with only `buckets` (plus N); every requested bucket must exist."""
+    """The plan with only `buckets` (plus N) in each stage that has them; every requested
+    bucket must exist in some stage (a keep schedule's K may be one stage's own)."""
     if buckets is None:
         return plan
-    missing = sorted(set(buckets) - set(plan.buckets))
+    stages = range(len(plan.stages))
+    have = sorted({k for i in stages for k in plan.buckets_of(i)})
+    missing = sorted(set(buckets) - set(have))
     if missing:
-        raise EngineError(f"package has no K buckets {missing}; it has {list(plan.buckets)}")
-    return dataclasses.replace(plan, buckets=tuple(buckets))
+        raise EngineError(f"package has no K buckets {missing}; it has {have}")
+    return dataclasses.replace(
+        plan,
+        buckets=tuple(k for k in plan.buckets if k in buckets),
+        stage_buckets=None
+        if plan.stage_buckets is None
+        else tuple(tuple(k for k in plan.buckets_of(i) if k in buckets) for i in stages),
+    )

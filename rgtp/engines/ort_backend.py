@@ -188,8 +188,8 @@ def load_ort_engines(
     stages = []
     for i in range(len(plan.stages)):
         if layout == "per-k":
-            fixed = {g.k: g for g in manifest.stage_graphs(i) if g.k in plan.buckets}
-            missing = sorted(set(plan.buckets) - set(fixed))
+            fixed = {g.k: g for g in manifest.stage_graphs(i) if g.k in plan.buckets_of(i)}
+            missing = sorted(set(plan.buckets_of(i)) - set(fixed))
             if missing:
                 raise EngineError(
                     f"{package}: stage {i} has no fixed-K graph for K={missing}; "
@@ -201,7 +201,7 @@ def load_ort_engines(
             if rec is None:
                 raise EngineError(f"{package}: no symbolic-K graph for stage {i}; re-export")
             engine = session(rec)
-            stages.append({k: _SpecAt(engine, plan.stage_spec(i, k)) for k in plan.buckets})
+            stages.append({k: _SpecAt(engine, plan.stage_spec(i, k)) for k in plan.buckets_of(i)})
     return EngineSet(
         plan=plan,
         backend="ort",

@@ -21,9 +21,10 @@ from rgtp.models.stages import stage_modules
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Outputs a stream keeps in the engines' own dtype (its caches and maintained output are of
-# that dtype, so they are written without a cast); every other output comes back as float32
-# (attention rows for rollout, patches for tracking, predictions).
-_STREAM_DTYPE_OUTPUTS = re.compile(r"tokens|tokens_out|[kv]_new_\d+")
+# that dtype, so they are written without a cast; tracking compares patches in it, its
+# matrix products on tensor cores); every other output comes back as float32 (attention rows
+# for rollout, predictions).
+_STREAM_DTYPE_OUTPUTS = re.compile(r"patches|tokens|tokens_out|[kv]_new_\d+")
 
 
 class TorchEngine:
@@ -83,7 +84,8 @@ def torch_engines(
 
     precision: "fp32", or "fp16" / "bf16": every graph computes in that dtype (on a copy of
         `model`) and streams keep their caches in it.
-    cuda_graphs: on CUDA, the stage engines replay one CUDA graph per (K, stream buffers).
+    cuda_graphs: on CUDA, the engines replay one CUDA graph per set of stream buffers (for a
+        stage, per K too).
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
@@ -100,14 +102,18 @@ def torch_engines(
         module = module.to(device)
         graphs = GraphCache(device) if cuda_graphs else None
         stages.append(
-            {k: TorchEngine(plan.stage_spec(i, k), module, dtype, graphs) for k in plan.buckets}
+            {
+                k: TorchEngine(plan.stage_spec(i, k), module, dtype, graphs)
+                for k in plan.buckets_of(i)
+            }
         )
     if plan.head == "onnx" and user_head is None:
         raise EngineError("this plan's head is a user's ONNX graph: pass its engine as user_head")
     modules = {name: m.to(device) for name, m in family.modules(model, plan).items()}
 
     def engine(spec: GraphSpec, name: str) -> TorchEngine:
-        return TorchEngine(spec, modules[name], dtype)
+        # streams feed these from buffers of their own (`Stream`), so graphs replay too
+        return TorchEngine(spec, modules[name], dtype, GraphCache(device) if cuda_graphs else None)
 
     return EngineSet(
         plan=plan,

@@ -61,7 +61,7 @@ def validate_plans(
     by_name = {p["name"]: p for p in info["plans"]}
     for i in range(len(manifest.plan.stages)):
         rec = by_name.get(f"stage{i}")
-        for k in manifest.plan.buckets:
+        for k in manifest.plan.buckets_of(i):
             if rec is not None and str(k) not in rec["profiles"]:
                 raise EngineError(f"stage {i}: the plan has no optimization profile for K={k}")
             if rec is None and stage_graph_name(i, k) not in by_name:
@@ -99,8 +99,9 @@ def trt_engine_set(
     stages = []
     for i in range(len(plan.stages)):
         per_stage = f"stage{i}" in by_name  # one plan, one profile per K
-        names = {k: f"stage{i}" if per_stage else stage_graph_name(i, k) for k in plan.buckets}
-        stages.append({k: engine(names[k], plan.stage_spec(i, k), k) for k in plan.buckets})
+        ks = plan.buckets_of(i)
+        names = {k: f"stage{i}" if per_stage else stage_graph_name(i, k) for k in ks}
+        stages.append({k: engine(names[k], plan.stage_spec(i, k), k) for k in ks})
     return EngineSet(
         plan=plan,
         backend="trt",

@@ -3,7 +3,8 @@
 Every setting (K, tracking radius r, frame sampling) runs every held-out sequence through a
 fresh stream of one shared pipeline and gives one record: mAP50 (pycocotools), GFLOPs per
 frame averaged over all frames including reset frames (the paper's convention, from the K
-each frame actually used), and wall-clock ms per frame.
+each frame's stages actually ran on), and wall-clock ms per frame. A setting keeps one K at
+every stage, or follows a keep schedule (one K per stage, `ScheduleKeep`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from functools import lru_cache
 
 from tqdm import tqdm
 
-from rgtp.core.selection import FixedKeep
+from rgtp.core.selection import keep_policy, schedule_name
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.coco_map import detections_to_coco, map50
@@ -26,10 +27,10 @@ from rgtp.runtime.pipeline import Pipeline
 
 @dataclass(frozen=True)
 class EvalSetting:
-    """k: tokens per pruned frame (None: dense, K = N on every frame); pruning: the
-    method's settings (None: the model's own)."""
+    """k: tokens per pruned frame (None: dense, K = N on every frame), or a keep schedule
+    (one K per stage); pruning: the method's settings (None: the model's own)."""
 
-    k: int | None = None
+    k: int | tuple[int, ...] | None = None
     radius: int = 1
     sampling: int = 1
     reset_every: int = 8
@@ -60,6 +61,11 @@ class EvalRecord:
         return json.loads(json.dumps(asdict(self)))
 
 
+def keep_name(k: int | tuple[int, ...] | None) -> str:
+    """A setting's K as the command line spells it: "N" (dense), "77", "96/85/69/58"."""
+    return "N" if k is None else str(k) if isinstance(k, int) else schedule_name(k)
+
+
 @lru_cache(maxsize=4)
 def heldout_split(sequences: int, frames: int, sampling: int, size: int) -> tuple[Sequence, ...]:
     """The held-out sequences (seeds disjoint from training), generated once per process."""
@@ -79,12 +85,13 @@ def evaluate_setting(
     gt = sequences_to_coco(sequences, CLASSES)
     results, ks, totals, engine = [], [], [], []
     image_id = 0
-    label = f"K={setting.k or 'N'} r={setting.radius} 1/{setting.sampling}"
+    name = keep_name(setting.k)
+    label = f"K={name} r={setting.radius} 1/{setting.sampling}"
     total = sum(len(s.frames) for s in sequences)
     with tqdm(total=total, desc=label, unit="frame", disable=not progress) as bar:
         for s_index, seq in enumerate(sequences):
             stream = pipeline.new_stream(
-                policy=FixedKeep(setting.k or n),
+                policy=keep_policy(setting.k or n),
                 radius=setting.radius,
                 reset_every=setting.reset_every,
                 pruning=setting.pruning,
@@ -93,20 +100,23 @@ def evaluate_setting(
                 r = stream.step(frame)
                 image_id += 1
                 results += detections_to_coco(image_id, r.detections)
-                ks.append(r.k)
+                ks.append(r.stage_k)
                 if s_index or t:  # the very first frame carries one-off warm-up costs
                     totals.append(r.timings["total"])
                     engine.append(r.timings["engine"])
                 bar.update(1)
     dense_macs = frame_macs(bb).backbone
     macs = statistics.fmean(
-        frame_macs(bb, k, setting.radius, prune_from=plan.prune_from).backbone for k in ks
+        frame_macs(bb, k, setting.radius, prune_from=plan.prune_from, stages=plan.stages).backbone
+        for k in ks
     )
+    mean_k = statistics.fmean(statistics.fmean(k) for k in ks)  # over stages, then frames
+    kept = n if setting.k is None else setting.k
     ms = statistics.fmean(totals)
     ms_engine = statistics.fmean(engine)
     return EvalRecord(
-        k=setting.k or "N",
-        k_fraction=(setting.k or n) / n,
+        k=setting.k if isinstance(setting.k, int) else name,
+        k_fraction=(kept if isinstance(kept, int) else statistics.fmean(kept)) / n,
         r=setting.radius,
         sampling=setting.sampling,
         reset_every=setting.reset_every,
@@ -116,7 +126,7 @@ def evaluate_setting(
         ms_per_frame=ms,
         ms_engine=ms_engine,
         ms_outside_engine=ms - ms_engine,
-        mean_k=statistics.fmean(ks),
+        mean_k=mean_k,
         pruning={**asdict(stream.pruning), "prune_from": plan.prune_from},
         frames=len(ks),
         sequences=len(sequences),

@@ -64,7 +64,12 @@ def describe(plan: StagePlan) -> str:
     """The cut of a plan in the words of `rgtp export`'s options."""
     return (
         f"{_model(plan)}, partition {_partition(plan)}, K buckets {list(plan.buckets)}, "
-        f"pruning from {plan.prune_from}, head fusion {plan.fusion}, head {plan.head}, "
+        + (
+            ""
+            if plan.stage_buckets is None
+            else f"per stage {[list(b) for b in plan.stage_buckets]}, "
+        )
+        + f"pruning from {plan.prune_from}, head fusion {plan.fusion}, head {plan.head}, "
         f"rollout blocks {list(plan.rollout_blocks or ())}"
     )
 
@@ -85,6 +90,13 @@ def plan_differences(have: StagePlan, want: StagePlan) -> list[str]:
     missing = sorted(set(want.buckets) - set(have.buckets))
     if missing:
         out.append(f"it has no K buckets {missing} (it has {list(have.buckets)})")
+    if len(have.stages) == len(want.stages):  # keep schedules' K, a stage's own
+        for i in range(len(want.stages)):
+            own = sorted(set(want.buckets_of(i)) - set(have.buckets_of(i)) - set(missing))
+            if own:
+                out.append(
+                    f"its stage {i} has no K buckets {own} (it has {list(have.buckets_of(i))})"
+                )
     rows = sorted(set(want.rollout_blocks or ()) - set(have.rollout_blocks or ()))
     if rows:
         out.append(

@@ -318,7 +318,7 @@ def _export_into(
     modules = family.modules(model, plan)
     jobs: list[tuple[str, int | None, int | str | None]] = [("embed", None, None)]
     for i in range(len(plan.stages)):
-        jobs += [("stage", i, k) for k in plan.buckets]
+        jobs += [("stage", i, k) for k in plan.buckets_of(i)]
         if symbolic:
             jobs.append(("stage", i, SYMBOLIC_K))
     jobs += [(name, None, None) for name in around if name != "embed"]

@@ -3,7 +3,8 @@
 The paper's "GFLOPs" are GMACs of the transformer backbone (patch embedding and blocks),
 averaged over all frames of the reset schedule. Both conventions count token-wise layers on
 K tokens, global attention of K queries against N keys, and relative-position terms as
-implemented (each query dotted with every offset). They differ in the windowed blocks:
+implemented (each query dotted with every offset); with a keep schedule (one K per stage),
+each block counts its stage's K. They differ in the windowed blocks:
 
 - "paper": every window computed whole, padding slots included (the authors' count):
   nW·w² queries against w² keys, rel-pos for all nW·w² slots;
@@ -19,9 +20,12 @@ separately.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rgtp.core.selection import check_schedule
 from rgtp.models.config import BackboneConfig, DetectorConfig
+from rgtp.models.plan import partition_blocks
 
 CONVENTIONS = ("paper", "executed")
 
@@ -85,15 +89,36 @@ def neck_head_macs(cfg: DetectorConfig) -> float:
     return float(total)
 
 
+def block_keeps(
+    cfg: BackboneConfig,
+    k: int | Sequence[int] | None,
+    stages: Sequence[Sequence[int]] | None = None,
+) -> list[int]:
+    """The tokens each block runs on: k (None: N) at every block, or for a keep schedule
+    (one K per stage, `core.selection.ScheduleKeep`) its stage's K; `stages`: the blocks
+    of each stage (None: rgtp's default cut, "per-global")."""
+    n = cfg.num_tokens
+    if k is None or isinstance(k, int):
+        k = n if k is None else k
+        if not 0 < k <= n:
+            raise ValueError(f"K must be in 1..{n}, got {k}")
+        return [k] * cfg.depth
+    stages = partition_blocks(cfg, "per-global") if stages is None else stages
+    schedule = check_schedule(tuple(k), len(stages), n)
+    return [schedule[i] for i, blocks in enumerate(stages) for _ in blocks]
+
+
 def frame_macs(
     cfg: BackboneConfig,
-    k: int | None = None,
+    k: int | Sequence[int] | None = None,
     radius: int = 1,
     head: DetectorConfig | None = None,
     prune_from: str = "input",
     convention: str = "paper",
+    stages: Sequence[Sequence[int]] | None = None,
 ) -> FrameMACs:
-    """MACs of one frame keeping k tokens (None or N: a dense reset frame).
+    """MACs of one frame keeping k tokens (None or N: a dense reset frame), or a keep
+    schedule k (one K per stage of `stages`, as `block_keeps`: each block its stage's K).
 
     A dense frame runs no tracking; every frame runs rollout (it guides the next frame).
     `prune_from` "block0-mlp" (the authors'): block 0's qkv and projection (and, executed,
@@ -102,22 +127,20 @@ def frame_macs(
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown FLOPs convention {convention!r}; choose from {CONVENTIONS}")
     n, c, g = cfg.num_tokens, cfg.embed_dim, cfg.grid
-    k = n if k is None else k
-    if not 0 < k <= n:
-        raise ValueError(f"K must be in 1..{n}, got {k}")
+    ks = block_keeps(cfg, k, stages)
     hidden = int(c * cfg.mlp_ratio)
     per_token = 3 * c * c + c * c + 2 * c * hidden  # qkv, proj, mlp
-    token_wise = cfg.depth * k * per_token
+    token_wise = sum(ks) * per_token
     if prune_from == "block0-mlp":
-        token_wise += (n - k) * (3 * c * c + c * c)
+        token_wise += (n - ks[0]) * (3 * c * c + c * c)
     elif prune_from != "input":
         raise ValueError(f"unknown prune_from {prune_from!r}")
-    n_global = len(cfg.global_blocks)
+    globals_ = [b for b in range(cfg.depth) if cfg.is_global(b)]
     ws = cfg.window_size
     padded = (g + (-g) % ws) ** 2 if ws else 0
-    # queries of each windowed block: K, or N for block 0 when it attends before pruning
+    # queries of each windowed block: its K, or N for block 0 when it attends before pruning
     windowed = [
-        n if prune_from == "block0-mlp" and b == 0 else k
+        n if prune_from == "block0-mlp" and b == 0 else ks[b]
         for b in range(cfg.depth)
         if not cfg.is_global(b)
     ]
@@ -126,39 +149,43 @@ def frame_macs(
     else:
         window_rows = [padded // (ws * ws) * min(q, ws * ws) for q in windowed]
         rel_rows = windowed
-    attention = n_global * 2 * k * n * c + sum(2 * r * ws * ws * c for r in window_rows)
+    attention = sum(2 * ks[b] * n * c for b in globals_) + sum(
+        2 * r * ws * ws * c for r in window_rows
+    )
     rel_pos = 0.0
     if cfg.use_rel_pos:
-        rel_pos = n_global * 2 * k * c * (2 * g - 1) + sum(
+        rel_pos = sum(2 * ks[b] * c * (2 * g - 1) for b in globals_) + sum(
             2 * r * c * (2 * ws - 1) for r in rel_rows
         )
-    dense = k == n
+    dense = min(ks) == n
     return FrameMACs(
         patch_embed=float(n * c * cfg.in_chans * cfg.patch_size**2),
         token_wise=float(token_wise),
         attention=float(attention),
         rel_pos=float(rel_pos),
         tracking=0.0 if dense else float(n * (2 * radius + 1) ** 2 * c),
-        rollout=float(n_global * n * n),
+        rollout=float(len(globals_) * n * n),
         neck_head=neck_head_macs(head) if head is not None else 0.0,
     )
 
 
 def schedule_macs(
     cfg: BackboneConfig,
-    k: int | None,
+    k: int | Sequence[int] | None,
     reset_every: int = 8,
     radius: int = 1,
     head: DetectorConfig | None = None,
     prune_from: str = "input",
     convention: str = "paper",
+    stages: Sequence[Sequence[int]] | None = None,
 ) -> FrameMACs:
-    """Average MACs per frame over a reset schedule: one dense frame every `reset_every`."""
+    """Average MACs per frame over a reset schedule: one dense frame every `reset_every`
+    (k: one K, or a keep schedule as `frame_macs`)."""
     dense = frame_macs(cfg, None, radius, head, convention=convention)
-    if k is None or k == cfg.num_tokens or reset_every == 1:
+    if min(block_keeps(cfg, k, stages)) == cfg.num_tokens or reset_every == 1:
         return dense
     if reset_every < 1:
         raise ValueError("reset_every must be >= 1 for an average over the schedule")
-    pruned = frame_macs(cfg, k, radius, head, prune_from, convention)
+    pruned = frame_macs(cfg, k, radius, head, prune_from, convention, stages)
     w = 1.0 / reset_every
     return FrameMACs.mix([(w, dense), (1.0 - w, pruned)])

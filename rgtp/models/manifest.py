@@ -285,7 +285,7 @@ def _bucket_problems(m: Manifest) -> list[str]:
         served = {g.k for g in m.stage_graphs(i)}
         problems += [
             f"stage {i} has no graph for K bucket {k} (no fixed-K graph, no symbolic-K graph)"
-            for k in m.plan.buckets
+            for k in m.plan.buckets_of(i)
             if k not in served
         ]
     return problems

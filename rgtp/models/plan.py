@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rgtp.core.rollout import FUSIONS
-from rgtp.core.selection import check_buckets
+from rgtp.core.selection import check_buckets, check_schedule
 
 if TYPE_CHECKING:
     from rgtp.models.families import Family, FamilyConfig
@@ -145,6 +145,9 @@ class StagePlan:
     # The global blocks whose stage graphs return attention rows, the only ones a stream can
     # roll out through; None: every global block (plans from before this field).
     rollout_blocks: tuple[int, ...] | None = None
+    # Each stage's own K buckets, for keep schedules (one K per stage): each holds `buckets`
+    # (the K every stage has) and more; None: every stage has `buckets` only.
+    stage_buckets: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         enc = self.encoder
@@ -175,6 +178,17 @@ class StagePlan:
         if self.user_head is not None:
             check_user_head(self.user_head, enc.grid, self.dim)
         object.__setattr__(self, "buckets", check_buckets(self.buckets, self.num_tokens))
+        if self.stage_buckets is not None:
+            if len(self.stage_buckets) != len(self.stages):
+                raise ValueError(
+                    f"{len(self.stage_buckets)} sets of stage buckets for {len(self.stages)} stages"
+                )
+            own = tuple(
+                check_buckets((*self.buckets, *b), self.num_tokens) for b in self.stage_buckets
+            )
+            # the same plan whether its extra stage buckets are spelt out or not
+            extra = any(b != self.buckets for b in own)
+            object.__setattr__(self, "stage_buckets", own if extra else None)
 
     @classmethod
     def create(
@@ -187,20 +201,29 @@ class StagePlan:
         head: str = "rgtp",
         user_head: GraphSpec | None = None,
         rollout_blocks: Sequence[int] | None = None,
+        schedules: Sequence[Sequence[int]] = (),
     ) -> StagePlan:
         """`rollout_blocks`: the global blocks whose attention rows the stages return; None:
-        those the model's own pruning settings roll out through (`config.pruning`)."""
+        those the model's own pruning settings roll out through (`config.pruning`).
+        `schedules`: keep schedules (one K per stage) whose K each stage also gets."""
         if rollout_blocks is None:
             rollout_blocks = config.pruning.blocks(config.encoder.global_blocks)
+        stages = tuple(partition_blocks(config.encoder, partition))
+        for schedule in schedules:
+            check_schedule(schedule, len(stages), config.encoder.num_tokens)
+        stage_buckets = (
+            tuple(tuple(s[i] for s in schedules) for i in range(len(stages))) if schedules else None
+        )
         return cls(
             config,
-            tuple(partition_blocks(config.encoder, partition)),
+            stages,
             tuple(buckets),
             fusion,
             prune_from,
             head,
             user_head,
             tuple(rollout_blocks),
+            stage_buckets,
         )
 
     @property
@@ -228,6 +251,10 @@ class StagePlan:
     def rows(self, k: int | str) -> int | str:
         """Rows a stage runs at bucket k: the prefix and the k kept patch tokens."""
         return symbolic_axis(k, self.prefix) if isinstance(k, str) else self.prefix + k
+
+    def buckets_of(self, stage: int) -> tuple[int, ...]:
+        """The K buckets stage `stage` has graphs for, sorted: `buckets` and its own."""
+        return self.buckets if self.stage_buckets is None else self.stage_buckets[stage]
 
     @property
     def dim(self) -> int:
@@ -299,6 +326,11 @@ class StagePlan:
             "head": self.head,
             **({"user_head": self.user_head.to_dict()} if self.user_head else {}),
             "rollout_blocks": list(self.rollout_blocks or ()),
+            **(
+                {"stage_buckets": [list(b) for b in self.stage_buckets]}
+                if self.stage_buckets
+                else {}
+            ),
         }
 
     @classmethod
@@ -314,6 +346,7 @@ class StagePlan:
             data.get("head", "rgtp"),
             GraphSpec.from_dict(data["user_head"]) if data.get("user_head") else None,
             tuple(data["rollout_blocks"]) if "rollout_blocks" in data else None,
+            tuple(tuple(b) for b in data["stage_buckets"]) if "stage_buckets" in data else None,
         )
 
 

@@ -42,14 +42,18 @@ class Pipeline:
         head: str = "rgtp",
         precision: str = "fp32",
         cuda_graphs: bool = False,
+        schedules: Sequence[Sequence[int]] = (),
     ) -> Pipeline:
         """The PyTorch reference pipeline of an in-memory model of any family (a `Detector`,
         a `ViViT`; no export needed); a detector's `head` "none" leaves the head to the
         application (`Stream.step(frame, head=...)`). `precision` ("fp32", "fp16", "bf16")
-        and `cuda_graphs` (on CUDA) as `engines.torch_backend.torch_engines`."""
+        and `cuda_graphs` (on CUDA) as `engines.torch_backend.torch_engines`. `schedules`:
+        keep schedules (one K per stage, `ScheduleKeep`) whose K each stage also gets."""
         from rgtp.engines.torch_backend import torch_engines
 
-        plan = StagePlan.create(model.cfg, buckets, partition, fusion, prune_from, head)
+        plan = StagePlan.create(
+            model.cfg, buckets, partition, fusion, prune_from, head, schedules=schedules
+        )
         return cls(torch_engines(model, plan, device, None, precision, cuda_graphs))
 
     @classmethod

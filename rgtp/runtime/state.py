@@ -15,7 +15,8 @@ class StreamState:
     (`plan.StagePlan`).
 
     k_cache, v_cache: per block, (E + N, C) latest keys/values of every row (empty for a
-        block whose attention runs over all tokens every step).
+        block whose attention runs over all tokens every step); views of `stage_caches`.
+    stage_caches: per stage, (2 B, E + N, C): the keys and values of its B cached blocks.
     attn_rows: per rollout block, (E + N, E + N) last computed fused attention row of every
         row, which rollout uses for rows this step did not compute; with rollout pooling p,
         (N/p², N/p²) rows of the pooled grid (`core.rollout.pool_attention_rows`).
@@ -25,6 +26,8 @@ class StreamState:
     gathered: per K bucket, the buffers a step's stages read, allocated on first use and
         rewritten in place every step, so that engines replaying CUDA graphs see the same
         addresses: tokens (E + K, C) and their rows (E + K,) (the prefix rows filled once).
+    subsets: per (stage, K), the same for a stage that runs fewer tokens than the stage
+        before (a keep schedule, `core.selection.ScheduleKeep`).
     all_tokens: (E + N, C), a stage that reads every token reads them here (static inputs).
     prev_patches, prev_importance: z_0 (N, C) and s_0 (N,) of the previous step.
     ref_patches: z_0 (N, C) of every token as it was when its cached keys and values were
@@ -47,15 +50,23 @@ class StreamState:
         depth = plan.encoder.depth
         rows = n if rollout_pool == 1 else plan.num_tokens // rollout_pool**2
 
-        def cache(b: int) -> torch.Tensor:
-            return torch.zeros(0 if b == plan.dense_block else n, c, device=device, dtype=dtype)
-
-        self.k_cache = [cache(b) for b in range(depth)]
-        self.v_cache = [cache(b) for b in range(depth)]
+        # A stage's caches are views of one tensor (2 B, E + N, C), keys and values of its B
+        # cached blocks in turn, so that a commit writes them with one indexed copy.
+        empty = torch.zeros(0, c, device=device, dtype=dtype)  # a dense block keeps none
+        self.k_cache = [empty] * depth
+        self.v_cache = [empty] * depth
+        self.stage_caches: list[torch.Tensor] = []
+        for i in range(len(plan.stages)):
+            blocks = plan.cached_blocks(i)
+            both = torch.zeros(2 * len(blocks), n, c, device=device, dtype=dtype)
+            for j, b in enumerate(blocks):
+                self.k_cache[b], self.v_cache[b] = both[2 * j], both[2 * j + 1]
+            self.stage_caches.append(both)
         self.attn_rows = {g: torch.zeros(rows, rows, device=device) for g in rollout_blocks}
         self.attn_sums = {g: torch.zeros(rows, device=device) for g in rollout_blocks}
         self.out_map = torch.zeros(n, c, device=device, dtype=dtype)
         self.gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.subsets: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._all_tokens: torch.Tensor | None = None
         self._static: dict[str, torch.Tensor] = {}
         self.prev_patches: torch.Tensor | None = None
@@ -80,6 +91,22 @@ class StreamState:
         torch.index_select(tokens.to(self.dtype), 0, rows, out=x)
         return x, rows
 
+    def subset(
+        self, stage: int, x: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `positions` (E + K,) of the previous stage's output `x` (E + K', C) and of its
+        row indices `rows` (E + K',), written into the buffers of (stage, K)."""
+        key = (stage, positions.numel())
+        if key not in self.subsets:
+            self.subsets[key] = (
+                torch.empty(key[1], x.shape[1], dtype=self.dtype, device=self.device),
+                torch.empty(key[1], dtype=torch.int64, device=self.device),
+            )
+        xs, rs = self.subsets[key]
+        torch.index_select(x.to(self.dtype), 0, positions, out=xs)
+        torch.index_select(rows, 0, positions, out=rs)
+        return xs, rs
+
     def refresh_references(self, patches: torch.Tensor, keep: torch.Tensor) -> None:
         """`ref_patches` rows `keep` (K,) from this step's `patches` (N, C), in place."""
         if self.ref_patches is None:
@@ -92,13 +119,18 @@ class StreamState:
             self._all_tokens = torch.empty_like(tokens, dtype=self.dtype)
         return self._all_tokens.copy_(tokens)
 
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The stream's own buffer `name` (as `static`), made or remade at this shape and
+        dtype; its contents are whatever was last written."""
+        buffer = self._static.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = self._static[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return buffer
+
     def static(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """`value` copied into the stream's own buffer `name` (made on first use, again if
         the shape or dtype changes): the same address every step, for CUDA graphs."""
-        buffer = self._static.get(name)
-        if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
-            buffer = self._static[name] = torch.empty_like(value)
-        return buffer.copy_(value)
+        return self.buffer(name, tuple(value.shape), value.dtype).copy_(value)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the state by name (prev_* once a step has run)."""

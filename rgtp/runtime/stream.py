@@ -4,9 +4,11 @@ every model family (`rgtp.models.families`), which supplies the graphs after the
 One step (a frame for a detector, a tubelet of frames for ViViT), in order: embed all
 tokens; on a reset step keep all N (or the checkerboard), otherwise track last step's
 importance onto this step, choose K and keep the top-K; gather the kept rows (and the
-prefix rows, e.g. a CLS token, always); run the stages; write the kept rows into the
-maintained output; the family's task turns that output into a prediction and s_L; rollout
-from s_L gives the importance that guides the next step.
+prefix rows, e.g. a CLS token, always); run the stages (with a keep schedule, a stage that
+keeps fewer tokens than the one before keeps those of highest importance at its first
+block, seed §F); write the last stage's rows into the maintained output; the family's task
+turns that output into a prediction and s_L; rollout from s_L gives the importance that
+guides the next step.
 
 A step is a transaction: the frame is checked before anything runs, the stages' fresh keys,
 values and attention rows are written into the caches only once every engine output of the
@@ -17,7 +19,7 @@ leaves the stream as it was, so the next frame runs as if it had never been give
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,12 @@ from typing import Any
 import torch
 
 from rgtp.core.checks import check_int
-from rgtp.core.rollout import pool_attention_rows, token_importance, write_rows
+from rgtp.core.rollout import (
+    later_importance,
+    pool_attention_rows,
+    token_importance,
+    write_rows,
+)
 from rgtp.core.selection import (
     RESETS,
     FixedKeep,
@@ -126,7 +133,14 @@ class Stream:
         self.options = options
         grid = plan.encoder.grid
         self.policy = options.policy or FixedKeep(plan.num_tokens)
-        self.policy.check(plan.buckets)  # fail at creation, not on the first pruned step
+        # One K per stage (`ScheduleKeep`) is checked against each stage's own buckets, one K
+        # for every stage against those every stage has; at creation, not on the first
+        # pruned step.
+        self.schedule: tuple[int, ...] | None = getattr(self.policy, "schedule", None)
+        stages = range(len(plan.stages))
+        self.policy.check(
+            plan.buckets if self.schedule is None else [plan.buckets_of(i) for i in stages]
+        )
         check_radius(options.radius, grid)
         self.pruning = options.pruning or plan.config.pruning
         self.rollout_blocks = self.pruning.blocks(plan.global_blocks)
@@ -163,6 +177,11 @@ class Stream:
         # (tracking, top-K, rollout) replays graphs too, on this stream's buffers.
         self._graphs = step_graphs(engines)
         self._cached_blocks = [b for i in range(len(plan.stages)) for b in plan.cached_blocks(i)]
+        self._stage_of = {b: i for i, blocks in enumerate(plan.stages) for b in blocks}
+        # the rollout blocks before each stage: the partial rollout its importance undoes
+        self._before = [
+            tuple(g for g in self.rollout_blocks if g < blocks[0]) for blocks in plan.stages
+        ]
         self.state = self._new_state()
         self._busy = threading.Lock()
 
@@ -228,7 +247,7 @@ class Stream:
 
     def _step(self, frame: object, user_head: UserHead | None) -> StepResult | None:
         plan, engines, opts, st = self.plan, self.engines, self.options, self.state
-        enc = plan.encoder
+        enc, prefix = plan.encoder, plan.prefix
         task = st.task
         timer = PartTimer(self.device, opts.timing)
         checks = OutputChecks()
@@ -247,12 +266,15 @@ class Stream:
             st.pending = frames  # the frame is checked: holding it is the whole step
             return None
         with timer("embed"):
-            emb = checks.add("embed", engines.embed.run(task.embed_feeds(frames)))
+            feeds = task.embed_feeds(frames)
+            if self._graphs is not None:  # in the stream's own buffers: the graph replays
+                feeds = {n: st.static(f"embed_{n}", t) for n, t in feeds.items()}
+            emb = checks.add("embed", engines.embed.run(feeds))
         patches, tokens = emb["patches"], emb["tokens"]
 
         first = st.prev_importance is None
         reset = first or is_reset_frame(st.frame_index, opts.reset_every)
-        tracked = None
+        tracked = similarity = None
         with timer("select"):
             if self._graphs is not None:  # this frame's patches in one of two own buffers
                 patches = st.static(f"patches{st.frame_index % 2}", patches)
@@ -277,43 +299,48 @@ class Stream:
             x, rows = st.gather(tokens, keep)
 
         # A stage reads only its own blocks' caches, so this step's rows can wait for the
-        # commit: earlier stages of the step never need them.
+        # commit: earlier stages of the step never need them. Each stage's fresh keys,
+        # values and attention rows belong to its own rows (`stage_rows`).
         fresh: dict[str, torch.Tensor] = {}
+        stage_rows: list[torch.Tensor] = []
         for i in range(len(plan.stages)):
             if plan.takes_all_tokens(i):
                 x = st.all_tokens(tokens) if engines.static_inputs else tokens
+            elif tracked is not None and self.schedule and self.schedule[i] < len(rows) - prefix:
+                with timer("select"):
+                    x, rows = self._shrink(i, tracked, similarity, x, rows)
             feeds = {"tokens": x, "keep": rows}
             for b in plan.cached_blocks(i):
                 feeds[f"k_cache_{b}"] = st.k_cache[b]
                 feeds[f"v_cache_{b}"] = st.v_cache[b]
-            engine = engines.stage(i, k)
+            engine = engines.stage(i, len(rows) - prefix)
             with timer("stages"):
                 out = checks.add(engine.spec.name, engine.run(feeds))
             x = out.pop("tokens_out")
             fresh |= out
+            stage_rows.append(rows)
 
         # The maintained output is written in place (no copy of the whole map per step);
-        # should anything fail before the commit, the rows it held are put back. Rollout
-        # reads its buffers with this step's rows standing in for theirs, and the commit
-        # writes them.
+        # should anything fail before the commit, the rows it held are put back. The commit
+        # of the caches and attention rows goes with the rollout (`_finish`), made ready
+        # before the head: a detector's post-processing waits for the GPU, which then waits
+        # for whatever the host still has to do.
         writes = RowWrites()
         try:
             with timer("scatter"):
                 writes.write(st.out_map, rows, x)
+            fill = reset and not first and self.checkerboard is not None
+            finish = self._finish(stage_rows, fresh, patches, fill)
             with timer("head"):
-                prediction = task.predict(st.out_map, _Runner(engines, checks), user_head)
+                runner = _Runner(engines, checks, st.static if self._graphs is not None else None)
+                prediction = task.predict(st.out_map, runner, user_head)
             with timer("rollout"):
-                importance, attention = self._rollout(rows, fresh, prediction.target)
-                if reset and not first and self.checkerboard is not None:
-                    importance = fill_from_most_similar(
-                        importance, patches, keep, self.pruning.similarity
-                    )
+                importance = finish(prediction.target)
         except BaseException:
             writes.undo()
             raise
 
-        with timer("scatter"):  # the commit: nothing below can fail on checked tensors
-            self._commit(rows, fresh, attention)
+        with timer("scatter"):  # nothing below can fail on checked tensors
             if self._graphs is not None:  # graph outputs are overwritten next step: copies
                 st.prev_importance = st.static("prev_importance", importance)
                 importance = st.prev_importance.clone()  # the result's own
@@ -333,87 +360,177 @@ class Stream:
             "importance": importance,
             "tracked": tracked,
             "timings": timer.summary(),
+            "stage_k": tuple(len(r) - prefix for r in stage_rows),
         }
         st.frame_index += 1
         return task.result(common, prediction, geometry)
 
-    def _rollout(
-        self, rows: torch.Tensor, fresh: dict[str, torch.Tensor], target: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]] | None]:
-        """s_0 (N,) of the patch tokens by rollout from s_L `target` (E + N,) through this
-        step's attention rows of the kept rows and the buffered rows of the others, and, with
-        `rollout_pool`, the pooled rows to commit (the cells and their rows per rollout
-        block; without pooling the commit takes the step's rows as they are: None)."""
-        grid, prefix, blocks = self.plan.encoder.grid, self.plan.prefix, self.rollout_blocks
-        buffers, sums = self.state.attn_rows, self.state.attn_sums
-        target = target.float()
-        if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
-            pooled = [
-                pool_attention_rows(fresh[f"attn_{g}"], rows, grid, self.pool) for g in blocks
-            ]
-            cells = pooled[0][0]  # the same queries in every block: the same cells
-            s0 = token_importance(
-                [buffers[g] for g in blocks],
-                target,
+    def _shrink(
+        self,
+        stage: int,
+        tracked: torch.Tensor,
+        similarity: torch.Tensor | None,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens (E + K, C) and rows (E + K,) stage `stage` runs on under a keep schedule:
+        of the previous stage's output `x` (E + K', C) at rows `rows` (E + K',), the prefix
+        and the K patches of highest importance at the stage's first block, s_l from this
+        step's tracked s_0 `tracked` (N,) through the buffered rows of the rollout blocks
+        before it (Eq. 8, `later_importance`), with the novelty share chosen as at the input
+        (`select_tokens`, `similarity` (N,))."""
+        st, prefix, grid = self.state, self.plan.prefix, self.plan.encoder.grid
+        k, blocks, share = self.schedule[stage], self._before[stage], self.pruning.novelty_share
+        feeds = {"tracked": tracked, "rows": rows}
+        feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
+        feeds |= {f"sums_{g}": st.attn_sums[g] for g in blocks}
+        if similarity is not None:
+            feeds["similarity"] = similarity
+
+        def choose(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            s = later_importance(
+                [f[f"buffer_{g}"] for g in blocks],
+                f["tracked"],
                 grid,
                 self.pool,
-                [sums[g] for g in blocks],
-                cells,
-                [p for _, p in pooled],
-            )  # (no prefix: pooling refuses models with one)
-            return s0, (cells, [p for _, p in pooled])
-        if self._graphs is not None:
-            target = self.state.static("target", target)
-        feeds = {"rows": rows, "target": target}
-        feeds |= {f"buffer_{g}": buffers[g] for g in blocks}
-        feeds |= {f"sums_{g}": sums[g] for g in blocks}
-        feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
+                [f[f"sums_{g}"] for g in blocks],
+                prefix,
+            )
+            kept = f["rows"][prefix:] - prefix  # sorted, so the positions are too
+            near = f.get("similarity")
+            picked = select_tokens(s[kept], k, None if near is None else near[kept], share)
+            head = torch.arange(prefix, device=picked.device)
+            return {"positions": torch.cat([head, picked + prefix])}
 
-        def roll_out(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        positions = self._replay("shrink", feeds, choose, (stage, k))["positions"]
+        return st.subset(stage, x, rows, positions)
+
+    def _finish(
+        self,
+        stage_rows: list[torch.Tensor],
+        fresh: dict[str, torch.Tensor],
+        patches: torch.Tensor,
+        fill: bool,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The step's last work, made ready to run once s_L is known: called with s_L
+        `target` (E + N,), it returns s_0 (N,) of the patch tokens by rollout through this
+        step's attention rows and the buffered rows of the others (each block's fresh rows
+        are those of its stage's rows, `stage_rows`, (E + K_i,) per stage), and the commit:
+        this step's keys, values and attention rows written in place. `fill`: a checkerboard
+        reset step, whose dropped tokens take the importance of their most similar kept one.
+
+        Rollout reads the buffers with the step's rows standing in for theirs and the commit
+        comes after it, so a failure leaves the stream as it was. A replayed CUDA graph runs
+        whole or not at all: captured, the commit comes first and rollout reads the committed
+        buffers, the same result for about half the reads of the rows standing in."""
+        grid, prefix, blocks = self.plan.encoder.grid, self.plan.prefix, self.rollout_blocks
+        st = self.state
+        where = {g: stage_rows[self._stage_of[g]] for g in blocks}
+        if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
+
+            def pooled_finish(target: torch.Tensor) -> torch.Tensor:
+                pooled = [
+                    pool_attention_rows(fresh[f"attn_{g}"], where[g], grid, self.pool)
+                    for g in blocks
+                ]
+                s0 = token_importance(
+                    [st.attn_rows[g] for g in blocks],
+                    target.float(),
+                    grid,
+                    self.pool,
+                    [st.attn_sums[g] for g in blocks],
+                    [c for c, _ in pooled],
+                    [p for _, p in pooled],
+                )  # (no prefix: pooling refuses models with one)
+                if fill:
+                    similarity = self.pruning.similarity
+                    s0 = fill_from_most_similar(s0, patches, self.checkerboard, similarity)
+                self._commit(stage_rows, fresh, pooled)
+                return s0
+
+            return pooled_finish
+        # s_L goes into a buffer of the stream's own (a graph's input); the feeds are ready
+        target = st.buffer("target", (prefix + self.plan.num_tokens,), torch.float32)
+        feeds = {"target": target, "patches": patches}
+        feeds |= {f"where_{g}": where[g] for g in blocks}
+        feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
+        feeds |= {f"sums_{g}": st.attn_sums[g] for g in blocks}
+        feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
+        commit_feeds, commit = self._commit_work(stage_rows, fresh)
+
+        def roll_out(f: Mapping[str, torch.Tensor], committed: bool) -> torch.Tensor:
             s0 = token_importance(
                 [f[f"buffer_{g}"] for g in blocks],
                 f["target"],
                 grid,
                 sums=[f[f"sums_{g}"] for g in blocks],
-                where=f["rows"],
-                fresh=[f[f"attn_{g}"] for g in blocks],
+                where=None if committed else [f[f"where_{g}"] for g in blocks],
+                fresh=None if committed else [f[f"attn_{g}"] for g in blocks],
             )
-            return {"s0": s0[prefix:] / s0[prefix:].sum() if prefix else s0}
+            s0 = s0[prefix:] / s0[prefix:].sum() if prefix else s0
+            if fill:
+                s0 = fill_from_most_similar(
+                    s0, f["patches"], self.checkerboard, self.pruning.similarity
+                )
+            return s0
 
-        return self._replay("rollout", feeds, roll_out)["s0"], None
+        def finish(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            if capturing(f["target"]):
+                commit(f)
+                return {"s0": roll_out(f, committed=True)}
+            s0 = roll_out(f, committed=False)
+            commit(f)
+            return {"s0": s0}
+
+        run = self._prepared("finish", feeds | commit_feeds, finish, fill)
+
+        def write_target_and_run(s_l: torch.Tensor) -> torch.Tensor:
+            target.copy_(s_l)
+            return run()["s0"]
+
+        return write_target_and_run
 
     def _commit(
         self,
-        rows: torch.Tensor,
+        stage_rows: list[torch.Tensor],
         fresh: dict[str, torch.Tensor],
-        pooled: tuple[torch.Tensor, list[torch.Tensor]] | None,
+        pooled: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
-        """This step's keys and values of `rows` into the caches and its attention rows into
-        the rollout buffers (`pooled`: the cells and pooled rows instead), in place."""
-        st, blocks = self.state, self.rollout_blocks
-        feeds = {"rows": rows}
+        """The commit of a step with pooled rollout: keys and values as `_commit_work`, and
+        per rollout block its pooled rows into their cells (`pooled`: (cells, rows) per
+        block)."""
+        feeds, write = self._commit_work(stage_rows, fresh, attention=False)
+        self._replay("commit", feeds, lambda f: write(f) or {})
+        for g, (cells, values) in zip(self.rollout_blocks, pooled, strict=True):
+            write_rows(self.state.attn_rows[g], self.state.attn_sums[g], cells, values)
+
+    def _commit_work(
+        self, stage_rows: list[torch.Tensor], fresh: dict[str, torch.Tensor], attention: bool = True
+    ) -> tuple[dict[str, torch.Tensor], Callable[[Mapping[str, torch.Tensor]], None]]:
+        """The feeds and the in-place writes of a step's commit: its keys and values into the
+        caches and (`attention`) its attention rows and their sums into the rollout buffers,
+        each block's at the rows its stage ran (`stage_rows`)."""
+        st, blocks, stage_of, plan = self.state, self.rollout_blocks, self._stage_of, self.plan
+        feeds = {f"rows_{i}": r for i, r in enumerate(stage_rows)}
+        feeds |= {f"caches_{i}": c for i, c in enumerate(st.stage_caches)}
         for b in self._cached_blocks:
-            feeds |= {f"k_cache_{b}": st.k_cache[b], f"k_new_{b}": fresh[f"k_new_{b}"]}
-            feeds |= {f"v_cache_{b}": st.v_cache[b], f"v_new_{b}": fresh[f"v_new_{b}"]}
-        if pooled is None:
+            feeds |= {f"k_new_{b}": fresh[f"k_new_{b}"], f"v_new_{b}": fresh[f"v_new_{b}"]}
+        if attention:
             feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
             feeds |= {f"sums_{g}": st.attn_sums[g] for g in blocks}
             feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
 
-        def write(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            for b in self._cached_blocks:
-                for kv in ("k", "v"):
-                    f[f"{kv}_cache_{b}"].index_copy_(0, f["rows"], f[f"{kv}_new_{b}"])
-            if pooled is None:
+        def write(f: Mapping[str, torch.Tensor]) -> None:
+            for i in range(len(plan.stages)):
+                fresh_kv = [f[f"{kv}_new_{b}"] for b in plan.cached_blocks(i) for kv in "kv"]
+                if fresh_kv:  # (2 B, K, C) in the order of the stage's cache tensor
+                    f[f"caches_{i}"].index_copy_(1, f[f"rows_{i}"], torch.stack(fresh_kv))
+            if attention:
                 for g in blocks:
-                    write_rows(f[f"buffer_{g}"], f[f"sums_{g}"], f["rows"], f[f"attn_{g}"])
-            return {}
+                    rows = f[f"rows_{stage_of[g]}"]
+                    write_rows(f[f"buffer_{g}"], f[f"sums_{g}"], rows, f[f"attn_{g}"])
 
-        self._replay("commit", feeds, write)
-        if pooled is not None:
-            cells, values = pooled
-            for g, v in zip(blocks, values, strict=True):
-                write_rows(st.attn_rows[g], st.attn_sums[g], cells, v)
+        return feeds, write
 
     def _track(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Last step's importance tracked onto `patches`, and, where novelty needs it, each
@@ -444,12 +561,25 @@ class Stream:
         out = self._replay("track", feeds, tracked)
         return out["s"], out.get("similarity")
 
+    def _prepared(
+        self,
+        name: str,
+        feeds: Mapping[str, torch.Tensor],
+        fn: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
+        setting: Hashable = None,
+    ) -> Callable[[], dict[str, torch.Tensor]]:
+        """`_replay(name, feeds, fn, setting)` made ready to run: the graph is looked up now,
+        and the call runs it on what the feeds hold then."""
+        if self._graphs is None:
+            return lambda: fn(feeds)
+        return self._graphs[name].prepare(feeds, fn, setting)
+
     def _replay(
         self,
         name: str,
         feeds: Mapping[str, torch.Tensor],
         fn: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
-        setting: int | None = None,
+        setting: Hashable = None,
     ) -> dict[str, torch.Tensor]:
         """`fn(feeds)`, through this stream's CUDA graph `name` where it has graphs."""
         if self._graphs is None:
@@ -474,11 +604,17 @@ class RowWrites:
         self._replaced.clear()
 
 
-STEP_GRAPHS = ("track", "select", "rollout", "commit")
+def capturing(t: torch.Tensor) -> bool:
+    """Whether work on `t`'s device is being captured into a CUDA graph now (not run)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+STEP_GRAPHS = ("track", "select", "shrink", "finish", "commit")
 
 
 def step_graphs(engines: EngineSet) -> dict[str, GraphCache] | None:
-    """A new stream's graphs of tracking, top-K, rollout and the cache commit, where its
+    """A new stream's graphs of tracking, top-K (at the input, and where a keep schedule
+    shrinks a later stage), rollout and the cache commit, where its
     engines replay CUDA graphs on the stream's buffers (`EngineSet.static_inputs`) on a GPU;
     else None."""
     if not (engines.static_inputs and engines.device.type == "cuda"):
@@ -490,10 +626,17 @@ class _Runner:
     """A task's view of the step's engines (`rgtp.models.families.GraphRunner`): graphs by
     name, every output added to the step's finiteness checks."""
 
-    def __init__(self, engines: EngineSet, checks: OutputChecks) -> None:
-        self.engines, self.checks = engines, checks
+    def __init__(
+        self,
+        engines: EngineSet,
+        checks: OutputChecks,
+        static: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.engines, self.checks, self.static = engines, checks, static
 
     def __call__(self, graph: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.static is not None:  # the stream's own buffers, for engines replaying graphs
+            feeds = {n: self.static(f"{graph}_{n}", t) for n, t in feeds.items()}
         return self.checks.add(graph, self.engines.graph(graph).run(feeds))
 
     def check_finite(self) -> None:

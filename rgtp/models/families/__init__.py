@@ -72,7 +72,8 @@ class StepResult:
     index: the time step (a frame for a detector); reset: whether it was a reset step;
     k: tokens kept (prefix tokens not counted); keep: (K,) kept patch indices (CPU);
     importance: s_0 (N,) of this step, which guides the next; tracked: ŝ (N,) that chose
-    this step's tokens (None on reset steps); timings: milliseconds per part.
+    this step's tokens (None on reset steps); timings: milliseconds per part; stage_k: the
+    tokens each stage ran on (k at every stage but with a keep schedule, `ScheduleKeep`).
     """
 
     index: int
@@ -82,6 +83,7 @@ class StepResult:
     importance: torch.Tensor
     tracked: torch.Tensor | None
     timings: dict[str, float] = field(default_factory=dict)
+    stage_k: tuple[int, ...] = ()
 
 
 class Task(Protocol):
