@@ -582,9 +582,7 @@ class Stream:
         setting: Hashable = None,
     ) -> dict[str, torch.Tensor]:
         """`fn(feeds)`, through this stream's CUDA graph `name` where it has graphs."""
-        if self._graphs is None:
-            return fn(feeds)
-        return self._graphs[name].run(feeds, fn, setting)
+        return self._prepared(name, feeds, fn, setting)()
 
 
 class RowWrites:
