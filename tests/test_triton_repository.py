@@ -174,6 +174,11 @@ def test_settings_are_checked_when_made() -> None:
         ServingSettings(backend="onnx")
     s = ServingSettings(keep=77, max_streams=3, idle_timeout_s=2.5)
     assert ServingSettings.from_json(s.to_json()) == s
+    schedule = ServingSettings(keep=[96, 85, 69, 58])  # one K per stage
+    assert ServingSettings.from_json(schedule.to_json()) == schedule
+    assert schedule.stream_options().policy.schedule == (96, 85, 69, 58)
+    with pytest.raises(ValueError, match="increases at stage 1"):
+        ServingSettings(keep=(64, 96, 48, 32))
 
 
 @pytest.fixture(scope="module")

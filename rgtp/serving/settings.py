@@ -23,14 +23,15 @@ FLOAT_FRAME_SCALE = 1.0
 class ServingSettings:
     """backend: "ort", "torch" or "trt"; max_streams: sequences held at once (Triton's
     `max_candidate_sequences`, and the most requests one `execute` gets); idle_timeout_s:
-    seconds after a sequence's last request when its stream is freed; keep (K) or mass
-    (importance share): the keep policy (neither: dense); reset_every, reset, radius,
+    seconds after a sequence's last request when its stream is freed; keep (K, or one K per
+    stage: a keep schedule) or mass (importance share): the keep policy (neither: dense);
+    reset_every, reset, radius,
     score_threshold: as `StreamOptions`."""
 
     backend: str = "ort"
     max_streams: int = 8
     idle_timeout_s: float = 30.0
-    keep: int | None = None
+    keep: int | tuple[int, ...] | None = None
     mass: float | None = None
     reset_every: int = 8
     reset: str = "dense"
@@ -42,6 +43,8 @@ class ServingSettings:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_int("max streams", self.max_streams, 1)
         check_real("idle timeout (seconds)", self.idle_timeout_s, 0.0, 86400.0, low_open=True)
+        if isinstance(self.keep, list | tuple):  # a schedule, also as JSON gives it back
+            object.__setattr__(self, "keep", tuple(self.keep))
         self.stream_options()  # every option checked now, not at the first sequence
 
     def stream_options(self) -> StreamOptions:
