@@ -190,8 +190,8 @@ def test_rgtp_run_takes_a_schedule_and_names_a_wrong_one(scheduled, tmp_path) ->
     path, _ = scheduled
     ok = rgtp("run", str(path), "--synthetic", "3", "--keep", "60/30", "--out", str(tmp_path))
     assert ok.returncode == 0, ok.stderr
-    # (196 + 60 + 60) / 3: frame 0 is dense, then K of the first stage (the second runs 30)
-    assert "mean K 105 of 196" in ok.stdout
+    # (196 + 45 + 45) / 3: frame 0 is dense, then the stages' mean of 60 and 30
+    assert "mean K 95 of 196" in ok.stdout
     long = rgtp("run", str(path), "--synthetic", "2", "--keep", "60/30/20", "--out", str(tmp_path))
     assert long.returncode != 0
     assert "keep schedule 60/30/20 gives 3 K for a model with 2 stages" in long.stderr

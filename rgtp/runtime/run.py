@@ -80,11 +80,16 @@ def summarize(
         "frames": len(results),
         "steps": len(steps),
         "reset_steps": sum(r.reset for r in steps),
-        "mean_k": statistics.fmean(r.k for r in steps) if steps else None,
+        # tokens per stage averaged (a keep schedule keeps fewer in later stages)
+        "mean_k": statistics.fmean(_stage_mean(r) for r in steps) if steps else None,
         "ms_per_step": {p: statistics.fmean(r.timings.get(p, 0.0) for r in timed) for p in parts},
         "skipped_frames": len(skipped),
         "skipped_positions": list(skipped),
     }
+
+
+def _stage_mean(result: StepResult) -> float:
+    return statistics.fmean(result.stage_k) if result.stage_k else float(result.k)
 
 
 def write_results(
