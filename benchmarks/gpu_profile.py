@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             stream.step(f)
         if cuda:
             torch.cuda.synchronize()
-    path = Path(args.trace or "/tmp/rgtp_gpu_trace.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(path))
-    summary = summarise(json.loads(path.read_text()), args.frames)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(args.trace) if args.trace else Path(scratch) / "trace.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(path))
+        summary = summarise(json.loads(path.read_text()), args.frames)
     mode = "cuda-graphs" if cuda and not args.eager else "eager"
     print(f"{args.size} px K={args.keep} {args.precision} {mode}")
     print(f"{'part':>10}{'host us':>10}{'gpu span':>10}{'gpu busy':>10}{'gpu idle':>10}{'ops':>7}")
