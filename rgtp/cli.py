@@ -336,6 +336,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         head,
         user_spec,
         schedules=[k for k in args.ks if not isinstance(k, int)],
+        max_batch=args.max_batch,
     )
     manifest = export_package(
         model,
@@ -602,6 +603,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
         mem_pool_size=args.mem_pool_size,
         compute_capabilities=tuple(args.compute_capability) if args.compute_capability else None,
+        opt_batch=args.opt_batch,
     )
     info = build_trt(args.package, options, progress=not args.quiet, verify=not args.no_verify)
     print(
@@ -913,6 +915,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
     p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
+    p.add_argument(
+        "--max-batch",
+        type=_int_at_least(1),
+        default=8,
+        help="the most streams one stage call runs together (Pipeline.step_many); TensorRT "
+        "profiles span 1..this",
+    )
     head = p.add_mutually_exclusive_group()
     head.add_argument(
         "--head",
@@ -1072,6 +1081,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LAYOUTS,
         help="per-stage: one plan per stage with a profile per K (weights once); per-k: one "
         "plan per (stage, K)",
+    )
+    p.add_argument(
+        "--opt-batch",
+        type=_int_at_least(1),
+        default=1,
+        help="the streams per stage call the plans are tuned for (1: one stream's latency; "
+        "up to the package's --max-batch)",
     )
     p.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
     p.add_argument(

@@ -28,7 +28,7 @@ def test_a_classifier_package_checks_clean(tmp_path) -> None:
     plan = StagePlan.create(CFG, [6], "whole")
     pkg = ensure_package(randomize(ViViT(CFG)), plan, tmp_path / "pkg", progress=False)
     symbolic = next(g for g in Manifest.load(pkg).graphs if g.symbolic)
-    assert [t.shape for t in symbolic.inputs[:2]] == [("K+1", 48), ("K+1",)]
+    assert [t.shape for t in symbolic.inputs[:2]] == [("B", "K+1", 48), ("B", "K+1")]
     report = check_package(pkg, progress=False)
     assert report.problems == []
     assert {g.name for g in report.graphs} >= {"stage0_kK", "temporal", "head"}

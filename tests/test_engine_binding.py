@@ -111,13 +111,16 @@ def test_symbolic_axes_are_exported_as_the_spec_spells_them() -> None:
 
 
 def test_build_options_speak_trtexecs_language() -> None:
-    from rgtp.engines.trt_build import BuildOptions, PlanJob, trtexec_lines
+    from rgtp.engines.trt_build import BuildOptions, PlanJob, Profile, trtexec_lines
 
     with pytest.raises(EngineError, match=r"unknown plan layout 'per-block'; choose from"):
         BuildOptions(layout="per-block")
     with pytest.raises(EngineError, match="in MiB and at least 1, got 0"):
         BuildOptions(mem_pool_size=0)
-    job = PlanJob("embed", "embed.onnx", [{"frame": (1, 3, 32, 32)}], None)
+    with pytest.raises(EngineError, match="opt_batch must be at least 1, got 0"):
+        BuildOptions(opt_batch=0)
+    frame = {"frame": (1, 3, 32, 32)}
+    job = PlanJob("embed", "embed.onnx", [Profile(frame, frame, frame)], None)
     (build, *_) = [
         line
         for line in trtexec_lines(job, "trt/embed.plan", BuildOptions(mem_pool_size=512))

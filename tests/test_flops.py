@@ -140,9 +140,9 @@ def test_executed_count_is_what_the_stage_runs(tiny_detector, monkeypatch, k: in
     )
     n, c = cfg.num_tokens, cfg.embed_dim
     keep = torch.randperm(n)[:k].sort().values
-    caches = [torch.randn(n, c) for _ in range(2 * cfg.depth)]
+    caches = [torch.randn(1, n, c) for _ in range(2 * cfg.depth)]
     with torch.no_grad():
-        stage(torch.randn(k, c), keep, *caches)
+        stage(torch.randn(1, k, c), keep[None], *caches)
     macs = sum(2 * math.prod(s) for s in seen)  # QKᵀ and AV: windows x heads x rows x keys x d
     m = frame_macs(cfg, k, convention="executed")
     assert macs == m.attention - 2 * (2 * k * n * c)  # less the two global blocks

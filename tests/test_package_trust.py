@@ -104,7 +104,7 @@ MALFORMED = {
     "a JSON list": (lambda d: [d], "expected a JSON object, found an array"),
     "schema version 7": (
         mutate(lambda d: d.update(schema_version=7)),
-        "schema version 7; this rgtp reads 1",
+        "schema version 7; this rgtp reads 2",
     ),
     "a file without sha256": (
         mutate(lambda d: d["files"]["embed.onnx"].pop("sha256")),

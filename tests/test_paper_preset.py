@@ -29,8 +29,8 @@ def test_block0_prunes_after_its_attention(tiny_detector) -> None:
     with torch.no_grad():
         dense = tiny_detector.backbone.blocks[0](x).flatten(1, 2)[0]
         stage = PrunedStage(tiny_detector.backbone, (0,), dense_block=0)
-        (out,) = stage(x.flatten(1, 2)[0], keep)
-    assert (out - dense[keep]).abs().max() <= 1e-5
+        (out,) = stage(x.flatten(1, 2), keep[None])
+    assert (out[0] - dense[keep]).abs().max() <= 1e-5
 
 
 def test_block0_mlp_stages_with_all_tokens_equal_the_dense_backbone(tiny_detector) -> None:
@@ -39,7 +39,8 @@ def test_block0_mlp_stages_with_all_tokens_equal_the_dense_backbone(tiny_detecto
     assert plan.takes_all_tokens(0) and not plan.takes_all_tokens(1)
     assert plan.cached_blocks(0) == (1, 2)
     spec = plan.stage_spec(0, 50)
-    assert spec.inputs[0].shape[0] == cfg.backbone.num_tokens and spec.inputs[1].shape == (50,)
+    assert spec.inputs[0].shape[1] == cfg.backbone.num_tokens
+    assert spec.inputs[1].shape == ("B", 50)
     assert "k_cache_0" not in spec.input_names and "k_new_0" not in spec.output_names
     x = _tokens(tiny_detector, seed=2)
     n = cfg.backbone.num_tokens
@@ -48,12 +49,12 @@ def test_block0_mlp_stages_with_all_tokens_equal_the_dense_backbone(tiny_detecto
         ref = x
         for block in tiny_detector.backbone.blocks:
             ref = block(ref)
-        tokens = x.flatten(1, 2)[0]
-        zeros = torch.zeros(n, cfg.backbone.embed_dim)
+        tokens = x.flatten(1, 2)
+        zeros = torch.zeros(1, n, cfg.backbone.embed_dim)
         for i, module in enumerate(stage_modules(tiny_detector.backbone, plan)):
             caches = [zeros] * (2 * len(plan.cached_blocks(i)))
-            tokens = module(tokens, keep, *caches)[0]
-    assert (tokens - ref.flatten(1, 2)[0]).abs().max() <= 1e-5
+            tokens = module(tokens, keep[None], *caches)[0]
+    assert (tokens - ref.flatten(1, 2)).abs().max() <= 1e-5
 
 
 def test_a_global_block0_cannot_prune_after_its_attention(tiny_detector) -> None:

@@ -34,10 +34,12 @@ def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def assert_fits(shapes: dict[str, tuple[int, ...]], declared: dict[str, tuple], k: int | None):
+def assert_fits(shapes: dict[str, tuple], declared: dict[str, tuple], k: int | None):
+    """A static-K graph's inputs `shapes` fit the symbolic-K graph's `declared` at K = k
+    (both keep the batch axis B symbolic)."""
     assert set(shapes) == set(declared)
     for name, shape in shapes.items():
-        want = tuple(k if isinstance(d, str) else d for d in declared[name])
+        want = tuple(k if isinstance(d, str) and d != "B" else d for d in declared[name])
         assert shape == want, (name, shape, want)
 
 
@@ -74,18 +76,24 @@ def test_every_graph_builds_and_the_manifest_records_it(built) -> None:
             ]
 
 
-def expected_profiles(pkg, onnx_file: str) -> list[dict[str, tuple[int, ...]]]:
-    """The profiles of a plan built from `onnx_file`, from the ONNX graphs alone: a static
-    graph's own input shapes; for a symbolic-K stage graph, the shapes of each static graph
-    of that stage (stage{i}_k{K}.onnx), by increasing K, each of which it must accept."""
+def expected_profiles(pkg, onnx_file: str, max_batch: int, opt_batch: int = 1) -> list[dict]:
+    """The profiles of a plan built from `onnx_file`, from the ONNX graphs alone, each as
+    {"min", "opt", "max"} input shapes: the batch axis B from 1 to `max_batch`, tuned at
+    `opt_batch`; K a static graph's own; for a symbolic-K stage graph, that of each static
+    graph of the stage (stage{i}_k{K}.onnx), by increasing K, each of which it must accept."""
     declared = onnx_input_shapes(pkg / onnx_file)
-    if not onnx_file.endswith("_kK.onnx"):
-        return [declared]
-    stage = onnx_file.removesuffix("_kK.onnx")
-    statics = [onnx_input_shapes(p) for p in pkg.glob(f"{stage}_k*.onnx") if p.name != onnx_file]
-    for shapes in statics:
-        assert_fits(shapes, declared, shapes["keep"][0])
-    return sorted(statics, key=lambda shapes: shapes["keep"][0])
+    graphs = [declared]
+    if onnx_file.endswith("_kK.onnx"):
+        stage = onnx_file.removesuffix("_kK.onnx")
+        graphs = [onnx_input_shapes(p) for p in pkg.glob(f"{stage}_k*.onnx") if p.name != onnx_file]
+        for shapes in graphs:
+            assert_fits(shapes, declared, shapes["keep"][1])
+        graphs.sort(key=lambda shapes: shapes["keep"][1])
+
+    def at(shapes: dict[str, tuple], batch: int) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(batch if d == "B" else d for d in s) for n, s in shapes.items()}
+
+    return [{"min": at(g, 1), "opt": at(g, opt_batch), "max": at(g, max_batch)} for g in graphs]
 
 
 def parse_trtexec(text: str) -> dict[str, dict]:
@@ -116,12 +124,17 @@ def parse_trtexec(text: str) -> dict[str, dict]:
 
 def test_manifest_profiles_match_the_onnx_graphs(built) -> None:
     pkg, info = built
+    max_batch = Manifest.load(pkg).plan.max_batch
+    assert max_batch > 1  # the stage profiles span batches
     for p in info["plans"]:
-        shapes = [{n: tuple(s) for n, s in profile.items()} for profile in p["shapes"]]
-        assert shapes == expected_profiles(pkg, p["onnx"]), p["name"]
+        shapes = [
+            {which: {n: tuple(s) for n, s in inputs.items()} for which, inputs in profile.items()}
+            for profile in p["shapes"]
+        ]
+        assert shapes == expected_profiles(pkg, p["onnx"], max_batch), p["name"]
         if p["profiles"]:
             ks = sorted(p["profiles"], key=p["profiles"].get)
-            assert [int(k) for k in ks] == [s["keep"][0] for s in shapes]
+            assert [int(k) for k in ks] == [s["opt"]["keep"][1] for s in shapes]
 
 
 def test_trtexec_script_matches_the_onnx_graphs(built) -> None:
@@ -132,14 +145,14 @@ def test_trtexec_script_matches_the_onnx_graphs(built) -> None:
     assert {s["onnx"] for s in script.values()} == {
         g for g in graphs if g.endswith("_kK.onnx") == per_stage or not g.startswith("stage")
     }
+    max_batch = Manifest.load(pkg).plan.max_batch
     for plan_file, s in script.items():
-        expected = expected_profiles(pkg, s["onnx"])
-        if s["onnx"].endswith("_kK.onnx"):  # one min = opt = max triple per profile
-            assert [lo for lo, _, _ in s["built"]] == expected, plan_file
-            assert all(lo == opt == hi for lo, opt, hi in s["built"]), plan_file
+        expected = expected_profiles(pkg, s["onnx"], max_batch)
+        if s["onnx"].startswith("stage"):  # one min/opt/max triple per profile: B spans
+            assert s["built"] == [(p["min"], p["opt"], p["max"]) for p in expected], plan_file
         else:  # static graph: trtexec takes its shapes from the graph
             assert s["built"] == [], plan_file
-        assert s["timed"] == list(enumerate(expected)), plan_file
+        assert s["timed"] == [(i, p["opt"]) for i, p in enumerate(expected)], plan_file
         assert (pkg / plan_file).stat().st_size > 0
 
 

@@ -131,7 +131,9 @@ class FakeContext:
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         spec = self.engine.specs[self.active_optimization_profile]
-        want = {t.name: t.concrete({}) for t in spec.outputs}
+        # at the batch of the input shapes set (a stage graph's B)
+        dims = spec.symbolic_dims(self.input_shapes)
+        want = {t.name: t.concrete(dims) for t in spec.outputs}
         return self.engine.shapes.get(name, want[name])
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
@@ -240,9 +242,12 @@ class FakeGraphs:
         return forward(inputs)
 
 
+ONE = {"B": 1}  # a stage graph's batch axis for one stream
+
+
 def stream_buffers(spec: GraphSpec) -> dict[str, torch.Tensor]:
-    """A stream's buffers for a stage: inputs of the spec's shapes and dtypes."""
-    return {t.name: torch.zeros(t.concrete({}), dtype=dtype(t.dtype).torch) for t in spec.inputs}
+    """A stream's buffers for a stage (a batch of one): inputs of the spec's shapes and dtypes."""
+    return {t.name: torch.zeros(t.concrete(ONE), dtype=dtype(t.dtype).torch) for t in spec.inputs}
 
 
 def calls(fake: FakeEngine, context: int, name: str | None = None) -> list[tuple]:
@@ -293,7 +298,7 @@ def test_the_profile_is_selected_on_the_stream_before_any_shape() -> None:
     first_shape = next(n for n, (c, _) in enumerate(mine) if c == "set_input_shape")
     assert first_shape > 0
     assert dict(a for c, a in mine if c == "set_input_shape") == {
-        t.name: t.concrete({}) for t in engine.spec.inputs
+        t.name: t.concrete(ONE) for t in engine.spec.inputs
     }
     assert calls(fake, engine.context.index, "execute_async_v3") == [
         ("execute_async_v3", (STREAM,))
@@ -338,7 +343,7 @@ def test_outputs_of_the_graphs_around_the_stages_are_new_on_every_run() -> None:
     "change, message",
     [
         (lambda x: x.double(), "float64 tensor on cpu"),
-        (lambda x: x.t().contiguous().t(), "not contiguous"),
+        (lambda x: x.mT.contiguous().mT, "not contiguous"),
     ],
 )
 def test_a_stage_refuses_a_feed_it_would_have_to_copy(change, message: str) -> None:
@@ -354,7 +359,7 @@ def test_a_stage_refuses_a_feed_it_would_have_to_copy(change, message: str) -> N
     [
         ("create_execution_context", r"trt/stage0\.plan: TensorRT cannot create an execution"),
         ("set_optimization_profile_async", r"cannot select optimization profile 0 \(K=49\)"),
-        ("set_input_shape", r"stage0_k49: TensorRT refuses input 'tokens' of shape \(49, 96\)"),
+        ("set_input_shape", r"stage0_k49: TensorRT refuses input 'tokens' of shape \(1, 49, 96\)"),
         ("set_tensor_address", r"TensorRT refuses the address of 'tokens'"),
         ("execute_async_v3", r"stage0_k49: TensorRT could not enqueue trt/stage0\.plan"),
     ],
@@ -378,11 +383,11 @@ def test_a_profile_switch_that_raises_is_an_engine_error() -> None:
 def test_output_shapes_come_from_the_context_and_must_be_the_manifests() -> None:
     loaded = Loaded()
     engine = loaded.load().stage(0, 98)
-    loaded.engines["trt/stage0.plan"].shapes = {"attn_2": (98, 195)}
+    loaded.engines["trt/stage0.plan"].shapes = {"attn_2": (1, 98, 195)}
     with pytest.raises(
         EngineError,
-        match=r"stage0_k98: trt/stage0\.plan computes output 'attn_2' of shape \(98, 195\), "
-        r"the package's manifest declares \(98, 196\)",
+        match=r"stage0_k98: trt/stage0\.plan computes output 'attn_2' of shape \(1, 98, 195\), "
+        r"the package's manifest declares \(1, 98, 196\)",
     ):
         engine.run(stream_buffers(engine.spec))
 
@@ -462,7 +467,7 @@ def test_warmup_runs_every_engine_once_then_runs_bind_their_own_buffers() -> Non
         for ctx in fake.contexts:
             assert len(ctx.executed) == 1
             spec = fake.specs[ctx.active_optimization_profile]
-            assert ctx.input_shapes == {t.name: t.concrete({}) for t in spec.inputs}
+            assert ctx.input_shapes == {t.name: t.concrete(ONE) for t in spec.inputs}
     engine = engines.stage(0, 49)
     feeds = stream_buffers(engine.spec)
     out = engine.run(feeds)

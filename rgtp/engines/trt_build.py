@@ -3,8 +3,9 @@
 One builder for TensorRT 10/11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx_bindings`, which
 builds ahead of time on a machine without a GPU). In the default layout, "per-stage", every
 stage becomes one plan from its symbolic-K graph, holding one optimization profile per K
-bucket with min = opt = max = K (the shapes of that K's static graph), so its weights exist
-once; layout "per-k" builds one plan per (stage, K) from the static graphs instead. The
+bucket with K fixed (the shapes of that K's static graph), so its weights exist once;
+layout "per-k" builds one plan per (stage, K) from the static graphs instead. Every stage
+profile spans batches of 1..`max_batch` streams (the plan's), tuned at `opt_batch`. The
 manifest records every plan, the profile index of every K, the TensorRT version, device,
 precision and layout, and `trtexec.sh` holds the equivalent trtexec command for every plan
 and profile.
@@ -37,6 +38,7 @@ from rgtp.models.manifest import (
     sha256_file,
 )
 from rgtp.models.package_verify import external_data_problems, verify_package
+from rgtp.models.plan import BATCH
 
 PLAN_DIR = "trt"
 TRTEXEC_SCRIPT = "trtexec.sh"
@@ -76,6 +78,9 @@ class BuildOptions:
     # TensorRT-RTX only: target GPU architectures, e.g. ("SM89",); None = the current GPU,
     # or SM89 when there is none (ahead-of-time build).
     compute_capabilities: tuple[str, ...] | None = None
+    # the batch (streams per stage call) the stage profiles are tuned for: 1 for the
+    # latency of one stream; a serving box that batches its cameras tunes for its batch
+    opt_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -84,28 +89,58 @@ class BuildOptions:
             raise EngineError(
                 f"the workspace pool limit is in MiB and at least 1, got {self.mem_pool_size}"
             )
+        if isinstance(self.opt_batch, bool) or not isinstance(self.opt_batch, int):
+            raise EngineError(f"opt_batch must be an integer, got {self.opt_batch!r}")
+        if self.opt_batch < 1:
+            raise EngineError(f"opt_batch must be at least 1, got {self.opt_batch}")
+
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile: the smallest, tuned-for and largest shape of every input."""
+
+    min: Shapes
+    opt: Shapes
+    max: Shapes
+
+    def to_dict(self) -> dict[str, dict[str, list[int]]]:
+        return {
+            which: {n: list(s) for n, s in shapes.items()}
+            for which, shapes in (("min", self.min), ("opt", self.opt), ("max", self.max))
+        }
 
 
 @dataclass
 class PlanJob:
-    """One plan to build: its source graph and, per profile, {input: shape}."""
+    """One plan to build: its source graph and its optimization profiles."""
 
     name: str
     onnx_file: str
-    profiles: list[dict[str, tuple[int, ...]]]
+    profiles: list[Profile]
     ks: list[int] | None  # the K of each profile (stages), None for the graphs around them
     symbolic: bool = False  # built from a symbolic-K graph: one profile per K
 
 
-def plan_jobs(manifest: Manifest, layout: str) -> list[PlanJob]:
+def plan_jobs(manifest: Manifest, layout: str, opt_batch: int = 1) -> list[PlanJob]:
+    max_batch = manifest.plan.max_batch
+    if opt_batch > max_batch:
+        raise EngineError(
+            f"opt_batch {opt_batch} exceeds the package's max_batch {max_batch}; export again "
+            "with a larger --max-batch, or tune for a batch it runs"
+        )
     jobs = []
     for rec in manifest.graphs:
         if rec.kind != "stage":  # embed, head, the family's extra graphs: static shapes
-            jobs.append(PlanJob(rec.name, rec.file, [static_shapes(rec)], None))
+            jobs.append(PlanJob(rec.name, rec.file, [profile(rec)], None))
     for i in range(len(manifest.plan.stages)):
         fixed = sorted(manifest.stage_graphs(i), key=lambda g: g.k)
         if layout == "per-k":
-            jobs += [PlanJob(g.name, g.file, [static_shapes(g)], [g.k]) for g in fixed]
+            jobs += [
+                PlanJob(g.name, g.file, [profile(g, opt_batch, max_batch)], [g.k]) for g in fixed
+            ]
             continue
         symbolic = manifest.stage_graphs(i, symbolic=True)
         if not symbolic:
@@ -114,16 +149,21 @@ def plan_jobs(manifest: Manifest, layout: str) -> list[PlanJob]:
                 "layout 'per-k'"
             )
         # the profile of a K takes the shapes of that K's static graph
-        profiles = [static_shapes(g) for g in fixed]
+        profiles = [profile(g, opt_batch, max_batch) for g in fixed]
         jobs.append(
             PlanJob(f"stage{i}", symbolic[0].file, profiles, [g.k for g in fixed], symbolic=True)
         )
     return jobs
 
 
-def static_shapes(rec: GraphRecord) -> dict[str, tuple[int, ...]]:
-    """The input shapes of a graph without symbolic axes."""
-    return {t.name: t.concrete({}) for t in rec.inputs}
+def profile(rec: GraphRecord, opt_batch: int = 1, max_batch: int = 1) -> Profile:
+    """The profile of a graph whose only symbolic axis is the stage graphs' batch axis B
+    (none for the graphs around the stages): B from 1 to `max_batch`, tuned at `opt_batch`."""
+
+    def at(batch: int) -> Shapes:
+        return {t.name: t.concrete({BATCH: batch}) for t in rec.inputs}
+
+    return Profile(at(1), at(opt_batch), at(max_batch))
 
 
 def _fp16_copy(src: Path, workdir: Path) -> Path:
@@ -169,7 +209,7 @@ class PlanBuilder:
         caps = self.options.compute_capabilities or ("SM89",)
         return {"device": "none (ahead-of-time build)", "compute_capability": ",".join(caps)}
 
-    def build(self, onnx_path: Path, profiles: list[dict[str, tuple[int, ...]]]) -> bytes:
+    def build(self, onnx_path: Path, profiles: list[Profile]) -> bytes:
         trt = self.trt
         flags = 0
         if self.options.fp16 and self.strongly_typed:
@@ -190,7 +230,7 @@ class PlanBuilder:
         self._cache = config.get_timing_cache() if hasattr(config, "get_timing_cache") else None
         return bytes(plan)
 
-    def _config(self, network: Any, profiles: list[dict[str, tuple[int, ...]]]) -> Any:
+    def _config(self, network: Any, profiles: list[Profile]) -> Any:
         trt, opts = self.trt, self.options
         config = self.builder.create_builder_config()
         if opts.mem_pool_size:
@@ -209,11 +249,11 @@ class PlanBuilder:
         config.set_timing_cache(cache, False)
         dynamic = any(-1 in tuple(network.get_input(i).shape) for i in range(network.num_inputs))
         if dynamic:
-            for shapes in profiles:
-                profile = self.builder.create_optimization_profile()
-                for name, shape in shapes.items():
-                    profile.set_shape(name, shape, shape, shape)
-                config.add_optimization_profile(profile)
+            for p in profiles:
+                trt_profile = self.builder.create_optimization_profile()
+                for name in p.min:
+                    trt_profile.set_shape(name, p.min[name], p.opt[name], p.max[name])
+                config.add_optimization_profile(trt_profile)
         return config
 
     def save_timing_cache(self) -> None:
@@ -224,7 +264,7 @@ class PlanBuilder:
 def trtexec_lines(job: PlanJob, plan_file: str, options: BuildOptions) -> list[str]:
     """trtexec commands that rebuild this plan and time each of its profiles."""
 
-    def shapes(s: dict[str, tuple[int, ...]]) -> str:
+    def shapes(s: Shapes) -> str:
         return ",".join(f"{n}:{'x'.join(str(d) for d in shape)}" for n, shape in s.items())
 
     common = []
@@ -235,12 +275,12 @@ def trtexec_lines(job: PlanJob, plan_file: str, options: BuildOptions) -> list[s
     if options.mem_pool_size:
         common.append(f"--memPoolSize=workspace:{options.mem_pool_size}M")
     build = ["trtexec", f"--onnx={job.onnx_file}", f"--saveEngine={plan_file}", *common]
-    if job.symbolic:
+    if job.symbolic or job.profiles[0].min != job.profiles[0].max:
         for p in job.profiles:  # one --minShapes/--optShapes/--maxShapes triple per profile
             build += [
-                f"--minShapes={shapes(p)}",
-                f"--optShapes={shapes(p)}",
-                f"--maxShapes={shapes(p)}",
+                f"--minShapes={shapes(p.min)}",
+                f"--optShapes={shapes(p.opt)}",
+                f"--maxShapes={shapes(p.max)}",
             ]
     lines = [f"# {job.name}: build", " ".join(shlex.quote(a) for a in build)]
     for index, p in enumerate(job.profiles):
@@ -248,7 +288,7 @@ def trtexec_lines(job: PlanJob, plan_file: str, options: BuildOptions) -> list[s
         run = [
             "trtexec",
             f"--loadEngine={plan_file}",
-            f"--shapes={shapes(p)}",
+            f"--shapes={shapes(p.opt)}",
             f"--profile={index}",
         ]
         lines += [
@@ -297,7 +337,7 @@ def build_trt(
     package = Path(package)
     manifest = Manifest.load(package)
     hashes = verify_package(package, manifest, verify, skip=_old_plan_files(manifest))
-    jobs = plan_jobs(manifest, options.layout)
+    jobs = plan_jobs(manifest, options.layout, options.opt_batch)
     sources = {job.onnx_file: _source_graph(package, manifest, job) for job in jobs}
     builder = PlanBuilder(options)
     _forget_old_plans(package, manifest)
@@ -327,7 +367,7 @@ def build_trt(
                     # provenance: the graph as verified for this build (hashed now if not)
                     "onnx_sha256": hashes.get(job.onnx_file) or sha256_file(sources[job.onnx_file]),
                     "profiles": {str(k): i for i, k in enumerate(job.ks)} if job.ks else None,
-                    "shapes": [{n: list(s) for n, s in p.items()} for p in job.profiles],
+                    "shapes": [p.to_dict() for p in job.profiles],
                 }
             )
             package_file(package, plan_file).write_bytes(blob)

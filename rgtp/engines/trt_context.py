@@ -25,7 +25,7 @@ from rgtp.engines.base import EngineError
 from rgtp.engines.binding import input_buffers
 from rgtp.engines.cuda_graphs import GraphCache, buffer_key
 from rgtp.engines.dtypes import dtype
-from rgtp.models.plan import GraphSpec
+from rgtp.models.plan import BATCH, GraphSpec
 
 # TensorRT's DataType names as a manifest names dtypes
 _TRT_DTYPES = {
@@ -213,8 +213,9 @@ class TrtEngine:
     def warmup(self) -> None:
         """One run on zeros of the spec's shapes, its outputs dropped: TensorRT's lazy
         initialisation (TensorRT-RTX compiles kernels) happens here, not in a frame."""
+        one = {BATCH: 1}  # a stage graph's batch: one stream
         inputs = {
-            t.name: torch.zeros(t.concrete({}), dtype=dtype(t.dtype).torch, device=self.device)
+            t.name: torch.zeros(t.concrete(one), dtype=dtype(t.dtype).torch, device=self.device)
             for t in self.spec.inputs
         }
         with self.plan.exclusive():

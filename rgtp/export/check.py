@@ -125,7 +125,8 @@ def _feeds(rec: GraphRecord, manifest: Manifest, k: int | None) -> OrderedDict:
         pixels = torch.rand(spec.inputs[0].concrete({}), generator=torch.Generator().manual_seed(0))
         args = (pixels * 255,)
     else:
-        args = example_inputs(spec, k or plan.num_tokens, plan.num_tokens, plan.prefix)
+        # two streams, each with its own kept rows: the batch axis is checked too
+        args = example_inputs(spec, k or plan.num_tokens, plan.num_tokens, plan.prefix, batch=2)
     return OrderedDict((t.name, a.numpy()) for t, a in zip(spec.inputs, args, strict=True))
 
 

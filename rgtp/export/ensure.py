@@ -97,6 +97,8 @@ def plan_differences(have: StagePlan, want: StagePlan) -> list[str]:
                 out.append(
                     f"its stage {i} has no K buckets {own} (it has {list(have.buckets_of(i))})"
                 )
+    if have.max_batch < want.max_batch:
+        out.append(f"its stages run at most {have.max_batch} streams a call, not {want.max_batch}")
     rows = sorted(set(want.rollout_blocks or ()) - set(have.rollout_blocks or ()))
     if rows:
         out.append(

@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from rgtp.models.plan import GraphSpec, TensorSpec
+from rgtp.models.plan import BATCH, GraphSpec, TensorSpec
 
 DEFAULT_OPSET = 18
 # torch's dynamo exporter has no operator implementations below 18: it exports at 18 and
@@ -45,17 +45,24 @@ def graph_opset(model: onnx.ModelProto) -> int:
 
 
 def example_inputs(
-    spec: GraphSpec, k: int, num_tokens: int, prefix: int = 0
+    spec: GraphSpec, k: int, num_tokens: int, prefix: int = 0, batch: int = 1
 ) -> tuple[torch.Tensor, ...]:
-    """Valid example inputs for tracing: random floats, `keep` as the `prefix` rows and then
-    k sorted distinct patch rows (`plan.StagePlan.stage_spec`)."""
+    """Valid example inputs for tracing a stage graph (`plan.StagePlan.stage_spec`) of
+    `batch` streams: random floats, each stream's `keep` the `prefix` rows and then k sorted
+    distinct patch rows of its own."""
     g = torch.Generator().manual_seed(0)
     out = []
     for t in spec.inputs:
-        shape = t.concrete({SYMBOLIC_K: k})
+        shape = t.concrete({SYMBOLIC_K: k, BATCH: batch})
         if t.name == "keep":
-            patches = torch.randperm(num_tokens, generator=g)[:k].sort().values + prefix
-            out.append(torch.cat([torch.arange(prefix), patches]))
+            patches = [
+                torch.randperm(num_tokens, generator=g)[:k].sort().values for _ in range(batch)
+            ]
+            out.append(
+                torch.cat(
+                    [torch.arange(prefix).expand(batch, -1), torch.stack(patches) + prefix], 1
+                )
+            )
         else:
             out.append(torch.randn(shape, generator=g))
     return tuple(out)
@@ -80,22 +87,27 @@ def export_graph(
 ) -> onnx.ModelProto:
     """Trace `module(*args)` to an ONNX model whose inputs/outputs carry `spec`'s names.
 
-    With `symbolic_k`, the axes `spec` names symbolically ("K", or "K+E" for E prefix rows:
-    those of `keep`, of `tokens` unless it holds all N tokens, and of every output that
-    follows them) stay symbolic in the graph, spelt as in `spec`; otherwise every shape is
-    static.
+    The axes `spec` names symbolically stay symbolic in the graph, spelt as in `spec`: the
+    batch axis "B" of a stage graph always; with `symbolic_k`, also "K" (or "K+E" for E
+    prefix rows: those of `keep`, of `tokens` unless it holds all N tokens, and of every
+    output that follows them). Every other shape is static. A symbolic axis must not be
+    traced at size 1 (the tracer would specialise it).
     """
     module = module.eval()
     dynamic = None
-    if symbolic_k:
-        # a symbol never exceeds the longest first axis among the inputs (the caches')
-        longest = max(a.shape[0] for a in args)
-        shapes = {t.name: a.shape for t, a in zip(spec.inputs, args, strict=True)}
-        (symbol,) = spec.symbolic_dims(shapes)  # rgtp's graphs have one symbolic axis, K
-        dims = {symbol: torch.export.Dim(symbol, min=1, max=longest)}
-        # TensorSpec.concrete over torch Dims: "K+1" becomes the derived Dim K + 1
+    shapes = {t.name: a.shape for t, a in zip(spec.inputs, args, strict=True)}
+    symbols = [d for d in spec.symbolic_dims(shapes) if symbolic_k or d != SYMBOLIC_K]
+    if symbols:
+        # K never exceeds the longest axis among the inputs (the caches' rows)
+        longest = max(max(a.shape) for a in args)
+        dims = {
+            d: torch.export.Dim(d, min=1, max=longest if d == SYMBOLIC_K else None) for d in symbols
+        }
+        # TensorSpec.concrete over torch Dims: "K+1" becomes the derived Dim K + 1; a fixed K
+        # is the traced size
+        sizes = {**spec.symbolic_dims(shapes), **dims}
         axes = [
-            {i: d for i, d in enumerate(t.concrete(dims)) if not isinstance(d, int)} or None
+            {i: d for i, d in enumerate(t.concrete(sizes)) if not isinstance(d, int)} or None
             for t in spec.inputs
         ]
         dynamic = (axes[0], axes[1], tuple(axes[2:]))
@@ -110,8 +122,8 @@ def export_graph(
             verbose=False,
         )
     model = onnx_program.model_proto
-    if symbolic_k:
-        _rename_symbolic_dims(model, spec, symbol)
+    if symbols:
+        _rename_symbolic_dims(model, spec)
     model.doc_string = f"rgtp graph {spec.name}"
     return model
 
@@ -119,11 +131,18 @@ def export_graph(
 _EXPORTER_SYMBOL = re.compile(r"\bs\d+\b")  # torch names a symbolic size "s18"
 
 
-def _rename_symbolic_dims(model: onnx.ModelProto, spec: GraphSpec, symbol: str) -> None:
-    """The exporter names the symbolic axis like "s18" (derived ones "s18 + 1", "3*s18"):
-    the inputs and outputs take `spec`'s spelling ("K", "K+1"), intermediate values the
-    name `symbol` in place of the exporter's."""
+def _rename_symbolic_dims(model: onnx.ModelProto, spec: GraphSpec) -> None:
+    """The exporter names symbolic axes like "s18" (derived ones "s18 + 1", "3*s18"): the
+    inputs and outputs take `spec`'s spelling ("B", "K", "K+1"), intermediate values the
+    names of the symbols they derive from, read off the inputs where an axis is one bare
+    symbol."""
     graph = model.graph
+    names: dict[str, str] = {}
+    declared = {t.name: t.shape for t in spec.inputs}
+    for v in graph.input:
+        for d, axis in zip(v.type.tensor_type.shape.dim, declared.get(v.name, ()), strict=False):
+            if d.HasField("dim_param") and isinstance(axis, str) and "+" not in axis:
+                names.setdefault(d.dim_param.strip(), axis)
     for values, specs in ((graph.input, spec.inputs), (graph.output, spec.outputs)):
         declared = {t.name: t.shape for t in specs}
         for v in values:
@@ -134,7 +153,8 @@ def _rename_symbolic_dims(model: onnx.ModelProto, spec: GraphSpec, symbol: str) 
     for v in graph.value_info:
         for d in v.type.tensor_type.shape.dim:
             if d.HasField("dim_param"):
-                d.dim_param = _EXPORTER_SYMBOL.sub(symbol, d.dim_param).replace(" ", "")
+                renamed = _EXPORTER_SYMBOL.sub(lambda m: names.get(m[0], m[0]), d.dim_param)
+                d.dim_param = renamed.replace(" ", "")
 
 
 def graph_interface(model: onnx.ModelProto, name: str) -> GraphSpec:

@@ -334,9 +334,10 @@ def _export_into(
             if kind == "stage":
                 assert stage is not None and k is not None
                 spec, module = plan.stage_spec(stage, k), stages[stage]
-                # symbolic graphs are traced at a K unlike any bucket, so no size specialises
+                # symbolic graphs are traced at a K unlike any bucket, and every stage graph
+                # at two streams, so no size specialises
                 trace_k = k if isinstance(k, int) else max(2, n // 2 + 1)
-                args = example_inputs(spec, trace_k, n, plan.prefix)
+                args = example_inputs(spec, trace_k, n, plan.prefix, batch=2)
                 wname = f"stage{stage}.weights"
             else:
                 spec, module = around[kind], modules.get(kind)

@@ -23,7 +23,7 @@ from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
 if TYPE_CHECKING:
     import jsonschema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 PARTIAL_MANIFEST = f".{MANIFEST}.partial"  # written, then renamed over MANIFEST
 PUBLIC_MODES = (0o755, 0o644)  # a package's (directories, files): readable by every user

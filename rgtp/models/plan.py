@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rgtp.core.checks import check_int
 from rgtp.core.rollout import FUSIONS
 from rgtp.core.selection import check_buckets, check_schedule
 
@@ -129,6 +130,11 @@ class GraphSpec:
         return dims
 
 
+# The stage graphs' leading axis: the streams that run a stage call together (one for a
+# stream alone). Symbolic in every stage graph; TensorRT profiles span 1..`max_batch`.
+BATCH = "B"
+
+
 def stage_graph_name(stage: int, k: int | str) -> str:
     return f"stage{stage}_k{k}"
 
@@ -148,9 +154,13 @@ class StagePlan:
     # Each stage's own K buckets, for keep schedules (one K per stage): each holds `buckets`
     # (the K every stage has) and more; None: every stage has `buckets` only.
     stage_buckets: tuple[tuple[int, ...], ...] | None = None
+    # The most streams one stage call runs (`BATCH`): the runtime splits larger groups, and
+    # TensorRT profiles are built for 1..max_batch.
+    max_batch: int = 8
 
     def __post_init__(self) -> None:
         enc = self.encoder
+        check_int("max_batch", self.max_batch, 1)
         rows = enc.global_blocks if self.rollout_blocks is None else self.rollout_blocks
         if not rows or not set(rows) <= set(enc.global_blocks):
             raise ValueError(
@@ -202,10 +212,12 @@ class StagePlan:
         user_head: GraphSpec | None = None,
         rollout_blocks: Sequence[int] | None = None,
         schedules: Sequence[Sequence[int]] = (),
+        max_batch: int = 8,
     ) -> StagePlan:
         """`rollout_blocks`: the global blocks whose attention rows the stages return; None:
         those the model's own pruning settings roll out through (`config.pruning`).
-        `schedules`: keep schedules (one K per stage) whose K each stage also gets."""
+        `schedules`: keep schedules (one K per stage) whose K each stage also gets.
+        `max_batch`: the most streams one stage call runs."""
         if rollout_blocks is None:
             rollout_blocks = config.pruning.blocks(config.encoder.global_blocks)
         stages = tuple(partition_blocks(config.encoder, partition))
@@ -224,6 +236,7 @@ class StagePlan:
             user_head,
             tuple(rollout_blocks),
             stage_buckets,
+            max_batch,
         )
 
     @property
@@ -302,18 +315,22 @@ class StagePlan:
         m = self.rows(k)
         blocks = self.cached_blocks(stage)
         first = n if self.takes_all_tokens(stage) else m
-        inputs = [TensorSpec("tokens", (first, c), "float32"), TensorSpec("keep", (m,), "int64")]
-        outputs = [TensorSpec("tokens_out", (m, c), "float32")]
+        b_ = BATCH  # every stage input and output leads with the streams batched together
+        inputs = [
+            TensorSpec("tokens", (b_, first, c), "float32"),
+            TensorSpec("keep", (b_, m), "int64"),
+        ]
+        outputs = [TensorSpec("tokens_out", (b_, m, c), "float32")]
         for b in blocks:
             inputs += [
-                TensorSpec(f"k_cache_{b}", (n, c), "float32"),
-                TensorSpec(f"v_cache_{b}", (n, c), "float32"),
+                TensorSpec(f"k_cache_{b}", (b_, n, c), "float32"),
+                TensorSpec(f"v_cache_{b}", (b_, n, c), "float32"),
             ]
             outputs += [
-                TensorSpec(f"k_new_{b}", (m, c), "float32"),
-                TensorSpec(f"v_new_{b}", (m, c), "float32"),
+                TensorSpec(f"k_new_{b}", (b_, m, c), "float32"),
+                TensorSpec(f"v_new_{b}", (b_, m, c), "float32"),
             ]
-        outputs += [TensorSpec(f"attn_{b}", (m, n), "float32") for b in self.row_blocks(stage)]
+        outputs += [TensorSpec(f"attn_{b}", (b_, m, n), "float32") for b in self.row_blocks(stage)]
         return GraphSpec(stage_graph_name(stage, k), tuple(inputs), tuple(outputs))
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,6 +348,7 @@ class StagePlan:
                 if self.stage_buckets
                 else {}
             ),
+            "max_batch": self.max_batch,
         }
 
     @classmethod
@@ -347,6 +365,7 @@ class StagePlan:
             GraphSpec.from_dict(data["user_head"]) if data.get("user_head") else None,
             tuple(data["rollout_blocks"]) if "rollout_blocks" in data else None,
             tuple(tuple(b) for b in data["stage_buckets"]) if "stage_buckets" in data else None,
+            data["max_batch"],
         )
 
 

@@ -2,7 +2,8 @@
 inputs/outputs, shared by every model family (the graphs around them are the family's,
 `rgtp.models.families`).
 
-`PrunedStage` runs its blocks against per-block key/value caches of all tokens. Token-wise
+`PrunedStage` runs its blocks against per-block key/value caches of all tokens, for a batch
+of streams at once (a leading batch axis B on every input and output). Token-wise
 work (norms, qkv, projection, MLP) touches the kept rows; global blocks attend them to all
 keys; windowed blocks attend each query to the keys of its own window, with static shapes
 (`PrunedStage._windowed`).
@@ -25,12 +26,14 @@ from rgtp.models.vitdet import Attention, Block
 
 class PrunedStage(nn.Module):
     """Blocks `block_ids` of an encoder on the M = E + K kept rows (E prefix tokens, always
-    kept, then K patch tokens; `plan.StagePlan`); below, N counts all E + N rows.
+    kept, then K patch tokens; `plan.StagePlan`) of B streams at once; below, N counts all
+    E + N rows. Every batch entry is one stream's own: the same arithmetic, row by row, as
+    running the streams one at a time.
 
-    forward(tokens (M, C), keep (M,) int64 sorted row indices,
-            k_cache_b, v_cache_b (N, C) for each block b of the stage, in order)
-    -> (tokens (M, C), k_new_b, v_new_b (M, C) for each block, then attn_b (M, N), the
-        head-fused attention rows of the kept queries, for each block of `row_blocks`).
+    forward(tokens (B, M, C), keep (B, M) int64 sorted row indices,
+            k_cache_b, v_cache_b (B, N, C) for each block b of the stage, in order)
+    -> (tokens (B, M, C), k_new_b, v_new_b (B, M, C) for each block, then attn_b (B, M, N),
+        the head-fused attention rows of the kept queries, for each block of `row_blocks`).
 
     The caches hold the latest keys/values of all rows; the stage overwrites the kept rows
     in its own copy, and returns the fresh rows for the runtime to write back. (Global
@@ -103,13 +106,13 @@ class PrunedStage(nn.Module):
         return (x, *fresh, *rows)
 
     def _dense_then_prune(self, block: Block, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """A windowed block on all N tokens (N, C) up to its attention, then its MLP on the
-        kept ones -> (K, C)."""
+        """A windowed block on all N tokens (B, N, C) up to its attention, then its MLP on
+        the kept ones -> (B, K, C)."""
         attn = block.attn
-        q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (N, C) each
-        everyone = torch.arange(x.shape[0], device=x.device)
+        q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, N, C) each
+        everyone = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         out = self._windowed(attn, block.window_size, q, everyone, k, v)
-        x = (x + attn.proj(out)).index_select(0, keep)
+        x = rows_of(x + attn.proj(out), keep)
         return x + block.mlp(block.norm2(x))
 
     def _block(
@@ -121,25 +124,25 @@ class PrunedStage(nn.Module):
         v_cache: torch.Tensor,
         rows_out: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One cached block on the kept rows x (K, C) -> (x, fresh k, v (K, C), the fused
-        attention rows (K, N) where `rows_out`, else None)."""
+        """One cached block on the kept rows x (B, K, C) -> (x, fresh k, v (B, K, C), the
+        fused attention rows (B, K, N) where `rows_out`, else None)."""
         attn = block.attn
-        q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (K, C) each
-        k_all = k_cache.index_copy(0, keep, k)
-        v_all = v_cache.index_copy(0, keep, v)
+        q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, K, C) each
+        k_all = with_rows(k_cache, keep, k)
+        v_all = with_rows(v_cache, keep, v)
         fused = None
         if block.window_size:
             out = self._windowed(attn, block.window_size, q, keep, k_all, v_all)
         else:
-            qh = attn.split_heads(q).unsqueeze(0)  # (1, h, K, d)
+            qh = attn.split_heads(q)  # (B, h, K, d)
             bias = attn.bias(qh, self.rows[keep], self.cols[keep])
-            kh, vh = attn.split_heads(k_all)[None], attn.split_heads(v_all)[None]
+            kh, vh = attn.split_heads(k_all), attn.split_heads(v_all)  # (B, h, N, d)
             if rows_out:
                 o, probs = attend(qh, kh, vh, bias)
-                fused = fuse_heads(probs[0], self.fusion)  # (K, N)
+                fused = fuse_heads(probs, self.fusion)  # (B, K, N)
             else:
                 o = attention_output(qh, kh, vh, bias)
-            out = o[0].transpose(0, 1).reshape(x.shape)
+            out = o.transpose(1, 2).reshape(x.shape)
         x = x + attn.proj(out)
         x = x + block.mlp(block.norm2(x))
         return x, k, v, fused
@@ -153,55 +156,77 @@ class PrunedStage(nn.Module):
         k_all: torch.Tensor,
         v_all: torch.Tensor,
     ) -> torch.Tensor:
-        """Windowed attention of the kept queries q (K, C) at rows `keep` -> (K, C), each
-        query against the w² keys of its own window, as the dense model computes it.
+        """Windowed attention of the kept queries q (B, K, C) at rows `keep` (B, K) ->
+        (B, K, C), each query against the w² keys of its own window, as the dense model
+        computes it.
 
         Padding slots of the dense model hold normalised zeros, so their keys/values are the
         qkv bias: one extra "padding" row (index N) carries them and `slots` points there.
 
         Every window gets R = min(K, w²) query rows: with K <= w², row i of every window
         holds query i (only its own window's output is read); otherwise a query sits at its
-        position in its window, as in the dense model. So the attention is nW x R queries
-        against w² keys (nW·K·w² at small K instead of the padded grid's nW·w²·w²), with
-        static shapes, no per-query copies of keys and one fused kernel. (Copying each
+        position in its window, as in the dense model. So the attention is B·nW x R queries
+        against w² keys (nW·K·w² a stream at small K instead of the padded grid's nW·w²·w²),
+        with static shapes, no per-query copies of keys and one fused kernel. (Copying each
         query's own w² keys costs K·w²·C memory traffic, slower than whole windows on a CPU.)
         """
-        c = k_all.shape[1]
+        c = k_all.shape[-1]
         if attn.qkv.bias is not None:
             pad_k, pad_v = attn.qkv.bias[c : 2 * c], attn.qkv.bias[2 * c :]
         else:
             pad_k = pad_v = k_all.new_zeros(c)
         area = window * window
         num_windows = self.slots.numel() // area
-        k = q.shape[0]
+        b, k = q.shape[0], q.shape[1]
         per_window = torch.sym_min(k, area)
         # 1 when every query has its own row in every window, else 0: SymInt arithmetic, so
         # the symbolic-K graph picks the rows without a branch
         own_rows = per_window // k
-        place = self.place_of[keep]  # (K,) position in its window
+        place = self.place_of[keep]  # (B, K) position in its window
         row = torch.arange(k, device=q.device) * own_rows + place * (1 - own_rows)
-        home = self.window_of[keep]  # (K,) its window
-        index = home * per_window + row  # (K,) into the nW·R query rows
+        # (B, K) its window among the B·nW windows of the batch
+        home = self.window_of[keep] + torch.arange(b, device=q.device).unsqueeze(1) * num_windows
+        index = (home * per_window + row).flatten()  # (B·K,) into the B·nW·R query rows
 
         def windows(t: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-            """(N, C) and the padding row (C,) -> (nW, h, w², d)."""
-            t = torch.cat([t, pad.unsqueeze(0)])
-            return attn.split_heads(t[self.slots].view(num_windows, area, c))
+            """(B, N, C) and the padding row (C,) -> (B·nW, h, w², d)."""
+            t = torch.cat([t, pad.expand(b, 1, c)], dim=1)
+            return attn.split_heads(t[:, self.slots].reshape(b * num_windows, area, c))
 
-        qh = attn.split_heads(q)  # (h, K, d)
-        bias = attn.bias(qh.unsqueeze(0), attn.rows[place], attn.cols[place])  # (1, h, K, w²)
+        qh = attn.split_heads(q)  # (B, h, K, d)
+        bias = attn.bias(qh, attn.rows[place], attn.cols[place])  # (B, h, K, w²)
         if bias is not None:  # query rows no kept query fills get no bias; they are not read
-            bias = bias[0].transpose(0, 1)  # (K, h, w²)
-            empty = bias.new_zeros(num_windows * per_window, attn.num_heads, area)
+            bias = bias.transpose(1, 2).reshape(b * k, attn.num_heads, area)
+            empty = bias.new_zeros(b * num_windows * per_window, attn.num_heads, area)
             bias = empty.index_copy(0, index, bias)
-            bias = bias.view(num_windows, per_window, attn.num_heads, area).transpose(1, 2)
-        rows = q.new_zeros(num_windows * per_window, c).index_copy(0, index, q)
-        qw = attn.split_heads(rows.view(num_windows, per_window, c))  # (nW, h, R, d)
-        kw, vw = windows(k_all, pad_k), windows(v_all, pad_v)  # (nW, h, w², d)
-        o = attention_output(qw, kw, vw, bias)  # (nW, h, R, d)
+            bias = bias.view(b * num_windows, per_window, attn.num_heads, area).transpose(1, 2)
+        rows = q.new_zeros(b * num_windows * per_window, c).index_copy(0, index, q.reshape(-1, c))
+        qw = attn.split_heads(rows.view(b * num_windows, per_window, c))  # (B·nW, h, R, d)
+        kw, vw = windows(k_all, pad_k), windows(v_all, pad_v)  # (B·nW, h, w², d)
+        o = attention_output(qw, kw, vw, bias)  # (B·nW, h, R, d)
         # indexed by (window, row), not flattened: merging nW and a symbolic R in a reshape
         # makes the exporter guard R != 1
-        return o.transpose(1, 2)[home, row].reshape(k, c)
+        return o.transpose(1, 2)[home, row].reshape(b, k, c)
+
+
+def flat_rows(keep: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows `keep` (B, K) of each batch entry's N rows as indices (B·K,) into all B·N rows."""
+    offsets = torch.arange(keep.shape[0], device=keep.device).unsqueeze(1) * n
+    return (keep + offsets).flatten()
+
+
+def rows_of(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows `keep` (B, K) of each entry of x (B, N, C) -> (B, K, C)."""
+    b, n, c = x.shape
+    return x.reshape(b * n, c).index_select(0, flat_rows(keep, n)).view(b, -1, c)
+
+
+def with_rows(cache: torch.Tensor, keep: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """A copy of `cache` (B, N, C) with rows `keep` (B, K) of each entry replaced by
+    `fresh` (B, K, C)."""
+    b, n, c = cache.shape
+    index = flat_rows(keep, n)
+    return cache.reshape(b * n, c).index_copy(0, index, fresh.reshape(-1, c)).view(b, n, c)
 
 
 def stage_modules(encoder: nn.Module, plan: StagePlan) -> list[PrunedStage]:

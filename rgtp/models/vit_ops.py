@@ -91,7 +91,8 @@ def rel_pos_logits(
 
     Keys form a square grid of side S and queries sit on the same grid, so the table of
     each axis has 2S - 1 rows, one per relative offset.
-    q: (B, h, M, d) unscaled queries; rows, cols: (M,) int64 query coordinates in [0, S);
+    q: (B, h, M, d) unscaled queries; rows, cols: (M,) or (B, M) int64 query coordinates in
+    [0, S) (the same for every batch entry, or each entry's own);
     rel_pos_h, rel_pos_w: (2S - 1, d). Returns (B, h, M, S * S), added to q·kᵀ.
 
     Each query is dotted with every offset once, (M, 2S - 1), then the S offsets it needs
@@ -101,8 +102,9 @@ def rel_pos_logits(
     b, h, m, _ = q.shape
     offsets = torch.arange(side, device=q.device)
     # offset index of (query row r, key row k) is r - k + S - 1
-    pick_h = (rows.unsqueeze(1) - offsets.unsqueeze(0) + side - 1).expand(b, h, m, side)
-    pick_w = (cols.unsqueeze(1) - offsets.unsqueeze(0) + side - 1).expand(b, h, m, side)
+    # (..., M, S) -> (..., 1, M, S): broadcast over heads (and batch entries for (M,))
+    pick_h = (rows.unsqueeze(-1) - offsets + side - 1).unsqueeze(-3).expand(b, h, m, side)
+    pick_w = (cols.unsqueeze(-1) - offsets + side - 1).unsqueeze(-3).expand(b, h, m, side)
     rel_h = torch.gather(q @ rel_pos_h.t(), 3, pick_h)  # (B, h, M, S) over key rows
     rel_w = torch.gather(q @ rel_pos_w.t(), 3, pick_w)  # (B, h, M, S) over key cols
     return (rel_h.unsqueeze(4) + rel_w.unsqueeze(3)).reshape(b, h, m, side * side)
