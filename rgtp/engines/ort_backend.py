@@ -137,7 +137,7 @@ def _providers(device: torch.device, available: list[str] | None = None) -> list
     return ["CPUExecutionProvider"]
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def _session_options(threads: int | None, prepack: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -145,8 +145,13 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     opts.add_session_config_entry("session.use_env_allocators", "1")
     # A memory pattern is a per-session block sized for that graph: one per K bucket.
     opts.enable_mem_pattern = False
-    # Pre-packed weight copies would be per session, i.e. per K bucket: keep one copy.
-    opts.add_session_config_entry("session.disable_prepacking", "1")
+    # Pre-packed weights are a copy per session, so per K bucket in the per-k layout: there
+    # the weights stay unpacked. But MLAS multiplies unpacked weights with results that
+    # depend on the rows' count when two threads share the work (measured: a stage's batch
+    # of one differs from the same stream in a batch of eight by 7e-7), so one session per
+    # stage (`prepack`) packs its weights once and a stream's rows come out the same
+    # whether it runs alone or batched with others (`runtime.many`).
+    opts.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
     # Every session owns a thread pool; spinning pools of the other stages/buckets would
     # busy-wait against the engine running now and against gather/scatter/rollout between
     # engine calls (measured on 2 cores: a vitdet-small frame took 5-8x longer with spinning).
@@ -162,12 +167,16 @@ def load_ort_engines(
     threads: int | None = None,
     buckets: Sequence[int] | None = None,
     verify: bool = True,
+    prepack: bool | None = None,
 ) -> EngineSet:
     """Sessions for an exported package, once every file of it is verified (`verify=False`:
     sizes only, with a warning). `layout` "per-stage": one session per stage from the
     symbolic-K graph (the default when the package has them); "per-k": one session per
     (stage, K) from the static graphs. `buckets` loads only those K buckets (N, for reset
-    frames, always)."""
+    frames, always). `prepack`: the stage sessions keep their weights packed for their
+    kernels (`_session_options`), so streams batched together (`Pipeline.step_many`) get
+    what they would alone bit for bit; None: in the per-stage layout only (per-k, it costs
+    a copy of the weights per K bucket)."""
     device = torch.device(device)
     manifest = load_verified(package, verify)
     # One session per stage wherever the package allows it: every ORT session carries its
@@ -177,12 +186,13 @@ def load_ort_engines(
     layout = layout or ("per-stage" if any(g.symbolic for g in manifest.graphs) else "per-k")
     if layout not in LAYOUTS:
         raise EngineError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    prepack = layout == "per-stage" if prepack is None else prepack
     providers = _providers(device)
     _ensure_env_allocator()
     shared: dict[str, SharedInitializers] = {}
 
-    def session(rec: GraphRecord) -> OrtEngine:
-        return open_session(package, rec, device, threads, shared, providers)
+    def session(rec: GraphRecord, prepack: bool = False) -> OrtEngine:
+        return open_session(package, rec, device, threads, shared, providers, prepack)
 
     plan = restrict_buckets(manifest.plan, buckets)
     stages = []
@@ -195,12 +205,12 @@ def load_ort_engines(
                     f"{package}: stage {i} has no fixed-K graph for K={missing}; "
                     "load layout 'per-stage'"
                 )
-            stages.append({k: session(g) for k, g in fixed.items()})
+            stages.append({k: session(g, prepack) for k, g in fixed.items()})
         else:
             (rec,) = manifest.stage_graphs(i, symbolic=True) or [None]
             if rec is None:
                 raise EngineError(f"{package}: no symbolic-K graph for stage {i}; re-export")
-            engine = session(rec)
+            engine = session(rec, prepack)
             stages.append({k: _SpecAt(engine, plan.stage_spec(i, k)) for k in plan.buckets_of(i)})
     return EngineSet(
         plan=plan,
@@ -216,6 +226,7 @@ def load_ort_engines(
             "onnxruntime": ort.__version__,
             "providers": ",".join(p if isinstance(p, str) else p[0] for p in providers),
             "layout": layout,
+            "prepacked_stages": str(prepack),
             "weights_bytes": str(sum(s.nbytes() for s in shared.values())),
         },
     )
@@ -228,15 +239,17 @@ def open_session(
     threads: int | None = None,
     shared: dict[str, SharedInitializers] | None = None,
     providers: list[Provider] | None = None,
+    prepack: bool = False,
 ) -> OrtEngine:
     """One session for a graph of a verified package. Weights files are read once into
-    `shared` (keep it alive as long as the session) and handed to every session using them."""
+    `shared` (keep it alive as long as the session) and handed to every session using them;
+    with `prepack`, the session also keeps its own copy of them packed for its kernels."""
     graph = package_file(package, rec.file)
     model = onnx.load(str(graph), load_external_data=False)
     problems = external_data_problems(model, rec)
     if problems:
         raise EngineError("; ".join(problems))
-    opts = _session_options(threads)
+    opts = _session_options(threads, prepack)
     if rec.weights:
         shared = {} if shared is None else shared
         if rec.weights not in shared:

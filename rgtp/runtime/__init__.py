@@ -4,6 +4,7 @@ from rgtp.models.families import StepResult
 from rgtp.models.families.classification import ClassResult
 from rgtp.models.families.detection import FrameResult, HeadOutputError
 from rgtp.runtime.frames import FrameError
+from rgtp.runtime.many import StepManyError
 from rgtp.runtime.pipeline import Pipeline
 from rgtp.runtime.stream import (
     EngineOutputError,
@@ -19,6 +20,7 @@ __all__ = [
     "FrameResult",
     "HeadOutputError",
     "Pipeline",
+    "StepManyError",
     "StepResult",
     "Stream",
     "StreamBusyError",

@@ -12,7 +12,7 @@ from torch import nn
 
 from rgtp.engines.base import EngineSet
 from rgtp.models.plan import StagePlan
-from rgtp.runtime.stream import Stream, StreamOptions
+from rgtp.runtime.stream import Stream, StreamOptions, UserHead
 
 
 class Pipeline:
@@ -62,6 +62,18 @@ class Pipeline:
         from rgtp.engines import load_engines
 
         return cls(load_engines(Path(package), backend, **backend_options))
+
+    def step_many(
+        self, streams: Sequence[Stream], frames: Sequence[object], head: UserHead | None = None
+    ) -> list[Any]:
+        """One frame for each of this pipeline's `streams` (e.g. one per camera), the
+        streams that run a stage at the same K sharing one engine call (`runtime.many`).
+        Each result is what `Stream.step` would return; StepManyError where some fail."""
+        from rgtp.runtime.many import step_many
+
+        if any(s.engines is not self.engines for s in streams):
+            raise ValueError("step_many takes streams of this pipeline (pipeline.new_stream())")
+        return step_many(streams, frames, head)
 
     def new_stream(self, options: StreamOptions | None = None, **kwargs: Any) -> Stream:
         """A new stream; keyword arguments are `StreamOptions` fields."""

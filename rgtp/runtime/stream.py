@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -246,8 +246,24 @@ class Stream:
             self._busy.release()
 
     def _step(self, frame: object, user_head: UserHead | None) -> StepResult | None:
+        work = self._begin(frame)
+        if work is None:
+            return None
+        for i in range(len(self.plan.stages)):
+            x, rows = self._stage_input(work, i)
+            engine = self.engines.stage(i, len(rows) - self.plan.prefix)
+            with work.timer("stages"):  # a batch of one: views with a leading axis of 1
+                feeds = self._stage_feeds(i, x, rows)
+                out = engine.run({n: t.unsqueeze(0) for n, t in feeds.items()})
+                self._stage_output(work, i, engine, {n: t[0] for n, t in out.items()})
+        return self._end(work, user_head)
+
+    def _begin(self, frame: object) -> _Work | None:
+        """A step up to its stages: the frame checked and embedded, the tokens chosen and
+        gathered; None for a frame that only fills a time step (then held). Nothing of the
+        stream's state changes but buffers the next step rewrites, and the held frame."""
         plan, engines, opts, st = self.plan, self.engines, self.options, self.state
-        enc, prefix = plan.encoder, plan.prefix
+        enc = plan.encoder
         task = st.task
         timer = PartTimer(self.device, opts.timing)
         checks = OutputChecks()
@@ -295,31 +311,59 @@ class Stream:
                     lambda f: {"keep": select_tokens(f["tracked"], k, f.get("similarity"), share)},
                     k,
                 )["keep"]
-            k = keep.numel()
             x, rows = st.gather(tokens, keep)
+        return _Work(
+            timer,
+            checks,
+            geometry,
+            patches,
+            tokens,
+            first,
+            reset,
+            tracked,
+            similarity,
+            keep,
+            x,
+            rows,
+        )
 
-        # A stage reads only its own blocks' caches, so this step's rows can wait for the
-        # commit: earlier stages of the step never need them. Each stage's fresh keys,
-        # values and attention rows belong to its own rows (`stage_rows`).
-        fresh: dict[str, torch.Tensor] = {}
-        stage_rows: list[torch.Tensor] = []
-        for i in range(len(plan.stages)):
-            if plan.takes_all_tokens(i):
-                x = st.all_tokens(tokens) if engines.static_inputs else tokens
-            elif tracked is not None and self.schedule and self.schedule[i] < len(rows) - prefix:
-                with timer("select"):
-                    x, rows = self._shrink(i, tracked, similarity, x, rows)
-            feeds = {"tokens": x, "keep": rows}
-            for b in plan.cached_blocks(i):
-                feeds[f"k_cache_{b}"] = st.k_cache[b]
-                feeds[f"v_cache_{b}"] = st.v_cache[b]
-            engine = engines.stage(i, len(rows) - prefix)
-            with timer("stages"):
-                out = checks.add(engine.spec.name, engine.run(feeds))
-            x = out.pop("tokens_out")
-            fresh |= out
-            stage_rows.append(rows)
+    def _stage_input(self, work: _Work, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens and rows stage `stage` runs on: all tokens for a stage whose first
+        block attends over every token, the previous stage's output, or, under a keep
+        schedule, the part of it this stage keeps."""
+        prefix = self.plan.prefix
+        if self.plan.takes_all_tokens(stage):
+            work.x = (
+                self.state.all_tokens(work.tokens) if self.engines.static_inputs else work.tokens
+            )
+        elif (
+            work.tracked is not None
+            and self.schedule
+            and self.schedule[stage] < len(work.rows) - prefix
+        ):
+            with work.timer("select"):
+                work.x, work.rows = self._shrink(
+                    stage, work.tracked, work.similarity, work.x, work.rows
+                )
+        return work.x, work.rows
 
+    def _stage_output(
+        self, work: _Work, stage: int, engine: Any, out: dict[str, torch.Tensor]
+    ) -> None:
+        """A stage's outputs for this stream: its tokens feed the next stage; its fresh keys,
+        values and attention rows wait for the commit (earlier stages of the step never need
+        them), each stage's belonging to its own rows (`stage_rows`)."""
+        out = work.checks.add(engine.spec.name, out)
+        work.x = out.pop("tokens_out")
+        work.fresh |= out
+        work.stage_rows.append(work.rows)
+
+    def _end(self, work: _Work, user_head: UserHead | None) -> StepResult:
+        """The step after its stages: the maintained output, the head, rollout and the
+        commit; the stream is unchanged if anything fails."""
+        st, task = self.state, self.state.task
+        timer, x, rows, patches, keep = work.timer, work.x, work.rows, work.patches, work.keep
+        first, reset, tracked, stage_rows = work.first, work.reset, work.tracked, work.stage_rows
         # The maintained output is written in place (no copy of the whole map per step);
         # should anything fail before the commit, the rows it held are put back. The commit
         # of the caches and attention rows goes with the rollout (`_finish`), made ready
@@ -330,9 +374,10 @@ class Stream:
             with timer("scatter"):
                 writes.write(st.out_map, rows, x)
             fill = reset and not first and self.checkerboard is not None
-            finish = self._finish(stage_rows, fresh, patches, fill)
+            finish = self._finish(stage_rows, work.fresh, patches, fill)
             with timer("head"):
-                runner = _Runner(engines, checks, st.static if self._graphs is not None else None)
+                static = st.static if self._graphs is not None else None
+                runner = _Runner(self.engines, work.checks, static)
                 prediction = task.predict(st.out_map, runner, user_head)
             with timer("rollout"):
                 importance = finish(prediction.target)
@@ -355,15 +400,25 @@ class Stream:
         common = {
             "index": st.frame_index,
             "reset": reset,
-            "k": k,
+            "k": keep.numel(),
             "keep": keep.to("cpu", copy=True),  # its own: a graph rewrites `keep`
             "importance": importance,
             "tracked": tracked,
             "timings": timer.summary(),
-            "stage_k": tuple(len(r) - prefix for r in stage_rows),
+            "stage_k": tuple(len(r) - self.plan.prefix for r in stage_rows),
         }
         st.frame_index += 1
-        return task.result(common, prediction, geometry)
+        return task.result(common, prediction, work.geometry)
+
+    def _stage_feeds(
+        self, stage: int, x: torch.Tensor, rows: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The inputs of this stream's call of stage `stage` on tokens `x` at rows `rows`."""
+        feeds = {"tokens": x, "keep": rows}
+        for b in self.plan.cached_blocks(stage):
+            feeds[f"k_cache_{b}"] = self.state.k_cache[b]
+            feeds[f"v_cache_{b}"] = self.state.v_cache[b]
+        return feeds
 
     def _shrink(
         self,
@@ -583,6 +638,27 @@ class Stream:
     ) -> dict[str, torch.Tensor]:
         """`fn(feeds)`, through this stream's CUDA graph `name` where it has graphs."""
         return self._prepared(name, feeds, fn, setting)()
+
+
+@dataclass
+class _Work:
+    """One stream's step between its phases (`Stream._begin` to `Stream._end`): what the
+    step has computed so far, none of it committed to the stream's state."""
+
+    timer: PartTimer
+    checks: OutputChecks
+    geometry: Any  # how the frame was fitted to the model input
+    patches: torch.Tensor  # z_0 (N, C)
+    tokens: torch.Tensor  # the embedded tokens (E + N, C)
+    first: bool
+    reset: bool
+    tracked: torch.Tensor | None  # s_0 tracked onto this step (None on reset steps)
+    similarity: torch.Tensor | None
+    keep: torch.Tensor  # (K,) the patch tokens kept at the input
+    x: torch.Tensor  # the tokens the next stage reads, then the last stage's output
+    rows: torch.Tensor  # their rows (E + K,)
+    fresh: dict[str, torch.Tensor] = field(default_factory=dict)
+    stage_rows: list[torch.Tensor] = field(default_factory=list)
 
 
 class RowWrites:

@@ -1,0 +1,125 @@
+"""Many streams, one engine call per stage and K: the frames of several cameras stepped
+together (`Pipeline.step_many`).
+
+Each stream runs its own step (ALGORITHM §4) up to its stages: embed, tracking, top-K and
+gather are per stream. Then, stage by stage, the streams that run the stage at the same K
+go through one call of its engine, their tokens, rows and caches stacked on the stage
+graphs' batch axis B (`plan.BATCH`), at most `plan.max_batch` streams a call. The stage
+arithmetic is row by row per batch entry, so a stream's outputs are those it would get
+alone (bit-identical on ONNX Runtime and PyTorch CPU, tested). Then each stream finishes
+its own step: the head, rollout and the commit.
+
+Engines that replay CUDA graphs on each stream's own buffers (`EngineSet.static_inputs`)
+run the streams one by one: a graph is already one launch, and stacking would copy the
+buffers its replay reads in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rgtp.runtime.stream import Stream, UserHead, _Work
+
+
+class StepManyError(RuntimeError):
+    """Some streams of a `step_many` call failed. Each failed stream is unchanged (as after
+    a failed `Stream.step`); the others stepped. `results`: per stream, its result (None for
+    a failed one, or one whose frame only filled a time step); `errors`: the failed streams'
+    exceptions by position."""
+
+    def __init__(self, results: list[Any], errors: dict[int, Exception]) -> None:
+        first = min(errors)
+        super().__init__(
+            f"{len(errors)} of {len(results)} streams failed (stream {first}: "
+            f"{type(errors[first]).__name__}: {errors[first]}); those are unchanged, the "
+            "others stepped"
+        )
+        self.results, self.errors = results, errors
+
+
+def step_many(
+    streams: Sequence[Stream], frames: Sequence[object], head: UserHead | None = None
+) -> list[Any]:
+    """One frame for each stream (`frames[i]` for `streams[i]`), their stage calls batched
+    by (stage, K). Returns each stream's result, as `Stream.step` would (None for a frame
+    that only fills a time step). A stream whose frame or step fails is left unchanged and
+    the others go on; then StepManyError carries every result and error."""
+    streams, frames = list(streams), list(frames)
+    if len(streams) != len(frames):
+        raise ValueError(f"{len(streams)} streams and {len(frames)} frames: one frame a stream")
+    if len({id(s) for s in streams}) != len(streams):
+        raise ValueError("a stream appears twice; step it once per call")
+    if not streams:
+        return []
+    engines = streams[0].engines
+    if any(s.engines is not engines for s in streams):
+        raise ValueError("the streams must come from one pipeline (they share its engines)")
+    plan = engines.plan
+    limit = 1 if engines.static_inputs else plan.max_batch
+    results: list[Any] = [None] * len(streams)
+    errors: dict[int, Exception] = {}
+    with contextlib.ExitStack() as held:
+        for s in streams:
+            held.enter_context(s._exclusive())
+        works: dict[int, _Work] = {}
+        for j, (s, frame) in enumerate(zip(streams, frames, strict=True)):
+            try:
+                work = s._begin(frame)
+            except Exception as e:
+                errors[j] = e
+                continue
+            if work is not None:
+                works[j] = work
+        for i in range(len(plan.stages)):
+            groups: dict[int, list[int]] = {}  # K -> the streams running stage i at it
+            for j in list(works):
+                try:
+                    _, rows = streams[j]._stage_input(works[j], i)
+                except Exception as e:
+                    errors[j] = e
+                    del works[j]
+                    continue
+                groups.setdefault(len(rows) - plan.prefix, []).append(j)
+            for k, members in groups.items():
+                engine = engines.stage(i, k)
+                for start in range(0, len(members), limit):
+                    chunk = members[start : start + limit]
+                    try:
+                        _run_together(engine, i, [(streams[j], works[j]) for j in chunk])
+                    except Exception as e:
+                        for j in chunk:
+                            errors[j] = e
+                            del works[j]
+        for j, work in works.items():
+            try:
+                results[j] = streams[j]._end(work, head)
+            except Exception as e:
+                errors[j] = e
+    for s, result in zip(streams, results, strict=True):
+        observe = getattr(s.policy, "observe", None)  # as Stream.step tells its policy
+        if result is not None and observe is not None:
+            observe(result.k, result.timings["total"])
+    if errors:
+        raise StepManyError(results, dict(sorted(errors.items()))) from errors[min(errors)]
+    return results
+
+
+def _run_together(engine: Any, stage: int, members: list[tuple[Stream, _Work]]) -> None:
+    """One call of a stage's engine for `members` (streams at one K), each stream's inputs
+    an entry of the batch axis; each gets its own entry of every output. Every member's
+    timer counts the call under "stages"."""
+    feeds = [s._stage_feeds(stage, w.x, w.rows) for s, w in members]
+    with contextlib.ExitStack() as timing:
+        for _, w in members:
+            timing.enter_context(w.timer("stages"))
+        if len(feeds) == 1:  # views: engines replaying graphs read the stream's buffers
+            batch = {n: t.unsqueeze(0) for n, t in feeds[0].items()}
+        else:
+            batch = {n: torch.stack([f[n] for f in feeds]) for n in feeds[0]}
+        out = engine.run(batch)
+        for b, (s, w) in enumerate(members):
+            s._stage_output(w, stage, engine, {n: t[b] for n, t in out.items()})
