@@ -58,6 +58,8 @@ def frames_per_second(
     start = time.perf_counter()
     for t in range(2, 2 + frames):
         results = step(t)
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return len(videos) * frames / seconds, results
 
@@ -88,6 +90,13 @@ def main() -> None:
     ap.add_argument("--package", default=None, help="reuse/export the package here")
     ap.add_argument("--json", default="out/bench/many_streams.json")
     ap.add_argument(
+        "--backend",
+        default="ort",
+        choices=("ort", "torch"),
+        help="ort: the exported package on ONNX Runtime CPU; torch: the model in memory",
+    )
+    ap.add_argument("--device", default="cpu", help="torch backend: cpu or cuda")
+    ap.add_argument(
         "--layout",
         default="per-stage",
         choices=LAYOUTS,
@@ -99,9 +108,14 @@ def main() -> None:
 
     det = detector(args.model, args.size)
     cfg = det.cfg.backbone
-    plan = StagePlan.create(det.cfg, [args.keep], "per-global", max_batch=max(counts))
-    package = ensure_package(det, plan, args.package, symbolic=args.layout == "per-stage")
-    pipe = Pipeline.load(package, "ort", layout=args.layout)
+    if args.backend == "torch":
+        pipe = Pipeline.from_model(det, [args.keep], "per-global", device=args.device)
+    else:
+        plan = StagePlan.create(det.cfg, [args.keep], "per-global", max_batch=max(counts))
+        package = ensure_package(det, plan, args.package, symbolic=args.layout == "per-stage")
+        pipe = Pipeline.load(package, "ort", layout=args.layout)
+    if max(counts) > pipe.plan.max_batch:
+        raise SystemExit(f"at most {pipe.plan.max_batch} streams a call")
     videos = [moving_frames(args.frames + 2, cfg.img_size, seed=s) for s in range(max(counts))]
     identical = check_identical(pipe, args.keep, videos)
     rows = []
@@ -122,18 +136,25 @@ def main() -> None:
         "num_tokens": cfg.num_tokens,
         "k": args.keep,
         "weights": "shipped" if shipped_weights(args.model) else "random",
+        "backend": args.backend,
+        "device": torch.cuda.get_device_name() if pipe.device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
         "onnxruntime": ort.__version__,
-        "ort_layout": args.layout,
-        "prepacked_stages": pipe.engines.info["prepacked_stages"],
+        "ort_layout": args.layout if args.backend == "ort" else None,
+        "prepacked_stages": pipe.engines.info.get("prepacked_stages"),
         "threads": torch.get_num_threads(),
         "timed_frames_per_stream": args.frames,
         "batched_identical_to_alone": identical,
         "rows": rows,
     }
     print(
-        f"{args.model} @ {cfg.img_size} (N={cfg.num_tokens}), K = {args.keep}, ONNX Runtime "
-        f"{ort.__version__} CPU ({args.layout} sessions), {torch.get_num_threads()} threads; "
-        "frames per second over all "
+        f"{args.model} @ {cfg.img_size} (N={cfg.num_tokens}), K = {args.keep}, "
+        + (
+            f"ONNX Runtime {ort.__version__} CPU ({args.layout} sessions)"
+            if args.backend == "ort"
+            else f"torch {torch.__version__} on {report['device']} (fp32, eager)"
+        )
+        + f", {torch.get_num_threads()} threads; frames per second over all "
         f"streams, head included; batched = alone, bit for bit: {identical}"
     )
     print(f"{'streams':>8}{'one by one':>12}{'batched':>10}{'speedup':>9}")

@@ -344,6 +344,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.out,
         opset=args.opset,
         symbolic=not args.no_symbolic,
+        workers=args.workers,
         force=args.force,
         progress=not args.quiet,
         private=args.private,
@@ -915,6 +916,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
     p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=None,
+        help="processes tracing graphs at once (default: one per core)",
+    )
     p.add_argument(
         "--max-batch",
         type=_int_at_least(1),

@@ -571,10 +571,13 @@ def test_sigterm_reaches_the_previous_handler_after_cleanup(
         received.append(sorted(p.name for p in tmp_path.iterdir()))
 
     stub = package_module.export_graph
+    exporter = os.getpid()
 
-    def terminated_while_tracing(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return stub(*args, **kwargs)
+    def terminated_while_tracing(module, spec, *args, **kwargs):
+        # once, while tracing the first graph (in a worker of export.parallel or here)
+        if spec.name == "embed":
+            os.kill(exporter, signal.SIGTERM)
+        return stub(module, spec, *args, **kwargs)
 
     monkeypatch.setattr(package_module, "export_graph", terminated_while_tracing)
     previous = signal.signal(signal.SIGTERM, application_handler)

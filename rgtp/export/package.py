@@ -44,6 +44,7 @@ from rgtp.export.onnx_graphs import (
     export_graph,
     graph_opset,
 )
+from rgtp.export.parallel import export_workers, traced
 from rgtp.export.weights_file import SharedWeights
 from rgtp.models.checkpoints import save_weights
 from rgtp.models.manifest import (
@@ -94,6 +95,7 @@ def export_package(
     progress: bool = True,
     private: bool = False,
     user_head: onnx.ModelProto | None = None,
+    workers: int | None = None,
 ) -> Manifest:
     """Export every graph of `plan` for `model` (a model of the plan's family: `Detector`,
     `ViViT`) into the directory `out`.
@@ -107,7 +109,8 @@ def export_package(
     The package is written to a temporary sibling directory and moved to `out` only when
     complete; an earlier package is set aside first and deleted only once the new one is in
     place. Interrupted (exception, Ctrl-C, SIGTERM), nothing is left behind. Directories
-    are made 0755 and files 0644, or 0700/0600 with `private`."""
+    are made 0755 and files 0644, or 0700/0600 with `private`. `workers`: processes tracing
+    graphs at once (`export.parallel`); None: one per core."""
     check_opset(opset)
     if model.cfg != plan.config:
         raise ExportError("the model's config differs from the plan's")
@@ -117,7 +120,9 @@ def export_package(
     with _sigterm_raises():
         tmp = _work_dir(out)
         try:
-            manifest = _export_into(model.eval(), plan, tmp, opset, symbolic, progress, user_head)
+            manifest = _export_into(
+                model.eval(), plan, tmp, opset, symbolic, progress, user_head, workers
+            )
             set_modes(tmp, private)
             move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
             return manifest
@@ -309,6 +314,7 @@ def _export_into(
     symbolic: bool,
     progress: bool,
     user_head: onnx.ModelProto | None,
+    workers: int | None = None,
 ) -> Manifest:
     n = plan.num_tokens
     family = plan.family
@@ -328,37 +334,54 @@ def _export_into(
     opsets: set[int] = set()  # what the exporter wrote, which is not always what was asked
     weight_files: dict[str, SharedWeights] = {}
     stages = stage_modules(family.encoder(model), plan)
-    bar = tqdm(jobs, desc="export", unit="graph", disable=not progress)
+
+    def spec_of(job: tuple[str, int | None, int | str | None]) -> GraphSpec:
+        kind, stage, k = job
+        if kind == "stage":
+            assert stage is not None and k is not None
+            return plan.stage_spec(stage, k)
+        return around[kind]
+
+    def trace(job: tuple[str, int | None, int | str | None]) -> onnx.ModelProto:
+        kind, stage, k = job
+        spec = spec_of(job)
+        if kind == "stage":
+            assert stage is not None
+            module = stages[stage]
+            # symbolic graphs are traced at a K unlike any bucket, and every stage graph
+            # at two streams, so no size specialises
+            trace_k = k if isinstance(k, int) else max(2, n // 2 + 1)
+            args = example_inputs(spec, trace_k, n, plan.prefix, batch=2)
+        elif kind == "head" and user_head is not None:
+            graph = onnx.ModelProto()
+            graph.CopyFrom(user_head)  # its own opset: not one of the exporter's
+            return graph
+        else:
+            module = modules[kind]
+            # pixels in [0, 255] for the embed graph; features elsewhere
+            scale = 255.0 if kind == "embed" else 1.0
+            args = tuple(torch.rand(t.concrete({})) * scale for t in spec.inputs)
+        return export_graph(module, spec, args, isinstance(k, str), opset)
+
+    bar = tqdm(total=len(jobs), desc="export", unit="graph", disable=not progress)
+    graphs = traced(jobs, trace, export_workers(len(jobs), workers), directory)
     try:
-        for kind, stage, k in bar:
-            if kind == "stage":
-                assert stage is not None and k is not None
-                spec, module = plan.stage_spec(stage, k), stages[stage]
-                # symbolic graphs are traced at a K unlike any bucket, and every stage graph
-                # at two streams, so no size specialises
-                trace_k = k if isinstance(k, int) else max(2, n // 2 + 1)
-                args = example_inputs(spec, trace_k, n, plan.prefix, batch=2)
-                wname = f"stage{stage}.weights"
-            else:
-                spec, module = around[kind], modules.get(kind)
-                # pixels in [0, 255] for the embed graph; features elsewhere
-                scale = 255.0 if kind == "embed" else 1.0
-                args = tuple(torch.rand(t.concrete({})) * scale for t in spec.inputs)
-                wname = f"{kind}.weights"
-            bar.set_postfix_str(spec.name)
-            if kind == "head" and user_head is not None:
-                graph = onnx.ModelProto()
-                graph.CopyFrom(user_head)  # its own opset: not one of the exporter's
-            else:
-                graph = export_graph(module, spec, args, isinstance(k, str), opset)
-                opsets.add(graph_opset(graph))
-            if wname not in weight_files:
-                weight_files[wname] = SharedWeights(directory / wname)
-            file = f"{spec.name}.onnx"
-            _write_graph(graph, directory, file, weight_files[wname])
-            record_kind = kind if kind in ("embed", "stage", "head") else "extra"
-            records.append(_record(spec, record_kind, file, wname, plan, stage, k))
+        with contextlib.closing(graphs):
+            for (kind, stage, k), graph in graphs:
+                spec = spec_of((kind, stage, k))
+                bar.set_postfix_str(spec.name)
+                bar.update()
+                if not (kind == "head" and user_head is not None):
+                    opsets.add(graph_opset(graph))
+                wname = f"stage{stage}.weights" if kind == "stage" else f"{kind}.weights"
+                if wname not in weight_files:
+                    weight_files[wname] = SharedWeights(directory / wname)
+                file = f"{spec.name}.onnx"
+                _write_graph(graph, directory, file, weight_files[wname])
+                record_kind = kind if kind in ("embed", "stage", "head") else "extra"
+                records.append(_record(spec, record_kind, file, wname, plan, stage, k))
     finally:
+        bar.close()
         for w in weight_files.values():
             w.close()
     if len(opsets) != 1:
