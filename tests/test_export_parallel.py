@@ -14,8 +14,9 @@ def test_parallel_tracing_writes_the_package_a_sequential_export_writes(
     tiny_detector, tmp_path
 ) -> None:
     plan = StagePlan.create(tiny_detector.cfg, [20], "whole")
-    one = export_package(tiny_detector, plan, tmp_path / "one", progress=False, workers=1)
-    two = export_package(tiny_detector, plan, tmp_path / "two", progress=False, workers=2)
+    options = {"progress": False, "symbolic": False}  # 4 graphs: embed, K = 20 and N, head
+    one = export_package(tiny_detector, plan, tmp_path / "one", workers=1, **options)
+    two = export_package(tiny_detector, plan, tmp_path / "two", workers=2, **options)
     assert one.files == two.files  # every file's sha256 and size
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         [*two.files, "manifest.json"]
