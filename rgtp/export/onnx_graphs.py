@@ -96,7 +96,8 @@ def export_graph(
     module = module.eval()
     dynamic = None
     shapes = {t.name: a.shape for t, a in zip(spec.inputs, args, strict=True)}
-    symbols = [d for d in spec.symbolic_dims(shapes) if symbolic_k or d != SYMBOLIC_K]
+    traced = spec.symbolic_dims(shapes)  # the sizes the args have, e.g. {"B": 2, "K": 77}
+    symbols = [d for d in traced if symbolic_k or d != SYMBOLIC_K]
     if symbols:
         # K never exceeds the longest axis among the inputs (the caches' rows)
         longest = max(max(a.shape) for a in args)
@@ -105,7 +106,7 @@ def export_graph(
         }
         # TensorSpec.concrete over torch Dims: "K+1" becomes the derived Dim K + 1; a fixed K
         # is the traced size
-        sizes = {**spec.symbolic_dims(shapes), **dims}
+        sizes = {**traced, **dims}
         axes = [
             {i: d for i, d in enumerate(t.concrete(sizes)) if not isinstance(d, int)} or None
             for t in spec.inputs

@@ -20,9 +20,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
-from rgtp.runtime.stream import Stream, UserHead, _Work
+from rgtp.runtime.stream import Stream, UserHead, _Work, run_stage
 
 
 class StepManyError(RuntimeError):
@@ -89,7 +87,7 @@ def step_many(
                 for start in range(0, len(members), limit):
                     chunk = members[start : start + limit]
                     try:
-                        _run_together(engine, i, [(streams[j], works[j]) for j in chunk])
+                        run_stage(engine, i, [(streams[j], works[j]) for j in chunk])
                     except Exception as e:
                         for j in chunk:
                             errors[j] = e
@@ -106,20 +104,3 @@ def step_many(
     if errors:
         raise StepManyError(results, dict(sorted(errors.items()))) from errors[min(errors)]
     return results
-
-
-def _run_together(engine: Any, stage: int, members: list[tuple[Stream, _Work]]) -> None:
-    """One call of a stage's engine for `members` (streams at one K), each stream's inputs
-    an entry of the batch axis; each gets its own entry of every output. Every member's
-    timer counts the call under "stages"."""
-    feeds = [s._stage_feeds(stage, w.x, w.rows) for s, w in members]
-    with contextlib.ExitStack() as timing:
-        for _, w in members:
-            timing.enter_context(w.timer("stages"))
-        if len(feeds) == 1:  # views: engines replaying graphs read the stream's buffers
-            batch = {n: t.unsqueeze(0) for n, t in feeds[0].items()}
-        else:
-            batch = {n: torch.stack([f[n] for f in feeds]) for n in feeds[0]}
-        out = engine.run(batch)
-        for b, (s, w) in enumerate(members):
-            s._stage_output(w, stage, engine, {n: t[b] for n, t in out.items()})

@@ -18,6 +18,7 @@ leaves the stream as it was, so the next frame runs as if it had never been give
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -250,12 +251,8 @@ class Stream:
         if work is None:
             return None
         for i in range(len(self.plan.stages)):
-            x, rows = self._stage_input(work, i)
-            engine = self.engines.stage(i, len(rows) - self.plan.prefix)
-            with work.timer("stages"):  # a batch of one: views with a leading axis of 1
-                feeds = self._stage_feeds(i, x, rows)
-                out = engine.run({n: t.unsqueeze(0) for n, t in feeds.items()})
-                self._stage_output(work, i, engine, {n: t[0] for n, t in out.items()})
+            _, rows = self._stage_input(work, i)
+            run_stage(self.engines.stage(i, len(rows) - self.plan.prefix), i, [(self, work)])
         return self._end(work, user_head)
 
     def _begin(self, frame: object) -> _Work | None:
@@ -659,6 +656,23 @@ class _Work:
     rows: torch.Tensor  # their rows (E + K,)
     fresh: dict[str, torch.Tensor] = field(default_factory=dict)
     stage_rows: list[torch.Tensor] = field(default_factory=list)
+
+
+def run_stage(engine: Any, stage: int, members: list[tuple[Stream, _Work]]) -> None:
+    """One call of a stage's engine for `members` (streams at one K; `runtime.many` batches
+    several), each stream's inputs an entry of the batch axis; each gets its own entry of
+    every output. Every member's timer counts the call under "stages"."""
+    feeds = [s._stage_feeds(stage, w.x, w.rows) for s, w in members]
+    with contextlib.ExitStack() as timing:
+        for _, w in members:
+            timing.enter_context(w.timer("stages"))
+        if len(feeds) == 1:  # views: engines replaying graphs read the stream's buffers
+            batch = {n: t.unsqueeze(0) for n, t in feeds[0].items()}
+        else:
+            batch = {n: torch.stack([f[n] for f in feeds]) for n in feeds[0]}
+        out = engine.run(batch)
+        for b, (s, w) in enumerate(members):
+            s._stage_output(w, stage, engine, {n: t[b] for n, t in out.items()})
 
 
 class RowWrites:
