@@ -78,27 +78,25 @@ def test_cli_prints_and_writes_json() -> None:
     assert data["average_over_dense"] == pytest.approx(average / dense, rel=1e-12)
 
 
-def test_executed_convention_equals_the_paper_at_k_n_unless_windows_pad() -> None:
-    """At K = N every window runs all its w² query rows, as the paper counts; rel-pos runs
-    only for real tokens, so a padded grid (64 tokens in 14-token windows at 1024 px) counts
-    fewer than the paper's nW·w² slots."""
-    even = get_config("vitdet-b", 672).backbone  # grid 42 = 3 windows of 14
-    assert frame_macs(even, convention="executed") == frame_macs(even)
-    padded = get_config("vitdet-b", 1024).backbone  # grid 64, padded to 70
-    paper, executed = frame_macs(padded), frame_macs(padded, convention="executed")
-    assert executed.attention == paper.attention
-    c, slots, n = padded.embed_dim, 70 * 70, padded.num_tokens
-    assert paper.rel_pos - executed.rel_pos == 8 * 2 * (slots - n) * c * (2 * 14 - 1)
+def test_executed_convention_equals_the_paper_from_w2_kept_tokens() -> None:
+    """From K = w² on every window runs all its w² query rows (rel-pos included, padding
+    slots too), as the paper counts: also on a padded grid (64 tokens in 14-token windows at
+    1024 px)."""
+    for size in (672, 1024):
+        cfg = get_config("vitdet-b", size).backbone
+        for k in (196, 512, None):
+            assert frame_macs(cfg, k, convention="executed") == frame_macs(cfg, k)
 
 
 @pytest.mark.parametrize("k", [1, 64, 195, 196, 512, 1763])
-def test_executed_convention_counts_less_than_the_paper_below_n(k: int) -> None:
+def test_executed_convention_counts_less_than_the_paper_below_w2(k: int) -> None:
     cfg = get_config("vitdet-b", 672).backbone
     paper, executed = frame_macs(cfg, k), frame_macs(cfg, k, convention="executed")
-    assert executed.backbone < paper.backbone
     assert executed.token_wise == paper.token_wise
     # below w² = 196 kept tokens the windowed attention itself shrinks with K
     assert (executed.attention < paper.attention) == (k < 196)
+    assert (executed.backbone < paper.backbone) == (k < 196)
+    assert executed.backbone <= paper.backbone
 
 
 def test_executed_convention_by_hand_on_a_tiny_config() -> None:
@@ -108,7 +106,7 @@ def test_executed_convention_by_hand_on_a_tiny_config() -> None:
     k = 24  # < w² = 36: each window runs 24 query rows
     m = frame_macs(cfg, k, convention="executed")
     assert m.attention == 2 * (2 * 24 * 196 * 96) + 4 * (2 * 9 * 24 * 36 * 96)
-    assert m.rel_pos == 2 * (2 * 24 * 96 * 27) + 4 * (2 * 24 * 96 * 11)
+    assert m.rel_pos == 2 * (2 * 24 * 96 * 27) + 4 * (2 * 9 * 24 * 96 * 11)
     k = 49  # >= w²: each window runs all 36 rows, as the paper counts
     m = frame_macs(cfg, k, convention="executed")
     assert m.attention == 2 * (2 * 49 * 196 * 96) + 4 * (2 * 9 * 36 * 36 * 96)

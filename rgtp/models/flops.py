@@ -9,9 +9,9 @@ each block counts its stage's K. They differ in the windowed blocks:
 - "paper": every window computed whole, padding slots included (the authors' count):
   nW·w² queries against w² keys, rel-pos for all nW·w² slots;
 - "executed": what rgtp's stages run (`stages.PrunedStage._windowed`): each window gets
-  R = min(K, w²) query rows, so nW·R queries against w² keys, rel-pos for the K queries.
-  At K = N (dense frames) the attention is the paper's and rel-pos skips the padding slots;
-  below w² kept tokens the attention shrinks with K.
+  R = min(K, w²) query rows, so nW·R queries against w² keys, and rel-pos for those nW·R
+  rows (computed in the windows' layout). From K = w² on this is the paper's count; below
+  w² kept tokens the windowed attention shrinks with K.
 
 Softmax, norms, GELU, head fusion of the attention rows and biases are counted in neither.
 The method's own overhead (tracking, rollout) and the detection neck+head are counted
@@ -147,8 +147,7 @@ def frame_macs(
     if convention == "paper":
         window_rows = rel_rows = [padded] * len(windowed)
     else:
-        window_rows = [padded // (ws * ws) * min(q, ws * ws) for q in windowed]
-        rel_rows = windowed
+        window_rows = rel_rows = [padded // (ws * ws) * min(q, ws * ws) for q in windowed]
     attention = sum(2 * ks[b] * n * c for b in globals_) + sum(
         2 * r * ws * ws * c for r in window_rows
     )

@@ -81,9 +81,15 @@ class PrunedStage(nn.Module):
         if any(b.window_size for b in self.blocks):
             if cfg.prefix_tokens:
                 raise ValueError("windowed blocks with prefix tokens are not supported")
-            self.register_buffer("slots", window_slots(cfg.grid, cfg.window_size), False)
+            n = cfg.grid * cfg.grid
+            slots = window_slots(cfg.grid, cfg.window_size)
             slot = slot_of_token(cfg.grid, cfg.window_size)
             area = cfg.window_size**2
+            # the window layout (nW·w² slots) is gathered from the rows (padding slots read
+            # row 0 and are then overwritten with the padding keys/values)
+            self.register_buffer("gather_slots", torch.where(slots < n, slots, 0), False)
+            self.register_buffer("pad_slots", torch.nonzero(slots == n).flatten(), False)
+            self.register_buffer("slot_of", slot, False)  # (N,) slot of each token
             self.register_buffer("window_of", slot // area, False)  # (N,) window of each token
             self.register_buffer("place_of", slot % area, False)  # (N,) its position there
 
@@ -111,7 +117,7 @@ class PrunedStage(nn.Module):
         attn = block.attn
         q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, N, C) each
         everyone = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        out = self._windowed(attn, block.window_size, q, everyone, k, v)
+        out = self._windowed(attn, block.window_size, q, everyone, (k, None), (v, None))
         x = rows_of(x + attn.proj(out), keep)
         return x + block.mlp(block.norm2(x))
 
@@ -128,14 +134,13 @@ class PrunedStage(nn.Module):
         fused attention rows (B, K, N) where `rows_out`, else None)."""
         attn = block.attn
         q, k, v = attn.qkv(block.norm1(x)).chunk(3, dim=-1)  # (B, K, C) each
-        k_all = with_rows(k_cache, keep, k)
-        v_all = with_rows(v_cache, keep, v)
         fused = None
         if block.window_size:
-            out = self._windowed(attn, block.window_size, q, keep, k_all, v_all)
+            out = self._windowed(attn, block.window_size, q, keep, (k_cache, k), (v_cache, v))
         else:
             qh = attn.split_heads(q)  # (B, h, K, d)
             bias = attn.bias(qh, self.rows[keep], self.cols[keep])
+            k_all, v_all = with_rows(k_cache, keep, k), with_rows(v_cache, keep, v)
             kh, vh = attn.split_heads(k_all), attn.split_heads(v_all)  # (B, h, N, d)
             if rows_out:
                 o, probs = attend(qh, kh, vh, bias)
@@ -153,15 +158,17 @@ class PrunedStage(nn.Module):
         window: int,
         q: torch.Tensor,
         keep: torch.Tensor,
-        k_all: torch.Tensor,
-        v_all: torch.Tensor,
+        keys: tuple[torch.Tensor, torch.Tensor | None],
+        values: tuple[torch.Tensor, torch.Tensor | None],
     ) -> torch.Tensor:
         """Windowed attention of the kept queries q (B, K, C) at rows `keep` (B, K) ->
         (B, K, C), each query against the w² keys of its own window, as the dense model
-        computes it.
+        computes it. `keys`, `values`: every row's (B, N, C) (the caches) and the kept rows'
+        fresh ones (B, K, C) that replace them (None: the rows are current).
 
-        Padding slots of the dense model hold normalised zeros, so their keys/values are the
-        qkv bias: one extra "padding" row (index N) carries them and `slots` points there.
+        The keys and values are laid out window by window straight from the rows (one
+        gather), the fresh rows and the padding written into that copy: padding slots of the
+        dense model hold normalised zeros, so their keys/values are the qkv bias.
 
         Every window gets R = min(K, w²) query rows: with K <= w², row i of every window
         holds query i (only its own window's output is read); otherwise a query sits at its
@@ -169,14 +176,16 @@ class PrunedStage(nn.Module):
         against w² keys (nW·K·w² a stream at small K instead of the padded grid's nW·w²·w²),
         with static shapes, no per-query copies of keys and one fused kernel. (Copying each
         query's own w² keys costs K·w²·C memory traffic, slower than whole windows on a CPU.)
+        The rel-pos bias is computed in the same layout, row by row from the position the
+        row's query has in its window.
         """
-        c = k_all.shape[-1]
+        c = q.shape[-1]
         if attn.qkv.bias is not None:
             pad_k, pad_v = attn.qkv.bias[c : 2 * c], attn.qkv.bias[2 * c :]
         else:
-            pad_k = pad_v = k_all.new_zeros(c)
+            pad_k = pad_v = q.new_zeros(c)
         area = window * window
-        num_windows = self.slots.numel() // area
+        num_windows = self.gather_slots.numel() // area
         b, k = q.shape[0], q.shape[1]
         per_window = torch.sym_min(k, area)
         # 1 when every query has its own row in every window, else 0: SymInt arithmetic, so
@@ -187,22 +196,38 @@ class PrunedStage(nn.Module):
         # (B, K) its window among the B·nW windows of the batch
         home = self.window_of[keep] + torch.arange(b, device=q.device).unsqueeze(1) * num_windows
         index = (home * per_window + row).flatten()  # (B·K,) into the B·nW·R query rows
+        fresh_at = flat_rows(self.slot_of[keep], num_windows * area)
+        pads = self.pad_slots.numel()
+        pad_at = flat_rows(self.pad_slots.expand(b, pads), num_windows * area)
 
-        def windows(t: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-            """(B, N, C) and the padding row (C,) -> (B·nW, h, w², d)."""
-            t = torch.cat([t, pad.expand(b, 1, c)], dim=1)
-            return attn.split_heads(t[:, self.slots].reshape(b * num_windows, area, c))
+        def windows(rows: tuple[torch.Tensor, torch.Tensor | None], pad: torch.Tensor):
+            """Every row's (B, N, C) and the fresh ones (B, K, C) or None, and the padding
+            row (C,) -> (B·nW, w², h, d)."""
+            every, fresh = rows
+            t = every.index_select(1, self.gather_slots).reshape(-1, c)  # (B·nW·w², C)
+            at, put = [], []
+            if pads:
+                at.append(pad_at)
+                put.append(pad.expand(b * pads, c))
+            if fresh is not None:
+                at.append(fresh_at)
+                put.append(fresh.reshape(-1, c))
+            if at:
+                t = t.index_copy(0, torch.cat(at), torch.cat(put))
+            return t.view(b * num_windows, area, attn.num_heads, c // attn.num_heads)
 
-        qh = attn.split_heads(q)  # (B, h, K, d)
-        bias = attn.bias(qh, attn.rows[place], attn.cols[place])  # (B, h, K, w²)
-        if bias is not None:  # query rows no kept query fills get no bias; they are not read
-            bias = bias.transpose(1, 2).reshape(b * k, attn.num_heads, area)
-            empty = bias.new_zeros(b * num_windows * per_window, attn.num_heads, area)
-            bias = empty.index_copy(0, index, bias)
-            bias = bias.view(b * num_windows, per_window, attn.num_heads, area).transpose(1, 2)
         rows = q.new_zeros(b * num_windows * per_window, c).index_copy(0, index, q.reshape(-1, c))
         qw = attn.split_heads(rows.view(b * num_windows, per_window, c))  # (B·nW, h, R, d)
-        kw, vw = windows(k_all, pad_k), windows(v_all, pad_v)  # (B·nW, h, w², d)
+        # the position in its window of the query each row holds (rows without a query hold
+        # zeros, so their bias is zero whatever position they read)
+        row_place = (
+            place.new_zeros(b * num_windows * per_window)
+            .index_copy(0, index, place.flatten())
+            .view(b * num_windows, per_window)
+        )
+        bias = attn.bias(qw, attn.rows[row_place], attn.cols[row_place])  # (B·nW, h, R, w²)
+        kw = windows(keys, pad_k).transpose(1, 2)  # (B·nW, h, w², d)
+        vw = windows(values, pad_v).transpose(1, 2)
         o = attention_output(qw, kw, vw, bias)  # (B·nW, h, R, d)
         # indexed by (window, row), not flattened: merging nW and a symbolic R in a reshape
         # makes the exporter guard R != 1
