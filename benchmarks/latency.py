@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--json", default="out/bench/latency.json")
     ap.add_argument(
         "--layout",
-        default="per-k",
+        default="per-stage",
         choices=LAYOUTS,
         help="ORT sessions per (stage, K), or one per stage from the symbolic-K graph",
     )

@@ -180,9 +180,10 @@ def load_ort_engines(
     device = torch.device(device)
     manifest = load_verified(package, verify)
     # One session per stage wherever the package allows it: every ORT session carries its
-    # own kernels and buffers. Measured with 8 buckets against 1 (benchmarks/memory.py):
-    # vitdet-b per-k +148 MiB, per-stage +61 MiB. The price is speed on larger models
-    # (vitdet-b @672, K = 512: 1137 ms per-stage vs 867 ms per-k), so "per-k" stays a choice.
+    # own kernels and buffers (benchmarks/memory.py measures 8 buckets against 1). It is
+    # also the faster layout here now that its weights are packed (vitdet-b @672, K = 512,
+    # 2 cores, 2026-11-27: 768 ms a frame's backbone per-stage, 921 ms per-k unpacked);
+    # "per-k" stays a choice.
     layout = layout or ("per-stage" if any(g.symbolic for g in manifest.graphs) else "per-k")
     if layout not in LAYOUTS:
         raise EngineError(f"unknown layout {layout!r}; choose from {LAYOUTS}")

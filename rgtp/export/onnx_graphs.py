@@ -74,7 +74,12 @@ def _quietly():
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    # the exporter's IR library warns of the empty shape constants its index_put lowering
+    # writes (a 1-D index_copy), which it rightly types as ints
+    for name in ("torch.onnx", "onnx_ir"):
+        logger = logging.getLogger(name)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.ERROR)
     return stack
 
 

@@ -198,7 +198,6 @@ class PrunedStage(nn.Module):
         index = (home * per_window + row).flatten()  # (B·K,) into the B·nW·R query rows
         fresh_at = flat_rows(self.slot_of[keep], num_windows * area)
         pads = self.pad_slots.numel()
-        pad_at = flat_rows(self.pad_slots.expand(b, pads), num_windows * area)
 
         def windows(rows: tuple[torch.Tensor, torch.Tensor | None], pad: torch.Tensor):
             """Every row's (B, N, C) and the fresh ones (B, K, C) or None, and the padding
@@ -207,7 +206,7 @@ class PrunedStage(nn.Module):
             t = every.index_select(1, self.gather_slots).reshape(-1, c)  # (B·nW·w², C)
             at, put = [], []
             if pads:
-                at.append(pad_at)
+                at.append(flat_rows(self.pad_slots.expand(b, pads), num_windows * area))
                 put.append(pad.expand(b * pads, c))
             if fresh is not None:
                 at.append(fresh_at)
