@@ -9,9 +9,10 @@ import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.export.package import export_package
+from rgtp.models import Detector
 from rgtp.models.plan import StagePlan
 from rgtp.runtime import Pipeline
-from tests.conftest import assert_same_detections, moving_frames
+from tests.conftest import assert_same_detections, moving_frames, randomize, tiny_config
 from tests.test_pruned_loop import dense_reference
 
 WINDOW_AREA = 36  # the tiny detector's 6 x 6 windows
@@ -48,6 +49,25 @@ def test_kept_queries_of_a_still_frame_equal_the_dense_model(tiny_detector, part
     stream.step(frame)
     result = stream.step(frame)
     assert result.k == k and not result.reset
+    assert (stream.out_map - fmap).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("k", [20, 49, 196])
+def test_windows_without_padding_equal_the_dense_model(k: int) -> None:
+    """A grid the windows tile exactly (14 x 14 tokens, 7 x 7 windows: no padding slots, as
+    vitdet-b at 672 px): kept queries of a still frame get the dense features, below and
+    above the window area and at K = N."""
+    torch.manual_seed(0)
+    detector = randomize(Detector(tiny_config(window=7))).eval()
+    n = detector.cfg.backbone.num_tokens
+    stream = Pipeline.from_model(detector, sorted({k, n})).new_stream(
+        policy=FixedKeep(k), reset_every=0
+    )
+    frame = next(moving_frames(1, 224))
+    fmap, _ = dense_reference(detector, frame)
+    stream.step(frame)
+    result = stream.step(frame)
+    assert result.k == k
     assert (stream.out_map - fmap).abs().max().item() <= 1e-5
 
 

@@ -196,20 +196,22 @@ class PrunedStage(nn.Module):
         # (B, K) its window among the B·nW windows of the batch
         home = self.window_of[keep] + torch.arange(b, device=q.device).unsqueeze(1) * num_windows
         index = (home * per_window + row).flatten()  # (B·K,) into the B·nW·R query rows
-        fresh_at = flat_rows(self.slot_of[keep], num_windows * area)
+        slots = num_windows * area  # a stream's slots in the window layout
         pads = self.pad_slots.numel()
 
-        def windows(rows: tuple[torch.Tensor, torch.Tensor | None], pad: torch.Tensor):
+        def windows(
+            rows: tuple[torch.Tensor, torch.Tensor | None], pad: torch.Tensor
+        ) -> torch.Tensor:
             """Every row's (B, N, C) and the fresh ones (B, K, C) or None, and the padding
             row (C,) -> (B·nW, w², h, d)."""
             every, fresh = rows
             t = every.index_select(1, self.gather_slots).reshape(-1, c)  # (B·nW·w², C)
             at, put = [], []
             if pads:
-                at.append(flat_rows(self.pad_slots.expand(b, pads), num_windows * area))
+                at.append(flat_rows(self.pad_slots.expand(b, pads), slots))
                 put.append(pad.expand(b * pads, c))
             if fresh is not None:
-                at.append(fresh_at)
+                at.append(flat_rows(self.slot_of[keep], slots))
                 put.append(fresh.reshape(-1, c))
             if at:
                 t = t.index_copy(0, torch.cat(at), torch.cat(put))
