@@ -83,15 +83,12 @@ class PrunedStage(nn.Module):
                 raise ValueError("windowed blocks with prefix tokens are not supported")
             n = cfg.grid * cfg.grid
             slots = window_slots(cfg.grid, cfg.window_size)
-            slot = slot_of_token(cfg.grid, cfg.window_size)
-            area = cfg.window_size**2
             # the window layout (nW·w² slots) is gathered from the rows (padding slots read
             # row 0 and are then overwritten with the padding keys/values)
             self.register_buffer("gather_slots", torch.where(slots < n, slots, 0), False)
             self.register_buffer("pad_slots", torch.nonzero(slots == n).flatten(), False)
-            self.register_buffer("slot_of", slot, False)  # (N,) slot of each token
-            self.register_buffer("window_of", slot // area, False)  # (N,) window of each token
-            self.register_buffer("place_of", slot % area, False)  # (N,) its position there
+            # (N,) each token's slot: its window and its position there follow from it
+            self.register_buffer("slot_of", slot_of_token(cfg.grid, cfg.window_size), False)
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor, *caches: torch.Tensor):
         ids, blocks = list(self.block_ids), list(self.blocks)
@@ -191,10 +188,11 @@ class PrunedStage(nn.Module):
         # 1 when every query has its own row in every window, else 0: SymInt arithmetic, so
         # the symbolic-K graph picks the rows without a branch
         own_rows = per_window // k
-        place = self.place_of[keep]  # (B, K) position in its window
+        slot = self.slot_of[keep]  # (B, K) its slot in the window layout
+        place = slot % area  # (B, K) its position in its window
         row = torch.arange(k, device=q.device) * own_rows + place * (1 - own_rows)
         # (B, K) its window among the B·nW windows of the batch
-        home = self.window_of[keep] + torch.arange(b, device=q.device).unsqueeze(1) * num_windows
+        home = slot // area + torch.arange(b, device=q.device).unsqueeze(1) * num_windows
         index = (home * per_window + row).flatten()  # (B·K,) into the B·nW·R query rows
         slots = num_windows * area  # a stream's slots in the window layout
         pads = self.pad_slots.numel()
@@ -211,7 +209,7 @@ class PrunedStage(nn.Module):
                 at.append(flat_rows(self.pad_slots.expand(b, pads), slots))
                 put.append(pad.expand(b * pads, c))
             if fresh is not None:
-                at.append(flat_rows(self.slot_of[keep], slots))
+                at.append(flat_rows(slot, slots))
                 put.append(fresh.reshape(-1, c))
             if at:
                 t = t.index_copy(0, torch.cat(at), torch.cat(put))

@@ -76,7 +76,7 @@ def step_many(
             groups: dict[int, list[int]] = {}  # K -> the streams running stage i at it
             for j in list(works):
                 try:
-                    _, rows = streams[j]._stage_input(works[j], i)
+                    rows = streams[j]._stage_input(works[j], i)
                 except Exception as e:
                     errors[j] = e
                     del works[j]

@@ -251,7 +251,7 @@ class Stream:
         if work is None:
             return None
         for i in range(len(self.plan.stages)):
-            _, rows = self._stage_input(work, i)
+            rows = self._stage_input(work, i)
             run_stage(self.engines.stage(i, len(rows) - self.plan.prefix), i, [(self, work)])
         return self._end(work, user_head)
 
@@ -324,10 +324,10 @@ class Stream:
             rows,
         )
 
-    def _stage_input(self, work: _Work, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tokens and rows stage `stage` runs on: all tokens for a stage whose first
-        block attends over every token, the previous stage's output, or, under a keep
-        schedule, the part of it this stage keeps."""
+    def _stage_input(self, work: _Work, stage: int) -> torch.Tensor:
+        """Sets the tokens stage `stage` runs on (`work.x`): all tokens for a stage whose
+        first block attends over every token, the previous stage's output, or, under a keep
+        schedule, the part of it this stage keeps; returns their rows (`work.rows`)."""
         prefix = self.plan.prefix
         if self.plan.takes_all_tokens(stage):
             work.x = (
@@ -342,7 +342,7 @@ class Stream:
                 work.x, work.rows = self._shrink(
                     stage, work.tracked, work.similarity, work.x, work.rows
                 )
-        return work.x, work.rows
+        return work.rows
 
     def _stage_output(
         self, work: _Work, stage: int, engine: Any, out: dict[str, torch.Tensor]
