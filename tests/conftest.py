@@ -1,4 +1,5 @@
-"""Shared fixtures: small models with every code path live, and moving test sequences."""
+"""Shared fixtures (small models with every code path live, moving test sequences, packages
+built once per run) and the test tiers: `SLOW` below is the one list of the slow tier."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 from rgtp.models import BackboneConfig, Detector, DetectorConfig, HeadConfig
+from rgtp.runtime import Pipeline
 
 
 def tiny_config(img_size: int = 224, window: int = 6, **backbone: object) -> DetectorConfig:
@@ -49,6 +51,19 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def tiny_detector() -> Detector:
     torch.manual_seed(0)
     return randomize(Detector(tiny_config()))
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_detector) -> Pipeline:
+    """`tiny_detector` on torch engines at K = N/4 and K = N (N = 196)."""
+    n = tiny_detector.cfg.backbone.num_tokens
+    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
+
+
+@pytest.fixture(scope="session")
+def frames() -> list[np.ndarray]:
+    """Four 224-px moving frames for `pipe` (modules needing other frames override this)."""
+    return list(moving_frames(4, 224, speed=8.0))
 
 
 def moving_frames(num: int, size: int, seed: int = 0, speed: float = 5.0) -> Iterator[np.ndarray]:
@@ -122,3 +137,25 @@ def assert_same_detections(a, b, score_tol: float = 1e-4, box_tol: float = 1e-3)
         )
         assert close.any(), f"no counterpart for {box.tolist()} {score.item():.5f} {label.item()}"
         free[torch.nonzero(close)[0, 0]] = False
+
+
+# The slow tier, in one place (`make test-fast` runs `-m "not slow"`; `make test` runs all).
+# Per test module: the tests (by name) and the fixtures (every test using one) that take
+# seconds, mostly ONNX exports through torch's dynamo exporter, ViT-B-scale parity checks,
+# training runs and real servers; "*" is the whole module. docs/testing.md says what stays
+# fast for each module.
+SLOW: dict[str, set[str]] = {
+    "test_checkpoints": {"test_timm_samvit_base_patch16_at_672_matches"},
+    "test_cli_classifier": {"package"},
+    "test_demo": {"*"},
+    "test_engine_binding": {"exported"},
+    "test_readme": {"test_the_readme_api_example_runs"},
+    "test_vivit": {"test_spatial_encoder_matches_timm_vit_b16"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        slow = SLOW.get(item.path.stem, set())
+        if "*" in slow or item.originalname in slow or slow & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

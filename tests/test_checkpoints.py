@@ -76,7 +76,6 @@ def test_timm_samvit_small_config_matches() -> None:
     assert err <= 1e-4, err
 
 
-@pytest.mark.slow
 def test_timm_samvit_base_patch16_at_672_matches() -> None:
     """The acceptance check: samvit_base_patch16 (ViT-B, SAM/ViTDet layout) at 672 px."""
     sam_mod = import_timm_sam_module()

@@ -10,7 +10,6 @@ from rgtp.models.registry import shipped_weights
 from rgtp.runtime.video import read_frames
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shipped_weights("vitdet-small") is None, reason="no shipped weights")
 def test_demo_writes_video_plot_and_table(tmp_path) -> None:
     from rgtp.demo import run_demo
@@ -28,7 +27,6 @@ def test_demo_writes_video_plot_and_table(tmp_path) -> None:
     assert summary["records"] == records
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shipped_weights("vivit-small") is None, reason="no shipped weights")
 def test_classifier_demo_writes_video_plot_and_table(tmp_path) -> None:
     from rgtp.demo_classifier import run_classifier_demo

@@ -26,17 +26,6 @@ SIZE = 224
 SCORE = 0.28
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_detector) -> Pipeline:
-    n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-
-
-@pytest.fixture(scope="module")
-def frames() -> list[np.ndarray]:
-    return list(moving_frames(4, SIZE, speed=8.0))
-
-
 def pruned(pipe: Pipeline, **options: object) -> StreamOptions:
     return StreamOptions(
         policy=FixedKeep(pipe.plan.num_tokens // 4), score_threshold=SCORE, **options

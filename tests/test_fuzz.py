@@ -33,12 +33,6 @@ DTYPES = [np.uint8, np.uint16, np.int8, np.int64, np.bool_, np.float16, np.float
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_detector) -> Pipeline:
-    n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-
-
-@pytest.fixture(scope="module")
 def good() -> list[np.ndarray]:
     return list(moving_frames(3, SIZE, speed=8.0))
 

@@ -12,15 +12,8 @@ from rgtp.core.selection import FixedKeep, MassKeep
 from rgtp.core.tracking import match_tokens
 from rgtp.models.boxes import postprocess
 from rgtp.models.config import PruningConfig
-from rgtp.runtime import Pipeline
 
 NAN = float("nan")
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_detector) -> Pipeline:
-    n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import dataclasses
 import threading
 from collections.abc import Callable, Mapping
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +16,6 @@ import rgtp.runtime.stream as stream_module
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.base import Engine, EngineError
 from rgtp.runtime import EngineOutputError, Pipeline, StreamBusyError, StreamOptions
-from tests.conftest import moving_frames
 from tests.stream_checks import assert_same_result, assert_stream_intact, clean_run, snapshot
 
 SCORE = 0.28  # see tests/test_frame_contract.py
@@ -70,17 +68,6 @@ def with_fault(pipe: Pipeline, where: str, fault: Callable[[dict], dict]):
     stages = [dict(s) for s in engines.stages]
     stages[i] = {k: switch.wrap(e) for k, e in stages[i].items()}
     return Pipeline(dataclasses.replace(engines, stages=stages)), switch
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_detector) -> Pipeline:
-    n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-
-
-@pytest.fixture(scope="module")
-def frames() -> list[np.ndarray]:
-    return list(moving_frames(4, 224, speed=8.0))
 
 
 def options(pipe: Pipeline, **kw: object) -> StreamOptions:

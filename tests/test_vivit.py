@@ -60,7 +60,6 @@ def test_spatial_encoder_matches_timm_vit() -> None:
     assert err <= 1e-4, err
 
 
-@pytest.mark.slow
 def test_spatial_encoder_matches_timm_vit_b16() -> None:
     """True ViT-B/16 shapes (vit_base_patch16_224), random weights."""
     err = timm_parity(dict(img_size=224, embed_dim=768, depth=12, num_heads=12))
