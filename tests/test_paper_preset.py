@@ -70,7 +70,7 @@ def test_a_global_block0_cannot_prune_after_its_attention(tiny_detector) -> None
         StagePlan.create(cfg, [], prune_from="block3")
 
 
-# The RGTP repository's published GFLOPs, ViTDet-B, reset every 8 (ALGORITHM.md §7)
+# The authors' published GFLOPs, ViTDet-B, reset every 8 (docs/method.md)
 PUBLISHED = [
     (672, 768, 93.4),
     (672, 512, 72.6),

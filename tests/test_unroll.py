@@ -1,4 +1,4 @@
-"""Importance at a later layer (seed §F, Eq. 8): the per-block solves equal the explicit
+"""Importance at a later layer (docs/method.md, keep schedules): the per-block solves equal the explicit
 inverse of the partial rollout, and undo rollout."""
 
 from __future__ import annotations
