@@ -1,5 +1,5 @@
-"""Keep schedules (one K per stage, docs/method.md): a stage keeps a subset of the tokens the stage
-before ran on, by importance at its first block (Eq. 8). K = N everywhere is the dense
+"""Keep schedules (one K per stage, docs/method.md): a stage keeps a subset of the tokens the
+stage before ran on, by importance at its first block (Eq. 8). K = N everywhere is the dense
 model, equal K everywhere is today's single K, ORT follows the torch reference, and the
 plan, the package and the CLI name what is wrong with a schedule."""
 

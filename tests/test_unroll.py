@@ -1,5 +1,5 @@
-"""Importance at a later layer (docs/method.md, keep schedules): the per-block solves equal the explicit
-inverse of the partial rollout, and undo rollout."""
+"""Importance at a later layer (docs/method.md, keep schedules): the per-block solves equal
+the explicit inverse of the partial rollout, and undo rollout."""
 
 from __future__ import annotations
 
