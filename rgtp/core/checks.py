@@ -28,7 +28,9 @@ def check_real(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """`value` as a finite float in the interval low..high (open ends as asked)."""
+    """`value` as a finite float in the interval low..high (open ends as asked; an infinite
+    end is open whatever is asked, as only finite values pass)."""
+    low_open, high_open = low_open or low == -math.inf, high_open or high == math.inf
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from rgtp.core.checks import check_real
+from rgtp.core.checks import check_int, check_real
 from rgtp.core.selection import FixedKeep
 
 if TYPE_CHECKING:
@@ -61,7 +61,11 @@ class LatencyBudget:
         return fitting[-1] if fitting else buckets[0]
 
     def observe(self, k: int, ms: float) -> None:
-        """A step with `k` tokens took `ms` milliseconds (called by the stream)."""
+        """A step with `k` tokens took `ms` milliseconds (called by the stream). ValueError
+        for a time that is not a positive finite number: one NaN or Inf would stay in the
+        running slowdown and every later estimate."""
+        check_int("tokens kept (k)", k, 1)
+        check_real("step time (ms)", ms, 0.0, float("inf"), low_open=True)
         with self._lock:
             base = self.baseline.setdefault(k, ms / self.slowdown)
             deviation = ms / base - self.slowdown

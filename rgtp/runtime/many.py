@@ -20,6 +20,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from rgtp.runtime.stream import Stream, UserHead, _Work, run_stage
 
 
@@ -39,6 +41,9 @@ class StepManyError(RuntimeError):
         self.results, self.errors = results, errors
 
 
+# Under inference mode as `Stream.step`: a stream's buffers are inference tensors once a
+# step wrote them, and only inference mode may update them in place.
+@torch.inference_mode()
 def step_many(
     streams: Sequence[Stream], frames: Sequence[object], head: UserHead | None = None
 ) -> list[Any]:
