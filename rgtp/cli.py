@@ -638,6 +638,39 @@ def cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    port = _int_at_least(1)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port (1..65535), got {text!r}")
+    return port
+
+
+@command
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rgtp.serving.server import TritonServer, serve
+
+    def ready(server: TritonServer) -> None:
+        assert server.process is not None
+        print(
+            f"tritonserver ready (pid {server.process.pid}), serving "
+            f"{', '.join(server.models)} from {server.repository}: HTTP {server.http_url}, "
+            f"gRPC {server.grpc_url}, metrics http://{server.metrics_url}/metrics; log "
+            f"{server.log_path}; SIGTERM or Ctrl-C stops it",
+            flush=True,
+        )
+
+    server = TritonServer(
+        args.repository,
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        address=args.address,
+        env=args.env,
+    )
+    return serve(server, ready)
+
+
 def _pipeline(
     args: argparse.Namespace, model, buckets: list[int], schedules: Sequence[Sequence[int]] = ()
 ):
@@ -1136,6 +1169,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_stream_flags(p, latency_budget=False)
     p.add_argument("--force", action="store_true", help="replace a repository rgtp wrote there")
+
+    p = sub.add_parser(
+        "serve", help="run Triton on a repository rgtp triton wrote, until SIGTERM or Ctrl-C"
+    )
+    p.add_argument("repository", help="the model repository (rgtp triton --out)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="the address HTTP, gRPC and metrics listen on (0.0.0.0: every interface)",
+    )
+    p.add_argument("--http-port", type=_port, default=8000)
+    p.add_argument("--grpc-port", type=_port, default=8001)
+    p.add_argument("--metrics-port", type=_port, default=8002)
+    p.add_argument(
+        "--env",
+        metavar="DIR",
+        default=None,
+        help="the Python environment tritonserver and its Python backend stub come from "
+        "(rgtp, numpy<2, nvidia-pytriton: make serve-env builds .venv-serve); default "
+        "$RGTP_SERVE_ENV, else this Python's if it can host the stub, else the checkout's "
+        ".venv-serve",
+    )
     return parser
 
 

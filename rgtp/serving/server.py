@@ -1,57 +1,104 @@
-"""The Triton server that `nvidia-pytriton` bundles, started directly on a model repository:
-loopback ports (free ones unless given), the Python backend with the stub built for this
-interpreter's Python version, and this interpreter's libpython for the stub to run.
+"""tritonserver on a model repository `rgtp triton` wrote, run from the serve environment
+(`rgtp.serving.environment`), and `serve`, which keeps it up until a signal stops it
+(`rgtp serve`).
 
-`TritonServer` is a context manager: entering waits until the server is ready (or raises
-with the end of its log), leaving stops it with SIGTERM (SIGKILL after `stop_timeout_s`),
-sweeps up any process it left in its process group, and deletes its backend directory.
+`TritonServer` is a context manager. Entering it
+- checks that its ports are free on its address (an error names the taken one),
+- starts tritonserver in a process group of its own (the backend stubs it forks join it)
+  with a server id of its own (`--id`), which also prefixes its shared-memory regions,
+- waits until *this* process is ready: the server that answers on the HTTP and gRPC ports
+  reports this id, and serves every model of the repository with the parameters of its
+  `config.pbtxt` (the settings and the package digest `rgtp triton` wrote); another server
+  answering there, or tritonserver's own exit ("already in use"), is an error.
+Leaving it sends SIGTERM (SIGKILL after `stop_timeout_s`), kills what is left of the group,
+and removes its temporary directory and any shared-memory region it left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import errno
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from rgtp.serving.environment import serve_environment
 
 LOOPBACK = "127.0.0.1"
+SHARED_MEMORY = Path("/dev/shm")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Requests to our own loopback server must not go through an http_proxy of the caller's.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ServerError(RuntimeError):
-    """The bundled server is missing, or did not start or stop as it should."""
+    """The server could not start, did not start as this repository's, or did not stop."""
 
 
-def bundled_server() -> Path:
-    """The `tritonserver` directory inside the installed nvidia-pytriton wheel."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or spec.origin is None:
-        raise ServerError(
-            "the Triton server comes with nvidia-pytriton, which is not installed: "
-            "pip install -e '.[serve]' (make setup does)"
-        )
-    return Path(spec.origin).parent / "tritonserver"
+class Stopped(BaseException):
+    """A stop signal arrived; a BaseException like KeyboardInterrupt, so that no `except
+    Exception` on the way swallows it."""
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
+def free_port(address: str = LOOPBACK) -> int:
+    """A TCP port on `address` that nothing listens on now."""
+    with socket.socket(_family(address)) as s:
+        s.bind((address, 0))
         return s.getsockname()[1]
 
 
+def check_ports(address: str, ports: dict[str, int]) -> None:
+    """Raise ServerError naming the first of `ports` ({"http": 8000, ...}) that cannot be
+    listened on at `address` (another server holds it, or it is not ours to bind)."""
+    if len(set(ports.values())) < len(ports):
+        raise ServerError(f"the ports must differ: {_named(ports)}")
+    for kind, port in ports.items():
+        with socket.socket(_family(address)) as s:
+            # as tritonserver binds: a port whose old connections wait in TIME_WAIT is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((address, port))
+                s.listen()
+            except OSError as e:
+                hint = " (another server?)" if e.errno == errno.EADDRINUSE else ""
+                raise ServerError(
+                    f"cannot listen on the {kind} port {port} at {address}: {e.strerror}"
+                    f"{hint}; choose another with --{kind}-port"
+                ) from None
+
+
+def repository_models(repository: Path) -> dict[str, dict[str, str]]:
+    """{model name: its config.pbtxt's parameters} for every model of `repository`."""
+    models = {}
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        cfg = text_format.Parse(config.read_text(), mc.ModelConfig())
+        models[cfg.name or config.parent.name] = {
+            k: v.string_value for k, v in cfg.parameters.items()
+        }
+    if not models:
+        raise ServerError(f"{repository} holds no model (no */config.pbtxt); see rgtp triton")
+    return models
+
+
 class TritonServer:
-    """tritonserver on `repository` (see the module docstring). Ports: None picks free ones.
+    """tritonserver on `repository` (see the module docstring), listening on `address`;
+    ports None pick free ones; `env` names the serve environment (None: the default one).
     `http_url`, `grpc_url` and `metrics_url` are host:port for the clients."""
 
     def __init__(
@@ -62,30 +109,36 @@ class TritonServer:
         metrics_port: int | None = None,
         ready_timeout_s: float = 180.0,
         stop_timeout_s: float = 30.0,
+        address: str = LOOPBACK,
+        env: str | Path | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServerError(f"{repository}: no such model repository (see rgtp triton)")
+        self.models = repository_models(self.repository)
+        self.environment = serve_environment(env)
+        self.address = address
         self.ports = {
-            "http": http_port or free_port(),
-            "grpc": grpc_port or free_port(),
-            "metrics": metrics_port or free_port(),
+            "http": http_port or free_port(address),
+            "grpc": grpc_port or free_port(address),
+            "metrics": metrics_port or free_port(address),
         }
+        self.id = f"rgtp-{secrets.token_hex(6)}"
         self.ready_timeout_s, self.stop_timeout_s = ready_timeout_s, stop_timeout_s
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
 
     @property
     def http_url(self) -> str:
-        return f"{LOOPBACK}:{self.ports['http']}"
+        return _host_port(self.address, self.ports["http"])
 
     @property
     def grpc_url(self) -> str:
-        return f"{LOOPBACK}:{self.ports['grpc']}"
+        return _host_port(self.address, self.ports["grpc"])
 
     @property
     def metrics_url(self) -> str:
-        return f"{LOOPBACK}:{self.ports['metrics']}"
+        return _host_port(self.address, self.ports["metrics"])
 
     @property
     def log_path(self) -> Path | None:
@@ -93,31 +146,32 @@ class TritonServer:
 
     def command(self, backends: Path) -> list[str]:
         return [
-            str(bundled_server() / "bin" / "tritonserver"),
+            str(self.environment.server),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
-            f"--http-address={LOOPBACK}",
-            f"--http-port={self.ports['http']}",
-            f"--grpc-address={LOOPBACK}",
-            f"--grpc-port={self.ports['grpc']}",
-            f"--metrics-address={LOOPBACK}",
-            f"--metrics-port={self.ports['metrics']}",
+            f"--id={self.id}",
+            f"--backend-config=python,shm-region-prefix-name={self.id}-",
+            *(
+                f"--{kind}-{option}={value}"
+                for kind, port in self.ports.items()
+                for option, value in (("address", self.address), ("port", port))
+            ),
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={max(1, round(self.stop_timeout_s / 2))}",
         ]
 
     def start(self) -> TritonServer:
-        self.workdir = Path(tempfile.mkdtemp(prefix="rgtp-triton-"))
+        check_ports(self.address, self.ports)
         try:
-            backends = _backend_directory(self.workdir)
+            self.workdir = Path(tempfile.mkdtemp(prefix="rgtp-triton-"))
+            backends = self._backend_directory()
             with open(self.log_path, "wb") as log:
-                # Its own process group: the backend stubs it forks are swept up with it.
                 self.process = subprocess.Popen(
                     self.command(backends),
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=_environment(),
-                    start_new_session=True,
+                    env=self.environment.server_environment(dict(os.environ)),
+                    start_new_session=True,  # its own process group, stubs included
                 )
             self._wait_ready()
         except BaseException:
@@ -125,26 +179,92 @@ class TritonServer:
             raise
         return self
 
+    def _backend_directory(self) -> Path:
+        """The Python backend with the stub of the environment's Python version (the wheel
+        keeps one stub per version apart from the backend)."""
+        assert self.workdir is not None
+        python = self.workdir / "backends" / "python"
+        python.mkdir(parents=True)
+        shipped = self.environment.triton / "backends" / "python"
+        for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            (python / name).symlink_to(shipped / name)
+        shutil.copy2(self.environment.stub, python / self.environment.stub.name)
+        return python.parent
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
-        url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
+        while True:
             assert self.process is not None
             if self.process.poll() is not None:
+                raise ServerError(self._exit_reason(self.process.returncode))
+            waiting = self._waiting_for()
+            if waiting is None:
+                return
+            if time.monotonic() > deadline:
                 raise ServerError(
-                    f"tritonserver exited with status {self.process.returncode} before it was "
-                    f"ready:\n{self.log_tail()}"
+                    f"tritonserver was not ready after {self.ready_timeout_s:g} s ({waiting}):"
+                    f"\n{self.log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
             time.sleep(0.2)
-        raise ServerError(
-            f"tritonserver was not ready after {self.ready_timeout_s:g} s:\n{self.log_tail()}"
+
+    def _waiting_for(self) -> str | None:
+        """What the server is not ready with yet; None once it is. Raises ServerError when
+        another server answers on its ports or its models differ from the repository's."""
+        http = f"http://{self.http_url}/v2"
+        try:
+            self._check_id("http", json.loads(_get(http))["name"])
+            _get(f"{http}/health/ready")  # 200 once every model has loaded
+            for name, parameters in self.models.items():
+                config = json.loads(_get(f"{http}/models/{name}/config"))
+                served = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+                differ = sorted(
+                    k for k in {*served, *parameters} if served.get(k) != parameters.get(k)
+                )
+                if differ:
+                    raise ServerError(
+                        f"the server serves a model {name} other than the repository's: its "
+                        f"parameters {', '.join(differ)} differ from "
+                        f"{self.repository / name / 'config.pbtxt'}"
+                    )
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            return f"HTTP: {e}"
+        return self._grpc_waiting_for()
+
+    def _grpc_waiting_for(self) -> str | None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        client = grpcclient.InferenceServerClient(
+            self.grpc_url, channel_args=[("grpc.enable_http_proxy", 0)]
         )
+        try:
+            self._check_id("grpc", client.get_server_metadata().name)
+        except InferenceServerException as e:
+            return f"gRPC: {e}"
+        finally:
+            client.close()
+        return None
+
+    def _check_id(self, kind: str, answered: str) -> None:
+        if answered != self.id:
+            raise ServerError(
+                f"the {kind} port {self.ports[kind]} at {self.address} is answered by another "
+                f"server ({answered!r}, not this one's {self.id!r}); stop it or choose another "
+                f"--{kind}-port"
+            )
+
+    def _exit_reason(self, status: int) -> str:
+        log = self.log_tail()
+        # (the port was taken after check_ports found it free)
+        taken = re.search(r"Socket '(\S+):(\d+)' already in use", log)
+        if taken is not None:
+            kind = {p: k for k, p in self.ports.items()}.get(int(taken[2]), "a")
+            return (
+                f"tritonserver exited with status {status}: the {kind} port {taken[2]} at "
+                f"{taken[1]} is already in use (another server?); choose another with "
+                f"--{kind}-port"
+            )
+        return f"tritonserver exited with status {status} before it was ready:\n{log}"
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -153,7 +273,7 @@ class TritonServer:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
-        """Stop the server and every process of its group; idempotent."""
+        """Stop the server and every process of its group, remove its files; idempotent."""
         process, self.process = self.process, None
         if process is not None:
             if process.poll() is None:
@@ -164,6 +284,9 @@ class TritonServer:
                     process.kill()
                     process.wait()
             _end_group(process.pid)
+        # (a stub killed, not stopped, leaves its regions behind)
+        for region in SHARED_MEMORY.glob(f"{self.id}-*"):
+            region.unlink(missing_ok=True)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -180,6 +303,35 @@ class TritonServer:
         self.stop()
 
 
+def serve(server: TritonServer, on_ready: Callable[[TritonServer], None]) -> int:
+    """Start `server`, call `on_ready`, and keep it up until SIGTERM, SIGINT (Ctrl-C) or
+    SIGHUP; then stop it (its whole group, its files) and return 0. Raises ServerError if
+    it does not start or exits by itself. Main thread only (it handles the signals)."""
+    previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}
+    try:
+        with server:
+            on_ready(server)
+            assert server.process is not None
+            status = server.process.wait()
+            raise ServerError(
+                f"tritonserver exited by itself with status {status}:\n{server.log_tail()}"
+            )
+    except Stopped as e:
+        print(f"{e}: tritonserver stopped", file=sys.stderr)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # Further signals are ignored: the stop that this one starts must finish, or the group
+    # and its files outlive us.
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
 def _end_group(group: int, timeout_s: float = 10.0) -> None:
     """Kill what is left of process group `group` (a stub the server left behind) and wait
     until it is gone (its processes reaped by whoever adopted them)."""
@@ -192,27 +344,22 @@ def _end_group(group: int, timeout_s: float = 10.0) -> None:
         raise ServerError(f"processes of tritonserver's group {group} outlived SIGKILL")
 
 
-def _backend_directory(workdir: Path) -> Path:
-    """A backend directory with the Python backend and the stub of this Python version (the
-    wheel keeps one stub per version apart from the backend)."""
-    root = bundled_server()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ServerError(f"nvidia-pytriton has no Python backend stub for Python {version}")
-    python = workdir / "backends" / "python"
-    python.mkdir(parents=True)
-    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        (python / name).symlink_to(root / "backends" / "python" / name)
-    shutil.copy2(stub, python / stub.name)
-    return python.parent
+def _get(url: str) -> bytes:
+    """The body of a 200 answer to GET `url`; raises URLError for any other."""
+    with _DIRECT.open(url, timeout=5) as response:
+        return response.read()
 
 
-def _environment() -> dict[str, str]:
-    """The server's environment: the wheel's libraries, and this interpreter's libpython
-    for the stub (which links libpython by name) to run the same Python as this one."""
-    libs = bundled_server().parent.parent / "nvidia_pytriton.libs"
-    paths = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in [*paths, env.get("LD_LIBRARY_PATH", "")] if p)
-    return env
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _host_port(address: str, port: int) -> str:
+    """Where a client on this machine reaches `address`:`port` (a wildcard address is
+    reached on loopback)."""
+    host = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(address, address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _named(ports: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {port}" for kind, port in ports.items())
