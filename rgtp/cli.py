@@ -624,11 +624,13 @@ def cmd_triton(args: argparse.Namespace) -> int:
         backend=args.backend,
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout,
+        float_scale=args.float_scale,
         keep=args.k,
         mass=args.mass,
         reset_every=args.reset_every,
         reset=args.reset,
         radius=args.radius,
+        **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
     )
     model = write_repository(args.package, args.out, settings, force=args.force)
     print(
@@ -1166,6 +1168,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="S",
         help="seconds without a request after which a sequence's stream is freed",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_int_at_least(1),
+        default=None,
+        help="the largest frame (height x width) a request may carry; larger ones are "
+        "refused before they are read (default: 4K UHD, 3840 x 2160)",
+    )
+    p.add_argument(
+        "--float-scale",
+        type=float,
+        default=None,
+        help="read FRAME_FLOAT values as pixel = value * SCALE (255 for [0, 1], 1 for "
+        "[0, 255]); default: float frames are refused",
     )
     _add_stream_flags(p, latency_budget=False)
     p.add_argument("--force", action="store_true", help="replace a repository rgtp wrote there")

@@ -1,11 +1,15 @@
 """Serving without a server: the stream per sequence (`rgtp.serving.sequences`), the
 generated `config.pbtxt`, and how `rgtp triton` writes, refuses and verifies a repository.
-The real server runs in tests/test_triton_server.py."""
+The real server runs in tests/test_triton_server.py; frame indices and retries, both
+families and the settings checked against a package in tests/test_serving_*.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import site
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +17,12 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+import rgtp
 from rgtp.cli import main
 from rgtp.models.manifest import ManifestError
 from rgtp.runtime import FrameError, Pipeline
 from rgtp.serving import (
+    CapacityError,
     RepositoryError,
     RequestError,
     SequenceError,
@@ -26,7 +32,9 @@ from rgtp.serving import (
     write_repository,
 )
 from rgtp.serving import repository as repository_module
+from rgtp.serving.model_config import PACKAGE_PARAMETER
 from rgtp.serving.repository import MARKER, PACKAGE_DIR, VERSION
+from rgtp.serving.sequences import error_status
 from tests.conftest import moving_frames
 
 SIZE = 224
@@ -61,6 +69,7 @@ def settings(pipe: Pipeline, **kw: object) -> ServingSettings:
             "idle_timeout_s": 10.0,
             "max_streams": 2,
             "score_threshold": SCORE,
+            "float_scale": 1.0,
         }
         | kw
     )
@@ -86,11 +95,19 @@ def assert_outputs_equal(out: dict, want) -> None:
 
 
 def test_interleaved_sequences_and_one_execute_of_several_equal_their_own_streams(
-    pipe, frames
+    pipe, frames, monkeypatch
 ) -> None:
     s = settings(pipe)
     want = reference(pipe, s, frames)
     table = StreamTable(pipe, s)
+    calls = []
+    step_many = pipe.step_many
+
+    def counted(streams, frames):
+        calls.append(len(streams))
+        return step_many(streams, frames)
+
+    monkeypatch.setattr(pipe, "step_many", counted)
     # two sequences over the same frames, frame t of both in one execute
     for t, frame in enumerate(frames):
         last = t == len(frames) - 1
@@ -101,7 +118,9 @@ def test_interleaved_sequences_and_one_execute_of_several_equal_their_own_stream
         # streams open after each request: the first START, both, the first END
         expected = [1, 2] if t == 0 else [1, 0] if last else [2, 2]
         assert [o["STREAMS"][0, 0] for o in outs] == expected
+        assert [o["STEP"][0, 0] for o in outs] == [t, t]
     assert len(table) == 0
+    assert calls == [2] * len(frames)  # both streams of an execute in one step_many call
 
 
 def test_a_request_without_start_for_an_unknown_id_is_refused(pipe, frames) -> None:
@@ -112,7 +131,7 @@ def test_a_request_without_start_for_an_unknown_id_is_refused(pipe, frames) -> N
 
 
 def test_bad_requests_get_errors_and_leave_every_stream_intact(pipe, frames) -> None:
-    s = settings(pipe)
+    s = settings(pipe, max_pixels=300 * 300)
     want = reference(pipe, s, frames)
     table = StreamTable(pipe, s)
     table.execute([request(1, frames[0], start=True), request(2, frames[0], start=True)])
@@ -134,18 +153,45 @@ def test_bad_requests_get_errors_and_leave_every_stream_intact(pipe, frames) -> 
         (request(1, frames[2][..., :2]), FrameError, r"frame has shape \(224, 224, 2\)"),
         (request(1, frames[2].astype(np.int32)), FrameError, "frame dtype int32 is not accepted"),
         (request(1, nan, name="FRAME_FLOAT"), FrameError, "frame has NaN values"),
+        (
+            request(1, np.zeros((1, 0, 3), np.uint8)),
+            FrameError,
+            r"frame has no pixels: shape \(1, 0, 3\)",
+        ),
+        (
+            request(1, np.zeros((300, 301, 3), np.uint8)),
+            RequestError,
+            r"FRAME is 300 x 301 = 90300 pixels, more than this model reads \(90000 pixels",
+        ),
+        (
+            SequenceRequest(
+                1,
+                False,
+                False,
+                {"FRAME": frames[2][None], "FRAME_INDEX": -np.ones((1, 1), np.int64)},
+            ),
+            RequestError,
+            r"FRAME_INDEX is int64 of shape \[1, 1\] with values \[-1\]: expected one int64 >= 0",
+        ),
     ]
     outs = table.execute([b[0] for b in bad] + [request(2, frames[2])])
     for out, (_, error, message) in zip(outs, bad, strict=False):
         assert isinstance(out, error), out
         assert re.search(message, str(out)), str(out)
+        assert error_status(out) == "INVALID_ARG"
     assert_outputs_equal(outs[-1], want[2])  # the other stream, in the same execute
     for t in range(2, len(frames)):  # the refused frames changed nothing in stream 1
         (out,) = table.execute([request(1, frames[t])])
         assert_outputs_equal(out, want[t])
-    # float frames are pixel values in [0, 255], like uint8 ones
+    # float frames: pixel = value * the repository's float scale (1 here)
     (out,) = table.execute([request(2, frames[3].astype(np.float32), name="FRAME_FLOAT")])
     assert_outputs_equal(out, want[3])
+    unscaled = StreamTable(pipe, settings(pipe, float_scale=None))
+    (refused,) = unscaled.execute(
+        [request(3, frames[0] / np.float32(255), True, name="FRAME_FLOAT")]
+    )
+    assert isinstance(refused, FrameError) and error_status(refused) == "INVALID_ARG"
+    assert "float32 frame refused: the stream was opened without float_scale" in str(refused)
 
 
 def test_end_and_idle_timeout_free_streams_and_max_streams_holds(pipe, frames) -> None:
@@ -153,8 +199,10 @@ def test_end_and_idle_timeout_free_streams_and_max_streams_holds(pipe, frames) -
     table = StreamTable(pipe, settings(pipe, idle_timeout_s=5.0), clock)
     table.execute([request(1, frames[0], start=True), request(2, frames[0], start=True)])
     (full,) = table.execute([request(3, frames[0], start=True)])
-    assert isinstance(full, SequenceError)
+    assert isinstance(full, CapacityError) and error_status(full) == "UNAVAILABLE"
     assert "2 streams are open, the most this model holds (max streams 2)" in str(full)
+    (after,) = table.execute([request(3, frames[1])])  # a refused START opened nothing
+    assert isinstance(after, SequenceError) and "sequence 3 has no stream" in str(after)
     clock.now = 4.0
     table.execute([request(1, frames[1])])  # 1 seen at 4 s, 2 last at 0 s
     clock.now = 5.5
@@ -194,22 +242,53 @@ def test_the_repository_layout_and_its_config(package, tmp_path) -> None:
     assert (cfg.name, cfg.backend, cfg.max_batch_size) == (model.name, "python", 4)
     seq = cfg.sequence_batching
     assert seq.WhichOneof("strategy_choice") == "oldest"
-    assert seq.oldest.max_candidate_sequences == 4
-    assert seq.max_sequence_idle_microseconds == 2_500_000
+    # Triton keeps 4x the slots, so every START reaches the model, and frees an idle slot
+    # after twice the model's timeout, so the model frees its stream first
+    assert seq.oldest.max_candidate_sequences == 16
+    assert seq.oldest.max_queue_delay_microseconds == 0
+    assert seq.max_sequence_idle_microseconds == 5_000_000
     assert [c.name for c in seq.control_input] == ["START", "END"]
-    assert {i.name: i.optional for i in cfg.input} == {"FRAME": True, "FRAME_FLOAT": True}
+    assert {i.name: i.optional for i in cfg.input} == {
+        "FRAME": True,
+        "FRAME_FLOAT": True,
+        "FRAME_INDEX": True,
+    }
     assert [o.name for o in cfg.output] == [
-        *("BOXES", "SCORES", "LABELS", "K", "KEEP", "TIMINGS", "STREAMS")
+        *("BOXES", "SCORES", "LABELS", "K", "KEEP", "STEP", "TIMINGS", "STREAMS")
     ]
     assert ServingSettings.from_json(cfg.parameters["rgtp_settings"].string_value) == s
-    sys_path = json.loads(cfg.parameters["rgtp_sys_path"].string_value)
-    assert Path(sys_path[0], "rgtp", "serving", "sequences.py").is_file()
+    assert set(cfg.parameters) == {"rgtp_settings", PACKAGE_PARAMETER}
+    digest = hashlib.sha256((package / "manifest.json").read_bytes()).hexdigest()
+    assert cfg.parameters[PACKAGE_PARAMETER].string_value == digest
     version = model / VERSION
     assert (version / "model.py").read_text() == repository_module.TEMPLATE.read_text()
     assert sorted(p.name for p in (version / PACKAGE_DIR).iterdir()) == sorted(
         p.name for p in package.iterdir()
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+    # every file in the marker with its sha256
+    marker = json.loads((tmp_path / "repo" / MARKER).read_text())
+    files = sorted(p for p in (tmp_path / "repo").rglob("*") if p.is_file() and p.name != MARKER)
+    assert marker["files"] == {
+        p.relative_to(tmp_path / "repo").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+    }
+
+
+def test_a_repository_names_no_path_of_the_machine_that_wrote_it(package, tmp_path) -> None:
+    model = write_repository(package, tmp_path / "repo", ServingSettings(keep=64))
+    paths = {
+        str(Path(rgtp.__file__).resolve().parents[1]),
+        sys.prefix,
+        sys.base_prefix,
+        str(Path.home()),
+        str(tmp_path),
+        *site.getsitepackages(),
+    }
+    for file in model.parent.rglob("*"):
+        if file.is_file() and file.suffix in (".pbtxt", ".py", ".json"):
+            text = file.read_text()
+            assert not [p for p in paths if p in text], file
 
 
 def test_a_changed_package_file_is_refused_at_write_and_at_load(package, tmp_path) -> None:
@@ -248,8 +327,27 @@ def test_where_a_repository_may_be_written(package, tmp_path, monkeypatch) -> No
     write_repository(package, repo, ServingSettings(keep=128), force=True)
     assert '\\"keep\\": 128' in (repo / "rgtp_vitdet-small" / "config.pbtxt").read_text()
     (repo / "extra.txt").write_text("mine")
-    with pytest.raises(RepositoryError, match=r"files it did not \(extra.txt\)"):
+    with pytest.raises(RepositoryError, match=r"files it did not write.*\(extra.txt\)"):
         write_repository(package, repo, s, force=True)
+    # a marker that lists a user's file cannot make --force delete it: its sha256 is not
+    # the one listed, and a file rgtp wrote that changed since is kept too
+    marker = json.loads((repo / MARKER).read_text())
+    marker["files"]["extra.txt"] = "0" * 64
+    (repo / MARKER).chmod(0o644)
+    (repo / MARKER).write_text(json.dumps(marker))
+    config = repo / "rgtp_vitdet-small" / "config.pbtxt"
+    config.chmod(0o644)
+    config.write_text(config.read_text() + "# mine\n")
+    with pytest.raises(RepositoryError, match=r"\(extra.txt, rgtp_vitdet-small/config.pbtxt\)"):
+        write_repository(package, repo, s, force=True)
+    assert (repo / "extra.txt").read_text() == "mine" and "# mine" in config.read_text()
+    (repo / "extra.txt").unlink()
+    config.write_text(config.read_text().replace("# mine\n", ""))
+    pycache = repo / "rgtp_vitdet-small" / VERSION / "__pycache__"
+    pycache.mkdir()
+    (pycache / "model.cpython-311.pyc").write_bytes(b"compiled")  # as the stub leaves it
+    write_repository(package, repo, s, force=True)
+    assert not pycache.exists()
     monkeypatch.chdir(repo)
     with pytest.raises(RepositoryError, match="it is the working directory"):
         write_repository(package, ".", s, force=True)

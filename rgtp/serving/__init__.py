@@ -3,11 +3,12 @@ exported package (`rgtp triton`), the Python-backend model that holds one stream
 sequence, and the bundled server to run it on."""
 
 from rgtp.serving.repository import RepositoryError, write_repository
-from rgtp.serving.sequences import SequenceError, SequenceRequest, StreamTable
+from rgtp.serving.sequences import CapacityError, SequenceError, SequenceRequest, StreamTable
 from rgtp.serving.settings import ServingSettings
 from rgtp.serving.tensors import RequestError
 
 __all__ = [
+    "CapacityError",
     "RepositoryError",
     "RequestError",
     "SequenceError",

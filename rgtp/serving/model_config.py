@@ -3,28 +3,34 @@
 is written, and read back from its text to check that the file says what was built.
 
 The model is a stateful Python-backend model under Triton's sequence batcher with the
-`oldest` strategy: the requests of up to `max_streams` sequences may reach one `execute`
-call together (one request per sequence), frames of any size (ragged) included.
+`oldest` strategy, set so that Triton's sequence slots and the model's streams agree
+(`rgtp.serving.sequences` gives the reasons):
+    max_batch_size                   max_streams: one request per open sequence an execute
+    oldest.max_candidate_sequences   SLOTS_PER_STREAM x max_streams: every START reaches
+                                     the model (none waits in Triton's backlog); the model
+                                     refuses those beyond max_streams at once
+    oldest.max_queue_delay_microseconds  0: batch what is waiting, never wait for more
+    max_sequence_idle_microseconds   TRITON_IDLE_FACTOR x the idle timeout: the model frees
+                                     an idle stream first, Triton its slot after
+Frames of any size (ragged) may share an execute. Nothing in it names a path of the
+machine that wrote it: the Python environment that runs the backend stub provides rgtp.
 """
 
 from __future__ import annotations
-
-import json
-from collections.abc import Sequence
 
 import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import Error as ProtobufError
 from tritonclient.grpc import model_config_pb2 as mc
 
+from rgtp.serving.sequences import SLOTS_PER_STREAM, TRITON_IDLE_FACTOR
 from rgtp.serving.settings import ServingSettings
-from rgtp.serving.tensors import FRAME_INPUTS, OUTPUTS
+from rgtp.serving.tensors import FRAME_INDEX, FRAME_INPUTS, outputs
 
 SETTINGS_PARAMETER = "rgtp_settings"  # ServingSettings as JSON
-SYS_PATH_PARAMETER = "rgtp_sys_path"  # JSON list of directories the model puts on sys.path
-# The Python backend runs its stub inside this environment (its bin/activate), so that the
-# stub's interpreter imports numpy and the rest from it before model.py runs.
-ENV_PARAMETER = "EXECUTION_ENV_PATH"
+# sha256 (hex) of the served package's manifest.json: which package the model serves, for
+# a client or a readiness check to compare with its own copy (Triton's model metadata).
+PACKAGE_PARAMETER = "rgtp_package_sha256"
 
 _DATA_TYPES = {
     np.dtype(np.uint8): mc.TYPE_UINT8,
@@ -40,13 +46,10 @@ class ModelConfigError(ValueError):
 
 
 def model_config(
-    name: str,
-    settings: ServingSettings,
-    sys_path: Sequence[str],
-    env_path: str | None,
+    name: str, settings: ServingSettings, family: str, package_sha256: str
 ) -> mc.ModelConfig:
-    """The configuration of model `name` serving with `settings`; its stub puts `sys_path`
-    on `sys.path` and runs in the Python environment `env_path` (None: the stub's own)."""
+    """The configuration of model `name`, of model family `family`, serving with `settings`
+    the package whose manifest has digest `package_sha256`."""
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=settings.max_streams)
     for frame, dtype in FRAME_INPUTS.items():
         cfg.input.add(
@@ -56,12 +59,13 @@ def model_config(
             optional=True,  # one of the two per request; the model says which is missing
             allow_ragged_batch=True,
         )
-    for output, (dtype, dims) in OUTPUTS.items():
+    cfg.input.add(name=FRAME_INDEX, data_type=mc.TYPE_INT64, dims=[1], optional=True)
+    for output, (dtype, dims) in outputs(family).items():
         cfg.output.add(name=output, data_type=_DATA_TYPES[np.dtype(dtype)], dims=dims)
     seq = cfg.sequence_batching
-    seq.max_sequence_idle_microseconds = round(settings.idle_timeout_s * 1e6)
-    seq.oldest.max_candidate_sequences = settings.max_streams
-    seq.oldest.max_queue_delay_microseconds = 0  # batch what is waiting, never wait for more
+    seq.max_sequence_idle_microseconds = round(TRITON_IDLE_FACTOR * settings.idle_timeout_s * 1e6)
+    seq.oldest.max_candidate_sequences = SLOTS_PER_STREAM * settings.max_streams
+    seq.oldest.max_queue_delay_microseconds = 0
     for control, kind in (
         ("START", mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START),
         ("END", mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END),
@@ -73,9 +77,7 @@ def model_config(
         count=1, kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     )
     cfg.parameters[SETTINGS_PARAMETER].string_value = settings.to_json()
-    cfg.parameters[SYS_PATH_PARAMETER].string_value = json.dumps(list(sys_path))
-    if env_path is not None:
-        cfg.parameters[ENV_PARAMETER].string_value = env_path
+    cfg.parameters[PACKAGE_PARAMETER].string_value = package_sha256
     return cfg
 
 

@@ -1,30 +1,34 @@
-"""`rgtp triton`: a Triton model repository serving an exported package.
+"""`rgtp triton`: a Triton model repository serving an exported package (either family).
 
     REPO/
-      rgtp-triton.json            what rgtp wrote here (so a rewrite deletes nothing else)
+      rgtp-triton.json            what rgtp wrote here, with each file's sha256
       rgtp_<model>/
         config.pbtxt              generated (`rgtp.serving.model_config`), validated
         1/
           model.py                the Python-backend model (`rgtp/serving/backend_model.py`)
           package/                the package's files, verified again at every load
 
+Nothing in it names a path of the machine that wrote it (the Python environment that runs
+the backend stub provides rgtp), so it may be copied to the serving machine. The settings
+are checked against the package's plan before anything is written.
+
 The repository is written whole into a temporary directory beside REPO and renamed into
 place, so REPO never holds half a repository. REPO must be new, empty, or (with `force`) a
-repository an earlier `rgtp triton` wrote and holding nothing else.
+repository an earlier `rgtp triton` wrote and holding nothing else: every file in it listed
+by its marker with the sha256 it has now (the stub's compiled `__pycache__` aside), so no
+marker, however written, makes `force` delete a file rgtp did not write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
-import site
-import sys
 import tempfile
 from pathlib import Path
 
-import rgtp
 from rgtp.export.package import move_into_place, set_modes
-from rgtp.models.manifest import MANIFEST, Manifest, package_file
+from rgtp.models.manifest import MANIFEST, Manifest, package_file, sha256_file
 from rgtp.models.package_verify import verify_package
 from rgtp.serving.model_config import config_text, model_config
 from rgtp.serving.settings import ServingSettings
@@ -44,16 +48,10 @@ def model_name(manifest: Manifest) -> str:
     return f"rgtp_{manifest.plan.config.name}"
 
 
-def stub_sys_path() -> list[str]:
-    """What the model puts on the backend stub's sys.path: this rgtp's source tree and the
-    running interpreter's site-packages, so the stub imports the same code and libraries."""
-    return [str(Path(rgtp.__file__).resolve().parent.parent), *site.getsitepackages()]
-
-
-def stub_environment() -> str | None:
-    """The running Python environment, if it is one the Python backend can activate."""
-    prefix = Path(sys.prefix)
-    return str(prefix) if (prefix / "bin" / "activate").is_file() else None
+def package_digest(package: str | Path) -> str:
+    """sha256 (hex) of a package's manifest.json: it names every file's sha256, so it
+    identifies the whole package (the model config's `rgtp_package_sha256`)."""
+    return hashlib.sha256((Path(package) / MANIFEST).read_bytes()).hexdigest()
 
 
 def write_repository(
@@ -64,16 +62,12 @@ def write_repository(
     again before the repository is put in place."""
     package, out = Path(package), _destination(out, force)
     manifest = Manifest.load(package)
-    if manifest.plan.family.name != "detection":
-        raise RepositoryError(
-            f"{package} holds a {manifest.plan.family.name} model; rgtp serves detectors "
-            "(boxes, scores, labels per frame) from Triton"
-        )
     if settings.backend == "trt" and not manifest.extra.get("trt"):
         raise RepositoryError(
             f"{package} has no TensorRT plans; build them first (rgtp build {package} "
             "--backend trt) or serve another backend (--backend ort)"
         )
+    settings.check_against(manifest.plan)
     verify_package(package, manifest)
     name = model_name(manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,9 +81,13 @@ def write_repository(
             shutil.copyfile(package_file(package, file), target)
         verify_package(copy, manifest)
         shutil.copyfile(TEMPLATE, version / "model.py")
-        cfg = model_config(name, settings, stub_sys_path(), stub_environment())
+        cfg = model_config(name, settings, manifest.plan.family.name, package_digest(copy))
         (tmp / name / "config.pbtxt").write_text(config_text(cfg))
-        written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        written = {
+            p.relative_to(tmp).as_posix(): sha256_file(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
         (tmp / MARKER).write_text(json.dumps({"model": name, "files": written}, indent=1))
         set_modes(tmp)
         move_into_place(tmp, out)
@@ -115,13 +113,14 @@ def _destination(out: str | Path, force: bool) -> Path:
     foreign = _foreign_files(path)
     if foreign is None:
         raise RepositoryError(
-            f"'{out}' is not empty and is not a repository rgtp wrote (no {MARKER}); rgtp "
-            "deletes nothing it did not write: name a new or empty directory"
+            f"'{out}' is not empty and is not a repository rgtp wrote (no readable {MARKER} "
+            "listing each file's sha256); rgtp deletes nothing it did not write: name a new "
+            "or empty directory"
         )
     if foreign:
         raise RepositoryError(
-            f"'{out}' holds a repository rgtp wrote and files it did not "
-            f"({', '.join(foreign[:5])}); move them out first"
+            f"'{out}' holds a repository rgtp wrote and files it did not write, or that "
+            f"changed since ({', '.join(foreign[:5])}); move them out first"
         )
     if not force:
         raise RepositoryError(f"'{out}' holds a repository rgtp wrote; pass --force to replace it")
@@ -129,15 +128,21 @@ def _destination(out: str | Path, force: bool) -> Path:
 
 
 def _foreign_files(repo: Path) -> list[str] | None:
-    """Files under `repo` its marker does not list; None without a readable marker."""
+    """Files under `repo` that its marker does not list with the sha256 they have now (and
+    any link, which rgtp never writes); None without a readable marker."""
     try:
-        own = set(json.loads((repo / MARKER).read_text())["files"]) | {MARKER}
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = json.loads((repo / MARKER).read_text())["files"]
+        own = {str(name): str(digest) for name, digest in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    # (the backend stub's Python caches the compiled model.py beside it)
-    files = (
-        p
-        for p in repo.rglob("*")
-        if (not p.is_dir() or p.is_symlink()) and "__pycache__" not in p.parts
-    )
-    return sorted(rel for p in files if (rel := p.relative_to(repo).as_posix()) not in own)
+    foreign = []
+    for p in sorted(repo.rglob("*")):
+        rel = p.relative_to(repo).as_posix()
+        if (p.is_dir() and not p.is_symlink()) or rel == MARKER:
+            continue
+        # (the backend stub's Python caches the compiled model.py beside it)
+        if p.parent.name == "__pycache__" and p.suffix == ".pyc" and not p.is_symlink():
+            continue
+        if p.is_symlink() or not p.is_file() or own.get(rel) != sha256_file(p):
+            foreign.append(rel)
+    return foreign
