@@ -599,7 +599,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("error: only --backend trt builds ahead of time (ort and torch need no build)")
         return 2
     options = BuildOptions(
-        fp16=args.fp16,
+        precision=args.precision,
         layout=args.layout,
         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
         mem_pool_size=args.mem_pool_size,
@@ -895,6 +895,7 @@ def cmd_finetune_temporal(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from rgtp.core.rollout import FUSIONS
     from rgtp.engines import BACKENDS, LAYOUTS
+    from rgtp.engines.trt_build import PRECISIONS
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
     from rgtp.models.flops import CONVENTIONS
     from rgtp.models.registry import model_names
@@ -1116,7 +1117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build TensorRT plans for an exported package")
     p.add_argument("package")
     p.add_argument("--backend", default="trt", choices=["trt"])
-    p.add_argument("--fp16", action="store_true")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32: float32 throughout (TF32 off); tf32: float32 with TF32 matmuls and "
+        "convolutions; fp16: float16 graphs, normalisations, Softmax and rollout rows in float32",
+    )
     p.add_argument(
         "--layout",
         default="per-stage",
@@ -1128,10 +1135,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--opt-batch",
         type=_int_at_least(1),
         default=1,
-        help="the streams per stage call the plans are tuned for (1: one stream's latency; "
-        "up to the package's --max-batch)",
+        help="the largest batch (streams per stage call) the stage plans take, and the one "
+        "they are tuned for: 1, what rgtp's TensorRT runtime runs (more only for plans "
+        "another runtime batches; up to the package's --max-batch)",
     )
-    p.add_argument("--timing-cache", default=None, help="timing cache file (read and updated)")
+    p.add_argument(
+        "--timing-cache",
+        default=None,
+        help="timing cache file, read before and written after the build (TensorRT; "
+        "TensorRT-RTX has none)",
+    )
     p.add_argument(
         "--mem-pool-size",
         type=_int_at_least(1),

@@ -4,7 +4,6 @@ the manifest and trtexec.sh describe every profile, and on a GPU the plans match
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import stat
 
@@ -12,8 +11,10 @@ import onnx
 import pytest
 import torch
 
-from rgtp.engines.trt_build import TRTEXEC_SCRIPT, BuildOptions, build_trt
+from rgtp.engines.trt_build import TRTEXEC_SCRIPT, BuildOptions, build_trt, plan_jobs, tool_for
+from rgtp.engines.trt_typed import typed_weights
 from rgtp.models.manifest import Manifest
+from tests.test_trt_recipes import check_script
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX builder not installed")
 
@@ -24,14 +25,6 @@ def onnx_input_shapes(path) -> dict[str, tuple]:
         i.name: tuple(d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim)
         for i in model.graph.input
     }
-
-
-def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for item in text.split(","):
-        name, dims = item.rsplit(":", 1)
-        out[name] = tuple(int(d) for d in dims.split("x"))
-    return out
 
 
 def assert_fits(shapes: dict[str, tuple], declared: dict[str, tuple], k: int | None):
@@ -96,36 +89,11 @@ def expected_profiles(pkg, onnx_file: str, max_batch: int, opt_batch: int = 1) -
     return [{"min": at(g, 1), "opt": at(g, opt_batch), "max": at(g, max_batch)} for g in graphs]
 
 
-def parse_trtexec(text: str) -> dict[str, dict]:
-    """The generated script, parsed: {plan file: {"onnx": source graph, "built": [(min, opt,
-    max) shapes per profile], "timed": [(profile index, shapes)]}}."""
-    plans: dict[str, dict] = {}
-    for line in text.splitlines():
-        if not line.startswith("trtexec "):
-            continue
-        flags = [a.removeprefix("--").split("=", 1) for a in shlex.split(line)[1:]]
-        values = [(f[0], f[1]) for f in flags if len(f) == 2]
-        args = dict(values)
-        if "onnx" in args:
-            shapes = {
-                k: [parse_shapes(v) for n, v in values if n == k]
-                for k in ("minShapes", "optShapes", "maxShapes")
-            }
-            plans.setdefault(args["saveEngine"], {"timed": []}).update(
-                onnx=args["onnx"],
-                built=list(zip(*shapes.values(), strict=True)),
-            )
-        else:
-            plans.setdefault(args["loadEngine"], {"timed": []})["timed"].append(
-                (int(args["profile"]), parse_shapes(args["shapes"]))
-            )
-    return plans
-
-
 def test_manifest_profiles_match_the_onnx_graphs(built) -> None:
+    """Profiles for one stream (the runtime's batch), not the package's max_batch."""
     pkg, info = built
-    max_batch = Manifest.load(pkg).plan.max_batch
-    assert max_batch > 1  # the stage profiles span batches
+    assert Manifest.load(pkg).plan.max_batch > 1
+    max_batch = 1
     for p in info["plans"]:
         shapes = [
             {which: {n: tuple(s) for n, s in inputs.items()} for which, inputs in profile.items()}
@@ -137,32 +105,73 @@ def test_manifest_profiles_match_the_onnx_graphs(built) -> None:
             assert [int(k) for k in ks] == [s["opt"]["keep"][1] for s in shapes]
 
 
-def test_trtexec_script_matches_the_onnx_graphs(built) -> None:
+def test_trtexec_script_parses_and_matches_the_onnx_graphs(built) -> None:
     pkg, info = built
-    script = parse_trtexec((pkg / TRTEXEC_SCRIPT).read_text())
+    tool = tool_for(info["flavor"], info["version"])
+    script = check_script((pkg / TRTEXEC_SCRIPT).read_text(), tool)
     graphs = {p.name for p in pkg.glob("*.onnx")}
     per_stage = info["layout"] == "per-stage"
-    assert {s["onnx"] for s in script.values()} == {
+    assert {s.onnx for s in script.values()} == {
         g for g in graphs if g.endswith("_kK.onnx") == per_stage or not g.startswith("stage")
     }
-    max_batch = Manifest.load(pkg).plan.max_batch
     for plan_file, s in script.items():
-        expected = expected_profiles(pkg, s["onnx"], max_batch)
-        if s["onnx"].startswith("stage"):  # one min/opt/max triple per profile: B spans
-            assert s["built"] == [(p["min"], p["opt"], p["max"]) for p in expected], plan_file
+        expected = expected_profiles(pkg, s.onnx, 1)
+        if s.onnx.startswith("stage"):  # one profile per K, for one stream
+            assert s.profiles == [(p["min"], p["opt"], p["max"]) for p in expected], plan_file
+            assert s.timed == [(i, p["opt"]) for i, p in enumerate(expected)], plan_file
         else:  # static graph: trtexec takes its shapes from the graph
-            assert s["built"] == [], plan_file
-        assert s["timed"] == [(i, p["opt"]) for i, p in enumerate(expected)], plan_file
+            assert s.profiles == [] and s.timed == [(None, {})], plan_file
         assert (pkg / plan_file).stat().st_size > 0
 
 
-def test_fp16_plans_convert(small_packages, tmp_path) -> None:
-    """A float16 build of one stage (strongly typed on TensorRT-RTX: converted graph)."""
+def test_fp16_plans_are_built_from_typed_graphs_kept_in_the_package(small_packages, tmp_path):
+    """A float16 build converts every graph (normalisations, Softmax and the rollout rows
+    stay float32), keeps the typed graphs it built from, and its script builds from them;
+    a rebuild at fp32 removes them."""
     pkg = tmp_path / "pkg"
     shutil.copytree(small_packages["b"][0], pkg)
-    info = build_trt(pkg, BuildOptions(fp16=True), progress=False)
-    assert info["precision"] == "fp16"
-    assert all((pkg / p["file"]).stat().st_size > 0 for p in info["plans"])
+    info = build_trt(pkg, BuildOptions(precision="fp16"), progress=False)
+    assert (info["precision"], info["tf32"]) == ("fp16", False)
+    m = Manifest.load(pkg)
+    typed = info["typed_graphs"]
+    assert set(typed) == {p["onnx"] for p in info["plans"]}
+    for src, half in typed.items():
+        assert half == f"trt/{src.removesuffix('.onnx')}.fp16.onnx"
+        graph = onnx.load(str(pkg / half), load_external_data=False)
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+        assert m.files[half]["sha256"] and m.files[typed_weights(half)]["sha256"]
+    for p in info["plans"]:
+        assert (pkg / p["file"]).stat().st_size > 0
+    tool = tool_for(info["flavor"], info["version"])
+    script = check_script((pkg / TRTEXEC_SCRIPT).read_text(), tool)
+    assert {s.onnx for s in script.values()} == set(typed.values())
+    info = build_trt(pkg, BuildOptions(precision="tf32"), progress=False)
+    assert (info["precision"], info["tf32"], info["typed_graphs"]) == ("fp32", True, {})
+    assert not list((pkg / "trt").glob("*.fp16.*"))
+    assert not any(".fp16." in f for f in Manifest.load(pkg).files)
+
+
+def test_fp32_plans_are_built_without_tf32_unless_asked(small_packages, tmp_path, monkeypatch):
+    from rgtp.engines import trt_build
+
+    flags = []
+    real = trt_build.PlanBuilder._config
+
+    def config(self, network, profiles):
+        made = real(self, network, profiles)
+        flags.append(made.get_flag(self.trt.BuilderFlag.TF32))
+        if self.flavor == "tensorrt_rtx":
+            assert made.get_flag(self.trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
+        return made
+
+    monkeypatch.setattr(trt_build.PlanBuilder, "_config", config)
+    # one plan is enough: the embed graph
+    monkeypatch.setattr(trt_build, "plan_jobs", lambda *a, **k: plan_jobs(*a, **k)[:1])
+    pkg = tmp_path / "pkg"
+    shutil.copytree(small_packages["b"][0], pkg)
+    for precision in ("fp32", "tf32", "fp16"):
+        build_trt(pkg, BuildOptions(precision=precision), progress=False)
+    assert flags == [False, True, False]
 
 
 def _trt_gpu_available() -> bool:
@@ -178,10 +187,10 @@ def _trt_gpu_available() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _trt_gpu_available(), reason="needs a CUDA GPU and TensorRT")
-@pytest.mark.parametrize("fp16", [False, True])
-def test_trt_matches_onnx_runtime_on_gpu(small_packages, tmp_path, fp16: bool) -> None:
-    """Same kept tokens and same detections as ORT, frame by frame. fp32 (TF32 inside
-    TensorRT) must keep exactly ORT's tokens; fp16 may swap a few near the top-K cut."""
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_trt_matches_onnx_runtime_on_gpu(small_packages, tmp_path, precision: str) -> None:
+    """Same kept tokens and same detections as ORT, frame by frame. fp32 (TF32 off) must
+    keep exactly ORT's tokens; fp16 may swap a few near the top-K cut."""
     from rgtp.core.selection import FixedKeep
     from rgtp.models.boxes import Detections
     from rgtp.runtime import Pipeline
@@ -189,7 +198,8 @@ def test_trt_matches_onnx_runtime_on_gpu(small_packages, tmp_path, fp16: bool) -
 
     pkg = tmp_path / "pkg"
     shutil.copytree(small_packages["a"][0], pkg)
-    build_trt(pkg, BuildOptions(fp16=fp16), progress=False)
+    build_trt(pkg, BuildOptions(precision=precision), progress=False)
+    fp16 = precision == "fp16"
     k = Manifest.load(pkg).plan.buckets[0]
     trt_stream = Pipeline.load(pkg, "trt", device="cuda").new_stream(policy=FixedKeep(k))
     ort_stream = Pipeline.load(pkg, "ort").new_stream(policy=FixedKeep(k))

@@ -1,7 +1,9 @@
 """The TensorRT runtime's own logic on the CPU, against fakes of TensorRT's engine and
 execution context that record every call: which buffer is bound where and when, the profile
 of every K, user-managed memory shared by a plan's contexts, every refusal of TensorRT turned
-into a clear EngineError, and two threads never interleaving on one plan.
+into a clear EngineError, two threads never interleaving on one plan, and CUDA graphs (the
+real `GraphCache` on fake CUDA graphs) each captured from a context of its own that nothing
+changes after its capture, captured one at a time in thread-local mode.
 
 (Nothing here runs TensorRT; `tests/test_trt.py` builds real plans and checks the plans'
 validation.)"""
@@ -13,12 +15,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
+from rgtp.engines import cuda_graphs
 from rgtp.engines.base import EngineError, EngineSet
+from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.engines.dtypes import dtype
 from rgtp.engines.trt_backend import trt_engine_set, warmup
 from rgtp.engines.trt_context import SharedPlan, TrtEngine
@@ -32,7 +36,65 @@ FAKE_TRT = SimpleNamespace(
         STATIC="STATIC", ON_PROFILE_CHANGE="ON_PROFILE_CHANGE", USER_MANAGED="USER_MANAGED"
     )
 )
+FAKE_RTX = SimpleNamespace(
+    ExecutionContextAllocationStrategy=FAKE_TRT.ExecutionContextAllocationStrategy,
+    DynamicShapesKernelSpecializationStrategy=SimpleNamespace(LAZY="LAZY", EAGER="EAGER"),
+)
 TRT_DTYPES = {"float32": "FLOAT", "int64": "INT64"}
+CAPTURE = threading.local()  # .graph: the FakeCUDAGraph this thread is capturing
+
+
+class FakeCUDAGraph:
+    """torch.cuda.CUDAGraph: what its capture enqueued, each context with the addresses it
+    was bound to then; a replay runs those again."""
+
+    def __init__(self) -> None:
+        self.enqueued: list[tuple[FakeContext, dict[str, int]]] = []
+
+    def replay(self) -> None:
+        for ctx, addresses in self.enqueued:
+            ctx.executed.append(dict(addresses))
+
+
+class FakeCapture:
+    """torch.cuda.graph: counts captures that overlap in time, records every mode."""
+
+    active = 0
+    overlaps = 0
+    modes: ClassVar[list[str]] = []
+
+    def __init__(
+        self, graph: FakeCUDAGraph, stream: Any = None, capture_error_mode: str = "global"
+    ):
+        self.graph = graph
+        FakeCapture.modes.append(capture_error_mode)
+
+    def __enter__(self) -> None:
+        FakeCapture.active += 1
+        FakeCapture.overlaps += FakeCapture.active > 1
+        CAPTURE.graph = self.graph
+        time.sleep(1e-4)  # let another thread in, if anything lets it
+
+    def __exit__(self, *exc: object) -> None:
+        CAPTURE.graph = None
+        FakeCapture.active -= 1
+
+
+class FakeCudaStream:
+    cuda_stream = 99
+
+    def __init__(self, device: Any = None) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """GraphCache's CUDA calls on the CPU (graphs, capture, its capture stream)."""
+    FakeCapture.active, FakeCapture.overlaps, FakeCapture.modes = 0, 0, []
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "CUDAGraph", FakeCUDAGraph)
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "graph", FakeCapture)
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "Stream", FakeCudaStream)
+    monkeypatch.setattr(cuda_graphs, "_capture_streams", {})  # no fake stream stays behind
 
 
 class FakeStreams:
@@ -78,6 +140,10 @@ class FakeEngine:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.owner: int | None = None  # the thread inside a run (bind ... execute)
         self.overlaps = 0
+        self.after_capture: list[tuple[int, str]] = []  # (context, call) changing a captured one
+        self.capturable = True  # TensorRT-RTX's is_stream_capturable, where `rtx`
+        self.rtx = False
+        self.configs: list[SimpleNamespace] = []  # TensorRT-RTX runtime configurations
 
     def get_tensor_name(self, i: int) -> str:
         return list(self.tensors)[i]
@@ -85,10 +151,19 @@ class FakeEngine:
     def get_tensor_dtype(self, name: str) -> SimpleNamespace:
         return SimpleNamespace(name=TRT_DTYPES[self.tensors[name]])
 
-    def create_execution_context(self, strategy: str) -> FakeContext | None:
+    def create_runtime_config(self) -> SimpleNamespace:
+        config = SimpleNamespace(dynamic_shapes_kernel_specialization_strategy="LAZY")
+        config.set_execution_context_allocation_strategy = lambda s: setattr(config, "memory", s)
+        self.configs.append(config)
+        return config
+
+    def create_execution_context(self, strategy: Any) -> FakeContext | None:
         if self.fail == "create_execution_context":
             return None
-        ctx = (FakeContext if self.v2 else FakeContext10_0)(self, len(self.contexts), strategy)
+        if isinstance(strategy, SimpleNamespace):  # a TensorRT-RTX runtime configuration
+            strategy = (strategy.memory, strategy.dynamic_shapes_kernel_specialization_strategy)
+        kind = FakeRtxContext if self.rtx else FakeContext if self.v2 else FakeContext10_0
+        ctx = kind(self, len(self.contexts), strategy)
         self.contexts.append(ctx)
         return ctx
 
@@ -102,10 +177,13 @@ class FakeContext:
         self.addresses: dict[str, int] = {}
         self.setter: dict[str, int] = {}  # the thread that set each address
         self.executed: list[dict[str, int]] = []  # the addresses of each run
+        self.captured = False  # a CUDA graph captured this context's work
 
     def _call(self, name: str, *args: Any, last: bool = False) -> bool:
         """Record a call; `last`: the call that ends a critical section (a profile switch,
         a run's enqueue), which another thread's calls must not interleave with."""
+        if self.captured and name != "execute_async_v3":
+            self.engine.after_capture.append((self.index, name))
         me = threading.get_ident()
         if self.engine.owner not in (None, me):
             self.engine.overlaps += 1
@@ -118,6 +196,8 @@ class FakeContext:
 
     def set_device_memory(self, ptr: int, size: int) -> None:
         self.memory = (ptr, size)
+        if self.captured:
+            self.engine.after_capture.append((self.index, "set_device_memory"))
 
     def set_optimization_profile_async(self, index: int, stream: int) -> bool:
         if self.engine.raise_profile:
@@ -147,8 +227,21 @@ class FakeContext:
         me = threading.get_ident()
         if any(self.setter.get(n) != me for n in self.engine.tensors):
             self.engine.overlaps += 1  # would run on addresses another thread bound
-        self.executed.append(dict(self.addresses))
+        graph = getattr(CAPTURE, "graph", None)
+        if graph is None:
+            self.executed.append(dict(self.addresses))
+        else:  # captured, not run
+            graph.enqueued.append((self, dict(self.addresses)))
+            self.captured = True
         return self._call("execute_async_v3", stream, last=True)
+
+
+class FakeRtxContext(FakeContext):
+    """TensorRT-RTX: says whether work on a stream can be captured."""
+
+    def is_stream_capturable(self, stream: int) -> bool:
+        self.engine.log.append((self.index, "is_stream_capturable", (stream,)))
+        return self.engine.capturable
 
 
 class FakeContext10_0(FakeContext):
@@ -195,16 +288,23 @@ def specs_of(plan: StagePlan, rec: dict) -> list[GraphSpec]:
 class Loaded:
     """EngineSet of fakes: plans by file, the SharedPlans."""
 
-    def __init__(self, layout: str = "per-stage", order: list[int] | None = None, **engine: Any):
+    def __init__(
+        self,
+        layout: str = "per-stage",
+        order: list[int] | None = None,
+        rtx: bool = False,
+        **engine: Any,
+    ):
         self.plan = StagePlan.create(tiny_config(), [49, 98])
         self.records = records(self.plan, layout, order)
         self.engines: dict[str, FakeEngine] = {}
-        self.graphs: list[FakeGraphs] = []
+        self.graphs: list[GraphCache] = []
 
         def open_plan(rec: dict) -> SharedPlan:
             fake = FakeEngine(specs_of(self.plan, rec), **engine)
+            fake.rtx = rtx
             self.engines[rec["file"]] = fake
-            return SharedPlan(FAKE_TRT, fake, rec["file"], CPU, FakeStreams())
+            return SharedPlan(FAKE_RTX if rtx else FAKE_TRT, fake, rec["file"], CPU, FakeStreams())
 
         self.open_plan = open_plan
 
@@ -221,25 +321,15 @@ class Loaded:
         self.open_plan = altered
 
     def load(self, graphs: bool = False) -> EngineSet:
+        """The engine set; `graphs`: stage engines replay CUDA graphs (use `fake_cuda`)."""
         factory = None
         if graphs:
 
-            def factory() -> FakeGraphs:
-                self.graphs.append(FakeGraphs())
+            def factory() -> GraphCache:
+                self.graphs.append(GraphCache(torch.device("cuda")))
                 return self.graphs[-1]
 
         return trt_engine_set(self.plan, self.records, self.open_plan, CPU, factory)
-
-
-class FakeGraphs:
-    """A GraphCache without CUDA: records what it was given and runs `forward` eagerly."""
-
-    def __init__(self) -> None:
-        self.inputs: list[dict[str, torch.Tensor]] = []
-
-    def run(self, inputs: Mapping[str, torch.Tensor], forward) -> dict[str, torch.Tensor]:
-        self.inputs.append(dict(inputs))
-        return forward(inputs)
 
 
 ONE = {"B": 1}  # a stage graph's batch axis for one stream
@@ -292,7 +382,9 @@ def test_the_profile_is_selected_on_the_stream_before_any_shape() -> None:
     engine = engines.stage(0, 98)
     engine.run(stream_buffers(engine.spec))
     fake = loaded.engines["trt/stage0.plan"]
-    mine = calls(fake, engine.context.index)
+    ctx = fake.contexts[-1]  # the context of these buffers, created for them
+    assert ctx is not engine.context
+    mine = calls(fake, ctx.index)
     assert mine[0] == ("set_optimization_profile_async", (1, STREAM))  # K=98: profile 1
     assert [c for c, _ in mine].count("set_optimization_profile_async") == 1
     first_shape = next(n for n, (c, _) in enumerate(mine) if c == "set_input_shape")
@@ -300,32 +392,34 @@ def test_the_profile_is_selected_on_the_stream_before_any_shape() -> None:
     assert dict(a for c, a in mine if c == "set_input_shape") == {
         t.name: t.concrete(ONE) for t in engine.spec.inputs
     }
-    assert calls(fake, engine.context.index, "execute_async_v3") == [
-        ("execute_async_v3", (STREAM,))
-    ]
+    assert calls(fake, ctx.index, "execute_async_v3") == [("execute_async_v3", (STREAM,))]
 
 
-def test_a_stage_binds_a_streams_buffers_once_and_reads_them_in_place() -> None:
+def test_each_streams_buffers_get_a_context_bound_once() -> None:
+    """Two streams on one (stage, K): a context each, bound once to the stream's buffers and
+    to outputs of its own; running a stream again binds nothing."""
     loaded = Loaded()
     engine = loaded.load().stage(1, 49)
-    fake, ctx = loaded.engines["trt/stage1.plan"], engine.context
+    fake = loaded.engines["trt/stage1.plan"]
     a, b = stream_buffers(engine.spec), stream_buffers(engine.spec)  # two streams
 
     out_a = engine.run(a)
+    ctx_a = fake.contexts[-1]
     bound = {n: x.data_ptr() for n, x in (*a.items(), *out_a.items())}
-    assert ctx.executed[-1] == bound  # inputs where the stream keeps them, outputs returned
+    assert ctx_a.executed == [bound]  # inputs where the stream keeps them, outputs returned
     assert set(bound) == set(engine.spec.input_names) | set(engine.spec.output_names)
-    before = len(calls(fake, ctx.index))
-    assert engine.run(a) is out_a  # the same outputs, nothing bound again
-    assert [c for c, _ in calls(fake, ctx.index)[before:]] == ["execute_async_v3"]
-
-    out_b = engine.run(b)  # another stream's buffers: bound, with outputs of their own
+    out_b = engine.run(b)
+    ctx_b = fake.contexts[-1]
+    assert ctx_b is not ctx_a
     assert not set(map(torch.Tensor.data_ptr, out_b.values())) & set(bound.values())
-    assert ctx.executed[-1] == {n: x.data_ptr() for n, x in (*b.items(), *out_b.items())}
-    assert engine.run(a) is out_a  # back to the first: its own outputs, bound again
-    assert ctx.executed[-1] == bound
-    # the profile fixes the shapes: set once, whatever the buffers
-    assert len(calls(fake, ctx.index, "set_input_shape")) == len(engine.spec.inputs)
+    before = len(fake.log)
+    for _ in range(3):
+        assert engine.run(a) is out_a and engine.run(b) is out_b
+    assert {c for _, c, _ in fake.log[before:]} == {"execute_async_v3"}  # nothing bound again
+    assert ctx_a.executed == [bound] * 4
+    for ctx in (ctx_a, ctx_b):  # shapes and addresses set once per context
+        assert len(calls(fake, ctx.index, "set_input_shape")) == len(engine.spec.inputs)
+        assert len(calls(fake, ctx.index, "set_tensor_address")) == len(bound)
 
 
 def test_outputs_of_the_graphs_around_the_stages_are_new_on_every_run() -> None:
@@ -414,8 +508,8 @@ def test_a_plan_of_other_tensors_is_refused_at_load(change: str, message: str) -
 
 
 def test_two_threads_never_interleave_on_a_plans_contexts() -> None:
-    """Pipeline streams share the contexts: binding and enqueueing of one run are one
-    critical section per plan (its contexts share memory), whatever the other threads do."""
+    """Pipeline streams share a plan's memory: binding and enqueueing of one run are one
+    critical section per plan, whatever the other threads do."""
     loaded = Loaded()
     engines = loaded.load()
     fake = loaded.engines["trt/stage0.plan"]
@@ -429,7 +523,7 @@ def test_two_threads_never_interleave_on_a_plans_contexts() -> None:
         try:
             for _ in range(30):
                 out = engine.run(buffers)
-                assert engine.context.executed[-1]["tokens_out"] == out["tokens_out"].data_ptr()
+                assert out["tokens_out"].data_ptr() == buffers_out(fake, buffers)
                 time.sleep(1e-4)  # outside the critical section: the others get their turn
         except BaseException as e:  # reported by the main thread
             errors.append(e)
@@ -441,22 +535,114 @@ def test_two_threads_never_interleave_on_a_plans_contexts() -> None:
         t.join()
     assert not errors
     assert fake.overlaps == 0
-    assert len(same_k.context.executed) == 60 and len(other_k.context.executed) == 30
+    runs = sorted(len(c.executed) for c in fake.contexts if c.executed)
+    assert runs == [30, 30, 30]  # one context per stream's buffers
 
 
-def test_a_cuda_graph_is_keyed_by_the_streams_own_buffers() -> None:
-    """The graph path gets the stream's tensors themselves (kept alive by the GraphCache),
-    never copies, and runs inside the plan's critical section."""
+def buffers_out(fake: FakeEngine, buffers: dict[str, torch.Tensor]) -> int:
+    """The tokens_out address bound beside `buffers` (their context's)."""
+    ctx = next(
+        c for c in fake.contexts if c.addresses.get("tokens") == buffers["tokens"].data_ptr()
+    )
+    return ctx.addresses["tokens_out"]
+
+
+def test_each_captured_graph_has_its_own_context_and_no_context_changes_after_capture(
+    fake_cuda,
+) -> None:
+    """Three streams on one (stage, K), graphs replayed: each graph was captured from one
+    context, its own, bound to that stream's buffers, and nothing set a shape, an address,
+    a profile or memory on a context after its capture. A context's first run is eager."""
     loaded = Loaded()
     engine = loaded.load(graphs=True).stage(0, 49)
-    feeds = stream_buffers(engine.spec)
-    out = engine.run(feeds)
-    (graph,) = [g for g in loaded.graphs if g is engine.graphs]
-    assert all(graph.inputs[0][n] is feeds[n] for n in engine.spec.input_names)
-    assert engine.context.executed[-1]["tokens_out"] == out["tokens_out"].data_ptr()
-    assert engine.run(feeds) is out
-    assert len(loaded.graphs) == len(loaded.plan.stages) * len(loaded.plan.buckets)
+    fake = loaded.engines["trt/stage0.plan"]
+    streams = [stream_buffers(engine.spec) for _ in range(3)]
+    outputs = []
+    for step in range(5):
+        outputs.append([engine.run(feeds) for feeds in streams])
+        if step == 0:  # first runs: eager, each on a new context
+            assert engine.graphs.captures == 0
+            assert len(fake.contexts) == len(loaded.plan.buckets) + 3  # one per K at load
+    assert engine.graphs.captures == 3 and len(engine.graphs) == 3
+    graphs = [c.graph for c in engine.graphs._graphs.values()]
+    pairs = [g.enqueued for g in graphs]
+    assert all(len(p) == 1 for p in pairs)  # one context in each graph
+    contexts = [p[0][0] for p in pairs]
+    assert len({id(c) for c in contexts}) == 3 and engine.context not in contexts
+    for ctx, feeds in zip(contexts, streams, strict=True):
+        assert ctx.addresses["tokens"] == feeds["tokens"].data_ptr()
+        assert ctx.executed[-1] == ctx.addresses  # replays run the captured bindings
+    assert fake.after_capture == []
+    for row in outputs[1:]:  # eager or replayed, a stream's outputs are its context's
+        for o, first in zip(row, outputs[0], strict=True):
+            assert all(o[n] is first[n] for n in first)
     assert loaded.load().embed.graphs is None  # graphs only for a stream's static buffers
+
+
+def test_a_dropped_context_takes_its_graph_along(fake_cuda) -> None:
+    loaded = Loaded()
+    engine = loaded.load(graphs=True).stage(0, 49)
+    engine.max_bound = 2
+    fake = loaded.engines["trt/stage0.plan"]
+    streams = [stream_buffers(engine.spec) for _ in range(3)]
+    for _ in range(3):
+        for feeds in streams[:2]:
+            engine.run(feeds)
+    assert engine.graphs.captures == 2
+    engine.run(streams[2])  # a third set: the least recently used context goes, with its graph
+    assert len(engine.graphs) == 1 and len(engine._bound) == 2
+    for _ in range(3):
+        for feeds in streams:
+            engine.run(feeds)
+    assert fake.after_capture == []
+
+
+def test_rtx_contexts_specialise_eagerly_and_capture_only_when_capturable(fake_cuda) -> None:
+    loaded = Loaded(rtx=True)
+    engine = loaded.load(graphs=True).stage(0, 49)
+    fake = loaded.engines["trt/stage0.plan"]
+    assert {ctx.strategy for ctx in fake.contexts} == {("USER_MANAGED", "EAGER")}
+    feeds = stream_buffers(engine.spec)
+    for _ in range(3):
+        engine.run(feeds)
+    ctx = fake.contexts[-1]
+    assert calls(fake, ctx.index, "is_stream_capturable") == [
+        ("is_stream_capturable", (FakeCudaStream.cuda_stream,))
+    ]
+    assert engine.graphs.captures == 1
+    fake.capturable = False  # a context that says no runs eagerly, for good
+    other = stream_buffers(engine.spec)
+    for _ in range(4):
+        engine.run(other)
+    assert engine.graphs.captures == 1 and len(fake.contexts[-1].executed) == 4
+
+
+def test_streams_in_threads_capture_one_at_a_time_in_thread_local_mode(fake_cuda) -> None:
+    """Four streams, each in its thread, on two plans: every capture in thread-local mode,
+    never two at once, no error, and every stream's buffers captured once."""
+    loaded = Loaded()
+    engines = loaded.load(graphs=True)
+    jobs = []
+    for engine in (engines.stage(0, 49), engines.stage(1, 98)):
+        jobs += [(engine, stream_buffers(engine.spec)) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def work(engine: TrtEngine, buffers: dict[str, torch.Tensor]) -> None:
+        try:
+            for _ in range(10):
+                engine.run(buffers)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert FakeCapture.modes == ["thread_local"] * 4 and FakeCapture.overlaps == 0
+    assert sum(g.captures for g in loaded.graphs) == 4
+    assert all(fake.after_capture == [] for fake in loaded.engines.values())
 
 
 def test_warmup_runs_every_engine_once_then_runs_bind_their_own_buffers() -> None:
@@ -471,9 +657,8 @@ def test_warmup_runs_every_engine_once_then_runs_bind_their_own_buffers() -> Non
     engine = engines.stage(0, 49)
     feeds = stream_buffers(engine.spec)
     out = engine.run(feeds)
-    assert engine.context.executed[-1] == {
-        n: x.data_ptr() for n, x in (*feeds.items(), *out.items())
-    }
+    ctx = loaded.engines["trt/stage0.plan"].contexts[-1]
+    assert ctx.executed == [{n: x.data_ptr() for n, x in (*feeds.items(), *out.items())}]
 
 
 @pytest.mark.gpu
@@ -512,3 +697,46 @@ def test_cuda_streams_keep_tensorrt_off_the_default_stream_and_in_the_capture() 
             out = graphs.run({"x": x}, execute)
         assert torch.equal(out["y"], torch.full_like(x, 2 * step)), step
     assert graphs.captures == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streams_capture_in_threads_while_others_enqueue_and_allocate() -> None:
+    """On a GPU: four threads, each on its own CUDA stream with its own GraphCache, warm up,
+    capture and replay while four others keep allocating and enqueueing; no capture fails
+    (in the global capture mode, another thread's allocation would break a capture)."""
+    from rgtp.engines.cuda_graphs import GraphCache
+
+    device = torch.device("cuda")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def busy() -> None:
+        with torch.cuda.stream(torch.cuda.Stream(device)):
+            while not stop.is_set():
+                x = torch.randn(1 << 16, device=device)  # a new allocation every time
+                (x * 2).sum()
+
+    def stream(seed: int) -> None:
+        try:
+            cache = GraphCache(device)
+            x = torch.full((1 << 16,), float(seed), device=device)
+            with torch.cuda.stream(torch.cuda.Stream(device)):
+                for step in range(20):
+                    x.fill_(seed + step)
+                    out = cache.run({"x": x}, lambda f: {"y": f["x"] * 2 + 1})
+                    assert torch.equal(out["y"], torch.full_like(x, 2 * (seed + step) + 1))
+            assert cache.captures == 1
+        except BaseException as e:
+            errors.append(e)
+
+    noise = [threading.Thread(target=busy) for _ in range(4)]
+    workers = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+    for t in noise + workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    for t in noise:
+        t.join()
+    assert not errors, errors

@@ -14,10 +14,16 @@ memory then: the graph need not hold its inputs. Outputs are the graph's own ten
 a replay overwrites: valid until the same engine runs again on the same input buffers,
 which for a stream is its next step. Graphs suit long-lived streams: each new stream costs
 a capture per (stage, K).
+
+Streams step in threads of their own, so one captures while others enqueue and allocate.
+A capture runs in CUDA's thread-local mode (only this thread's unsafe calls break it, not
+another thread's work) and one at a time in the process (`CAPTURE_LOCK`): two captures at
+once would each see the other's allocations.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -26,6 +32,20 @@ from dataclasses import dataclass
 import torch
 
 Forward = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+# whether work queued on a CUDA stream (its handle) can be captured: TensorRT-RTX contexts
+# say so (`is_stream_capturable`); those that cannot run eagerly
+Capturable = Callable[[int], bool]
+CAPTURE_LOCK = threading.Lock()  # one capture at a time in the process
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
+_streams_lock = threading.Lock()
+
+
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream every capture on `device` runs on (captures run one at a time)."""
+    with _streams_lock:
+        if device not in _capture_streams:
+            _capture_streams[device] = torch.cuda.Stream(device)
+        return _capture_streams[device]
 
 
 def shape_key(inputs: Mapping[str, torch.Tensor]) -> tuple:
@@ -59,7 +79,8 @@ class GraphCache:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._warm: OrderedDict[tuple, int] = OrderedDict()  # eager runs per shape_key
-        self._uncapturable: set[tuple] = set()  # shapes whose capture failed
+        # shapes whose capture failed, keys of buffers whose engine cannot be captured
+        self._uncapturable: set[tuple] = set()
         self.captures = 0
         self.eager_runs = 0
 
@@ -67,12 +88,17 @@ class GraphCache:
         return len(self._graphs)
 
     def run(
-        self, inputs: Mapping[str, torch.Tensor], forward: Forward, setting: Hashable = None
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        forward: Forward,
+        setting: Hashable = None,
+        capturable: Capturable | None = None,
     ) -> dict[str, torch.Tensor]:
         """`forward(inputs)` through the graph of these buffers: replayed if captured,
         otherwise run eagerly (warm-up) or captured now. `setting`: what else `forward`
-        depends on that the inputs do not show (e.g. the K of a top-K)."""
-        return self._run((buffer_key(inputs), setting), inputs, forward, setting)
+        depends on that the inputs do not show (e.g. the K of a top-K). `capturable`: asked
+        about the capture stream before a capture; False runs these buffers eagerly."""
+        return self._run((buffer_key(inputs), setting), inputs, forward, setting, capturable)
 
     def prepare(
         self, inputs: Mapping[str, torch.Tensor], forward: Forward, setting: Hashable = None
@@ -92,14 +118,23 @@ class GraphCache:
         return replay
 
     def _run(
-        self, key: tuple, inputs: Mapping[str, torch.Tensor], forward: Forward, setting: Hashable
+        self,
+        key: tuple,
+        inputs: Mapping[str, torch.Tensor],
+        forward: Forward,
+        setting: Hashable,
+        capturable: Capturable | None = None,
     ) -> dict[str, torch.Tensor]:
         captured = self._graphs.get(key)
         if captured is None:
             shape = (shape_key(inputs), setting)
             runs = self._warm.pop(shape, 0)
             self._remember(self._warm, shape, min(runs + 1, self.warmup))
-            if runs < self.warmup or shape in self._uncapturable:
+            if runs < self.warmup or shape in self._uncapturable or key in self._uncapturable:
+                self.eager_runs += 1
+                return forward(inputs)
+            if capturable is not None and not capturable(capture_stream(self.device).cuda_stream):
+                self._uncapturable.add(key)  # these buffers' engine cannot be captured
                 self.eager_runs += 1
                 return forward(inputs)
             try:
@@ -116,13 +151,23 @@ class GraphCache:
         return dict(captured.outputs)  # the caller's dict: popping from it keeps the graph's
 
     def _capture(self, inputs: Mapping[str, torch.Tensor], forward: Forward) -> _Captured:
+        """`forward` captured on this cache's capture stream (`torch.cuda.graph`
+        synchronises the device first: work queued before is done)."""
         graph = torch.cuda.CUDAGraph()
-        # Capture runs on a side stream of its own; work queued before must be done.
-        torch.cuda.current_stream(self.device).synchronize()
-        with torch.cuda.graph(graph):
+        stream = capture_stream(self.device)
+        with (
+            CAPTURE_LOCK,
+            torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"),
+        ):
             outputs = forward(inputs)
         self.captures += 1
         return _Captured(graph, outputs)
+
+    def forget(self, inputs_key: tuple, setting: Hashable = None) -> None:
+        """Drop the graph of the buffers whose `buffer_key` is `inputs_key` (its engine
+        drops what the graph replays, e.g. a TensorRT execution context)."""
+        self._graphs.pop((inputs_key, setting), None)
+        self._uncapturable.discard((inputs_key, setting))
 
     def _remember(self, table: OrderedDict, key: tuple, value: object) -> None:
         table[key] = value

@@ -2,10 +2,12 @@
 
 Inputs and outputs are torch CUDA tensors bound by address, so tokens, caches and attention
 rows never leave the GPU; gather, scatter, tracking and rollout run on the same stream
-between engine calls. A multi-profile plan gets one execution context per profile (one per
-K bucket), all on one shared activation memory (`engines.trt_context`). The stage engines
-read a stream's own buffers in place, with outputs allocated and addresses bound once per
-set of buffers, and optionally replay one CUDA graph per set (`engines.cuda_graphs`).
+between engine calls. Every K of a plan runs on its optimization profile, every context of
+a plan on one shared activation memory (`engines.trt_context`). The stage engines read a
+stream's own buffers in place, each set of buffers bound once to an execution context of
+its own, and optionally replay one CUDA graph per set captured from that context
+(`engines.cuda_graphs`). The plans are read by the TensorRT flavour that built them
+(`tensorrt` or `tensorrt_rtx`).
 
 Everything that could make a plan unusable is checked at load, before any frame runs:
 missing plans, another TensorRT version, another GPU architecture, plans built from other
@@ -91,10 +93,10 @@ def trt_engine_set(
             check_interface(opened[name].engine, spec, rec["file"])
         shared = opened[name]
         if k is None:
-            return TrtEngine(spec, shared.context(0, name), shared, device)
-        context = shared.context(rec["profiles"][str(k)], f"K={k}")
+            return TrtEngine(spec, shared, 0, name, device)
         graph_cache = graphs() if graphs else None
-        return TrtEngine(spec, context, shared, device, static=True, graphs=graph_cache)
+        profile = rec["profiles"][str(k)]
+        return TrtEngine(spec, shared, profile, f"K={k}", device, static=True, graphs=graph_cache)
 
     stages = []
     for i in range(len(plan.stages)):
@@ -140,7 +142,8 @@ def load_trt_engines(
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise EngineError("the trt backend needs a CUDA GPU (device cuda)")
-    trt, flavor = import_tensorrt()
+    built = manifest.extra.get("trt") or {}
+    trt, flavor = import_tensorrt(built.get("flavor"))  # the flavour that reads these plans
     info = validate_plans(
         package, manifest, flavor, trt.__version__, torch.cuda.get_device_capability(device)
     )
@@ -162,7 +165,7 @@ def load_trt_engines(
     memory = sum(p.memory.numel() for p in engines.resources if isinstance(p, SharedPlan))
     engines.info = {
         "tensorrt": f"{flavor} {trt.__version__}",
-        "precision": info["precision"],
+        "precision": "tf32" if info.get("tf32") else info["precision"],
         "layout": info["layout"],
         "device_memory_bytes": str(memory),
     }

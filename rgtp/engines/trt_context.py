@@ -1,8 +1,10 @@
 """TensorRT execution contexts behind the engine protocol: profiles, shared activation
 memory, bindings by address, and the order of their work on CUDA streams.
 
-A deserialized plan (`SharedPlan`) has one execution context per optimization profile, i.e.
-per K bucket. Every context of a plan is created with user-managed memory and handed the
+A deserialized plan (`SharedPlan`) has many execution contexts: one per set of a stream's
+buffers for each K bucket (its optimization profile), so that every CUDA graph is captured
+from a context of its own that nothing changes afterwards, as NVIDIA's CUDA graph
+guidance asks. Every context of a plan is created with user-managed memory and handed the
 plan's one buffer, sized for its largest profile: each context would otherwise reserve that
 much for itself. Contexts that share memory must never run at once, and every stream of a
 pipeline shares them, so a plan's work runs under one lock and, on the GPU, after its
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -128,28 +131,31 @@ class SharedPlan:
     """A deserialized plan and what all its contexts share: one activation memory buffer
     (uint8, `device_memory_size` bytes) and one lock with one stream order (`exclusive`).
 
-    trt: the TensorRT module (for its allocation strategy); file: the plan's file, for
-    messages; streams: `CudaStreams` on a GPU.
+    trt: the TensorRT module (allocation strategy, TensorRT-RTX's runtime configuration);
+    file: the plan's file, for messages; streams: `CudaStreams` on a GPU.
     """
 
     def __init__(
         self, trt: Any, engine: Any, file: str, device: torch.device, streams: Streams
     ) -> None:
-        self.engine, self.file, self.streams = engine, file, streams
-        self._user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        self.trt, self.engine, self.file, self.streams = trt, engine, file, streams
         self.memory = torch.empty(device_memory_size(engine), dtype=torch.uint8, device=device)
-        self._lock = threading.Lock()
+        # re-entrant: a run creates the context of new buffers inside its critical section
+        self._lock = threading.RLock()
+        self.contexts = 0  # created so far
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """One run on the plan at a time: its contexts' bindings and memory are shared."""
+        """One run on the plan at a time: its contexts share one activation memory."""
         with self._lock, self.streams.ordered():
             yield
 
     def context(self, profile: int, label: str) -> Any:
         """A new execution context on the shared memory, switched to `profile` (`label`
-        says which K it serves, for messages)."""
-        context = self.engine.create_execution_context(self._user_managed)
+        says which K it serves, for messages). TensorRT-RTX contexts specialise their
+        dynamic-shape kernels eagerly: a lazily specialised context would run fallback
+        kernels first, and a CUDA graph captured then would keep them."""
+        context = self.engine.create_execution_context(self._runtime_config())
         if context is None:
             raise EngineError(
                 f"{self.file}: TensorRT cannot create an execution context (its log says why)"
@@ -165,50 +171,86 @@ class SharedPlan:
                 f"{self.file}: TensorRT cannot select optimization profile {profile} ({label}); "
                 f"the plan has {self.engine.num_optimization_profiles}: rebuild the plans"
             )
+        self.contexts += 1
         return context
+
+    def _runtime_config(self) -> Any:
+        """What `create_execution_context` takes: user-managed memory (TensorRT's allocation
+        strategy), or TensorRT-RTX's runtime configuration saying so, with eager kernel
+        specialisation."""
+        trt = self.trt
+        user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        eager = getattr(trt, "DynamicShapesKernelSpecializationStrategy", None)
+        if eager is None:
+            return user_managed
+        config = self.engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(user_managed)
+        config.dynamic_shapes_kernel_specialization_strategy = eager.EAGER
+        return config
+
+
+@dataclass
+class _Bound:
+    """A stream's buffers bound to a context of their own, once: the outputs it writes."""
+
+    context: Any
+    outputs: dict[str, torch.Tensor]
 
 
 class TrtEngine:
-    """One execution context (one profile: one K) behind the engine protocol; TensorRT
-    reads and writes torch tensors in place, by address.
+    """A graph on one profile of a plan (one K) behind the engine protocol; TensorRT reads
+    and writes torch tensors in place, by address.
 
     static (the stage engines): a stream feeds its own buffers, at the same addresses on
-    every step. Each set of input buffers gets its outputs allocated once and its addresses
-    bound once (again only after another set was bound); the outputs are the engine's own,
-    valid until it runs again on the same inputs. With `graphs` (`engines.cuda_graphs`),
-    each set is replayed as a CUDA graph after one eager run. Inputs must be of the spec's
-    dtypes, on the device and contiguous: a converted copy is a buffer nobody would keep.
-    Otherwise (embed, head, ...): feeds are converted where needed and every run binds new
-    outputs, which the caller owns.
-
-    Input shapes are set once per context (its profile fixes them), so a CUDA graph
-    capture never follows a shape change (TensorRT asks for an eager run after one).
+    every step. Each set of input buffers gets an execution context of its own, with its
+    input shapes set, its outputs allocated and every address bound once, never changed
+    after: a CUDA graph replays what its context was at capture, and TensorRT leaves a
+    context changed after capture undefined. Its first run is eager (TensorRT's lazy work
+    after a shape is set); with `graphs` (`engines.cuda_graphs`) later runs replay one
+    CUDA graph per set, captured only from its own context (TensorRT-RTX: only if the
+    context says it is capturable). The outputs are the engine's own, valid until it runs
+    again on the same inputs. Inputs must be of the spec's dtypes, on the device and
+    contiguous: a converted copy is a buffer nobody would keep. At most `max_bound` sets
+    keep their context (least recently used dropped, with its graph).
+    Otherwise (embed, head, ...): one context, never captured; feeds are converted where
+    needed and every run binds new outputs, which the caller owns.
     """
 
     def __init__(
         self,
         spec: GraphSpec,
-        context: Any,
         plan: SharedPlan,
+        profile: int,
+        label: str,
         device: torch.device,
         static: bool = False,
         graphs: GraphCache | None = None,
         max_bound: int = 64,
     ) -> None:
-        self.spec, self.context, self.plan, self.device = spec, context, plan, device
+        self.spec, self.plan, self.device = spec, plan, device
+        self.profile, self.label = profile, label
         self.static, self.graphs, self.max_bound = static, graphs, max_bound
-        self._outputs: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
-        self._bound: tuple | None = None  # the input buffers the context is bound to
-        self._shapes: dict[str, tuple[int, ...]] = {}  # the input shapes set on the context
+        # the context of warm-up and of the graphs around the stages, rebound on every run
+        self.context = plan.context(profile, label)
+        self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs = input_buffers(self.spec, feeds, self.device)
-        if self.static:
-            self._check_in_place(feeds, inputs)
+        if not self.static:
+            with self.plan.exclusive():
+                outputs = self._new_outputs(inputs)
+                self._bind(self.context, inputs, outputs)
+                self._execute(self.context)
+                return outputs
+        self._check_in_place(feeds, inputs)
         with self.plan.exclusive():
-            if self.graphs is None:
-                return self._forward(inputs)
-            return self.graphs.run(inputs, self._forward)
+            bound, fresh = self._bound_to(inputs)
+            if self.graphs is None or fresh:
+                self._execute(bound.context)
+                return bound.outputs
+            return self.graphs.run(
+                inputs, lambda _: self._replayable(bound), capturable=self._capturable(bound)
+            )
 
     def warmup(self) -> None:
         """One run on zeros of the spec's shapes, its outputs dropped: TensorRT's lazy
@@ -219,9 +261,8 @@ class TrtEngine:
             for t in self.spec.inputs
         }
         with self.plan.exclusive():
-            self._bind(inputs, self._new_outputs(inputs))
-            self._bound = None  # bound to buffers that die here
-            self._execute()
+            self._bind(self.context, inputs, self._new_outputs(inputs))
+            self._execute(self.context)
 
     def _check_in_place(
         self, feeds: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
@@ -235,24 +276,31 @@ class TrtEngine:
                     f"inputs in place: pass a contiguous {t.dtype} tensor on {self.device}"
                 )
 
-    def _forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Bind if needed, enqueue on the current stream; the outputs of `inputs`."""
-        key = buffer_key(inputs) if self.static else None
-        outputs = None if key is None else self._outputs.get(key)
-        fresh = outputs is None
-        if outputs is None:
-            outputs = self._new_outputs(inputs)
-            if key is not None:
-                self._outputs[key] = outputs
-                while len(self._outputs) > self.max_bound:
-                    self._outputs.popitem(last=False)
-        elif key is not None:
-            self._outputs.move_to_end(key)
-        if fresh or key != self._bound:
-            self._bind(inputs, outputs)
-            self._bound = key
-        self._execute()
-        return outputs
+    def _bound_to(self, inputs: Mapping[str, torch.Tensor]) -> tuple[_Bound, bool]:
+        """The context of these buffers, and whether it is new (created and bound now)."""
+        key = buffer_key(inputs)
+        bound = self._bound.get(key)
+        if bound is not None:
+            self._bound.move_to_end(key)
+            return bound, False
+        bound = _Bound(self.plan.context(self.profile, self.label), self._new_outputs(inputs))
+        self._bind(bound.context, inputs, bound.outputs)
+        self._bound[key] = bound
+        while len(self._bound) > self.max_bound:
+            old, _ = self._bound.popitem(last=False)
+            if self.graphs is not None:
+                self.graphs.forget(old)  # its graph replays the context dropped here
+        return bound, True
+
+    def _replayable(self, bound: _Bound) -> dict[str, torch.Tensor]:
+        """What a CUDA graph of these buffers captures: their context's enqueue alone."""
+        self._execute(bound.context)
+        return bound.outputs
+
+    @staticmethod
+    def _capturable(bound: _Bound) -> Callable[[int], bool] | None:
+        check = getattr(bound.context, "is_stream_capturable", None)  # TensorRT-RTX
+        return None if check is None else lambda stream: bool(check(stream))
 
     def _new_outputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dims = self.spec.symbolic_dims({n: x.shape for n, x in inputs.items()})
@@ -262,30 +310,26 @@ class TrtEngine:
         }
 
     def _bind(
-        self, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
+        self, ctx: Any, inputs: Mapping[str, torch.Tensor], outputs: Mapping[str, torch.Tensor]
     ) -> None:
-        """Input shapes (where they changed), then every tensor's address; the output shapes
-        TensorRT infers must be those of `outputs` (the manifest's)."""
-        ctx, name = self.context, self.spec.name
-        shapes = {n: tuple(x.shape) for n, x in inputs.items()}
-        if shapes != self._shapes:
-            self._shapes = {}
-            for n, shape in shapes.items():
-                if not ctx.set_input_shape(n, shape):
-                    raise EngineError(
-                        f"{name}: TensorRT refuses input {n!r} of shape {shape} in optimization "
-                        f"profile {ctx.active_optimization_profile} of {self.plan.file}; "
-                        "rebuild the plans"
-                    )
-            for n, y in outputs.items():
-                got = tuple(int(d) for d in ctx.get_tensor_shape(n))
-                if got != tuple(y.shape):
-                    raise EngineError(
-                        f"{name}: {self.plan.file} computes output {n!r} of shape {got}, the "
-                        f"package's manifest declares {tuple(y.shape)} for these inputs; "
-                        "rebuild the plans with `rgtp build --backend trt`"
-                    )
-            self._shapes = shapes
+        """Input shapes, then every tensor's address; the output shapes TensorRT infers
+        must be those of `outputs` (the manifest's)."""
+        name = self.spec.name
+        for n, x in inputs.items():
+            if not ctx.set_input_shape(n, tuple(x.shape)):
+                raise EngineError(
+                    f"{name}: TensorRT refuses input {n!r} of shape {tuple(x.shape)} in "
+                    f"optimization profile {ctx.active_optimization_profile} of "
+                    f"{self.plan.file}; rebuild the plans"
+                )
+        for n, y in outputs.items():
+            got = tuple(int(d) for d in ctx.get_tensor_shape(n))
+            if got != tuple(y.shape):
+                raise EngineError(
+                    f"{name}: {self.plan.file} computes output {n!r} of shape {got}, the "
+                    f"package's manifest declares {tuple(y.shape)} for these inputs; "
+                    "rebuild the plans with `rgtp build --backend trt`"
+                )
         for n, x in (*inputs.items(), *outputs.items()):
             if not ctx.set_tensor_address(n, x.data_ptr()):
                 raise EngineError(
@@ -293,8 +337,8 @@ class TrtEngine:
                     f"for {self.plan.file}: not a tensor of the plan, or a misaligned buffer"
                 )
 
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.plan.streams.handle()):
+    def _execute(self, ctx: Any) -> None:
+        if not ctx.execute_async_v3(self.plan.streams.handle()):
             raise EngineError(
                 f"{self.spec.name}: TensorRT could not enqueue {self.plan.file} (its log says why)"
             )
