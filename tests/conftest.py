@@ -3,6 +3,14 @@ built once per run) and the test tiers: `SLOW` below is the one list of the slow
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: with spinning, torch's two threads on a
+# machine whose other core is busy crawl (2026-12-07, 2 cores shared with other test runs:
+# four frames of `tiny_detector` took 0.2 s passive, 1-10 s spinning). Set before torch
+# loads its OpenMP runtime; an OMP_WAIT_POLICY already set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import dataclasses
 from collections.abc import Iterator
 
@@ -145,12 +153,74 @@ def assert_same_detections(a, b, score_tol: float = 1e-4, box_tol: float = 1e-3)
 # training runs and real servers; "*" is the whole module. docs/testing.md says what stays
 # fast for each module.
 SLOW: dict[str, set[str]] = {
-    "test_checkpoints": {"test_timm_samvit_base_patch16_at_672_matches"},
-    "test_cli_classifier": {"package"},
-    "test_demo": {"*"},
-    "test_engine_binding": {"exported"},
-    "test_readme": {"test_the_readme_api_example_runs"},
-    "test_vivit": {"test_spatial_encoder_matches_timm_vit_b16"},
+    "test_check_classifier": {"*"},  # exports a classifier package
+    "test_checkpoints": {  # timm parity (the SAM parity and the loaders stay fast)
+        "test_timm_samvit_base_patch16_at_672_matches",
+        "test_timm_samvit_small_config_matches",
+    },
+    "test_checkpoints_published": {  # vitdet-b, Hugging Face models, exports through the CLI
+        "test_model_zoo_vitdet_b_loads_unedited_and_matches_references",
+        "test_hugging_face_vitdet_matches_its_output",
+        "test_model_zoo_export_needs_the_head_flag",
+        "test_checkpoint_matching_almost_nothing_fails_the_export",
+        "test_unknown_or_wrong_format_is_explained",
+        "test_hugging_face_errors_name_the_keys_in_the_file",
+    },
+    "test_classify_pruned": {"model"},  # a trained-size ViViT over SynthMotion clips
+    "test_cli_classifier": {  # an export, and runs over rendered clips
+        "package",
+        "test_eval_prints_the_papers_table",
+        "test_finetune_temporal_writes_beside_the_weights",
+    },
+    "test_demo": {"*"},  # both demos, end to end
+    "test_engine_binding": {"exported"},  # an export
+    "test_eval_viz": {  # runs over SynthVID sequences (mAP50 itself stays fast)
+        "test_the_shipped_model_keeps_its_accuracy_when_pruned",
+        "test_evaluate_setting_records_cost_and_accuracy",
+        "test_overlay_video_and_timeline",
+    },
+    "test_export_ort": {"*"},  # every test reads small_packages
+    "test_export_parallel": {"test_parallel_tracing_writes_the_package_a_sequential_export_writes"},
+    "test_flops": {  # the CLI in subprocesses (test_cli_classifier runs `flops` in-process)
+        "test_cli_prints_and_writes_json",
+        "test_cli_names_the_convention_of_every_table",
+    },
+    "test_fuzz": {"*"},  # hypothesis, 60 examples a property
+    "test_gpu_path": {  # the GPU benchmark's dry run; vitdet-small replayed against eager
+        "test_gpu_benchmark_dry_run_on_the_cpu",
+        "test_a_stream_on_replayed_graphs_equals_the_eager_stream",
+    },
+    "test_keep_schedules": {  # an export; the CLI in subprocesses
+        "scheduled",
+        "test_rgtp_eval_compares_a_schedule_with_a_single_k",
+        "test_cli_flops_counts_a_schedule_and_refuses_a_bad_one",
+    },
+    "test_kept_windows": {"tiny_package"},  # an export per stage partition
+    "test_many_streams": {"detector_package", "test_a_classifier_batches_its_tubelets"},  # exports
+    "test_own_head": {  # exports
+        "test_a_users_onnx_head_rides_in_the_package",
+        "test_a_head_graph_outside_the_contract_is_refused",
+        "test_a_headless_package_loads_and_runs_your_head",
+    },
+    "test_package_trust": {"small_packages"},  # copies of it (the export guards stay fast)
+    "test_paper_preset": {"test_the_paper_preset_streams_on_every_backend_alike"},  # an export
+    "test_pruned_loop": {  # ORT on small_packages; 8 threads x 8 streams
+        "small_packages",
+        "test_eight_threads_of_eight_streams_equal_sequential_runs",
+    },
+    "test_readme": {"test_the_readme_api_example_runs"},  # vitdet-small, 16 + 4 frames
+    "test_rollout_rows": {"package"},  # an export
+    "test_triton_repository": {"package"},  # small_packages
+    "test_triton_server": {"*"},  # a real Triton server
+    "test_trt": {"*"},  # small_packages and TensorRT-RTX builds
+    "test_video_errors": {"small_packages"},  # the CLI on it
+    "test_vivit": {"test_spatial_encoder_matches_timm_vit_b16"},  # ViT-B/16
+    "test_vivit_pruned": {"package"},  # an export
+    "test_vivit_train": {  # training runs
+        "test_training_is_seeded",
+        "test_temporal_phase_from_saved_joint_weights_matches_one_run",
+        "test_saved_weights_load_back_into_the_model",
+    },
 }
 
 
