@@ -7,9 +7,10 @@
 - starts tritonserver in a process group of its own (the backend stubs it forks join it)
   with a server id of its own (`--id`), which also prefixes its shared-memory regions,
 - waits until *this* process is ready: the server that answers on the HTTP and gRPC ports
-  reports this id, and serves every model of the repository with the parameters of its
-  `config.pbtxt` (the settings and the package digest `rgtp triton` wrote); another server
-  answering there, or tritonserver's own exit ("already in use"), is an error.
+  reports this id, serves every model of the repository with the parameters of its
+  `config.pbtxt` (the settings and the package digest `rgtp triton` wrote), and listens on
+  the metrics port itself; another server answering there, or tritonserver's own exit
+  ("already in use"), is an error.
 Leaving it sends SIGTERM (SIGKILL after `stop_timeout_s`), kills what is left of the group,
 and removes its temporary directory and any shared-memory region it left behind.
 """
@@ -197,7 +198,11 @@ class TritonServer:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise ServerError(self._exit_reason(self.process.returncode))
-            waiting = self._waiting_for()
+            waiting = self.waiting_for()
+            if waiting is None and not _listens_on(self.process.pid, self.ports["metrics"]):
+                # (metrics answers carry no id; tritonserver binds it last, and exits when
+                # it cannot, after HTTP and gRPC already answer)
+                waiting = "metrics: tritonserver does not listen on its port yet"
             if waiting is None:
                 return
             if time.monotonic() > deadline:
@@ -207,7 +212,7 @@ class TritonServer:
                 )
             time.sleep(0.2)
 
-    def _waiting_for(self) -> str | None:
+    def waiting_for(self) -> str | None:
         """What the server is not ready with yet; None once it is. Raises ServerError when
         another server answers on its ports or its models differ from the repository's."""
         http = f"http://{self.http_url}/v2"
@@ -342,6 +347,21 @@ def _end_group(group: int, timeout_s: float = 10.0) -> None:
             os.killpg(group, 0)  # ProcessLookupError once none is left
             time.sleep(0.05)
         raise ServerError(f"processes of tritonserver's group {group} outlived SIGKILL")
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a listening TCP socket on `port` (Linux's /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # local address (hex ip:port), ..., state, ..., inode
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    listening.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(fd) in listening for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # gone meanwhile
+        return False
 
 
 def _get(url: str) -> bytes:
