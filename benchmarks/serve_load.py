@@ -1,15 +1,20 @@
-"""Load on the Triton server against the same streams in this process.
+"""Load on the Triton server against the same streams batched in this process.
 
-    python benchmarks/serve_load.py --streams 1,4,8 --frames 64 --keep 77
+    python benchmarks/serve_load.py --streams 1,4,8,16 --frames 64 --keep 77 \
+        --json benchmarks/results/serve-load-vitdet-small-DATE.json
 
-Writes a repository for the package (`rgtp triton`), starts the bundled tritonserver on
-loopback ports, and for each stream count N drives N concurrent client streams (one thread
-and one gRPC client each, one held-out SynthVID sequence each, a request answered before
-the next is sent). Then the same N streams step in this process over one pipeline, one
-thread each. Printed and written to JSON (default out/bench/serve_load.json): frames/s, p50/
-p95/p99 latency per frame, the server's own metrics over the run (requests per execute,
-queue and compute time per request), serving overhead per frame (served mean latency minus
-in-process mean latency, ms) and the throughput ratio (served frames/s / in-process).
+Writes a repository for the package (`rgtp triton`, max streams = the largest count),
+starts the server (`rgtp serve`'s `TritonServer`) on loopback ports, and for each stream
+count N drives N concurrent sequences (one thread and one gRPC client each, one held-out
+SynthVID video each, every frame with its FRAME_INDEX, a request answered before the next
+is sent). Then the same N videos step in this process as N streams of one pipeline through
+`Pipeline.step_many` (one call per frame time, the streams at the same K sharing each
+engine call, as the served model batches them). Printed and written to JSON: frames/s and
+p50/p95/p99 latency per frame both ways, the server's own metrics over the run (requests
+per execute, queue and compute time per request), and the throughput ratio (served frames/s
+/ in-process). Every run also checks the serving: sequences dropped (any request failed),
+sequences whose detections or kept tokens differ from in process in any bit, and the
+model's open-streams gauge after the last END (0).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
@@ -42,6 +48,7 @@ METRICS = (
     "nv_inference_queue_duration_us",
     "nv_inference_compute_infer_duration_us",
 )
+COMPARED = ("K", "KEEP", "BOXES", "SCORES", "LABELS")  # what must equal in-process bit for bit
 
 
 def package_for(args: argparse.Namespace) -> Path:
@@ -49,7 +56,7 @@ def package_for(args: argparse.Namespace) -> Path:
         return Path(args.package)
     det = Detector(get_config("vitdet-small"))
     load_weights(det, shipped_weights("vitdet-small"))
-    plan = StagePlan.create(det.cfg, [args.keep])
+    plan = StagePlan.create(det.cfg, [args.keep], max_batch=max(args.counts))
     return ensure_package(det.eval(), plan, "out/bench/serve-package", symbolic=False)
 
 
@@ -58,119 +65,163 @@ def videos(count: int, frames: int) -> list[np.ndarray]:
     return [generate_sequence(seed, cfg).frames for seed in heldout_seeds(count)]
 
 
-def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+def summary(latencies_s: list[float], frames: int, wall_s: float) -> dict[str, float]:
+    """Frames per second over the wall time, and per-frame latency (ms) percentiles."""
     ms = np.array(latencies_s) * 1e3
     return {
-        "frames": len(ms),
-        "frames_per_s": len(ms) / wall_s,
+        "frames": frames,
+        "frames_per_s": frames / wall_s,
         "mean_ms": float(ms.mean()),
         **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)},
     }
 
 
-def concurrently(n: int, run_stream) -> tuple[list[float], float]:
-    """Latencies of every frame of `run_stream(i, record)` for i < n run at once, and the
-    wall time of the whole."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def record(seconds: float) -> None:
-        with lock:
-            latencies.append(seconds)
-
-    threads = [threading.Thread(target=run_stream, args=(i, record)) for i in range(n)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies, time.perf_counter() - start
+def metrics_text(server: TritonServer) -> str:
+    return urllib.request.urlopen(f"http://{server.metrics_url}/metrics").read().decode()
 
 
 def server_metrics(server: TritonServer, model: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://{server.metrics_url}/metrics").read().decode()
-    found = {}
-    for name in METRICS:
+    text, found = metrics_text(server), {}
+    for name in [*METRICS, "rgtp_streams"]:
         m = re.search(rf'^{name}{{model="{re.escape(model)}"[^}}]*}} (\S+)$', text, re.M)
         found[name] = float(m[1]) if m else float("nan")
     return found
 
 
-def served(server, model, clips, n) -> tuple[dict, dict]:
-    def run_stream(i: int, record) -> None:
+def served(server: TritonServer, model: str, clips, n: int, first_id: int) -> dict:
+    """N concurrent sequences over clips[:n]: their timing, the server's metrics over the
+    run, and per sequence its outputs (COMPARED, per frame) or the error that ended it."""
+    latencies: list[float] = []
+    outputs: dict[int, list | str] = {}
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        frames = clips[i]
-        for t, frame in enumerate(frames):
-            x = grpcclient.InferInput("FRAME", [1, *frame.shape], "UINT8")
-            x.set_data_from_numpy(frame[None])
-            start = time.perf_counter()
-            client.infer(
-                model,
-                [x],
-                sequence_id=1000 * n + i + 1,
-                sequence_start=t == 0,
-                sequence_end=t == len(frames) - 1,
-            )
-            record(time.perf_counter() - start)
-        client.close()
+        frames, got, own = clips[i], [], []
+        try:
+            for t, frame in enumerate(frames):
+                x = grpcclient.InferInput("FRAME", [1, *frame.shape], "UINT8")
+                x.set_data_from_numpy(frame[None])
+                index = grpcclient.InferInput("FRAME_INDEX", [1, 1], "INT64")
+                index.set_data_from_numpy(np.array([[t]], dtype=np.int64))
+                start = time.perf_counter()
+                response = client.infer(
+                    model,
+                    [x, index],
+                    sequence_id=first_id + i,
+                    sequence_start=t == 0,
+                    sequence_end=t == len(frames) - 1,
+                )
+                own.append(time.perf_counter() - start)
+                got.append({name: response.as_numpy(name)[0] for name in COMPARED})
+        except InferenceServerException as e:
+            got = f"frame {len(got)}: {e}"
+        finally:
+            client.close()
+        with lock:
+            latencies.extend(own)
+            outputs[i] = got
 
     before = server_metrics(server, model)
-    latencies, wall = concurrently(n, run_stream)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
     after = server_metrics(server, model)
     delta = {k: after[k] - before[k] for k in METRICS}
     requests = max(delta["nv_inference_request_success"], 1)
-    metrics = {
-        "requests": delta["nv_inference_request_success"],
-        "executes": delta["nv_inference_exec_count"],
-        "requests_per_execute": requests / max(delta["nv_inference_exec_count"], 1),
-        "queue_ms_per_request": delta["nv_inference_queue_duration_us"] / requests / 1e3,
-        "compute_ms_per_request": delta["nv_inference_compute_infer_duration_us"] / requests / 1e3,
+    return {
+        "timing": summary(latencies, len(latencies), wall),
+        "server_metrics": {
+            "requests": delta["nv_inference_request_success"],
+            "executes": delta["nv_inference_exec_count"],
+            "requests_per_execute": requests / max(delta["nv_inference_exec_count"], 1),
+            "queue_ms_per_request": delta["nv_inference_queue_duration_us"] / requests / 1e3,
+            "compute_ms_per_request": delta["nv_inference_compute_infer_duration_us"]
+            / requests
+            / 1e3,
+            "streams_after_end": after["rgtp_streams"],
+        },
+        "outputs": outputs,
     }
-    return summary(latencies, wall), metrics
 
 
-def in_process(pipe: Pipeline, settings: ServingSettings, clips, n) -> dict:
-    def run_stream(i: int, record) -> None:
-        stream = pipe.new_stream(settings.stream_options())
-        for frame in clips[i]:
-            start = time.perf_counter()
-            stream.step(frame)
-            record(time.perf_counter() - start)
+def in_process(pipe: Pipeline, settings: ServingSettings, clips, n: int) -> tuple[dict, list]:
+    """The same N videos as N streams stepped together, one `step_many` call per frame time
+    (each stream's frame latency is that call's). Returns the timing and per stream its
+    outputs per frame, named as the served ones."""
+    streams = [pipe.new_stream(settings.stream_options()) for _ in range(n)]
+    latencies, outputs = [], [[] for _ in range(n)]
+    wall = 0.0
+    for t in range(len(clips[0])):
+        start = time.perf_counter()
+        results = pipe.step_many(streams, [clips[i][t] for i in range(n)])
+        took = time.perf_counter() - start
+        wall += took
+        latencies += [took] * n
+        for out, r in zip(outputs, results, strict=True):
+            dets = r.detections
+            out.append(
+                {
+                    "K": np.array([r.k]),
+                    "KEEP": r.keep.numpy(),
+                    "BOXES": dets.boxes.numpy(),
+                    "SCORES": dets.scores.numpy(),
+                    "LABELS": dets.labels.numpy(),
+                }
+            )
+    return summary(latencies, len(latencies), wall), outputs
 
-    return summary(*concurrently(n, run_stream))
+
+def check(served_outputs: dict, ours: list) -> dict:
+    """Sequences dropped (a request failed) and those whose outputs differ in any bit."""
+    dropped = {i: o for i, o in served_outputs.items() if isinstance(o, str)}
+    differ = [
+        i
+        for i, frames in served_outputs.items()
+        if i not in dropped
+        and any(
+            not np.array_equal(a[name], b[name])
+            for a, b in zip(frames, ours[i], strict=True)
+            for name in COMPARED
+        )
+    ]
+    return {"dropped": len(dropped), "first_drops": list(dropped.values())[:3], "differ": differ}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--package", default=None, help="default: export vitdet-small (cached)")
-    ap.add_argument("--streams", default="1,4,8", help="concurrent stream counts")
+    ap.add_argument("--streams", default="1,4,8,16", help="concurrent stream counts")
     ap.add_argument("--frames", type=int, default=64, help="frames per stream")
     ap.add_argument("--keep", type=int, default=77)
     ap.add_argument("--json", default="out/bench/serve_load.json")
     args = ap.parse_args()
-    counts = [int(v) for v in args.streams.split(",")]
+    args.counts = [int(v) for v in args.streams.split(",")]
     package = package_for(args)
-    settings = ServingSettings(keep=args.keep, max_streams=max(counts), idle_timeout_s=60.0)
-    clips = videos(max(counts), args.frames)
+    settings = ServingSettings(keep=args.keep, max_streams=max(args.counts), idle_timeout_s=60.0)
+    clips = videos(max(args.counts), args.frames)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = write_repository(package, Path(tmp) / "repo", settings)
         with TritonServer(model.parent) as server:
-            served(server, model.name, [clips[0][:3]], 1)  # warm-up, not measured
-            for n in counts:
-                rows.append({"streams": n, "served": served(server, model.name, clips, n)})
+            served(server, model.name, [clips[0][:3]], 1, first_id=1)  # warm-up, not measured
+            for n in args.counts:
+                rows.append({"streams": n, **served(server, model.name, clips, n, 1000 * n)})
     pipe = Pipeline.load(package, backend=settings.backend)
     in_process(pipe, settings, [clips[0][:3]], 1)  # warm-up, not measured
     for row in rows:
-        row["served"], row["server_metrics"] = row["served"]
-        row["in_process"] = ours = in_process(pipe, settings, clips, row["streams"])
-        row["overhead_ms_per_frame"] = row["served"]["mean_ms"] - ours["mean_ms"]
-        row["throughput_ratio"] = row["served"]["frames_per_s"] / ours["frames_per_s"]
-    header = (
+        row["served"] = row.pop("timing")
+        row["in_process"], ours = in_process(pipe, settings, clips, row["streams"])
+        row["check"] = check(row.pop("outputs"), ours)
+        row["throughput_ratio"] = row["served"]["frames_per_s"] / row["in_process"]["frames_per_s"]
+    print(
         f"{'streams':>7} | {'where':<10} | {'frames/s':>8} | {'p50 ms':>7} | {'p95 ms':>7} | "
         f"{'p99 ms':>7} | server: req/exec, queue ms, compute ms"
     )
-    print(header)
     for row in rows:
         for where in ("served", "in_process"):
             s = row[where]
@@ -185,19 +236,25 @@ def main() -> None:
                     f"{m['compute_ms_per_request']:.1f}"
                 )
             print(line)
+        c = row["check"]
         print(
-            f"{'':>7}   overhead {row['overhead_ms_per_frame']:+.1f} ms/frame, "
-            f"throughput ratio {row['throughput_ratio']:.2f}"
+            f"{'':>7}   throughput ratio {row['throughput_ratio']:.2f}; dropped {c['dropped']}, "
+            f"differ from in process {len(c['differ'])}, streams open after END "
+            f"{row['server_metrics']['streams_after_end']:g}"
         )
     report = {
         "package": str(package),
         "settings": json.loads(settings.to_json()),
         "frames_per_stream": args.frames,
+        "in_process": "Pipeline.step_many over the same videos, one call per frame time",
         "rows": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.json}")
+    failed = [r["streams"] for r in rows if r["check"]["dropped"] or r["check"]["differ"]]
+    if failed or any(r["server_metrics"]["streams_after_end"] != 0 for r in rows):
+        raise SystemExit(f"serving check failed at {failed or 'the streams gauge'} streams")
 
 
 if __name__ == "__main__":

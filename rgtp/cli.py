@@ -635,7 +635,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
     model = write_repository(args.package, args.out, settings, force=args.force)
     print(
         f"wrote model {model.name} to {args.out}; start the server with: "
-        f"python -m rgtp.serving {args.out}"
+        f"rgtp serve {args.out}"
     )
     return 0
 

@@ -356,7 +356,7 @@ def test_where_a_repository_may_be_written(package, tmp_path, monkeypatch) -> No
 def test_rgtp_triton_writes_a_repository_or_says_why_not(package, tmp_path, capsys) -> None:
     out = tmp_path / "repo"
     assert main(["triton", str(package), "--out", str(out), "--keep", "64"]) == 0
-    assert f"python -m rgtp.serving {out}" in capsys.readouterr().out
+    assert f"rgtp serve {out}" in capsys.readouterr().out
     trt = ["triton", str(package), "--out", str(tmp_path / "trt"), "--backend", "trt"]
     assert main(trt) == 2
     assert "has no TensorRT plans; build them first" in capsys.readouterr().err

@@ -1,7 +1,12 @@
 """The real Triton server (the one nvidia-pytriton bundles) serving the shipped vitdet-small
 package on loopback ports: served detections and kept tokens equal the in-process runtime's,
 sequences are freed by END, by the idle timeout and after a client goes away, and bad
-requests are answered with errors while the other streams go on. One server for the module."""
+requests are answered with INVALID_ARGUMENT while the other streams go on. Under load, on
+the tiny detector (cheap frames): 16 concurrent sequences of 20 frames with as many streams,
+none dropped and each equal to its stream in process bit for bit; twice as many sequences
+as streams, the extra STARTs refused at once and the admitted ones complete; a frame resent
+after a client deadline. A vivit-small package serves class scores. (64 concurrent
+sequences: benchmarks/serve_load.py --verify.)"""
 
 from __future__ import annotations
 
@@ -22,14 +27,17 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from rgtp.cli import main
+from rgtp.export.package import export_package
 from rgtp.models.boxes import Detections
+from rgtp.models.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import ServingSettings, write_repository
 from rgtp.serving.server import ServerError, TritonServer
-from tests.conftest import assert_same_detections, synthvid_frames
+from tests.conftest import assert_same_detections, moving_frames, synthvid_frames
 
 IDLE_S = 5.0
-SETTINGS = ServingSettings(keep=64, max_streams=8, idle_timeout_s=IDLE_S)
+SETTINGS = ServingSettings(keep=64, max_streams=8, idle_timeout_s=IDLE_S, float_scale=1.0)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -162,10 +170,12 @@ def test_bad_requests_get_errors_and_other_streams_go_on(server, package, frames
         ),
         (None, {}, r"RequestError: the request has no frame; send one frame per request"),
         (nan, {"name": "FRAME_FLOAT"}, r"FrameError: frame has NaN values"),
+        (np.zeros((0, 4, 3), np.uint8), {}, r"FrameError: frame has no pixels"),
     ]
     for frame, kw, message in bad:
-        with pytest.raises(InferenceServerException, match=message):
+        with pytest.raises(InferenceServerException, match=message) as refused:
             infer(client, server, 7, frame, **kw)
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     for t in range(2, 6):
         responses.append(infer(client, server, 7, frames[t], end=t == 5))
         other_responses.append(
@@ -243,3 +253,187 @@ def test_a_changed_package_stops_the_server_start_and_leaves_nothing(package, tm
     with pytest.raises(ServerError, match=r"(?s)exited with status 1.*sha256 differs"):
         srv.start()
     assert srv.process is None and srv.workdir is None
+
+
+# Under load, on the tiny detector: 16 streams, 20 frames a sequence, 4 distinct videos
+TINY_K, LOAD_FRAMES = 49, 20
+TINY = ServingSettings(keep=TINY_K, max_streams=16, idle_timeout_s=30.0, score_threshold=0.28)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_detector, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    plan = StagePlan.create(tiny_detector.cfg, [TINY_K])
+    export_package(tiny_detector, plan, root / "pkg", force=True, progress=False)
+    model = write_repository(root / "pkg", root / "repo", TINY)
+    with TritonServer(model.parent) as srv:
+        srv.model, srv.package = model.name, root / "pkg"
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def tiny_videos(tiny_detector) -> list[list[np.ndarray]]:
+    size = tiny_detector.cfg.backbone.img_size
+    return [list(moving_frames(LOAD_FRAMES, size, seed=s, speed=6.0)) for s in range(4)]
+
+
+@pytest.fixture(scope="module")
+def tiny_want(tiny_server, tiny_videos) -> list[list]:
+    pipe = Pipeline.load(tiny_server.package, backend=TINY.backend)
+    streams = [pipe.new_stream(TINY.stream_options()) for _ in tiny_videos]
+    return [[s.step(f) for f in v] for s, v in zip(streams, tiny_videos, strict=True)]
+
+
+def indexed(frame: np.ndarray, index: int) -> list:
+    """A frame and its index in the sequence (FRAME_INDEX), as a request's inputs."""
+    at = grpcclient.InferInput("FRAME_INDEX", [1, 1], "INT64")
+    at.set_data_from_numpy(np.array([[index]], dtype=np.int64))
+    return [frame_input(frame), at]
+
+
+def assert_bits_equal(response, want) -> None:
+    assert int(response.as_numpy("K")[0, 0]) == want.k
+    assert int(response.as_numpy("STEP")[0, 0]) == want.index
+    assert np.array_equal(response.as_numpy("KEEP")[0], want.keep.numpy())
+    for name in ("boxes", "scores", "labels"):
+        served = response.as_numpy(name.upper())[0]
+        assert np.array_equal(served, getattr(want.detections, name).numpy()), name
+
+
+def concurrent_sequences(server, videos, count: int, frames: int, first_id: int) -> dict:
+    """`count` sequences at once, sequence i over `videos[i % len(videos)][:frames]`, one
+    gRPC client thread each. Every START is sent at once and answered before any sequence
+    goes on, so the admitted are the first `max_streams`. Returns per sequence its
+    responses, or the error that ended it."""
+    gate, started = threading.Barrier(count), threading.Barrier(count)
+    out: dict[int, list | Exception] = {}
+
+    def run(i: int) -> None:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        video = videos[i % len(videos)][:frames]
+        responses: list = []
+        try:
+            for t, frame in enumerate(video):
+                if t < 2:  # all STARTs together, then all second frames
+                    (gate if t == 0 else started).wait()
+                responses.append(
+                    client.infer(
+                        server.model,
+                        indexed(frame, t),
+                        sequence_id=first_id + i,
+                        sequence_start=t == 0,
+                        sequence_end=t == len(video) - 1,
+                    )
+                )
+        except InferenceServerException as e:
+            out[i] = e
+            if not responses:  # refused at START: let the others go on
+                started.wait()
+            return
+        out[i] = responses
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_as_many_sequences_as_streams_none_dropped_each_equal_in_process(
+    tiny_server, tiny_videos, tiny_want
+) -> None:
+    out = concurrent_sequences(tiny_server, tiny_videos, 16, LOAD_FRAMES, first_id=1000)
+    dropped = {i: r for i, r in out.items() if isinstance(r, Exception)}
+    assert not dropped, dropped
+    for i, responses in out.items():
+        assert len(responses) == LOAD_FRAMES
+        for response, want in zip(responses, tiny_want[i % len(tiny_videos)], strict=True):
+            assert_bits_equal(response, want)
+        assert int(responses[0].as_numpy("STREAMS")[0, 0]) <= TINY.max_streams
+    assert served_streams(tiny_server) == 0  # every sequence ended
+
+
+def test_starts_beyond_the_streams_are_refused_at_start(tiny_server, tiny_videos, tiny_want):
+    frames = 6
+    out = concurrent_sequences(tiny_server, tiny_videos, 32, frames, first_id=2000)
+    refused = {i: r for i, r in out.items() if isinstance(r, Exception)}
+    assert len(refused) == 16
+    for error in refused.values():
+        assert error.status() == "StatusCode.UNAVAILABLE"
+        assert "cannot start: 16 streams are open, the most this model holds" in str(error)
+    for i, responses in out.items():
+        if i not in refused:  # every admitted sequence completes, as in process
+            for response, want in zip(responses, tiny_want[i % len(tiny_videos)], strict=False):
+                assert_bits_equal(response, want)
+            assert len(responses) == frames
+    assert served_streams(tiny_server) == 0
+
+
+def test_a_frame_resent_after_a_client_deadline_steps_once(tiny_server) -> None:
+    """Large frames (their resize alone outlasts a 0.01 s deadline): the frame whose client
+    gave up is resent with its index; every frame steps once, each response and every later
+    one equals the stream in process."""
+    video = list(moving_frames(8, 1600, seed=7, speed=40.0))
+    stream = Pipeline.load(tiny_server.package, backend=TINY.backend).new_stream(
+        TINY.stream_options()
+    )
+    want = [stream.step(f) for f in video]
+    client = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+
+    def send(t: int, **kw):
+        return client.infer(
+            tiny_server.model, indexed(video[t], t), sequence_id=3000, sequence_start=t == 0, **kw
+        )
+
+    steps = metric(tiny_server, "rgtp_k_count")
+    responses = [send(0), send(1)]
+    with pytest.raises(InferenceServerException, match="Deadline Exceeded"):
+        send(2, client_timeout=0.01)
+    responses.append(send(2))  # resent: the stored response if it stepped, else its step
+    responses += [send(t) for t in range(3, 8)]
+    for response, result in zip(responses, want, strict=True):
+        assert_bits_equal(response, result)
+    assert metric(tiny_server, "rgtp_k_count") == steps + 8  # each frame stepped once
+    with pytest.raises(InferenceServerException, match=r"expects frame 8 \(FRAME_INDEX 8\)"):
+        send(5)
+    send(7, sequence_end=True)  # the last frame again closes the sequence
+    assert served_streams(tiny_server) == 0
+
+
+def test_a_classifier_serves_class_scores_as_in_process(tmp_path) -> None:
+    """vivit-small (64 px, random weights: cheap) served: three sequences interleaved frame by
+    frame equal their streams in process; a frame that only fills a tubelet is STEP -1."""
+    package = tmp_path / "pkg"
+    export = ["export", "--model", "vivit-small", "--size", "64", "--random-init"]
+    assert main([*export, "--buckets", "8", "--partition", "whole", "--out", str(package)]) == 0
+    settings = ServingSettings(keep=8, max_streams=3)
+    model = write_repository(package, tmp_path / "repo", settings)
+    clips = [list(moving_frames(20, 64, seed=s, speed=3.0)) for s in range(3)]
+    pipe = Pipeline.load(package, backend=settings.backend)
+    streams = [pipe.new_stream(settings.stream_options()) for _ in clips]
+    want = [[s.step(f) for f in c] for s, c in zip(streams, clips, strict=True)]
+    scored = 0
+    with TritonServer(model.parent) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for t in range(len(clips[0])):
+            for i in (1, 0, 2):
+                response = client.infer(
+                    model.name,
+                    indexed(clips[i][t], t),
+                    sequence_id=50 + i,
+                    sequence_start=t == 0,
+                    sequence_end=t == len(clips[i]) - 1,
+                )
+                result = want[i][t]
+                if result is None:
+                    assert int(response.as_numpy("STEP")[0, 0]) == -1
+                    assert response.as_numpy("CLASS_SCORES").shape == (1, 0)
+                    continue
+                assert int(response.as_numpy("STEP")[0, 0]) == result.index
+                assert np.array_equal(response.as_numpy("KEEP")[0], result.keep.numpy())
+                if result.scores is not None:
+                    scores = response.as_numpy("CLASS_SCORES")[0]
+                    assert np.array_equal(scores, result.scores.numpy())
+                    scored += 1
+    assert scored >= 3
