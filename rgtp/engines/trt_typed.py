@@ -58,5 +58,7 @@ def fp16_graph(src: Path, dst: Path) -> None:
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FLOAT32_OPS],
         node_block_list=rollout_row_nodes(model.graph),
     )
+    # the converter leaves some intermediate types as they were: drop them (optional in ONNX)
+    del half.graph.value_info[:]
     weights = Path(typed_weights(str(dst))).name
     onnx.save(half, str(dst), save_as_external_data=True, location=weights)
