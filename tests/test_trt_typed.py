@@ -14,7 +14,7 @@ import pytest
 from rgtp.engines.trt_typed import FLOAT32_OPS, fp16_graph, rollout_row_nodes
 
 # largest |fp16 graph - torch fp32| over the largest |torch fp32|, per output
-TOLERANCE = 2e-2
+TOLERANCE = 5e-3  # measured at most 9.1e-4 (rollout rows at K = N), docs/tensorrt.md
 
 
 @pytest.fixture(scope="module")
