@@ -210,9 +210,14 @@ SLOW: dict[str, set[str]] = {
     },
     "test_readme": {"test_the_readme_api_example_runs"},  # vitdet-small, 16 + 4 frames
     "test_rollout_rows": {"package"},  # an export
+    "test_serve_lifecycle": {"small_packages"},  # real servers on it
+    "test_serving_sequences": {"tiny_package"},  # an export
+    "test_synthmotion": {"test_last_frame_position_and_size_do_not_tell_the_motion"},  # 80 clips
+    "test_train": {"test_training_is_seeded_and_reproducible"},  # two training runs
     "test_triton_repository": {"package"},  # small_packages
     "test_triton_server": {"*"},  # a real Triton server
     "test_trt": {"*"},  # small_packages and TensorRT-RTX builds
+    "test_trt_typed": {"small_packages"},
     "test_video_errors": {"small_packages"},  # the CLI on it
     "test_vivit": {"test_spatial_encoder_matches_timm_vit_b16"},  # ViT-B/16
     "test_vivit_pruned": {"package"},  # an export
@@ -220,6 +225,7 @@ SLOW: dict[str, set[str]] = {
         "test_training_is_seeded",
         "test_temporal_phase_from_saved_joint_weights_matches_one_run",
         "test_saved_weights_load_back_into_the_model",
+        "test_shipped_weights_are_small_and_need_time",  # 48 clips through vivit-small
     },
 }
 
