@@ -233,5 +233,6 @@ SLOW: dict[str, set[str]] = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         slow = SLOW.get(item.path.stem, set())
-        if "*" in slow or item.originalname in slow or slow & set(item.fixturenames):
+        name = getattr(item, "originalname", item.name)
+        if "*" in slow or name in slow or slow & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
