@@ -220,16 +220,24 @@ def test_sigterm_stops_the_whole_group_frees_its_ports_and_files(first):
             os.kill(pid, 0)
 
 
-def test_a_serve_environment_that_is_not_one_is_refused(repositories, tmp_path) -> None:
+def test_a_serve_environment_that_is_not_one_is_refused(tmp_path, monkeypatch) -> None:
     with pytest.raises(ServeEnvironmentError, match=r"no Python interpreter there"):
         serve_environment(tmp_path)
-    cli = subprocess.run(
-        [sys.executable, "-m", "rgtp", "serve", str(repositories[64]), "--env", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert cli.returncode == 2
-    assert f"{tmp_path}/bin/python: no Python interpreter there" in cli.stderr
+    monkeypatch.setenv("RGTP_SERVE_ENV", str(tmp_path))
+    with pytest.raises(ServeEnvironmentError, match=rf"{tmp_path}/bin/python: no Python"):
+        serve_environment()
+
+
+def test_taken_or_equal_ports_are_refused_before_anything_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {**fresh_ports(), "grpc": port}
+        with pytest.raises(ServerError, match=rf"the grpc port {port} at 127.0.0.1: Address "):
+            server_module.check_ports("127.0.0.1", ports)
+    with pytest.raises(ServerError, match=r"the ports must differ: http 8000, grpc 8000"):
+        server_module.check_ports("127.0.0.1", {"http": 8000, "grpc": 8000, "metrics": 8002})
 
 
 def test_a_written_repository_names_no_path_of_this_machine(package, tmp_path) -> None:
@@ -283,3 +291,13 @@ def test_the_serve_commands_are_one(tmp_path) -> None:
     ]
     assert [r.returncode for r in runs] == [2, 2]
     assert runs[0].stderr == runs[1].stderr and "no such model repository" in runs[0].stderr
+
+
+def test_serve_names_a_serve_environment_it_cannot_use(repositories, tmp_path) -> None:
+    cli = subprocess.run(
+        [sys.executable, "-m", "rgtp", "serve", str(repositories[64]), "--env", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2
+    assert f"{tmp_path}/bin/python: no Python interpreter there" in cli.stderr
