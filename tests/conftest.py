@@ -124,6 +124,29 @@ def small_packages(tmp_path_factory) -> dict[str, tuple]:
     return out
 
 
+def one_node_graph(module, spec, args, symbolic_k=False, opset=18):
+    """A stand-in for tracing (`rgtp.export.package.export_graph`): one Identity node that
+    declares ai.onnx opset 20. A package exported with it has real weights, manifest and
+    files around graphs no runtime runs: for tests of everything but the graphs."""
+    import onnx
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    graph = onnx.helper.make_graph([node], spec.name, [x], [y])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
+
+
+@pytest.fixture
+def quick_export(monkeypatch) -> None:
+    """export_package with tracing replaced by `one_node_graph`: everything else (weights,
+    manifest, temporary directory, replacement) is real, and a package takes well under a
+    second instead of seconds a graph."""
+    from rgtp.export import package as package_module
+
+    monkeypatch.setattr(package_module, "export_graph", one_node_graph)
+
+
 def synthvid_frames(num: int, size: int = 256) -> list[np.ndarray]:
     from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 
@@ -173,7 +196,6 @@ SLOW: dict[str, set[str]] = {
         "test_finetune_temporal_writes_beside_the_weights",
     },
     "test_demo": {"*"},  # both demos, end to end
-    "test_engine_binding": {"exported"},  # an export
     "test_eval_viz": {  # runs over SynthVID sequences (mAP50 itself stays fast)
         "test_the_shipped_model_keeps_its_accuracy_when_pruned",
         "test_evaluate_setting_records_cost_and_accuracy",

@@ -13,11 +13,12 @@ import torch
 from rgtp.engines.base import EngineError, check_feeds
 from rgtp.engines.binding import bind_io
 from rgtp.engines.dtypes import dtype
+from rgtp.export import package as package_module
 from rgtp.export.ensure import ensure_package
 from rgtp.export.onnx_graphs import ExportError, export_graph, graph_interface
 from rgtp.models import Detector
 from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
-from tests.conftest import randomize
+from tests.conftest import one_node_graph, randomize
 
 # a stage-like interface with one prefix row: K kept rows plus 1
 SPEC = GraphSpec(
@@ -134,9 +135,13 @@ def test_build_options_speak_trtexecs_language() -> None:
 
 @pytest.fixture(scope="module")
 def exported(tiny_detector, tmp_path_factory):
+    """A package of fixed-K graphs traced by `one_node_graph`: what is checked here is the
+    manifest and the weights, not the graphs."""
     plan = StagePlan.create(tiny_detector.cfg, [49], "whole")
     path = tmp_path_factory.mktemp("ensure") / "pkg"
-    return ensure_package(tiny_detector, plan, path, symbolic=False), plan
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(package_module, "export_graph", one_node_graph)
+        return ensure_package(tiny_detector, plan, path, symbolic=False), plan
 
 
 def test_a_missing_package_is_exported_as_asked(exported, tiny_detector, capsys) -> None:

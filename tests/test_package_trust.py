@@ -249,6 +249,29 @@ def test_a_flipped_byte_anywhere_stops_every_backend(pkg, backend: str, victim: 
         load(pkg, backend)
 
 
+def test_verification_names_every_missing_resized_and_changed_file(
+    tiny_detector, quick_export, tmp_path
+) -> None:
+    """What every load starts with, on a package of stand-in graphs (the fast tier's check
+    of it; the tests on `pkg` check it through every backend and the CLI)."""
+    out = tmp_path / "pkg"
+    manifest = export_package(tiny_detector, StagePlan.create(tiny_detector.cfg, [64]), out)
+    assert set(verify_module.verify_package(out, manifest)) == set(manifest.files)
+    (out / "embed.onnx").unlink()
+    with open(out / "head.weights", "ab") as f:
+        f.write(b"\0")
+    flip_byte(out / "model.safetensors")
+    with pytest.raises(ManifestError) as caught:
+        verify_module.verify_package(out, manifest)
+    assert "package fails verification" in str(caught.value)
+    assert "embed.onnx: missing" in str(caught.value)
+    assert re.search(r"head\.weights: \d+ bytes, manifest says \d+", str(caught.value))
+    assert "model.safetensors: sha256 differs from the manifest" in str(caught.value)
+    with pytest.raises(ManifestError) as caught:
+        verify_module.verify_package(out, manifest, verify=False)  # sizes, not hashes
+    assert "embed.onnx" in str(caught.value) and "model.safetensors" not in str(caught.value)
+
+
 def test_build_refuses_a_tampered_package_before_building(pkg, capsys) -> None:
     flip_byte(pkg / "stage0.weights")
     before = tree(pkg)
@@ -420,21 +443,6 @@ def test_export_deletes_nothing_of_the_users(
     assert code == 2 and message in err, err
     assert tree(tmp_path) == before  # every file, byte for byte
     assert sorted(p.name for p in tmp_path.rglob("*")) == entries  # and no work directory
-
-
-@pytest.fixture
-def quick_export(monkeypatch) -> None:
-    """export_package with tracing replaced by a one-node graph that declares ai.onnx opset
-    20: everything else (weights, manifest, temporary directory, replacement) is real."""
-
-    def one_node_graph(module, spec, args, symbolic_k=False, opset=18) -> onnx.ModelProto:
-        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-        y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-        node = onnx.helper.make_node("Identity", ["x"], ["y"])
-        graph = onnx.helper.make_graph([node], spec.name, [x], [y])
-        return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
-
-    monkeypatch.setattr(package_module, "export_graph", one_node_graph)
 
 
 def _tiny_plan(det) -> StagePlan:
