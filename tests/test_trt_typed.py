@@ -115,3 +115,47 @@ def test_fp16_graphs_match_torch_fp32_on_onnx_runtime(recorded, tmp_path) -> Non
             errors[f"{name}:{n}"] = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-12))
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, (worst, errors[worst])
+
+
+def test_blocked_nodes_read_float32_in_a_graph_without_intermediate_types(tmp_path) -> None:
+    """A graph that declares no intermediate types (value_info) still gets its casts: the
+    LayerNormalization, the Softmax and the rollout row after it read float32, the
+    MatMuls float16; ONNX Runtime runs it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dim = 16
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((dim, dim)) * 0.1).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(dim, np.float32), "g"),
+        numpy_helper.from_array(np.zeros(dim, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+        helper.make_node("LayerNormalization", ["m", "g", "b"], ["n"], axis=-1, name="ln"),
+        helper.make_node("MatMul", ["n", "w"], ["s"], name="mm2"),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1, name="sm"),
+        helper.make_node("Sqrt", ["p"], ["attn_0"], name="row"),
+        helper.make_node("MatMul", ["p", "w"], ["y"], name="mm3"),
+    ]
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, dim]) for n in ("attn_0", "y")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, dim])], out, weights
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    fp16_graph(tmp_path / "g.onnx", tmp_path / "g16.onnx")
+    typed = onnx.load(str(tmp_path / "g16.onnx"))
+    of = element_types(typed.graph)
+    by_name = {n.name: n for n in typed.graph.node}
+    assert rollout_row_nodes(graph) == ["row"]
+    for name in ("ln", "sm", "row"):
+        assert of(by_name[name].input[0]) == onnx.TensorProto.FLOAT, name
+    for name in ("mm", "mm2", "mm3"):
+        assert of(by_name[name].input[0]) == onnx.TensorProto.FLOAT16, name
+    x = rng.standard_normal((4, dim)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"x": x})
+    got = ort.InferenceSession(str(tmp_path / "g16.onnx")).run(None, {"x": x})
+    for a, b in zip(got, ref, strict=True):
+        assert np.abs(a - b).max() <= 5e-3 * np.abs(b).max()

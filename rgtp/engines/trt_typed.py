@@ -48,7 +48,9 @@ def fp16_graph(src: Path, dst: Path) -> None:
     float32 inputs and outputs) as `dst`, its weights beside it (`typed_weights`)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(src))  # with its external weights
+    # with its external weights, and every intermediate tensor's type: the converter puts
+    # casts around the blocked nodes only where it knows a tensor is float
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     for i, node in enumerate(model.graph.node):  # the block list names nodes
         node.name = node.name or f"{node.op_type}_{i}"
     half = convert_float_to_float16(
