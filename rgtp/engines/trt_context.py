@@ -142,7 +142,6 @@ class SharedPlan:
         self.memory = torch.empty(device_memory_size(engine), dtype=torch.uint8, device=device)
         # re-entrant: a run creates the context of new buffers inside its critical section
         self._lock = threading.RLock()
-        self.contexts = 0  # created so far
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -171,7 +170,6 @@ class SharedPlan:
                 f"{self.file}: TensorRT cannot select optimization profile {profile} ({label}); "
                 f"the plan has {self.engine.num_optimization_profiles}: rebuild the plans"
             )
-        self.contexts += 1
         return context
 
     def _runtime_config(self) -> Any:
