@@ -12,7 +12,11 @@ more slots than the model holds streams (`SLOTS_PER_STREAM` x max_streams candid
 sequences), so every START reaches the model and none waits in Triton's backlog, where the
 wait would count against Triton's idle timeout and the sequence be dropped right after it
 got a slot. The model admits at most `max_streams` of them: a START beyond that is refused
-at once (`CapacityError`, UNAVAILABLE: retry later), before any frame of it runs. Triton
+at once (`CapacityError`, UNAVAILABLE: retry later), before any frame of it runs. Its
+Triton slot stays held until the sequence's END or Triton's idle timeout, so a client
+retries a refused START under the same correlation ID (which reuses that slot); were more
+than (SLOTS_PER_STREAM - 1) x max_streams refused sequences held at once, Triton would
+queue further STARTs in its backlog again. Triton
 frees an idle sequence's slot after twice the model's idle timeout, so the stream table
 only ever holds streams of sequences Triton still holds: the model frees a stream first
 (after `idle_timeout_s`), and a frame sent after that gets "has no stream" (send START
