@@ -56,7 +56,7 @@ def package_for(args: argparse.Namespace) -> Path:
         return Path(args.package)
     det = Detector(get_config("vitdet-small"))
     load_weights(det, shipped_weights("vitdet-small"))
-    plan = StagePlan.create(det.cfg, [args.keep], max_batch=max(args.counts))
+    plan = StagePlan.create(det.cfg, [args.keep])
     return ensure_package(det.eval(), plan, "out/bench/serve-package", symbolic=False)
 
 
