@@ -130,8 +130,24 @@ def export_graph(
     model = onnx_program.model_proto
     if symbols:
         _rename_symbolic_dims(model, spec)
+    _drop_trace_metadata(model)
     model.doc_string = f"rgtp graph {spec.name}"
     return model
+
+
+def _drop_trace_metadata(model: onnx.ModelProto) -> None:
+    """Remove the exporter's per-node metadata (stack traces, module scopes): it names files
+    of the machine that exported, and a package must not (it travels to other machines and
+    into Triton repositories); no runtime reads it."""
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        del value.metadata_props[:]
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    while nodes:
+        node = nodes.pop()
+        del node.metadata_props[:]
+        for a in node.attribute:  # the bodies of If, Loop, Scan
+            bodies = [a.g] if a.HasField("g") else list(a.graphs)
+            nodes.extend(n for g in bodies for n in g.node)
 
 
 _EXPORTER_SYMBOL = re.compile(r"\bs\d+\b")  # torch names a symbolic size "s18"
