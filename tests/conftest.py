@@ -222,7 +222,6 @@ SLOW: dict[str, set[str]] = {
         "small_packages",
         "test_eight_threads_of_eight_streams_equal_sequential_runs",
     },
-    "test_readme": {"test_the_readme_api_example_runs"},  # vitdet-small, 16 + 4 frames
     "test_rollout_rows": {"package"},  # an export
     "test_serve_lifecycle": {"small_packages"},  # real servers on it
     "test_serving_sequences": {"tiny_package"},  # an export
