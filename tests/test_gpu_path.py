@@ -93,8 +93,15 @@ class FakeGraph:
 
 
 class FakeCapture:
-    def __init__(self, graph: FakeGraph) -> None:
+    """Stands in for torch.cuda.graph; records the capture mode it was asked for."""
+
+    modes: ClassVar[list[str]] = []
+
+    def __init__(
+        self, graph: FakeGraph, stream: object = None, capture_error_mode: str = "global"
+    ) -> None:
         self.graph = graph
+        FakeCapture.modes.append(capture_error_mode)
 
     def __enter__(self) -> None:
         return None
@@ -105,9 +112,11 @@ class FakeCapture:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    FakeGraph.captured = []
+    FakeGraph.captured, FakeCapture.modes = [], []
     monkeypatch.setattr(cuda_graphs.torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(cuda_graphs.torch.cuda, "graph", FakeCapture)
+    monkeypatch.setattr(cuda_graphs, "_capture_streams", {})
+    monkeypatch.setattr(cuda_graphs.torch.cuda, "Stream", lambda device=None: object())
 
     class Stream:
         def synchronize(self) -> None:
@@ -140,6 +149,8 @@ def test_graph_cache_warms_up_once_per_shape_then_captures_per_buffers(fake_cuda
     assert cache.captures == 4
     cache.run({"x": torch.zeros(5)}, forward)  # a new shape warms up eagerly again
     assert cache.eager_runs == 2
+    # other threads may enqueue while one captures: every capture is thread-local
+    assert FakeCapture.modes == ["thread_local"] * 4
 
 
 def test_graph_cache_refuses_a_cpu_device() -> None:
