@@ -38,7 +38,7 @@ from tests.conftest import assert_same_detections, moving_frames, synthvid_frame
 
 IDLE_S = 5.0
 SETTINGS = ServingSettings(keep=64, max_streams=8, idle_timeout_s=IDLE_S, float_scale=1.0)
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLIENT_DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 
 
 @pytest.fixture(scope="module")
@@ -227,14 +227,14 @@ def test_end_idle_timeout_and_a_gone_client_free_their_streams(server, frames) -
         infer(http, server, 21, frames[2], module=httpclient)
 
 
-def test_the_readme_client_example_runs(server) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def test_the_documented_client_example_runs(server) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", CLIENT_DOC.read_text(), re.S)
     (example,) = [b for b in blocks if "tritonclient" in b]
     assert '"127.0.0.1:8001"' in example and '"rgtp_vitdet-small"' in example
     example = example.replace("127.0.0.1:8001", server.grpc_url)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(example, "README.md", "exec"), {})
+        exec(compile(example, "docs/serving.md", "exec"), {})
     lines = out.getvalue().splitlines()
     assert len(lines) == 8 and all(int(line.split()[1]) in (64, 256) for line in lines)
     assert served_streams(server) == 0
