@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rgtp.models import Detector
+from rgtp.families.detection.detector import Detector
 
 BACKBONE_PARTS = ("embed", "select", "stages", "scatter", "rollout")  # the paper's runtime
 OVERHEAD_PARTS = ("select", "scatter", "rollout")  # the method's work between engine calls

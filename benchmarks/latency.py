@@ -7,8 +7,8 @@ neck/head is not pruned and is reported apart). The dense baseline is the plain 
 backbone exported as its own graph; pruned frames are the non-reset frames of a stream.
 Beside every K: its FLOPs ratio (dense backbone MACs / pruned-frame MACs) in the paper's
 convention (windowed blocks computed whole) and in the executed one (what rgtp runs,
-`rgtp.models.flops`), the measured speedup over each, the share of the pruned frame spent
-outside engine calls (tracking, top-K, gathers, cache scatters, rollout), and the whole
+`rgtp.families.detection.flops`), the measured speedup over each, the share of the pruned
+frame spent outside engine calls (tracking, top-K, gathers, cache scatters, rollout), and the whole
 frame's time with the head. Weights are random: only timing is measured.
 """
 
@@ -30,9 +30,10 @@ from rgtp.core.selection import FixedKeep
 from rgtp.engines import LAYOUTS
 from rgtp.export.ensure import ensure_package
 from rgtp.export.onnx_graphs import export_graph
-from rgtp.models import Detector, get_config
-from rgtp.models.flops import frame_macs
-from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
+from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.flops import frame_macs
+from rgtp.families.registry import get_config
+from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 from rgtp.runtime import Pipeline
 
 

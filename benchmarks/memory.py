@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from rgtp.engines import LAYOUTS
-from rgtp.models.manifest import Manifest
+from rgtp.package.manifest import Manifest
 
 
 def measure(package: str, buckets: list[int], layout: str) -> None:

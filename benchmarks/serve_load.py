@@ -34,10 +34,10 @@ from tritonclient.utils import InferenceServerException
 
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
-from rgtp.models import Detector, get_config
-from rgtp.models.checkpoints import load_weights
-from rgtp.models.plan import StagePlan
-from rgtp.models.registry import shipped_weights
+from rgtp.families.detection.checkpoints import load_weights
+from rgtp.families.detection.detector import Detector
+from rgtp.families.registry import get_config, shipped_weights
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import ServingSettings, write_repository
 from rgtp.serving.server import TritonServer

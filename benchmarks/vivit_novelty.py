@@ -22,10 +22,10 @@ import torch
 
 from rgtp.eval.classify import data_config, heldout_clips
 from rgtp.eval.classify_pruned import pruned_run
-from rgtp.models.registry import shipped_weights
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import get_vivit_config
-from rgtp.models.vivit_weights import load_vivit_weights
+from rgtp.families.classification.config import get_vivit_config
+from rgtp.families.classification.vivit import ViViT
+from rgtp.families.classification.weights import load_vivit_weights
+from rgtp.families.registry import shipped_weights
 from rgtp.runtime import Pipeline
 
 

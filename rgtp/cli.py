@@ -129,7 +129,7 @@ def _tolerance(name: str) -> Callable[[str], float]:
 
 @command
 def cmd_flops(args: argparse.Namespace) -> int:
-    from rgtp.models import get_config
+    from rgtp.families.registry import get_config
 
     cfg = get_config(args.model, args.size)
     return {"detection": _flops_detector, "classification": _flops_classifier}[cfg.family](
@@ -154,7 +154,7 @@ def _check_k(args: argparse.Namespace, enc) -> int:
 
 def _flops_detector(args: argparse.Namespace, cfg) -> int:
     from rgtp.core.selection import schedule_name
-    from rgtp.models.flops import block_keeps, frame_macs, schedule_macs
+    from rgtp.families.detection.flops import block_keeps, frame_macs, schedule_macs
 
     bb = cfg.backbone
     k = args.k if args.k is not None else bb.num_tokens
@@ -208,7 +208,7 @@ def _flops_detector(args: argparse.Namespace, cfg) -> int:
 
 
 def _flops_classifier(args: argparse.Namespace, cfg) -> int:
-    from rgtp.models.vivit_flops import KINETICS_VIEWS, view_macs
+    from rgtp.families.classification.flops import KINETICS_VIEWS, view_macs
 
     sp = cfg.spatial
     k = _check_k(args, sp)
@@ -267,9 +267,8 @@ def _load_model(args: argparse.Namespace):
     ViViT's temporal transformer under a timm image checkpoint) the checkpoint lacks keep
     their random values only with --allow-missing-head, and the log says so.
     """
-    from rgtp.models import get_config
-    from rgtp.models.families import family_of
-    from rgtp.models.registry import shipped_weights
+    from rgtp.families.registry import get_config, shipped_weights
+    from rgtp.package.family import family_of
 
     cfg = get_config(args.model, args.size)
     family = family_of(cfg)
@@ -297,7 +296,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _add_weights_flags(p: argparse.ArgumentParser) -> None:
-    from rgtp.models.checkpoints import FORMATS
+    from rgtp.families.detection.checkpoints import FORMATS
 
     p.add_argument("--weights", default=None, help="checkpoint (.safetensors, .pth/.bin, .pkl)")
     p.add_argument(
@@ -317,7 +316,7 @@ def _add_weights_flags(p: argparse.ArgumentParser) -> None:
 @command
 def cmd_export(args: argparse.Namespace) -> int:
     from rgtp.export.package import export_package
-    from rgtp.models.plan import StagePlan
+    from rgtp.package.plan import StagePlan
 
     head, user_graph, user_spec = args.head, None, None
     if args.head_onnx:
@@ -396,7 +395,7 @@ def _export_pruning(args: argparse.Namespace, cfg):
 
 
 def _add_partition_flag(p: argparse.ArgumentParser) -> None:
-    from rgtp.models.plan import PARTITIONS
+    from rgtp.package.plan import PARTITIONS
 
     p.add_argument(
         "--partition",
@@ -420,7 +419,7 @@ def _add_reset_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_prune_from_flag(p: argparse.ArgumentParser) -> None:
-    from rgtp.models.plan import PRUNE_FROM
+    from rgtp.package.plan import PRUNE_FROM
 
     p.add_argument(
         "--prune-from",
@@ -680,7 +679,7 @@ def _pipeline(
     fixed-K graphs (--package if it holds this export, else exported there or into a
     temporary directory; stderr says which); `schedules`' K as their stages' buckets."""
     from rgtp.export.ensure import ensure_package
-    from rgtp.models.plan import StagePlan
+    from rgtp.package.plan import StagePlan
     from rgtp.runtime import Pipeline
 
     if args.backend == "torch":
@@ -763,7 +762,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
 
     from rgtp.eval.classify import data_config, heldout_clips
     from rgtp.eval.classify_pruned import classifier_table, format_table, rows_as_dicts
-    from rgtp.models.registry import shipped_weights
+    from rgtp.families.registry import shipped_weights
     from rgtp.train.finetune_temporal import finetuned_path, load_temporal
 
     if any(not isinstance(k, int) for k in args.ks or []):
@@ -814,7 +813,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
-    from rgtp.models import get_config
+    from rgtp.families.registry import get_config
 
     family = get_config(args.model).family
     return {"detection": _train_detector, "classification": _train_classifier}[family](args)
@@ -867,7 +866,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def cmd_finetune_temporal(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rgtp.models.registry import shipped_weights
+    from rgtp.families.registry import shipped_weights
     from rgtp.train.finetune_temporal import FinetuneConfig, finetune_temporal, finetuned_path
 
     model = _load_model(args)
@@ -897,8 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     from rgtp.engines import BACKENDS, LAYOUTS
     from rgtp.engines.trt_build import PRECISIONS
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
-    from rgtp.models.flops import CONVENTIONS
-    from rgtp.models.registry import model_names
+    from rgtp.families.detection.flops import CONVENTIONS
+    from rgtp.families.registry import model_names
 
     parser = argparse.ArgumentParser(
         prog="rgtp",

@@ -20,7 +20,8 @@ import torch
 from skimage import data as skdata
 from skimage.transform import resize
 
-from rgtp.models import BackboneConfig, Detector, DetectorConfig, HeadConfig
+from rgtp.families.detection.detector import Detector
+from rgtp.models.config import BackboneConfig, DetectorConfig, HeadConfig
 from rgtp.runtime import Pipeline
 
 
@@ -93,9 +94,8 @@ def moving_frames(num: int, size: int, seed: int = 0, speed: float = 5.0) -> Ite
 
 def small_detector() -> Detector:
     """vitdet-small with its shipped weights when present, else a fixed random init."""
-    from rgtp.models import get_config
-    from rgtp.models.checkpoints import load_weights
-    from rgtp.models.registry import shipped_weights
+    from rgtp.families.detection.checkpoints import load_weights
+    from rgtp.families.registry import get_config, shipped_weights
 
     torch.manual_seed(0)
     det = Detector(get_config("vitdet-small"))
@@ -112,7 +112,7 @@ def small_packages(tmp_path_factory) -> dict[str, tuple]:
     """vitdet-small exported twice: two bucket sets, two stage partitions.
     Returns {name: (package dir, detector, plan)}."""
     from rgtp.export.package import export_package
-    from rgtp.models.plan import StagePlan
+    from rgtp.package.plan import StagePlan
 
     det = small_detector()
     out = {}

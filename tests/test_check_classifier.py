@@ -7,10 +7,10 @@ import torch
 
 from rgtp.export.check import check_package
 from rgtp.export.ensure import ensure_package
-from rgtp.models.manifest import Manifest
-from rgtp.models.plan import StagePlan
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.vivit import ViViT
+from rgtp.package.manifest import Manifest
+from rgtp.package.plan import StagePlan
 from tests.conftest import randomize
 
 # 64 px: a 4 x 4 grid, N = 16 patch tokens and the CLS

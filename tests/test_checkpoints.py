@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from rgtp.models import BackboneConfig, Detector
-from rgtp.models.checkpoints import (
-    CheckpointError,
-    load_state_dict_into,
-    load_weights,
-    read_state_dict,
-    save_weights,
-)
+from rgtp.families.detection.checkpoints import load_state_dict_into, load_weights
+from rgtp.families.detection.detector import Detector
+from rgtp.models.checkpoint_files import CheckpointError, read_state_dict, save_weights
+from rgtp.models.config import BackboneConfig
 from rgtp.models.vitdet import ViTDetBackbone
 from tests.conftest import randomize, tiny_config
 from tests.reference_impls import import_sam_image_encoder, import_timm_sam_module

@@ -9,9 +9,9 @@ import torch
 from rgtp.data.synthmotion import CLASSES, training_clips
 from rgtp.eval.classify import classify, data_config, heldout_clips
 from rgtp.eval.classify_pruned import classifier_table, format_table, pruned_run
+from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.vivit import ViViT
 from rgtp.models.checkpoint_files import CheckpointError
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig
 from rgtp.runtime import Pipeline
 from rgtp.train.finetune_temporal import (
     FinetuneConfig,

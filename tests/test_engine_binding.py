@@ -16,8 +16,8 @@ from rgtp.engines.dtypes import dtype
 from rgtp.export import package as package_module
 from rgtp.export.ensure import ensure_package
 from rgtp.export.onnx_graphs import ExportError, export_graph, graph_interface
-from rgtp.models import Detector
-from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
+from rgtp.families.detection.detector import Detector
+from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 from tests.conftest import one_node_graph, randomize
 
 # a stage-like interface with one prefix row: K kept rows plus 1
@@ -145,7 +145,7 @@ def exported(tiny_detector, tmp_path_factory):
 
 
 def test_a_missing_package_is_exported_as_asked(exported, tiny_detector, capsys) -> None:
-    from rgtp.models.manifest import Manifest
+    from rgtp.package.manifest import Manifest
 
     path, plan = exported
     manifest = Manifest.load(path)

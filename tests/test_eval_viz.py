@@ -19,8 +19,8 @@ from rgtp.eval.evaluate import (
     radius_table,
     results_table,
 )
-from rgtp.models import Detector
-from rgtp.models.flops import frame_macs
+from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.flops import frame_macs
 from rgtp.runtime import Pipeline
 from rgtp.runtime.video import read_frames, write_video
 from rgtp.viz.overlay import overlay

@@ -14,7 +14,7 @@ import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.export.check import check_package
-from rgtp.models.manifest import Manifest, ManifestError
+from rgtp.package.manifest import Manifest, ManifestError
 from rgtp.runtime import Pipeline
 from tests.conftest import assert_same_detections, synthvid_frames
 

@@ -7,7 +7,7 @@ import pytest
 
 from rgtp.export.package import export_package
 from rgtp.export.parallel import export_workers
-from rgtp.models.plan import StagePlan
+from rgtp.package.plan import StagePlan
 
 
 def test_parallel_tracing_writes_the_package_a_sequential_export_writes(

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from rgtp.models import get_config
-from rgtp.models.flops import frame_macs, schedule_macs
+from rgtp.families.detection.flops import frame_macs, schedule_macs
+from rgtp.families.registry import get_config
 from tests.conftest import tiny_config
 
 
@@ -122,7 +122,7 @@ def test_executed_count_is_what_the_stage_runs(tiny_detector, monkeypatch, k: in
     """The windowed attention's query rows x keys in the stage modules, recorded at the
     fused kernel, equal the executed convention's count."""
     from rgtp.models import stages
-    from rgtp.models.plan import StagePlan
+    from rgtp.package.plan import StagePlan
 
     cfg = tiny_detector.cfg.backbone
     seen: list[tuple[int, ...]] = []

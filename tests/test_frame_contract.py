@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rgtp.core.selection import FixedKeep
-from rgtp.models.boxes import postprocess
+from rgtp.families.detection.boxes import postprocess
 from rgtp.runtime import FrameError, Pipeline, StreamOptions
 from rgtp.runtime.frames import to_model_input
 from tests.conftest import moving_frames

@@ -16,8 +16,8 @@ import torch
 
 from rgtp.core.selection import FixedKeep, ScheduleKeep, keep_policy
 from rgtp.export.package import export_package
-from rgtp.models.manifest import Manifest
-from rgtp.models.plan import StagePlan
+from rgtp.package.manifest import Manifest
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from tests.conftest import assert_same_detections, moving_frames
 
@@ -218,7 +218,7 @@ def test_rgtp_eval_compares_a_schedule_with_a_single_k(tmp_path) -> None:
 def test_a_classifier_keeps_its_cls_token_through_a_schedule() -> None:
     """ViViT (a CLS prefix, rollout through every block): each stage runs its K patch tokens
     and the CLS, and equal K at every stage is the single K."""
-    from rgtp.models.vivit import ViViT
+    from rgtp.families.classification.vivit import ViViT
     from tests.conftest import randomize
     from tests.test_vivit_pruned import CFG
 

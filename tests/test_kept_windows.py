@@ -9,8 +9,8 @@ import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.export.package import export_package
-from rgtp.models import Detector
-from rgtp.models.plan import StagePlan
+from rgtp.families.detection.detector import Detector
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from tests.conftest import assert_same_detections, moving_frames, randomize, tiny_config
 from tests.test_pruned_loop import dense_reference

@@ -14,9 +14,10 @@ ROOT = Path(rgtp.__file__).parent
 # what each layer may import from rgtp, besides itself
 ALLOWED = {
     "core": set(),
-    "models": {"core"},
-    "engines": {"core", "models"},  # the manifest lives beside the plan, not in export
-    "runtime": {"core", "models", "engines"},
+    "models": {"core", "package"},
+    "package": {"core", "models", "families"},
+    "engines": {"core", "models", "package"},
+    "runtime": {"core", "models", "package", "families", "engines"},
 }
 
 

@@ -11,7 +11,7 @@ import torch
 
 from rgtp.core.selection import FixedKeep, ScheduleKeep
 from rgtp.export.package import export_package
-from rgtp.models.plan import BATCH, StagePlan
+from rgtp.package.plan import BATCH, StagePlan
 from rgtp.runtime import FrameError, Pipeline, StepManyError
 from tests.conftest import moving_frames, randomize
 from tests.stream_checks import assert_same_result, assert_state_unchanged, snapshot
@@ -120,7 +120,7 @@ def test_streams_batched_on_torch_equal_the_streams_alone(tiny_detector, videos)
 
 def test_a_classifier_batches_its_tubelets(tmp_path) -> None:
     """ViViT: a frame that only fills a time step gives None for every stream alike."""
-    from rgtp.models.vivit import ViViT
+    from rgtp.families.classification.vivit import ViViT
     from tests.test_vivit_pruned import CFG
 
     torch.manual_seed(0)
@@ -182,7 +182,7 @@ def test_every_stage_graph_leads_with_the_batch_axis(tiny_detector) -> None:
 def test_tensorrt_profiles_span_the_batch_and_refuse_a_larger_opt(detector_package) -> None:
     from rgtp.engines.base import EngineError
     from rgtp.engines.trt_build import plan_jobs
-    from rgtp.models.manifest import Manifest
+    from rgtp.package.manifest import Manifest
 
     manifest = Manifest.load(detector_package)
     jobs = plan_jobs(manifest, "per-k", opt_batch=2)

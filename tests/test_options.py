@@ -10,7 +10,7 @@ import torch
 from rgtp.cli import main
 from rgtp.core.selection import FixedKeep, MassKeep
 from rgtp.core.tracking import match_tokens
-from rgtp.models.boxes import postprocess
+from rgtp.families.detection.boxes import postprocess
 from rgtp.models.config import PruningConfig
 
 NAN = float("nan")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
+from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
 
 def _user_head(inp: tuple, boxes: tuple, scores: tuple) -> GraphSpec:
@@ -106,7 +106,7 @@ def _user_head_for(detector) -> TwoStageHead:
 
 def _dense_detections(detector, head, frame):
     """The dense backbone map and the head's detections on it, in frame pixels."""
-    from rgtp.models.boxes import postprocess
+    from rgtp.families.detection.boxes import postprocess
     from rgtp.runtime.frames import to_model_input
     from tests.test_pruned_loop import dense_reference
 
@@ -122,7 +122,7 @@ def test_your_own_head_with_all_tokens_equals_the_dense_model(tiny_detector) -> 
     """--head none: the runtime hands the maintained map to your head and forms s_L from what
     it returns; with K = N both equal the dense model's."""
     from rgtp.core.selection import FixedKeep
-    from rgtp.models.boxes import postprocess
+    from rgtp.families.detection.boxes import postprocess
     from rgtp.runtime import Pipeline
     from tests.conftest import assert_same_detections, moving_frames
 
@@ -274,7 +274,7 @@ def test_a_headless_package_loads_and_runs_your_head(tiny_detector, tmp_path) ->
     head = _user_head_for(tiny_detector)
 
     def my_head(features: torch.Tensor):
-        from rgtp.models.boxes import postprocess
+        from rgtp.families.detection.boxes import postprocess
 
         d = postprocess(*head(features), 0.02, 0.6, 100)
         return d.boxes, d.scores, d.labels

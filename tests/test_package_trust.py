@@ -29,9 +29,9 @@ from rgtp.export import package as package_module
 from rgtp.export.check import CheckError, check_package
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import export_package, remove_stale_work_dirs
-from rgtp.models import package_verify as verify_module
-from rgtp.models.manifest import Manifest, ManifestError, sha256_file
-from rgtp.models.plan import StagePlan
+from rgtp.package import verify as verify_module
+from rgtp.package.manifest import Manifest, ManifestError, sha256_file
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,7 +297,7 @@ def test_each_file_is_hashed_once_per_load(pkg, monkeypatch, backend: str) -> No
 
 def test_verify_false_skips_hashes_with_a_warning_but_not_sizes(pkg, caplog) -> None:
     flip_byte(pkg / "head.weights")
-    with caplog.at_level("WARNING", logger="rgtp.models.package_verify"):
+    with caplog.at_level("WARNING", logger="rgtp.package.verify"):
         Pipeline.load(pkg, "ort", verify=False)
     warning = caplog.records[-1].getMessage()
     assert "sha256 verification of" in warning and "skipped (verify=False)" in warning
@@ -542,8 +542,8 @@ def test_package_modes(tmp_path, tiny_detector, quick_export, private, dir_mode,
 _EXPORT_TINY = """
 import sys
 from rgtp.export.package import export_package
-from rgtp.models import Detector
-from rgtp.models.plan import StagePlan
+from rgtp.families.detection.detector import Detector
+from rgtp.package.plan import StagePlan
 from tests.conftest import tiny_config
 
 detector = Detector(tiny_config())

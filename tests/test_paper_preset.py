@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgtp.models import get_config
-from rgtp.models.flops import schedule_macs
-from rgtp.models.plan import StagePlan
+from rgtp.families.detection.flops import schedule_macs
+from rgtp.families.registry import get_config
 from rgtp.models.stages import PrunedStage, stage_modules
+from rgtp.package.plan import StagePlan
 
 
 def _tokens(detector, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep
-from rgtp.models.boxes import postprocess
+from rgtp.families.detection.boxes import postprocess
 from rgtp.runtime import Pipeline, StreamOptions
 from rgtp.runtime.frames import to_model_input
 from tests.conftest import moving_frames

@@ -17,8 +17,8 @@ from rgtp.export.ensure import ensure_package
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import export_package
 from rgtp.models.config import PruningConfig
-from rgtp.models.manifest import Manifest, manifest_problems
-from rgtp.models.plan import StagePlan
+from rgtp.package.manifest import Manifest, manifest_problems
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from tests.conftest import moving_frames
 from tests.test_pruned_loop import dense_reference

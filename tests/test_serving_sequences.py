@@ -12,8 +12,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from rgtp.cli import main
 from rgtp.export.package import export_package
-from rgtp.models.plan import StagePlan
-from rgtp.models.vivit import ViViT
+from rgtp.families.classification.vivit import ViViT
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import SequenceError, SequenceRequest, ServingSettings, StreamTable
 from rgtp.serving.model_config import config_text, model_config

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 import pytest
 import torch
 
-import rgtp.models.families.detection as detection_module
+import rgtp.families.detection.family as detection_module
 import rgtp.runtime.stream as stream_module
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.base import Engine, EngineError

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import rgtp
 from rgtp.cli import main
-from rgtp.models.manifest import ManifestError
+from rgtp.package.manifest import ManifestError
 from rgtp.runtime import FrameError, Pipeline
 from rgtp.serving import (
     CapacityError,

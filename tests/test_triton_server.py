@@ -29,8 +29,8 @@ from tritonclient.utils import InferenceServerException
 
 from rgtp.cli import main
 from rgtp.export.package import export_package
-from rgtp.models.boxes import Detections
-from rgtp.models.plan import StagePlan
+from rgtp.families.detection.boxes import Detections
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import ServingSettings, write_repository
 from rgtp.serving.server import ServerError, TritonServer

@@ -13,7 +13,7 @@ import torch
 
 from rgtp.engines.trt_build import TRTEXEC_SCRIPT, BuildOptions, build_trt, plan_jobs, tool_for
 from rgtp.engines.trt_typed import typed_weights
-from rgtp.models.manifest import Manifest
+from rgtp.package.manifest import Manifest
 from tests.test_trt_recipes import check_script
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX builder not installed")
@@ -192,7 +192,7 @@ def test_trt_matches_onnx_runtime_on_gpu(small_packages, tmp_path, precision: st
     """Same kept tokens and same detections as ORT, frame by frame. fp32 (TF32 off) must
     keep exactly ORT's tokens; fp16 may swap a few near the top-K cut."""
     from rgtp.core.selection import FixedKeep
-    from rgtp.models.boxes import Detections
+    from rgtp.families.detection.boxes import Detections
     from rgtp.runtime import Pipeline
     from tests.conftest import assert_same_detections, synthvid_frames
 
@@ -252,7 +252,7 @@ def test_unusable_plans_are_refused_before_any_frame(built, tmp_path) -> None:
 
 @pytest.mark.parametrize("backend", ["ort", "torch", "trt"])
 def test_a_changed_plan_stops_every_backend(built, tmp_path, backend: str) -> None:
-    from rgtp.models.manifest import ManifestError
+    from rgtp.package.manifest import ManifestError
     from rgtp.runtime import Pipeline
 
     src, info = built
@@ -270,7 +270,7 @@ def test_a_changed_plan_stops_every_backend(built, tmp_path, backend: str) -> No
 def test_plans_record_the_hash_of_the_graph_they_were_built_from(small_packages, tmp_path):
     """Unverified (`verify=False`), a changed graph is built, and its plan's provenance is
     the graph as built, not the manifest's record of it."""
-    from rgtp.models.manifest import ManifestError, sha256_file
+    from rgtp.package.manifest import ManifestError, sha256_file
 
     pkg = tmp_path / "pkg"
     shutil.copytree(small_packages["b"][0], pkg)
@@ -321,7 +321,7 @@ def test_graphs_pruning_after_block0_and_a_users_head_convert(tiny_detector, tmp
     beside the symbolic one), and a user's head graph rides along: both build."""
     from rgtp.export.package import export_package
     from rgtp.export.user_head import read_user_head
-    from rgtp.models.plan import StagePlan
+    from rgtp.package.plan import StagePlan
 
     bb = tiny_detector.cfg.backbone
     head_path = tmp_path / "head.onnx"

@@ -26,7 +26,7 @@ from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.engines.dtypes import dtype
 from rgtp.engines.trt_backend import trt_engine_set, warmup
 from rgtp.engines.trt_context import SharedPlan, TrtEngine
-from rgtp.models.plan import GraphSpec, StagePlan, stage_graph_name
+from rgtp.package.plan import GraphSpec, StagePlan, stage_graph_name
 from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")

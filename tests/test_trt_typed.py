@@ -22,7 +22,7 @@ def recorded(small_packages):
     """{graph file: (feeds, torch fp32 outputs)} of every graph of package "b" as the torch
     pipeline runs it on its third frame (tracking and caches in play)."""
     from rgtp.core.selection import FixedKeep
-    from rgtp.models.manifest import Manifest
+    from rgtp.package.manifest import Manifest
     from rgtp.runtime import Pipeline
     from tests.conftest import synthvid_frames
 

@@ -8,16 +8,21 @@ import importlib
 import pytest
 import torch
 
-from rgtp.models.checkpoints import CheckpointError, save_weights
-from rgtp.models.vivit import SpatialEncoder, ViViT
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig, get_vivit_config
-from rgtp.models.vivit_flops import KINETICS_VIEWS, step_macs, view_macs
-from rgtp.models.vivit_weights import (
+from rgtp.families.classification.config import (
+    SpatialConfig,
+    TemporalConfig,
+    ViViTConfig,
+    get_vivit_config,
+)
+from rgtp.families.classification.flops import KINETICS_VIEWS, step_macs, view_macs
+from rgtp.families.classification.vivit import SpatialEncoder, ViViT
+from rgtp.families.classification.weights import (
     inflate_patch_kernel,
     load_timm_vit_into,
     load_vivit_weights,
     resize_pos_embed,
 )
+from rgtp.models.checkpoint_files import CheckpointError, save_weights
 from tests.conftest import randomize
 from tests.reference_impls import import_timm_sam_module
 
@@ -233,7 +238,7 @@ def test_vivit_small_classes_are_synthmotion_classes() -> None:
 
 def test_dense_vivit_b_kinetics_flops_match_the_paper() -> None:
     """3.36 TFLOPs (multiply-accumulates) per Kinetics-400 video: 4 clips x 3 crops of 32
-    frames at 224 px. See rgtp.models.vivit_flops for the counting."""
+    frames at 224 px. See rgtp.families.classification.flops for the counting."""
     views = KINETICS_VIEWS[0] * KINETICS_VIEWS[1]
     view = view_macs(get_vivit_config("vivit-b"))
     total = views * view.total / 1e12

@@ -14,10 +14,10 @@ import torch
 import rgtp
 from rgtp.core.selection import FixedKeep, checkerboard, fill_from_most_similar
 from rgtp.export.package import export_package
-from rgtp.models.manifest import MANIFEST, ManifestError
-from rgtp.models.plan import StagePlan
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.vivit import ViViT
+from rgtp.package.manifest import MANIFEST, ManifestError
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import EngineOutputError, Pipeline, StreamOptions
 from tests.conftest import moving_frames, randomize
 from tests.stream_checks import assert_stream_intact
@@ -181,7 +181,7 @@ FAMILY_NAMES = {
 
 
 def test_the_shared_path_has_no_family_branches() -> None:
-    """What differs between families lives in `rgtp.models.families`: no shared module
+    """What differs between families lives in `rgtp.families`: no shared module
     names a family's types or a family in its code."""
     root = Path(rgtp.__file__).parent
     files = [

@@ -21,9 +21,14 @@ from rgtp.eval.classify import (
     load_classifier,
     logits_dense_and_single_step,
 )
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig, get_vivit_config
-from rgtp.models.vivit_weights import load_vivit_weights
+from rgtp.families.classification.config import (
+    SpatialConfig,
+    TemporalConfig,
+    ViViTConfig,
+    get_vivit_config,
+)
+from rgtp.families.classification.vivit import ViViT
+from rgtp.families.classification.weights import load_vivit_weights
 from rgtp.train.vivit_trainer import (
     TrainingHeads,
     TrainingSet,

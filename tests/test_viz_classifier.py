@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from rgtp.core.selection import FixedKeep
-from rgtp.models.boxes import Detections
-from rgtp.models.families import StepResult
-from rgtp.models.families.detection import FrameResult
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families import StepResult
+from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.vivit import ViViT
+from rgtp.families.detection.boxes import Detections
+from rgtp.families.detection.family import FrameResult
 from rgtp.runtime import ClassResult, Pipeline
 from rgtp.viz import describe
 from rgtp.viz.overlay import overlay, overlays, save_pngs

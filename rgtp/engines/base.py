@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from rgtp.models.plan import GraphSpec, StagePlan
+from rgtp.package.plan import GraphSpec, StagePlan
 
 # How a backend lays out the engines of a stage: one engine per stage from its symbolic-K
 # graph, serving every K bucket (weights and kernels once), or one engine per (stage, K)

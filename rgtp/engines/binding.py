@@ -15,7 +15,7 @@ import torch
 
 from rgtp.engines.base import check_feeds
 from rgtp.engines.dtypes import dtype
-from rgtp.models.plan import GraphSpec, TensorSpec
+from rgtp.package.plan import GraphSpec, TensorSpec
 
 
 class Binder(Protocol):

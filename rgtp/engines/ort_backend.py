@@ -23,9 +23,9 @@ import torch
 from rgtp.engines.base import LAYOUTS, EngineError, EngineSet, check_feeds, restrict_buckets
 from rgtp.engines.binding import bind_io
 from rgtp.engines.dtypes import dtype
-from rgtp.models.manifest import GraphRecord, package_file
-from rgtp.models.package_verify import external_data_problems, load_verified
-from rgtp.models.plan import GraphSpec, TensorSpec
+from rgtp.package.manifest import GraphRecord, package_file
+from rgtp.package.plan import GraphSpec, TensorSpec
+from rgtp.package.verify import external_data_problems, load_verified
 
 _ENV_ALLOCATOR_READY = False
 

@@ -27,9 +27,9 @@ from rgtp.engines.base import EngineError, EngineSet
 from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.engines.trt_build import import_tensorrt
 from rgtp.engines.trt_context import CudaStreams, SharedPlan, TrtEngine, check_interface
-from rgtp.models.manifest import Manifest, package_file
-from rgtp.models.package_verify import load_verified
-from rgtp.models.plan import GraphSpec, StagePlan, stage_graph_name
+from rgtp.package.manifest import Manifest, package_file
+from rgtp.package.plan import GraphSpec, StagePlan, stage_graph_name
+from rgtp.package.verify import load_verified
 
 
 def validate_plans(

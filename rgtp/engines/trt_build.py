@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from rgtp.engines.base import LAYOUTS, EngineError
 from rgtp.engines.trt_typed import fp16_graph, typed_weights
-from rgtp.models.manifest import (
+from rgtp.package.manifest import (
     PRIVATE_MODES,
     PUBLIC_MODES,
     GraphRecord,
@@ -46,8 +46,8 @@ from rgtp.models.manifest import (
     record_files,
     sha256_file,
 )
-from rgtp.models.package_verify import external_data_problems, verify_package
-from rgtp.models.plan import BATCH
+from rgtp.package.plan import BATCH
+from rgtp.package.verify import external_data_problems, verify_package
 
 PLAN_DIR = "trt"
 TRTEXEC_SCRIPT = "trtexec.sh"

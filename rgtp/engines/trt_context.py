@@ -28,7 +28,7 @@ from rgtp.engines.base import EngineError
 from rgtp.engines.binding import input_buffers
 from rgtp.engines.cuda_graphs import GraphCache, buffer_key
 from rgtp.engines.dtypes import dtype
-from rgtp.models.plan import BATCH, GraphSpec
+from rgtp.package.plan import BATCH, GraphSpec
 
 # TensorRT's DataType names as a manifest names dtypes
 _TRT_DTYPES = {

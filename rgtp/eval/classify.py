@@ -29,9 +29,9 @@ from rgtp.data.synthmotion import (
     generate_clip,
     heldout_seeds,
 )
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import ViViTConfig, get_vivit_config
-from rgtp.models.vivit_weights import load_vivit_weights
+from rgtp.families.classification.config import ViViTConfig, get_vivit_config
+from rgtp.families.classification.vivit import ViViT
+from rgtp.families.classification.weights import load_vivit_weights
 
 
 def data_config(cfg: ViViTConfig) -> SynthMotionConfig:

@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from rgtp.core.selection import FixedKeep, checkerboard_size
 from rgtp.data.synthmotion import Clip
+from rgtp.families.classification.flops import view_macs
+from rgtp.families.classification.vivit import ViViT
 from rgtp.models.config import PruningConfig
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_flops import view_macs
 from rgtp.runtime import Pipeline
 
 
@@ -81,7 +81,7 @@ def classifier_table(
 ) -> list[TableRow]:
     """Rows: dense, then per K in `ks` the pruned model, and the pruned model with the temporal
     transformer fine-tuned at that K (`finetuned[K]`, where given). GFLOPs per clip are
-    multiply-accumulates (`rgtp.models.vivit_flops`), reset steps counted at their K.
+    multiply-accumulates (`rgtp.families.classification.flops`), reset steps counted at their K.
     `pruning`: settings other than the model's; `dense` False leaves out the dense row."""
     cfg = model.cfg
     board = checkerboard_size(cfg.spatial.grid)

@@ -9,7 +9,7 @@ from typing import Any
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from rgtp.models.boxes import Detections
+from rgtp.families.detection.boxes import Detections
 
 
 def detections_to_coco(image_id: int, dets: Detections) -> list[dict[str, Any]]:

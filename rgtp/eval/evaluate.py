@@ -20,8 +20,8 @@ from rgtp.core.selection import keep_policy, schedule_name
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.coco_map import detections_to_coco, map50
+from rgtp.families.detection.flops import frame_macs
 from rgtp.models.config import PruningConfig
-from rgtp.models.flops import frame_macs
 from rgtp.runtime.pipeline import Pipeline
 
 

@@ -34,9 +34,9 @@ from rgtp.engines.base import Engine, EngineSet
 from rgtp.engines.dtypes import dtype
 from rgtp.engines.torch_backend import package_torch_engines
 from rgtp.export.onnx_graphs import example_inputs, graph_interface
-from rgtp.models.manifest import GraphRecord, Manifest, ManifestError, package_file
-from rgtp.models.package_verify import external_data_problems, file_problems
-from rgtp.models.plan import TensorSpec
+from rgtp.package.manifest import GraphRecord, Manifest, ManifestError, package_file
+from rgtp.package.plan import TensorSpec
+from rgtp.package.verify import external_data_problems, file_problems
 
 
 class CheckError(ValueError):

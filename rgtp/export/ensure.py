@@ -17,8 +17,8 @@ from torch import nn
 
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import export_package
-from rgtp.models.manifest import MANIFEST, Manifest, package_file
-from rgtp.models.plan import PARTITIONS, StagePlan, partition_blocks
+from rgtp.package.manifest import MANIFEST, Manifest, package_file
+from rgtp.package.plan import PARTITIONS, StagePlan, partition_blocks
 
 
 def ensure_package(

@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from rgtp.models.plan import BATCH, GraphSpec, TensorSpec
+from rgtp.package.plan import BATCH, GraphSpec, TensorSpec
 
 DEFAULT_OPSET = 18
 # torch's dynamo exporter has no operator implementations below 18: it exports at 18 and

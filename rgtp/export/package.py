@@ -46,8 +46,9 @@ from rgtp.export.onnx_graphs import (
 )
 from rgtp.export.parallel import export_workers, traced
 from rgtp.export.weights_file import SharedWeights
-from rgtp.models.checkpoints import save_weights
-from rgtp.models.manifest import (
+from rgtp.models.checkpoint_files import save_weights
+from rgtp.models.stages import stage_modules
+from rgtp.package.manifest import (
     MANIFEST,
     PARTIAL_MANIFEST,
     PRIVATE_MODES,
@@ -56,8 +57,7 @@ from rgtp.models.manifest import (
     Manifest,
     record_files,
 )
-from rgtp.models.plan import GraphSpec, StagePlan
-from rgtp.models.stages import stage_modules
+from rgtp.package.plan import GraphSpec, StagePlan
 
 MODEL_WEIGHTS = "model.safetensors"
 # `.NAME.rgtp-tmp-HOST-PID-XXXX`: an export in progress; `.NAME.rgtp-old-HOST-PID-XXXX`: the package

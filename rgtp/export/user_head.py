@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from rgtp.export.onnx_graphs import graph_interface
-from rgtp.models.plan import GraphSpec
+from rgtp.package.plan import GraphSpec
 
 
 class UserHeadError(ValueError):

@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 
 class CheckpointError(ValueError):
@@ -177,3 +178,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
     return sd
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Save a model's state dict as safetensors (contiguous copies, no shared storage).
+
+    `dtype` (e.g. torch.float16) converts floating-point tensors, halving a file that is
+    loaded back into float32 parameters.
+    """
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous().clone()
+    save_file(tensors, str(path), metadata=metadata)

@@ -166,7 +166,7 @@ class PruningConfig:
 class DetectorConfig:
     """A whole detector: backbone, neck and head, plus the pixel normalisation it expects."""
 
-    family: ClassVar[str] = "detection"  # `rgtp.models.families`
+    family: ClassVar[str] = "detection"  # `rgtp.families`
     name: str
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

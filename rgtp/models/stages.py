@@ -1,6 +1,6 @@
 """The pruned stages: runs of encoder blocks on the K kept tokens, with flat tensor
 inputs/outputs, shared by every model family (the graphs around them are the family's,
-`rgtp.models.families`).
+`rgtp.families`).
 
 `PrunedStage` runs its blocks against per-block key/value caches of all tokens, for a batch
 of streams at once (a leading batch axis B on every input and output). Token-wise
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import fuse_heads
-from rgtp.models.plan import StagePlan
 from rgtp.models.vit_ops import attend, attention_output, grid_coords, slot_of_token, window_slots
 from rgtp.models.vitdet import Attention, Block
+from rgtp.package.plan import StagePlan
 
 
 class PrunedStage(nn.Module):

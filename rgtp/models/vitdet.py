@@ -2,7 +2,7 @@
 embeddings, windowed and global attention blocks.
 
 Parameter names follow timm's `samvit_*` models, so their state dicts load with no renaming;
-`rgtp.models.checkpoints` maps detectron2 and SAM names onto these.
+`rgtp.families.detection.checkpoints` maps detectron2 and SAM names onto these.
 """
 
 from __future__ import annotations

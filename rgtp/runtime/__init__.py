@@ -1,8 +1,8 @@
 """The embeddable runtime: a pipeline of engines and per-video streams."""
 
-from rgtp.models.families import StepResult
-from rgtp.models.families.classification import ClassResult
-from rgtp.models.families.detection import FrameResult, HeadOutputError
+from rgtp.families.classification.family import ClassResult
+from rgtp.families.detection.family import FrameResult, HeadOutputError
+from rgtp.package.family import StepResult
 from rgtp.runtime.frames import FrameError
 from rgtp.runtime.many import StepManyError
 from rgtp.runtime.pipeline import Pipeline

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgtp.models.boxes import Detections
+from rgtp.families.detection.boxes import Detections
 
 RESIZE_POLICIES = ("letterbox", "stretch", "refuse")
 ACCEPTED = "an RGB frame (H, W, 3) as a uint8 numpy array or torch tensor"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rgtp.engines.base import EngineSet
-from rgtp.models.plan import StagePlan
+from rgtp.package.plan import StagePlan
 from rgtp.runtime.stream import Stream, StreamOptions, UserHead
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rgtp.models.families import StepResult
+from rgtp.package.family import StepResult
 from rgtp.runtime.stream import Stream
 
 

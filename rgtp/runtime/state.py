@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from rgtp.models.families import Task
-from rgtp.models.plan import StagePlan
+from rgtp.package.family import Task
+from rgtp.package.plan import StagePlan
 
 
 class StreamState:
@@ -33,7 +33,7 @@ class StreamState:
     ref_patches: z_0 (N, C) of every token as it was when its cached keys and values were
         last computed; kept only for novelty against the cache (`PruningConfig.novelty`).
     pending: model-input frames of a time step still short of its frames (a tubelet).
-    task: the family's per-stream part (`rgtp.models.families.Task`).
+    task: the family's per-stream part (`rgtp.families.Task`).
     """
 
     def __init__(

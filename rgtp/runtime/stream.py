@@ -1,5 +1,5 @@
 """The pruned loop of one video stream (ALGORITHM §4), driving engine calls; the same for
-every model family (`rgtp.models.families`), which supplies the graphs after the stages.
+every model family (`rgtp.families`), which supplies the graphs after the stages.
 
 One step (a frame for a detector, a tubelet of frames for ViViT), in order: embed all
 tokens; on a reset step keep all N (or the checkerboard), otherwise track last step's
@@ -46,16 +46,15 @@ from rgtp.core.selection import (
 from rgtp.core.tracking import check_radius, row_cosine, track
 from rgtp.engines.base import EngineError, EngineSet
 from rgtp.engines.cuda_graphs import GraphCache
-from rgtp.models.boxes import check_postprocess
 from rgtp.models.config import PruningConfig
-from rgtp.models.families import StepResult
-from rgtp.models.head_io import as_nchw
+from rgtp.package.family import StepResult
+from rgtp.package.head_io import as_nchw
 from rgtp.runtime.frames import check_frame_options, to_model_input
 from rgtp.runtime.state import StreamState
 from rgtp.runtime.timing import TIMINGS, PartTimer
 
 # A family's own head for a step's maintained output (a detector's: the backbone map
-# (1, C, H, W) -> detections, `rgtp.models.families.detection.UserHead`).
+# (1, C, H, W) -> detections, `rgtp.families.detection.family.UserHead`).
 UserHead = Callable[[torch.Tensor], object]
 
 
@@ -117,7 +116,6 @@ class StreamOptions:
         check_int("tracking radius", self.radius, 0)  # bounded by the grid at stream creation
         if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
             raise ValueError(f"pruning must be a PruningConfig or None, got {self.pruning!r}")
-        check_postprocess(self.score_threshold, self.nms_iou, self.max_detections)
         check_frame_options(self.resize, self.float_scale)
         if self.timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}, got {self.timing!r}")
@@ -711,7 +709,7 @@ def step_graphs(engines: EngineSet) -> dict[str, GraphCache] | None:
 
 
 class _Runner:
-    """A task's view of the step's engines (`rgtp.models.families.GraphRunner`): graphs by
+    """A task's view of the step's engines (`rgtp.families.GraphRunner`): graphs by
     name, every output added to the step's finiteness checks."""
 
     def __init__(

@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 from rgtp.export.package import move_into_place, set_modes
-from rgtp.models.manifest import MANIFEST, Manifest, package_file, sha256_file
-from rgtp.models.package_verify import verify_package
+from rgtp.package.manifest import MANIFEST, Manifest, package_file, sha256_file
+from rgtp.package.verify import verify_package
 from rgtp.serving.model_config import config_text, model_config
 from rgtp.serving.settings import ServingSettings
 

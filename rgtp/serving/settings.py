@@ -20,7 +20,7 @@ from rgtp.core.checks import check_int, check_real
 from rgtp.core.selection import keep_policy
 from rgtp.engines import BACKENDS
 from rgtp.engines.base import EngineSet
-from rgtp.models.plan import StagePlan
+from rgtp.package.plan import StagePlan
 from rgtp.runtime import Stream, StreamOptions
 
 # 4K UHD: a larger frame is refused before it is read (a few of 8000 x 8000 would take

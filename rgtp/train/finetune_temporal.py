@@ -28,8 +28,8 @@ from rgtp.core.selection import checkerboard_size
 from rgtp.data.synthmotion import training_clips
 from rgtp.eval.classify import data_config
 from rgtp.eval.classify_pruned import pruned_run
+from rgtp.families.classification.vivit import ViViT
 from rgtp.models.checkpoint_files import CheckpointError
-from rgtp.models.vivit import ViViT
 from rgtp.runtime import Pipeline
 
 PREFIX = "temporal."

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rgtp.models.boxes import generalized_iou
-from rgtp.models.fcos_head import HeadOutputs
+from rgtp.families.detection.boxes import generalized_iou
+from rgtp.families.detection.fcos_head import HeadOutputs
 from rgtp.train.fcos_targets import FCOSTargets
 
 

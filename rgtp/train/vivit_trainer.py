@@ -69,10 +69,10 @@ from rgtp.data.synthmotion import (
     training_clips,
 )
 from rgtp.eval.classify import classify, clip_tensor, data_config, heldout_clips
-from rgtp.models.checkpoints import save_weights
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import ViViTConfig, get_vivit_config
-from rgtp.models.vivit_weights import load_vivit_weights
+from rgtp.families.classification.config import ViViTConfig, get_vivit_config
+from rgtp.families.classification.vivit import ViViT
+from rgtp.families.classification.weights import load_vivit_weights
+from rgtp.models.checkpoint_files import save_weights
 from rgtp.train.config import TrainConfig
 from rgtp.train.trainer import lr_at, param_groups
 

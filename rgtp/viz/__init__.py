@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import singledispatch
 
-from rgtp.models.families import StepResult
-from rgtp.models.families.classification import ClassResult
-from rgtp.models.families.detection import FrameResult
+from rgtp.families.classification.family import ClassResult
+from rgtp.families.detection.family import FrameResult
+from rgtp.package.family import StepResult
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the frame's pixels
 

@@ -13,7 +13,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from rgtp.models.families import StepResult
+from rgtp.package.family import StepResult
 from rgtp.viz import describe
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

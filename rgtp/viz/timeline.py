@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on edge boxes or CI
 import matplotlib.pyplot as plt
 
-from rgtp.models.families import StepResult
+from rgtp.package.family import StepResult
 from rgtp.viz import describe
 
 

@@ -4,7 +4,7 @@ interface.
 The plan fixes graph names, tensor names, shapes and dtypes, so the exporter, every engine
 backend and the runtime agree without talking to each other. What it needs of the model is
 its config's `encoder` (depth, grid, width, which blocks are global, `prefix_tokens`) and
-its family (`rgtp.models.families`), which names the graphs around the stages.
+its family (`rgtp.package.family`), which names the graphs around the stages.
 
 Token rows: an encoder sees `prefix_tokens` E tokens (ViViT's CLS: 1; ViTDet: 0) before its
 N patch tokens. The prefix is always kept and not counted in K, so a stage at bucket K runs
@@ -22,7 +22,7 @@ from rgtp.core.rollout import FUSIONS
 from rgtp.core.selection import check_buckets, check_schedule
 
 if TYPE_CHECKING:
-    from rgtp.models.families import Family, FamilyConfig
+    from rgtp.package.family import Family, FamilyConfig
 
 PARTITIONS = ("per-global", "per-block", "whole")
 # Where pruning starts: at the input (every block sees K tokens), or, as the authors' ViTDet
@@ -242,7 +242,7 @@ class StagePlan:
     @property
     def family(self) -> Family:
         """What is particular to the model's family: the graphs around the stages."""
-        from rgtp.models.families import family_of  # the families build on this module
+        from rgtp.package.family import family_of  # the families build on this module
 
         return family_of(self.config)
 
@@ -353,7 +353,7 @@ class StagePlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StagePlan:
-        from rgtp.models.families import config_from_dict
+        from rgtp.package.family import config_from_dict
 
         return cls(
             config_from_dict(data["config"]),

@@ -7,8 +7,8 @@ how s_L (the rollout target) is formed and what a step returns. Everything else 
 graphs, K buckets, gather/scatter, caches, tracking, rollout, manifest, backends) is shared
 and asks the family through `Family` only.
 
-Families: `detection` (ViTDet backbone + FCOS head, `rgtp.models.families.detection`) and
-`classification` (ViViT factorised encoder, `rgtp.models.families.classification`).
+Families: `detection` (ViTDet backbone + FCOS head, `rgtp.families.detection.family`) and
+`classification` (ViViT factorised encoder, `rgtp.families.classification.family`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from rgtp.models.plan import GraphSpec, StagePlan
+    from rgtp.package.plan import GraphSpec, StagePlan
 
 
 class FamilyConfig(Protocol):
@@ -146,8 +146,8 @@ class Family(Protocol):
 
 
 def _families() -> dict[str, Family]:
-    from rgtp.models.families.classification import CLASSIFICATION
-    from rgtp.models.families.detection import DETECTION
+    from rgtp.families.classification.family import CLASSIFICATION
+    from rgtp.families.detection.family import DETECTION
 
     return {f.name: f for f in (DETECTION, CLASSIFICATION)}
 

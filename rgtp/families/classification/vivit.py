@@ -3,9 +3,9 @@ the per-step CLS features, a linear classifier.
 
 Parameter names of the spatial encoder follow timm's `VisionTransformer` (`cls_token`,
 `pos_embed`, `patch_embed.proj`, `blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}`,
-`norm`), so `rgtp.models.vivit_weights` maps timm ViT checkpoints onto it one to one (the patch
-kernel inflated to a tubelet). The forward is split where the pruned runtime needs it:
-`embed` (raw patch embeddings z_0 for tracking, and the tokens), the spatial `blocks`,
+`norm`), so `rgtp.families.classification.weights` maps timm ViT checkpoints onto it one to
+one (the patch kernel inflated to a tubelet). The forward is split where the pruned runtime
+needs it: `embed` (raw patch embeddings z_0 for tracking, and the tokens), the spatial `blocks`,
 `cls_features`, and `temporal_head` (CLS sequence -> logits).
 
 Shapes: B batch, t frames per tubelet, s time steps, S input side, N = (S / patch)² patch
@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
 from rgtp.models import vitdet
 from rgtp.models.vit_ops import attend
-from rgtp.models.vivit_config import SpatialConfig, TemporalConfig, ViViTConfig
 
 
 class TubeletEmbed(nn.Module):

@@ -91,7 +91,7 @@ class ViViTConfig:
     `pruning`: the method's settings for the spatial encoder (rollout from the CLS query row
     through every block by default)."""
 
-    family: ClassVar[str] = "classification"  # `rgtp.models.families`
+    family: ClassVar[str] = "classification"  # `rgtp.families`
     name: str
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
@@ -160,8 +160,8 @@ VIVIT_CONFIGS: dict[str, ViViTConfig] = {
     # so ~40 % keep is K = 26 and tracking has room to move); 16 frames give 8 time steps,
     # one reset plus seven pruned steps at the authors' reset interval of 8. The ViT-Ti width
     # (192, 3 heads) with 8 spatial blocks costs ~0.26 GMACs a step, ~2.1 GMACs a clip
-    # (`rgtp.models.vivit_flops`), which a 45-minute CPU budget can train; two temporal blocks
-    # are plenty for 8 steps.
+    # (`rgtp.families.classification.flops`), which a 45-minute CPU budget can train; two
+    # temporal blocks are plenty for 8 steps.
     "vivit-small": ViViTConfig(
         name="vivit-small",
         spatial=SpatialConfig(img_size=128, embed_dim=192, depth=8, num_heads=3),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from rgtp.core.selection import check_schedule
 from rgtp.models.config import BackboneConfig, DetectorConfig
-from rgtp.models.plan import partition_blocks
+from rgtp.package.plan import partition_blocks
 
 CONVENTIONS = ("paper", "executed")
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from rgtp.models.checkpoint_files import CheckpointError, read_state_dict
@@ -329,23 +328,3 @@ def load_weights(
         return load_state_dict_into(model, sd, fmt, strict)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
-
-
-def save_weights(
-    model: nn.Module,
-    path: str | Path,
-    metadata: dict[str, str] | None = None,
-    dtype: torch.dtype | None = None,
-) -> None:
-    """Save a model's state dict as safetensors (contiguous copies, no shared storage).
-
-    `dtype` (e.g. torch.float16) converts floating-point tensors, halving a file that is
-    loaded back into float32 parameters.
-    """
-    tensors = {}
-    for k, v in model.state_dict().items():
-        v = v.detach()
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        tensors[k] = v.contiguous().clone()
-    save_file(tensors, str(path), metadata=metadata)

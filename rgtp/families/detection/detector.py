@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rgtp.models.boxes import Detections, postprocess
+from rgtp.families.detection.boxes import Detections, postprocess
+from rgtp.families.detection.fcos_head import FCOSHead, HeadOutputs, decode
+from rgtp.families.detection.neck import SimpleFeaturePyramid
 from rgtp.models.config import DetectorConfig
-from rgtp.models.fcos_head import FCOSHead, HeadOutputs, decode
-from rgtp.models.neck import SimpleFeaturePyramid
 from rgtp.models.vitdet import ViTDetBackbone
 
 

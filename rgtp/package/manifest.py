@@ -5,7 +5,7 @@ problem: its schema version, its types and required fields (`manifest_schema.jso
 the cross-references a schema cannot express (every graph's files listed, embed and head
 present, every (stage, K bucket) served by a fixed-K graph or the stage's symbolic one,
 every file name inside the package). Whether the files still hold what the manifest
-records is `rgtp.models.package_verify`'s business.
+records is `rgtp.package.verify`'s business.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
+from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
 if TYPE_CHECKING:
     import jsonschema

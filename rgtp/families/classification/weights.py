@@ -11,7 +11,8 @@ A timm ViT has the spatial encoder's names already (`cls_token`, `pos_embed`,
   (the CLS position is kept as is).
 The classifier (`head`) of the image model has no counterpart and is reported as ignored;
 the temporal transformer and classifier are left as they are and reported missing.
-Files are read by `rgtp.models.checkpoints.read_state_dict` (safetensors or weights-only).
+Files are read by `rgtp.models.checkpoint_files.read_state_dict` (safetensors or
+weights-only).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from rgtp.models.checkpoints import CheckpointError, LoadReport, read_state_dict
+from rgtp.families.classification.vivit import SpatialEncoder, ViViT
+from rgtp.families.detection.checkpoints import CheckpointError, LoadReport, read_state_dict
 from rgtp.models.vit_ops import resize_abs_pos
-from rgtp.models.vivit import SpatialEncoder, ViViT
 
 INFLATIONS = ("central", "average")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rgtp.models.plan import GraphSpec
+from rgtp.package.plan import GraphSpec
 
 
 def as_nchw(out_map: torch.Tensor, grid: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rgtp.families.classification.config import VIVIT_CONFIGS
 from rgtp.models.config import BackboneConfig, DetectorConfig, HeadConfig, PruningConfig
-from rgtp.models.vivit_config import VIVIT_CONFIGS
 
 # ImageNet VID's 30 classes are the paper's benchmark; vitdet-b keeps that head size.
 _CONFIGS: dict[str, DetectorConfig] = {

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import cls_target
-from rgtp.models.families import GraphRunner, Prediction, StepResult
-from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
-from rgtp.models.vivit import ViViT
-from rgtp.models.vivit_config import ViViTConfig
+from rgtp.families.classification.config import ViViTConfig
+from rgtp.families.classification.vivit import ViViT
+from rgtp.package.family import GraphRunner, Prediction, StepResult
+from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
 
 class StepEmbed(nn.Module):
@@ -154,8 +154,8 @@ class ClassificationFamily:
     def load_checkpoint(self, model: nn.Module, path: Path, fmt: str, strict: bool) -> Any:
         """rgtp's own ViViT weights (every tensor), or a timm image ViT into the spatial
         encoder (the temporal transformer then keeps its values: not `strict`)."""
+        from rgtp.families.classification.weights import load_vivit_weights
         from rgtp.models.checkpoint_files import CheckpointError
-        from rgtp.models.vivit_weights import load_vivit_weights
 
         if fmt not in ("auto", "rgtp", "timm"):
             raise CheckpointError(f"a ViViT reads rgtp or timm checkpoints, not {fmt!r}")

@@ -1,12 +1,12 @@
 """Analytic multiply-accumulate counts of the ViViT factorised encoder, per view.
 
-The paper's "FLOPs" are multiply-accumulates (`rgtp.models.flops` counts the detector the same
-way). Counted here: the tubelet embedding (N tokens x C outputs x 3·t·p² inputs per time
-step); per transformer block on M query tokens against M' keys, qkv 3C², projection C², MLP
-2·C·hidden per query token and QKᵀ plus AV 2·M·M'·C; the classifier C·L. The spatial encoder
-runs every time step on the CLS token plus the K kept patch tokens as queries against all
-1 + N keys (K = N dense); the temporal transformer runs on 1 + s tokens. Norms, softmax,
-GELU, biases and residual adds are not counted (about 0.1 % of the total).
+The paper's "FLOPs" are multiply-accumulates (`rgtp.families.detection.flops` counts the
+detector the same way). Counted here: the tubelet embedding (N tokens x C outputs x 3·t·p²
+inputs per time step); per transformer block on M query tokens against M' keys, qkv 3C²,
+projection C², MLP 2·C·hidden per query token and QKᵀ plus AV 2·M·M'·C; the classifier C·L.
+The spatial encoder runs every time step on the CLS token plus the K kept patch tokens as
+queries against all 1 + N keys (K = N dense); the temporal transformer runs on 1 + s tokens.
+Norms, softmax, GELU, biases and residual adds are not counted (about 0.1 % of the total).
 
 A view is one clip of `num_frames` frames at one crop. ViViT's Kinetics-400 figure is per
 video over 4 temporal clips x 3 spatial crops (`KINETICS_VIEWS`), i.e. 12 views. `vivit-b`
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from rgtp.models.vivit_config import SpatialConfig, ViViTConfig
+from rgtp.families.classification.config import SpatialConfig, ViViTConfig
 
 KINETICS_VIEWS = (4, 3)  # temporal clips x spatial crops per video, ViViT's test protocol
 

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import detection_target
-from rgtp.models.boxes import Detections, postprocess
+from rgtp.families.detection.boxes import Detections, check_postprocess, postprocess
+from rgtp.families.detection.detector import Detector
 from rgtp.models.config import DetectorConfig
-from rgtp.models.detector import Detector
-from rgtp.models.families import GraphRunner, Prediction, StepResult
-from rgtp.models.head_io import as_nchw, head_boxes_scores, head_feeds
-from rgtp.models.plan import GraphSpec, StagePlan, TensorSpec
+from rgtp.package.family import GraphRunner, Prediction, StepResult
+from rgtp.package.head_io import as_nchw, head_boxes_scores, head_feeds
+from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
 # A user's head: the maintained backbone map (1, C, H, W) -> its final detections in
 # model-input pixels: (boxes (D, 4), scores (D,)) or (boxes, scores, labels (D,)), or
@@ -93,6 +93,7 @@ class DetectionTask:
     frames_per_step = 1
 
     def __init__(self, plan: StagePlan, options: Any) -> None:
+        check_postprocess(options.score_threshold, options.nms_iou, options.max_detections)
         self.plan, self.options = plan, options
 
     def embed_feeds(self, frames: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,7 +182,7 @@ class DetectionFamily:
         self.load_checkpoint(model, path, "rgtp", strict=True)
 
     def load_checkpoint(self, model: nn.Module, path: Path, fmt: str, strict: bool) -> Any:
-        from rgtp.models.checkpoints import load_weights
+        from rgtp.families.detection.checkpoints import load_weights
 
         return load_weights(model, path, fmt, strict=strict)
 

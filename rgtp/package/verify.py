@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 
-from rgtp.models.manifest import GraphRecord, Manifest, ManifestError, package_file, sha256_file
+from rgtp.package.manifest import GraphRecord, Manifest, ManifestError, package_file, sha256_file
 
 log = logging.getLogger(__name__)
 

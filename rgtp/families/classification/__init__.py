@@ -1,0 +1,1 @@
+"""The classification family: the ViViT factorised encoder (`family.CLASSIFICATION`)."""
