@@ -38,9 +38,9 @@ from backbone_timing import BACKBONE_PARTS, OVERHEAD_PARTS, DenseBackbone, movin
 
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.torch_backend import PRECISIONS
+from rgtp.families import get_config
 from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.flops import frame_macs
-from rgtp.families.registry import get_config
 from rgtp.runtime import Pipeline
 
 DEFAULT_PLANS = ("1024:2200,750,400,75", "672:768,512,64")

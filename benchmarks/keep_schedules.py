@@ -31,10 +31,10 @@ from rgtp.core.selection import ScheduleKeep, check_schedule, schedule_name
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.evaluate import EvalSetting, evaluate, keep_name
 from rgtp.export.ensure import ensure_package
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.flops import frame_macs
-from rgtp.families.registry import get_config, shipped_weights
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 

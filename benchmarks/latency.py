@@ -30,9 +30,9 @@ from rgtp.core.selection import FixedKeep
 from rgtp.engines import LAYOUTS
 from rgtp.export.ensure import ensure_package
 from rgtp.export.onnx_graphs import export_graph
+from rgtp.families import get_config
 from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.flops import frame_macs
-from rgtp.families.registry import get_config
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 from rgtp.runtime import Pipeline
 

@@ -28,9 +28,9 @@ import torch
 
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config, shipped_weights
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.latency_budget import LatencyBudget

@@ -26,9 +26,9 @@ from backbone_timing import moving_frames
 from rgtp.core.selection import FixedKeep
 from rgtp.engines import LAYOUTS
 from rgtp.export.ensure import ensure_package
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config, shipped_weights
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 

@@ -18,9 +18,9 @@ import torch
 
 from rgtp.eval.evaluate import EvalSetting, evaluate
 from rgtp.export.ensure import ensure_package
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config, shipped_weights
 from rgtp.models.config import PruningConfig
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline

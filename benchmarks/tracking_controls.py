@@ -35,9 +35,9 @@ from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.coco_map import detections_to_coco, map50
 from rgtp.export.ensure import ensure_package
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config, shipped_weights
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 

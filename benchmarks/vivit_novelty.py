@@ -22,10 +22,9 @@ import torch
 
 from rgtp.eval.classify import data_config, heldout_clips
 from rgtp.eval.classify_pruned import pruned_run
-from rgtp.families.classification.config import get_vivit_config
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
-from rgtp.families.registry import shipped_weights
 from rgtp.runtime import Pipeline
 
 
@@ -41,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
-    cfg = get_vivit_config(args.model)
+    cfg = get_config(args.model)
     model = ViViT(cfg).eval()
     weights = shipped_weights(args.model)
     if weights is None:

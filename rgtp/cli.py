@@ -129,7 +129,7 @@ def _tolerance(name: str) -> Callable[[str], float]:
 
 @command
 def cmd_flops(args: argparse.Namespace) -> int:
-    from rgtp.families.registry import get_config
+    from rgtp.families import get_config
 
     cfg = get_config(args.model, args.size)
     return {"detection": _flops_detector, "classification": _flops_classifier}[cfg.family](
@@ -267,7 +267,7 @@ def _load_model(args: argparse.Namespace):
     ViViT's temporal transformer under a timm image checkpoint) the checkpoint lacks keep
     their random values only with --allow-missing-head, and the log says so.
     """
-    from rgtp.families.registry import get_config, shipped_weights
+    from rgtp.families import get_config, shipped_weights
     from rgtp.package.family import family_of
 
     cfg = get_config(args.model, args.size)
@@ -762,7 +762,7 @@ def _eval_classifier(args: argparse.Namespace, model) -> int:
 
     from rgtp.eval.classify import data_config, heldout_clips
     from rgtp.eval.classify_pruned import classifier_table, format_table, rows_as_dicts
-    from rgtp.families.registry import shipped_weights
+    from rgtp.families import shipped_weights
     from rgtp.train.finetune_temporal import finetuned_path, load_temporal
 
     if any(not isinstance(k, int) for k in args.ks or []):
@@ -813,7 +813,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
-    from rgtp.families.registry import get_config
+    from rgtp.families import get_config
 
     family = get_config(args.model).family
     return {"detection": _train_detector, "classification": _train_classifier}[family](args)
@@ -866,7 +866,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def cmd_finetune_temporal(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rgtp.families.registry import shipped_weights
+    from rgtp.families import shipped_weights
     from rgtp.train.finetune_temporal import FinetuneConfig, finetune_temporal, finetuned_path
 
     model = _load_model(args)
@@ -896,8 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     from rgtp.engines import BACKENDS, LAYOUTS
     from rgtp.engines.trt_build import PRECISIONS
     from rgtp.export.onnx_graphs import DEFAULT_OPSET
+    from rgtp.families import model_names
     from rgtp.families.detection.flops import CONVENTIONS
-    from rgtp.families.registry import model_names
 
     parser = argparse.ArgumentParser(
         prog="rgtp",

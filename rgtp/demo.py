@@ -15,9 +15,9 @@ from rgtp.core.selection import FixedKeep
 from rgtp.data.synthvid import CLASSES, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.eval.evaluate import EvalSetting, evaluate, results_table
 from rgtp.export.ensure import ensure_package
+from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config, shipped_weights
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.run import run_stream, write_results

@@ -20,7 +20,7 @@ from rgtp.core.selection import FixedKeep
 from rgtp.eval.classify import data_config, heldout_clips
 from rgtp.eval.classify_pruned import classifier_table, format_table, rows_as_dicts
 from rgtp.export.ensure import ensure_package
-from rgtp.families.registry import get_config, shipped_weights
+from rgtp.families import get_config, shipped_weights
 from rgtp.package.family import family_of
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline

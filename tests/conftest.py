@@ -20,8 +20,9 @@ import torch
 from skimage import data as skdata
 from skimage.transform import resize
 
+from rgtp.families.detection.config import DetectorConfig, HeadConfig
 from rgtp.families.detection.detector import Detector
-from rgtp.models.config import BackboneConfig, DetectorConfig, HeadConfig
+from rgtp.models.config import BackboneConfig
 from rgtp.runtime import Pipeline
 
 
@@ -94,8 +95,8 @@ def moving_frames(num: int, size: int, seed: int = 0, speed: float = 5.0) -> Ite
 
 def small_detector() -> Detector:
     """vitdet-small with its shipped weights when present, else a fixed random init."""
+    from rgtp.families import get_config, shipped_weights
     from rgtp.families.detection.checkpoints import load_weights
-    from rgtp.families.registry import get_config, shipped_weights
 
     torch.manual_seed(0)
     det = Detector(get_config("vitdet-small"))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rgtp.runtime import FrameResult, Pipeline, Stream, StreamOptions
+from rgtp.families.detection.family import FrameResult
+from rgtp.runtime import Pipeline, Stream, StreamOptions
 
 
 def snapshot(stream: Stream) -> dict[str, object]:

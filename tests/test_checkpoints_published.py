@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from rgtp.cli import _load_model, build_parser, main
+from rgtp.families import get_config
 from rgtp.families.detection.checkpoints import (
     CheckpointError,
     load_state_dict_into,
     read_state_dict,
 )
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config
 from tests.conftest import randomize, tiny_config
 from tests.reference_impls import import_hf_vitdet, import_sam_image_encoder
 

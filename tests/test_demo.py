@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rgtp.families.registry import shipped_weights
+from rgtp.families import shipped_weights
 from rgtp.runtime.video import read_frames
 
 

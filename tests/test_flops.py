@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
+from rgtp.families import get_config
 from rgtp.families.detection.flops import frame_macs, schedule_macs
-from rgtp.families.registry import get_config
 from tests.conftest import tiny_config
 
 

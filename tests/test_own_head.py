@@ -106,7 +106,7 @@ def _user_head_for(detector) -> TwoStageHead:
 
 def _dense_detections(detector, head, frame):
     """The dense backbone map and the head's detections on it, in frame pixels."""
-    from rgtp.families.detection.boxes import postprocess
+    from rgtp.families.detection.boxes import detections_to_frame, postprocess
     from rgtp.runtime.frames import to_model_input
     from tests.test_pruned_loop import dense_reference
 
@@ -115,7 +115,7 @@ def _dense_detections(detector, head, frame):
     with torch.no_grad():
         boxes, scores = head(fmap.t().reshape(1, -1, grid, grid))
     _, geometry = to_model_input(frame, detector.cfg.backbone.img_size, torch.device("cpu"))
-    return fmap, geometry.detections_to_frame(postprocess(boxes, scores, 0.02, 0.6, 100))
+    return fmap, detections_to_frame(geometry, postprocess(boxes, scores, 0.02, 0.6, 100))
 
 
 def test_your_own_head_with_all_tokens_equals_the_dense_model(tiny_detector) -> None:
@@ -154,7 +154,8 @@ def test_your_own_head_with_all_tokens_equals_the_dense_model(tiny_detector) -> 
 
 
 def test_a_head_that_returns_junk_leaves_the_stream_intact(tiny_detector) -> None:
-    from rgtp.runtime import HeadOutputError, Pipeline
+    from rgtp.families.detection.family import HeadOutputError
+    from rgtp.runtime import Pipeline
     from tests.conftest import moving_frames
 
     n = tiny_detector.cfg.backbone.num_tokens

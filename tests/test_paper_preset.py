@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rgtp.families import get_config
 from rgtp.families.detection.flops import schedule_macs
-from rgtp.families.registry import get_config
 from rgtp.models.stages import PrunedStage, stage_modules
 from rgtp.package.plan import StagePlan
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep
-from rgtp.families.detection.boxes import postprocess
+from rgtp.families.detection.boxes import detections_to_frame, postprocess
 from rgtp.runtime import Pipeline, StreamOptions
 from rgtp.runtime.frames import to_model_input
 from tests.conftest import moving_frames
@@ -22,7 +22,7 @@ def dense_reference(detector, frame):
         fmap = detector.features(pixels)
         boxes, scores = detector.head_from_map(fmap)
     dets = postprocess(boxes[0], scores[0], score_threshold=0.02)  # the stream's default
-    return fmap[0].flatten(0, 1), geometry.detections_to_frame(dets)
+    return fmap[0].flatten(0, 1), detections_to_frame(geometry, dets)
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2])

@@ -8,11 +8,11 @@ import importlib
 import pytest
 import torch
 
+from rgtp.families import get_config
 from rgtp.families.classification.config import (
     SpatialConfig,
     TemporalConfig,
     ViViTConfig,
-    get_vivit_config,
 )
 from rgtp.families.classification.flops import KINETICS_VIEWS, step_macs, view_macs
 from rgtp.families.classification.vivit import SpatialEncoder, ViViT
@@ -157,7 +157,7 @@ def test_loader_errors_name_the_problem(tmp_path) -> None:
 
 
 def test_rgtp_weights_round_trip(tmp_path) -> None:
-    cfg = get_vivit_config("vivit-small")
+    cfg = get_config("vivit-small")
     model = randomize(ViViT(cfg))
     path = tmp_path / "v.safetensors"
     save_weights(model, path)
@@ -175,7 +175,7 @@ def test_rgtp_weights_round_trip(tmp_path) -> None:
 
 
 def test_vivit_small_shapes_and_split_forward() -> None:
-    cfg = get_vivit_config("vivit-small")
+    cfg = get_config("vivit-small")
     model = randomize(ViViT(cfg))
     clip = torch.rand(1, 3, cfg.num_frames, 128, 128) * 255
     with torch.no_grad():
@@ -201,7 +201,7 @@ def test_vivit_small_shapes_and_split_forward() -> None:
 
 
 def test_vivit_b_shapes() -> None:
-    cfg = get_vivit_config("vivit-b")
+    cfg = get_config("vivit-b")
     assert (cfg.spatial.grid, cfg.num_steps, cfg.spatial.depth, cfg.temporal.depth) == (
         14,
         16,
@@ -222,25 +222,25 @@ def test_vivit_b_shapes() -> None:
 
 def test_config_round_trip_and_validation() -> None:
     for name in ("vivit-b", "vivit-small"):
-        cfg = get_vivit_config(name)
+        cfg = get_config(name)
         assert ViViTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="not a multiple of the tubelet"):
         ViViTConfig("x", num_frames=31)
-    with pytest.raises(ValueError, match="unknown ViViT model"):
-        get_vivit_config("vivit-h")
+    with pytest.raises(ValueError, match="unknown model 'vivit-h'"):
+        get_config("vivit-h")
 
 
 def test_vivit_small_classes_are_synthmotion_classes() -> None:
     from rgtp.data.synthmotion import CLASSES
 
-    assert get_vivit_config("vivit-small").class_names == CLASSES
+    assert get_config("vivit-small").class_names == CLASSES
 
 
 def test_dense_vivit_b_kinetics_flops_match_the_paper() -> None:
     """3.36 TFLOPs (multiply-accumulates) per Kinetics-400 video: 4 clips x 3 crops of 32
     frames at 224 px. See rgtp.families.classification.flops for the counting."""
     views = KINETICS_VIEWS[0] * KINETICS_VIEWS[1]
-    view = view_macs(get_vivit_config("vivit-b"))
+    view = view_macs(get_config("vivit-b"))
     total = views * view.total / 1e12
     print(f"vivit-b dense: {view.total / 1e9:.1f} GMACs/view, {total:.3f} TMACs per 12 views")
     assert abs(total - 3.36) / 3.36 <= 0.02, total
@@ -250,7 +250,7 @@ def test_dense_vivit_b_kinetics_flops_match_the_paper() -> None:
 
 
 def test_pruned_view_flops() -> None:
-    cfg = get_vivit_config("vivit-b")
+    cfg = get_config("vivit-b")
     n = cfg.spatial.num_tokens
     dense = view_macs(cfg).total
     assert view_macs(cfg, k=n).total == dense

@@ -4,14 +4,12 @@ step (CLS always kept), exported, run by ONNX Runtime, built by TensorRT-RTX."""
 from __future__ import annotations
 
 import shutil
-import tokenize
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import rgtp
 from rgtp.core.selection import FixedKeep, checkerboard, fill_from_most_similar
 from rgtp.export.package import export_package
 from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
@@ -160,40 +158,6 @@ def test_a_package_without_its_temporal_graph_is_refused(package, tmp_path) -> N
     (pkg / MANIFEST).write_text(json.dumps(d))
     with pytest.raises(ManifestError, match="'temporal' graph of a classification model"):
         Pipeline.load(pkg)
-
-
-SHARED = ["runtime/stream.py", "runtime/state.py", "runtime/pipeline.py", "export", "engines"]
-# a family's model or config types, or a family named, as code (strings and comments may)
-FAMILY_NAMES = {
-    "Detector",
-    "DetectorConfig",
-    "ViViT",
-    "ViViTConfig",
-    "HeadStage",
-    "EmbedStage",
-    "detection",
-    "classification",
-    "detector",
-    "classifier",
-    "vivit",
-    "vitdet",
-}
-
-
-def test_the_shared_path_has_no_family_branches() -> None:
-    """What differs between families lives in `rgtp.families`: no shared module
-    names a family's types or a family in its code."""
-    root = Path(rgtp.__file__).parent
-    files = [
-        f for s in SHARED for f in ([root / s] if s.endswith(".py") else (root / s).rglob("*.py"))
-    ]
-    offending = []
-    for path in sorted(files):
-        with path.open("rb") as f:
-            for tok in tokenize.tokenize(f.readline):
-                if tok.type == tokenize.NAME and tok.string in FAMILY_NAMES:
-                    offending.append(f"{path.relative_to(root)}:{tok.start[0]}: {tok.line.strip()}")
-    assert files and not offending, "\n".join(offending)
 
 
 def test_every_classifier_graph_builds_with_tensorrt_rtx(package, tmp_path) -> None:

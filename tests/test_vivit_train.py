@@ -21,11 +21,11 @@ from rgtp.eval.classify import (
     load_classifier,
     logits_dense_and_single_step,
 )
+from rgtp.families import get_config
 from rgtp.families.classification.config import (
     SpatialConfig,
     TemporalConfig,
     ViViTConfig,
-    get_vivit_config,
 )
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
@@ -217,7 +217,7 @@ def test_shipped_weights_are_small_and_need_time() -> None:
     single-step control (one time step repeated) clearly less: the task needs time."""
     assert SHIPPED.stat().st_size <= 15 * 2**20
     model = load_classifier("vivit-small", SHIPPED)
-    result = classify(model, heldout_clips(48, data_config(get_vivit_config("vivit-small"))))
+    result = classify(model, heldout_clips(48, data_config(get_config("vivit-small"))))
     print(result.summary())
     assert result.dense >= 0.8
     assert result.single_step_best <= result.dense - 0.25

@@ -13,10 +13,11 @@ from PIL import Image
 from rgtp.core.selection import FixedKeep
 from rgtp.families import StepResult
 from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
+from rgtp.families.classification.family import ClassResult
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.detection.boxes import Detections
 from rgtp.families.detection.family import FrameResult
-from rgtp.runtime import ClassResult, Pipeline
+from rgtp.runtime import Pipeline
 from rgtp.viz import describe
 from rgtp.viz.overlay import overlay, overlays, save_pngs
 from rgtp.viz.timeline import plot_timeline

@@ -29,9 +29,10 @@ from rgtp.data.synthmotion import (
     generate_clip,
     heldout_seeds,
 )
-from rgtp.families.classification.config import ViViTConfig, get_vivit_config
+from rgtp.families.classification.config import ViViTConfig
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
+from rgtp.package.family import get_config
 
 
 def data_config(cfg: ViViTConfig) -> SynthMotionConfig:
@@ -133,7 +134,7 @@ def classify(model: ViViT, clips: Sequence[Clip], batch_size: int = 16) -> Class
 
 def load_classifier(name: str, weights: str | Path) -> ViViT:
     """The named ViViT with rgtp weights loaded (every tensor required), in eval mode."""
-    model = ViViT(get_vivit_config(name))
+    model = ViViT(get_config(name))
     load_vivit_weights(model, weights)
     return model.eval()
 

@@ -1,8 +1,10 @@
 """Model families: what differs between models, one folder per family (`detection`,
 `classification`), each behind the `Family` interface of `rgtp.package.family`, re-exported
-here for plug-in authors."""
+here for plug-in authors with the registry (`register_family`, `family_named`) and the named
+configurations of every family (`get_config`, `model_names`)."""
 
 from rgtp.package.family import (
+    ENTRY_POINT_GROUP,
     Family,
     FamilyConfig,
     GraphRunner,
@@ -10,11 +12,17 @@ from rgtp.package.family import (
     StepResult,
     Task,
     config_from_dict,
+    families,
     family_named,
     family_of,
+    get_config,
+    model_names,
+    register_family,
+    shipped_weights,
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Family",
     "FamilyConfig",
     "GraphRunner",
@@ -22,6 +30,11 @@ __all__ = [
     "StepResult",
     "Task",
     "config_from_dict",
+    "families",
     "family_named",
     "family_of",
+    "get_config",
+    "model_names",
+    "register_family",
+    "shipped_weights",
 ]

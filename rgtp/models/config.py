@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, fields
+from typing import Any
 
 from rgtp.core.checks import check_int, check_real
 
@@ -65,26 +65,6 @@ class BackboneConfig:
     def prefix_tokens(self) -> int:
         """Tokens before the patches that every block sees and pruning never drops (none)."""
         return 0
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Simple feature pyramid neck plus an FCOS-style anchor-free head."""
-
-    num_classes: int = 80
-    neck_channels: int = 256
-    scale_factors: tuple[float, ...] = (2.0, 1.0, 0.5)
-    head_convs: int = 2
-    head_channels: int = 128
-    group_norm_groups: int = 16
-    class_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        unknown = set(self.scale_factors) - {4.0, 2.0, 1.0, 0.5}
-        if unknown:
-            raise ValueError(f"unsupported pyramid scale factors {sorted(unknown)}")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
 
 NOVELTIES = ("match", "cache")
@@ -160,46 +140,6 @@ class PruningConfig:
         if bad:
             raise ValueError(f"rollout blocks {bad} are not global blocks {global_blocks}")
         return chosen
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """A whole detector: backbone, neck and head, plus the pixel normalisation it expects."""
-
-    family: ClassVar[str] = "detection"  # `rgtp.families`
-    name: str
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    pruning: PruningConfig = field(default_factory=PruningConfig)
-
-    def __post_init__(self) -> None:
-        self.pruning.blocks(self.backbone.global_blocks)  # fail at construction
-
-    @property
-    def encoder(self) -> BackboneConfig:
-        """The transformer that pruning runs on."""
-        return self.backbone
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.head.class_names
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
-        check_family(cls, data)
-        return cls(
-            name=data["name"],
-            backbone=dataclass_from_dict(BackboneConfig, data["backbone"]),
-            head=dataclass_from_dict(HeadConfig, data["head"]),
-            pixel_mean=tuple(data["pixel_mean"]),
-            pixel_std=tuple(data["pixel_std"]),
-            pruning=dataclass_from_dict(PruningConfig, data.get("pruning", {})),
-        )
 
 
 def check_family(cls: Any, data: dict[str, Any]) -> None:

@@ -13,16 +13,38 @@ Families: `detection` (ViTDet backbone + FCOS head, `rgtp.families.detection.fam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: the plan looks its family up here
     from rgtp.package.plan import GraphSpec, StagePlan
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How a frame of height x width pixels sits in the model input: the resized frame fills
+    the top-left corner, model pixel (x, y) is frame pixel (x * sx, y * sy)."""
+
+    height: int
+    width: int
+    sx: float
+    sy: float
+
+    def boxes_to_frame(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (D, 4) x1, y1, x2, y2 in model-input pixels -> frame pixels, clipped to the
+        frame, and which of them keep an area (D,) bool (the others lie wholly in the
+        letterbox padding or off the frame)."""
+        factor = torch.tensor([self.sx, self.sy, self.sx, self.sy], device=boxes.device)
+        limit = torch.tensor([self.width, self.height] * 2, device=boxes.device)
+        boxes = torch.minimum((boxes * factor).clamp(min=0), limit)
+        return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 class FamilyConfig(Protocol):
@@ -107,14 +129,20 @@ class Task(Protocol):
         """The task's state, by name (what a test compares to tell the stream unchanged)."""
         ...
 
-    def result(self, common: dict[str, Any], prediction: Prediction, geometry: Any) -> Any:
+    def result(
+        self, common: dict[str, Any], prediction: Prediction, geometry: FrameGeometry
+    ) -> Any:
         """The step's result: `StepResult` fields `common` plus the family's output."""
         ...
 
 
 class Family(Protocol):
+    """A model family: what the shared layers (export, engines, runtime, serving, CLI) ask of
+    a model. Made known with `register_family` or an entry point (`ENTRY_POINT_GROUP`)."""
+
     name: str
     config_type: Any  # the config class: from_dict, to_dict
+    configs: Mapping[str, Any]  # named configurations (`get_config`)
     heads: tuple[str, ...]  # what may turn the maintained output into a prediction
 
     def build(self, config: Any) -> nn.Module: ...
@@ -145,19 +173,50 @@ class Family(Protocol):
     def new_task(self, plan: StagePlan, options: Any) -> Task: ...
 
 
-def _families() -> dict[str, Family]:
-    from rgtp.families.classification.family import CLASSIFICATION
-    from rgtp.families.detection.family import DETECTION
+# Families are plug-ins: an installed distribution declares its own under this entry-point
+# group (rgtp's two in pyproject.toml), and `family_named` loads the one a package names the
+# first time it is asked for. A family defined at run time (a test's, a notebook's) is
+# handed to `register_family` instead.
+ENTRY_POINT_GROUP = "rgtp.families"
+# The family of a config dictionary without one: packages exported before there were families.
+UNNAMED_FAMILY = "detection"
 
-    return {f.name: f for f in (DETECTION, CLASSIFICATION)}
+_REGISTERED: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make `family` known by its name (to packages, `get_config`, the CLI); returns it.
+    A second, different family of the same name is refused."""
+    known = _REGISTERED.get(family.name)
+    if known is not None and known is not family:
+        raise ValueError(f"a model family named {family.name!r} is already registered")
+    _REGISTERED[family.name] = family
+    return family
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def families() -> dict[str, Family]:
+    """Every family: the registered ones and the installed ones, by name."""
+    for name, ep in _entry_points().items():
+        if name not in _REGISTERED:
+            register_family(ep.load())
+    return dict(_REGISTERED)
 
 
 def family_named(name: str) -> Family:
-    families = _families()
-    try:
-        return families[name]
-    except KeyError:
-        raise ValueError(f"unknown model family {name!r}; choose from {sorted(families)}") from None
+    if name not in _REGISTERED:
+        ep = _entry_points().get(name)
+        if ep is None:
+            raise ValueError(
+                f"unknown model family {name!r}; choose from {sorted(families())} (a family "
+                f"is installed under the {ENTRY_POINT_GROUP!r} entry points, or registered "
+                "with register_family)"
+            )
+        register_family(ep.load())
+    return _REGISTERED[name]
 
 
 def family_of(config: FamilyConfig) -> Family:
@@ -166,5 +225,34 @@ def family_of(config: FamilyConfig) -> Family:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Any:
-    """A config from its `to_dict()`; one without a family is a detector's (older packages)."""
-    return family_named(data.get("family", "detection")).config_type.from_dict(dict(data))
+    """A config from its `to_dict()` (a manifest's `config`)."""
+    return family_named(data.get("family", UNNAMED_FAMILY)).config_type.from_dict(dict(data))
+
+
+def model_names() -> list[str]:
+    """The named configurations of every family."""
+    return sorted(name for f in families().values() for name in f.configs)
+
+
+def get_config(name: str, img_size: int | None = None) -> Any:
+    """The named configuration (of whichever family names it), optionally at another input
+    size."""
+    for family in families().values():
+        if name in family.configs:
+            cfg = family.configs[name]
+            break
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {model_names()}")
+    if img_size is not None and img_size != cfg.encoder.img_size:
+        # the encoder is one of the config's fields (a detector's `backbone`, ViViT's `spatial`)
+        field = next(f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is cfg.encoder)
+        cfg = dataclasses.replace(
+            cfg, **{field: dataclasses.replace(cfg.encoder, img_size=img_size)}
+        )
+    return cfg
+
+
+def shipped_weights(name: str) -> Path | None:
+    """Path of the weights shipped in the package for the named configuration, if any."""
+    path = resources.files("rgtp") / "weights" / f"{name}.safetensors"
+    return Path(str(path)) if path.is_file() else None

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rgtp.core.checks import check_int
 from rgtp.core.rollout import FUSIONS
 from rgtp.core.selection import check_buckets, check_schedule
-
-if TYPE_CHECKING:
-    from rgtp.package.family import Family, FamilyConfig
+from rgtp.package.family import Family, FamilyConfig, config_from_dict, family_of
 
 PARTITIONS = ("per-global", "per-block", "whole")
 # Where pruning starts: at the input (every block sees K tokens), or, as the authors' ViTDet
@@ -242,8 +240,6 @@ class StagePlan:
     @property
     def family(self) -> Family:
         """What is particular to the model's family: the graphs around the stages."""
-        from rgtp.package.family import family_of  # the families build on this module
-
         return family_of(self.config)
 
     @property
@@ -353,8 +349,6 @@ class StagePlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StagePlan:
-        from rgtp.package.family import config_from_dict
-
         return cls(
             config_from_dict(data["config"]),
             tuple(tuple(s) for s in data["stages"]),

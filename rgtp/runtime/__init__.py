@@ -1,7 +1,5 @@
 """The embeddable runtime: a pipeline of engines and per-video streams."""
 
-from rgtp.families.classification.family import ClassResult
-from rgtp.families.detection.family import FrameResult, HeadOutputError
 from rgtp.package.family import StepResult
 from rgtp.runtime.frames import FrameError
 from rgtp.runtime.many import StepManyError
@@ -14,11 +12,8 @@ from rgtp.runtime.stream import (
 )
 
 __all__ = [
-    "ClassResult",
     "EngineOutputError",
     "FrameError",
-    "FrameResult",
-    "HeadOutputError",
     "Pipeline",
     "StepManyError",
     "StepResult",

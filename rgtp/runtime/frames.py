@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgtp.families.detection.boxes import Detections
+from rgtp.package.family import FrameGeometry
 
 RESIZE_POLICIES = ("letterbox", "stretch", "refuse")
 ACCEPTED = "an RGB frame (H, W, 3) as a uint8 numpy array or torch tensor"
@@ -30,26 +29,6 @@ REFUSED_DTYPE = (
 
 class FrameError(ValueError):
     """A frame outside the frame contract. Raised before the stream changes."""
-
-
-@dataclass(frozen=True)
-class FrameGeometry:
-    """How a frame of height x width pixels sits in the model input: the resized frame fills
-    the top-left corner, model pixel (x, y) is frame pixel (x * sx, y * sy)."""
-
-    height: int
-    width: int
-    sx: float
-    sy: float
-
-    def detections_to_frame(self, dets: Detections) -> Detections:
-        """Detections in model-input pixels -> frame pixels, clipped to the frame; boxes left
-        with no area (wholly in the letterbox padding or off the frame) are dropped."""
-        factor = torch.tensor([self.sx, self.sy, self.sx, self.sy], device=dets.boxes.device)
-        limit = torch.tensor([self.width, self.height] * 2, device=dets.boxes.device)
-        boxes = torch.minimum((dets.boxes * factor).clamp(min=0), limit)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return Detections(boxes[keep], dets.scores[keep], dets.labels[keep])
 
 
 def check_frame_options(resize: object, float_scale: object) -> None:

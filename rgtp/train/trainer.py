@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from rgtp.data.synthvid import CLASSES, SynthVIDConfig, training_samples
+from rgtp.families import get_config
+from rgtp.families.detection.config import DetectorConfig
 from rgtp.families.detection.detector import Detector
-from rgtp.families.registry import get_config
 from rgtp.models.checkpoint_files import save_weights
-from rgtp.models.config import DetectorConfig
 from rgtp.train.config import TrainConfig
 from rgtp.train.fcos_targets import assign
 from rgtp.train.losses import fcos_loss

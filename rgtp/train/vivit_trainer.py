@@ -69,10 +69,11 @@ from rgtp.data.synthmotion import (
     training_clips,
 )
 from rgtp.eval.classify import classify, clip_tensor, data_config, heldout_clips
-from rgtp.families.classification.config import ViViTConfig, get_vivit_config
+from rgtp.families.classification.config import ViViTConfig
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
 from rgtp.models.checkpoint_files import save_weights
+from rgtp.package.family import get_config
 from rgtp.train.config import TrainConfig
 from rgtp.train.trainer import lr_at, param_groups
 
@@ -449,7 +450,7 @@ def train(
     weights). `heldout` > 0 evaluates that many held-out clips at the end
     (`rgtp.eval.classify`) and records the figures in the log."""
     start = time.time()
-    cfg = model_cfg or get_vivit_config(tc.model)
+    cfg = model_cfg or get_config(tc.model)
     data_cfg = data_config(cfg)
     data = training_set(tc.seed, tc.clips, data_cfg, cache_dir, tc.workers)
     render_minutes = (time.time() - start) / 60

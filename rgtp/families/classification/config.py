@@ -183,15 +183,3 @@ VIVIT_CONFIGS: dict[str, ViViTConfig] = {
         pruning=PruningConfig(similarity="cosine", novelty_share=0.3, novelty="cache"),
     ),
 }
-
-
-def vivit_names() -> list[str]:
-    return sorted(VIVIT_CONFIGS)
-
-
-def get_vivit_config(name: str) -> ViViTConfig:
-    """The named ViViT configuration."""
-    try:
-        return VIVIT_CONFIGS[name]
-    except KeyError:
-        raise ValueError(f"unknown ViViT model {name!r}; choose from {vivit_names()}") from None

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import cls_target
-from rgtp.families.classification.config import ViViTConfig
+from rgtp.families.classification.config import VIVIT_CONFIGS, ViViTConfig
 from rgtp.families.classification.vivit import ViViT
+from rgtp.families.classification.weights import load_vivit_weights
+from rgtp.models.checkpoint_files import CheckpointError
 from rgtp.package.family import GraphRunner, Prediction, StepResult
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
@@ -143,6 +145,7 @@ class ClassificationTask:
 class ClassificationFamily:
     name = "classification"
     config_type = ViViTConfig
+    configs = VIVIT_CONFIGS
     heads = ("rgtp",)
 
     def build(self, config: ViViTConfig) -> ViViT:
@@ -154,9 +157,6 @@ class ClassificationFamily:
     def load_checkpoint(self, model: nn.Module, path: Path, fmt: str, strict: bool) -> Any:
         """rgtp's own ViViT weights (every tensor), or a timm image ViT into the spatial
         encoder (the temporal transformer then keeps its values: not `strict`)."""
-        from rgtp.families.classification.weights import load_vivit_weights
-        from rgtp.models.checkpoint_files import CheckpointError
-
         if fmt not in ("auto", "rgtp", "timm"):
             raise CheckpointError(f"a ViViT reads rgtp or timm checkpoints, not {fmt!r}")
         report = load_vivit_weights(model, path)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from rgtp.core.checks import check_int, check_real
+from rgtp.package.family import FrameGeometry
 
 
 @dataclass
@@ -121,3 +122,10 @@ def postprocess(
     cand_boxes, cand_scores = boxes[loc], flat[cand]
     keep = batched_nms(cand_boxes, cand_scores, labels, nms_iou)[:max_detections]
     return Detections(cand_boxes[keep], cand_scores[keep], labels[keep])
+
+
+def detections_to_frame(geometry: FrameGeometry, dets: Detections) -> Detections:
+    """Detections in model-input pixels -> the frame's pixels (`FrameGeometry`), clipped to
+    the frame; those left with no area are dropped."""
+    boxes, kept = geometry.boxes_to_frame(dets.boxes)
+    return Detections(boxes[kept], dets.scores[kept], dets.labels[kept])

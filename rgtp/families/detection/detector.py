@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from rgtp.families.detection.boxes import Detections, postprocess
+from rgtp.families.detection.config import DetectorConfig
 from rgtp.families.detection.fcos_head import FCOSHead, HeadOutputs, decode
 from rgtp.families.detection.neck import SimpleFeaturePyramid
-from rgtp.models.config import DetectorConfig
 from rgtp.models.vitdet import ViTDetBackbone
 
 

@@ -18,9 +18,15 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import detection_target
-from rgtp.families.detection.boxes import Detections, check_postprocess, postprocess
+from rgtp.families.detection.boxes import (
+    Detections,
+    check_postprocess,
+    detections_to_frame,
+    postprocess,
+)
+from rgtp.families.detection.checkpoints import load_weights
+from rgtp.families.detection.config import DETECTOR_CONFIGS, DetectorConfig
 from rgtp.families.detection.detector import Detector
-from rgtp.models.config import DetectorConfig
 from rgtp.package.family import GraphRunner, Prediction, StepResult
 from rgtp.package.head_io import as_nchw, head_boxes_scores, head_feeds
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
@@ -131,7 +137,7 @@ class DetectionTask:
         return {}
 
     def result(self, common: dict[str, Any], prediction: Prediction, geometry: Any) -> FrameResult:
-        return FrameResult(**common, detections=geometry.detections_to_frame(prediction.output))
+        return FrameResult(**common, detections=detections_to_frame(geometry, prediction.output))
 
 
 def user_detections(out: object, device: torch.device) -> Detections:
@@ -170,6 +176,7 @@ def user_detections(out: object, device: torch.device) -> Detections:
 class DetectionFamily:
     name = "detection"
     config_type = DetectorConfig
+    configs = DETECTOR_CONFIGS
     # What turns the maintained backbone map into boxes and scores: rgtp's own FCOS head, a
     # user's ONNX head (its interface read from the file at export), or none (the
     # application runs its own head and hands the runtime its detections).
@@ -182,8 +189,6 @@ class DetectionFamily:
         self.load_checkpoint(model, path, "rgtp", strict=True)
 
     def load_checkpoint(self, model: nn.Module, path: Path, fmt: str, strict: bool) -> Any:
-        from rgtp.families.detection.checkpoints import load_weights
-
         return load_weights(model, path, fmt, strict=strict)
 
     def encoder(self, model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rgtp.models.config import HeadConfig
+from rgtp.families.detection.config import HeadConfig
 
 
 @dataclass

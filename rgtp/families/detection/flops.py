@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rgtp.core.selection import check_schedule
-from rgtp.models.config import BackboneConfig, DetectorConfig
+from rgtp.families.detection.config import DetectorConfig
+from rgtp.models.config import BackboneConfig
 from rgtp.package.plan import partition_blocks
 
 CONVENTIONS = ("paper", "executed")
