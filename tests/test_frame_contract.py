@@ -28,7 +28,7 @@ SCORE = 0.28
 
 def pruned(pipe: Pipeline, **options: object) -> StreamOptions:
     return StreamOptions(
-        policy=FixedKeep(pipe.plan.num_tokens // 4), score_threshold=SCORE, **options
+        policy=FixedKeep(pipe.plan.num_tokens // 4), task={"score_threshold": SCORE}, **options
     )
 
 

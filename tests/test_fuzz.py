@@ -69,7 +69,7 @@ def test_any_frame_runs_or_is_refused_leaving_the_stream_intact(
 ) -> None:
     options = StreamOptions(
         policy=FixedKeep(pipe.plan.num_tokens // 4),
-        score_threshold=SCORE,
+        task={"score_threshold": SCORE},
         resize=resize,
         float_scale=float_scale,
     )

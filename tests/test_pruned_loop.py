@@ -83,7 +83,7 @@ def test_interleaved_streams_equal_each_stream_alone(tiny_detector) -> None:
     detections are bit-identical to the same video run alone, pruned frames included."""
     n = tiny_detector.cfg.backbone.num_tokens
     pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-    options = StreamOptions(policy=FixedKeep(n // 4), reset_every=4, score_threshold=0.28)
+    options = StreamOptions(policy=FixedKeep(n // 4), reset_every=4, task={"score_threshold": 0.28})
     videos = [list(moving_frames(6, 224, seed=s, speed=8.0)) for s in (0, 5)]
     streams = [pipe.new_stream(options) for _ in videos]
     got: list[list] = [[] for _ in videos]
@@ -143,7 +143,7 @@ def assert_threads_equal_sequential(pipe, options, videos) -> None:
 def test_eight_threads_of_eight_streams_equal_sequential_runs(tiny_detector) -> None:
     n = tiny_detector.cfg.backbone.num_tokens
     pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-    options = StreamOptions(policy=FixedKeep(n // 4), score_threshold=0.28)
+    options = StreamOptions(policy=FixedKeep(n // 4), task={"score_threshold": 0.28})
     assert_threads_equal_sequential(pipe, options, shifted_videos(64, 3, 224))
 
 

@@ -71,7 +71,9 @@ def with_fault(pipe: Pipeline, where: str, fault: Callable[[dict], dict]):
 
 
 def options(pipe: Pipeline, **kw: object) -> StreamOptions:
-    return StreamOptions(policy=FixedKeep(pipe.plan.num_tokens // 4), score_threshold=SCORE, **kw)
+    return StreamOptions(
+        policy=FixedKeep(pipe.plan.num_tokens // 4), task={"score_threshold": SCORE}, **kw
+    )
 
 
 NAN, INF = float("nan"), float("inf")

@@ -91,7 +91,7 @@ def test_other_bad_files_name_the_file(tmp_path) -> None:
 def stream_options(tiny_detector) -> tuple[Pipeline, StreamOptions]:
     n = tiny_detector.cfg.backbone.num_tokens
     pipe = Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-    return pipe, StreamOptions(policy=FixedKeep(n // 4), score_threshold=0.28)
+    return pipe, StreamOptions(policy=FixedKeep(n // 4), task={"score_threshold": 0.28})
 
 
 def test_a_run_writes_the_frames_before_a_bad_frame_then_fails(

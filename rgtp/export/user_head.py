@@ -1,10 +1,11 @@
 """A user's ONNX detection head (`rgtp export --head-onnx`): read, checked against the
 contract the runtime feeds it by, and carried into the package like rgtp's own head.
 
-The contract (`models.plan.check_user_head`): one float32 input, the backbone map as (N, C)
-or (1, C, H, W); the first two outputs boxes (M, 4) in model-input pixels and scores
-(M, classes), optionally with a leading batch of 1, static shapes (a fixed M, e.g. the
-top-M candidates). rgtp applies the score threshold and NMS to them, as to its own head.
+The contract (`rgtp.families.detection.head_io.check_user_head`): one float32 input, the
+backbone map as (N, C) or (1, C, H, W); the first two outputs boxes (M, 4) in model-input
+pixels and scores (M, classes), optionally with a leading batch of 1, static shapes (a fixed
+M, e.g. the top-M candidates). rgtp applies the score threshold and NMS to them, as to its
+own head.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Families: `detection` (ViTDet backbone + FCOS head, `rgtp.families.detection.fam
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
@@ -61,6 +61,11 @@ class FamilyConfig(Protocol):
     def pruning(self) -> Any: ...  # PruningConfig
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+# An application's own head, called on a step's maintained output instead of the package's
+# (a detector's: the backbone map (1, C, H, W) -> its final detections; `Task.predict`).
+UserHead = Callable[[torch.Tensor], object]
 
 
 class GraphRunner(Protocol):
@@ -117,7 +122,9 @@ class Task(Protocol):
         """Model-input frames (1, 3, S, S) of one step -> the embed graph's feeds."""
         ...
 
-    def predict(self, out_map: torch.Tensor, run: GraphRunner, user_head: Any) -> Prediction:
+    def predict(
+        self, out_map: torch.Tensor, run: GraphRunner, user_head: UserHead | None
+    ) -> Prediction:
         """The maintained output (E + N, C) -> the step's prediction. Changes nothing."""
         ...
 
@@ -143,6 +150,7 @@ class Family(Protocol):
     name: str
     config_type: Any  # the config class: from_dict, to_dict
     configs: Mapping[str, Any]  # named configurations (`get_config`)
+    options_type: type  # a dataclass: its task options (`StreamOptions.task`), checked
     heads: tuple[str, ...]  # what may turn the maintained output into a prediction
 
     def build(self, config: Any) -> nn.Module: ...
@@ -160,6 +168,11 @@ class Family(Protocol):
         """The module whose `cfg` and `blocks` the pruned stages run."""
         ...
 
+    def check_plan(self, plan: StagePlan) -> None:
+        """ValueError for a plan this family cannot run (e.g. a user head graph whose
+        interface it cannot read); called when the plan is made."""
+        ...
+
     def embed_spec(self, plan: StagePlan) -> GraphSpec: ...
 
     def head_spec(self, plan: StagePlan) -> GraphSpec: ...
@@ -170,7 +183,10 @@ class Family(Protocol):
         """The modules of the embed graph, the head (rgtp's own) and the extra graphs."""
         ...
 
-    def new_task(self, plan: StagePlan, options: Any) -> Task: ...
+    def new_task(self, plan: StagePlan, options: Any) -> Task:
+        """A stream's task; `options` are its `StreamOptions` (`options.task` the family's
+        own, as `options_type` fields: ValueError or TypeError if they are not)."""
+        ...
 
 
 # Families are plug-ins: an installed distribution declares its own under this entry-point

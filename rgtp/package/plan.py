@@ -183,8 +183,7 @@ class StagePlan:
             )
         if (self.head == "onnx") != (self.user_head is not None):
             raise ValueError("a user head interface goes with head='onnx', and only with it")
-        if self.user_head is not None:
-            check_user_head(self.user_head, enc.grid, self.dim)
+        self.family.check_plan(self)
         object.__setattr__(self, "buckets", check_buckets(self.buckets, self.num_tokens))
         if self.stage_buckets is not None:
             if len(self.stage_buckets) != len(self.stages):
@@ -361,31 +360,3 @@ class StagePlan:
             tuple(tuple(b) for b in data["stage_buckets"]) if "stage_buckets" in data else None,
             data["max_batch"],
         )
-
-
-def check_user_head(spec: GraphSpec, grid: int, dim: int) -> None:
-    """A user's head graph must read the backbone map, as (N, C) or (1, C, H, W), and give
-    boxes (M, 4) and scores (M, classes) first, each optionally with a leading batch of 1."""
-    accepted = [(grid * grid, dim), (1, dim, grid, grid)]
-    if len(spec.inputs) != 1 or tuple(spec.inputs[0].shape) not in accepted:
-        got = [(t.name, tuple(t.shape)) for t in spec.inputs]
-        raise ValueError(
-            f"a user head takes one float32 input, the backbone map of shape {accepted[0]} or "
-            f"{accepted[1]}; this graph takes {got}"
-        )
-    if len(spec.outputs) < 2:
-        raise ValueError("a user head returns boxes (M, 4) and scores (M, classes) first")
-    boxes, scores = (_unbatched(t) for t in spec.outputs[:2])
-    if len(boxes) != 2 or boxes[1] != 4 or len(scores) != 2 or boxes[0] != scores[0]:
-        raise ValueError(
-            "a user head's first two outputs must be boxes (M, 4) in model-input pixels and "
-            f"scores (M, classes); got {tuple(spec.outputs[0].shape)} and "
-            f"{tuple(spec.outputs[1].shape)}"
-        )
-    if any(t.dtype != "float32" for t in (*spec.inputs, *spec.outputs[:2])):
-        raise ValueError("a user head's map input and box/score outputs must be float32")
-
-
-def _unbatched(t: TensorSpec) -> tuple[int | str, ...]:
-    shape = tuple(t.shape)
-    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from rgtp.runtime.stream import Stream, UserHead, _Work, run_stage
+from rgtp.package.family import UserHead
+from rgtp.runtime.stream import Stream, _Work, run_stage
 
 
 class StepManyError(RuntimeError):

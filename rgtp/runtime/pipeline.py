@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from rgtp.engines.base import EngineSet
+from rgtp.package.family import UserHead
 from rgtp.package.plan import StagePlan
-from rgtp.runtime.stream import Stream, StreamOptions, UserHead
+from rgtp.runtime.stream import Stream, StreamOptions
 
 
 class Pipeline:
@@ -76,11 +77,18 @@ class Pipeline:
         return step_many(streams, frames, head)
 
     def new_stream(self, options: StreamOptions | None = None, **kwargs: Any) -> Stream:
-        """A new stream; keyword arguments are `StreamOptions` fields."""
+        """A new stream; keyword arguments are `StreamOptions` fields, or the family's own
+        options (`StreamOptions.task`, e.g. a detector's `score_threshold`)."""
         if options is not None and kwargs:
             raise TypeError("pass either options or keyword arguments, not both")
-        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(StreamOptions)})
+        stream_fields = [f.name for f in dataclasses.fields(StreamOptions)]
+        task_fields = [f.name for f in dataclasses.fields(self.plan.family.options_type)]
+        unknown = sorted(set(kwargs) - set(stream_fields) - set(task_fields))
         if unknown:
-            known = ", ".join(f.name for f in dataclasses.fields(StreamOptions))
+            known = ", ".join(stream_fields + task_fields)
             raise TypeError(f"unknown stream options {unknown}; the options are: {known}")
-        return Stream(self.engines, options or StreamOptions(**kwargs))
+        if options is None:
+            task = {n: kwargs.pop(n) for n in task_fields if n in kwargs}
+            task = {**kwargs.pop("task", {}), **task}
+            options = StreamOptions(**kwargs, task=task)
+        return Stream(self.engines, options)

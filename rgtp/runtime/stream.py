@@ -47,15 +47,10 @@ from rgtp.core.tracking import check_radius, row_cosine, track
 from rgtp.engines.base import EngineError, EngineSet
 from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.models.config import PruningConfig
-from rgtp.package.family import StepResult
-from rgtp.package.head_io import as_nchw
+from rgtp.package.family import StepResult, UserHead
 from rgtp.runtime.frames import check_frame_options, to_model_input
 from rgtp.runtime.state import StreamState
 from rgtp.runtime.timing import TIMINGS, PartTimer
-
-# A family's own head for a step's maintained output (a detector's: the backbone map
-# (1, C, H, W) -> detections, `rgtp.families.detection.family.UserHead`).
-UserHead = Callable[[torch.Tensor], object]
 
 
 class EngineOutputError(EngineError):
@@ -80,7 +75,8 @@ class StreamOptions:
     radius: token tracking window r, 0..grid-1 (larger for faster motion);
     pruning: rollout blocks, tracking similarity and union, novelty share, s_L threshold;
         None takes the model's own (`config.pruning`, carried in the package manifest);
-    score_threshold, nms_iou, max_detections: detection post-processing (detectors);
+    task: the family's own options by name, checked by its task when the stream opens (a
+        detector's: score_threshold, nms_iou, max_detections; `Family.options_type`);
     resize: how frames of another size than the model input are fitted: "letterbox"
         (longer side to the input size, padded bottom/right), "stretch", or "refuse";
     float_scale: float frames are read as pixel = value * float_scale (255.0 for [0, 1]);
@@ -95,9 +91,7 @@ class StreamOptions:
     reset: str = "dense"
     radius: int = 1
     pruning: PruningConfig | None = None
-    score_threshold: float = 0.02
-    nms_iou: float = 0.6
-    max_detections: int = 100
+    task: Mapping[str, Any] = field(default_factory=dict, hash=False)
     resize: str = "letterbox"
     float_scale: float | None = None
     timing: str = "auto"
@@ -202,7 +196,8 @@ class Stream:
     @property
     def feature_map(self) -> torch.Tensor:
         """A copy of the maintained patch outputs as a conv head reads them, (1, C, H, W)."""
-        return as_nchw(self.state.out_map[self.plan.prefix :], self.plan.encoder.grid)
+        patches, grid = self.state.out_map[self.plan.prefix :], self.plan.encoder.grid
+        return patches.t().reshape(1, patches.shape[1], grid, grid).contiguous()
 
     def reset(self) -> None:
         """Forget the stream's history: the next frame starts a dense reset step at index 0."""

@@ -35,8 +35,9 @@ class ServingSettings:
     when its stream is freed; max_pixels: the largest frame (H x W) a request may carry;
     float_scale: FRAME_FLOAT values are read as pixel = value * float_scale (255.0 for
     [0, 1]), None refuses float frames; keep (K, or one K per stage: a keep schedule) or
-    mass (importance share): the keep policy (neither: dense); reset_every, reset, radius,
-    score_threshold: as `StreamOptions`."""
+    mass (importance share): the keep policy (neither: dense); reset_every, reset, radius:
+    as `StreamOptions`; score_threshold: a detector's (`StreamOptions.task`), None for its
+    default."""
 
     backend: str = "ort"
     max_streams: int = 8
@@ -48,7 +49,7 @@ class ServingSettings:
     reset_every: int = 8
     reset: str = "dense"
     radius: int = 1
-    score_threshold: float = StreamOptions.score_threshold
+    score_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -67,8 +68,8 @@ class ServingSettings:
             reset_every=self.reset_every,
             reset=self.reset,
             radius=self.radius,
-            score_threshold=self.score_threshold,
             float_scale=self.float_scale,
+            task={} if self.score_threshold is None else {"score_threshold": self.score_threshold},
         )
 
     def check_against(self, plan: StagePlan) -> None:

@@ -101,10 +101,16 @@ class ClassResult(StepResult):
         return name, float(self.scores[i])
 
 
+@dataclass(frozen=True)
+class ClassificationOptions:
+    """A classifier stream has no options of its own (`StreamOptions.task`)."""
+
+
 class ClassificationTask:
     """Per stream: the CLS features of the last s steps, and the temporal graph on them."""
 
     def __init__(self, plan: StagePlan, options: Any) -> None:
+        ClassificationOptions(**options.task)  # none: refuses any
         self.plan = plan
         self.frames_per_step = plan.encoder.tubelet
         self.num_steps = plan.config.num_steps
@@ -146,6 +152,7 @@ class ClassificationFamily:
     name = "classification"
     config_type = ViViTConfig
     configs = VIVIT_CONFIGS
+    options_type = ClassificationOptions
     heads = ("rgtp",)
 
     def build(self, config: ViViTConfig) -> ViViT:
@@ -171,6 +178,9 @@ class ClassificationFamily:
 
     def encoder(self, model: nn.Module) -> nn.Module:
         return model.spatial
+
+    def check_plan(self, plan: StagePlan) -> None:
+        pass  # its one head is its own
 
     def embed_spec(self, plan: StagePlan) -> GraphSpec:
         enc, n, c = plan.encoder, plan.num_tokens, plan.dim

@@ -9,7 +9,7 @@ detections in the input frame's pixels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,14 +27,14 @@ from rgtp.families.detection.boxes import (
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.config import DETECTOR_CONFIGS, DetectorConfig
 from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.head_io import (
+    as_nchw,
+    check_user_head,
+    head_boxes_scores,
+    head_feeds,
+)
 from rgtp.package.family import GraphRunner, Prediction, StepResult
-from rgtp.package.head_io import as_nchw, head_boxes_scores, head_feeds
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
-
-# A user's head: the maintained backbone map (1, C, H, W) -> its final detections in
-# model-input pixels: (boxes (D, 4), scores (D,)) or (boxes, scores, labels (D,)), or
-# Detections. Its own post-processing (NMS) is done; rgtp forms s_L from what it returns.
-UserHead = Callable[[torch.Tensor], object]
 
 
 class HeadOutputError(ValueError):
@@ -93,14 +93,27 @@ class FrameResult(StepResult):
         return {"detections": self.detections.to_list(tuple(class_names))}
 
 
+@dataclass(frozen=True)
+class DetectionOptions:
+    """A detector stream's post-processing (`StreamOptions.task`): scores below
+    `score_threshold` dropped, NMS at IoU `nms_iou`, at most `max_detections`."""
+
+    score_threshold: float = 0.02
+    nms_iou: float = 0.6
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        check_postprocess(self.score_threshold, self.nms_iou, self.max_detections)
+
+
 class DetectionTask:
     """Per stream: rgtp's or the package's head graph, or a user's callable, then NMS."""
 
     frames_per_step = 1
 
     def __init__(self, plan: StagePlan, options: Any) -> None:
-        check_postprocess(options.score_threshold, options.nms_iou, options.max_detections)
         self.plan, self.options = plan, options
+        self.post = DetectionOptions(**options.task)
 
     def embed_feeds(self, frames: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         (frame,) = frames
@@ -121,8 +134,9 @@ class DetectionTask:
             head = run("head", head_feeds(spec, out_map, grid))
             run.check_finite()
             boxes, scores = head_boxes_scores(spec, head)
+            post = self.post
             dets = postprocess(
-                boxes, scores, opts.score_threshold, opts.nms_iou, opts.max_detections
+                boxes, scores, post.score_threshold, post.nms_iou, post.max_detections
             )
         pruning = opts.pruning or self.plan.config.pruning
         target = detection_target(
@@ -177,6 +191,7 @@ class DetectionFamily:
     name = "detection"
     config_type = DetectorConfig
     configs = DETECTOR_CONFIGS
+    options_type = DetectionOptions
     # What turns the maintained backbone map into boxes and scores: rgtp's own FCOS head, a
     # user's ONNX head (its interface read from the file at export), or none (the
     # application runs its own head and hands the runtime its detections).
@@ -193,6 +208,10 @@ class DetectionFamily:
 
     def encoder(self, model: nn.Module) -> nn.Module:
         return model.backbone
+
+    def check_plan(self, plan: StagePlan) -> None:
+        if plan.user_head is not None:
+            check_user_head(plan.user_head, plan.encoder.grid, plan.dim)
 
     def embed_spec(self, plan: StagePlan) -> GraphSpec:
         s, n, c = plan.encoder.img_size, plan.num_tokens, plan.dim
