@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from rgtp.cli import _load_model, build_parser, main
+from rgtp.cli import build_parser, main
+from rgtp.cli.options import load_model
 from rgtp.families import get_config
 from rgtp.families.detection.checkpoints import (
     CheckpointError,
@@ -223,7 +224,7 @@ def test_model_zoo_vitdet_b_loads_unedited_and_matches_references(model_zoo_pkl,
     resampled 127 -> 31 rows and the position table 14 -> 16, all as detectron2 does."""
     path, arrays = model_zoo_pkl
     assert len(arrays) == 245
-    detector = _load_model(
+    detector = load_model(
         export_args(
             "--model", "vitdet-b", "--size", "256", "--weights", str(path), "--allow-missing-head"
         )
@@ -303,7 +304,7 @@ def test_hugging_face_vitdet_matches_its_output(tmp_path, capsys, model_class, s
     else:  # what save_pretrained(safe_serialization=False) writes: pytorch_model.bin
         torch.save(sd, path)
     argv = ["--model", "vitdet-small", "--size", "224", "--weights", str(path)]
-    detector = _load_model(export_args(*argv, "--weights-format", fmt, "--allow-missing-head"))
+    detector = load_model(export_args(*argv, "--weights-format", fmt, "--allow-missing-head"))
     assert "format hf: loaded 171 of 214" in capsys.readouterr().err
 
     x = torch.randn(1, 3, 224, 224)

@@ -1,0 +1,37 @@
+"""`rgtp demo`: the end-to-end demo of a shipped model on the CPU."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="end-to-end demo on a shipped model and the CPU")
+    p.add_argument("--model", default="vitdet-small", choices=("vitdet-small", "vivit-small"))
+    p.add_argument("--out", default="out/demo")
+    p.add_argument(
+        "--keep-fraction",
+        dest="k_fraction",
+        type=float,
+        default=None,
+        help="K / N (default per model)",
+    )
+    p.add_argument("--sequences", type=int, default=8, help="detector: held-out videos")
+    p.add_argument("--frames", type=int, default=64, help="detector: frames per video")
+    p.add_argument("--clips", type=int, default=60, help="classifier: held-out clips")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=demo)
+
+
+def demo(args: argparse.Namespace) -> int:
+    if args.model == "vivit-small":
+        from rgtp.demo_classifier import run_classifier_demo
+
+        fraction = args.k_fraction or 0.4
+        run_classifier_demo(args.out, fraction, args.clips, progress=not args.quiet)
+        return 0
+    from rgtp.demo import run_demo
+
+    fraction = args.k_fraction or 0.3
+    run_demo(args.out, fraction, args.sequences, args.frames, progress=not args.quiet)
+    return 0

@@ -1,0 +1,247 @@
+"""`rgtp export`, `check` and `build`: a package of ONNX graphs, its verification, its
+TensorRT plans."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rgtp.cli import options
+
+
+def _opset(text: str) -> int:
+    from rgtp.export.onnx_graphs import ExportError, check_opset
+
+    try:
+        return check_opset(int(text))
+    except ExportError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _tolerance(name: str):
+    def parse(text: str) -> float:
+        from rgtp.export.check import CheckError, tolerance
+
+        try:
+            return tolerance(name, float(text))
+        except CheckError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+    return parse
+
+
+def add_export(sub) -> None:
+    from rgtp.core.rollout import FUSIONS
+    from rgtp.export.onnx_graphs import DEFAULT_OPSET
+    from rgtp.families import model_names
+
+    p = sub.add_parser("export", help="export embed, stage x K-bucket and head graphs to ONNX")
+    p.add_argument("--model", default="vitdet-small", choices=model_names())
+    options.add_weights(p)
+    p.add_argument("--size", type=int, default=None, help="input side in pixels")
+    p.add_argument("--buckets", type=options.ints, default=[], help="K buckets, e.g. 64,128,256")
+    p.add_argument(
+        "--keep",
+        dest="ks",
+        type=options.keeps,
+        default=[],
+        help="keep schedules to serve (one K per stage, e.g. 96/77/64/48): each stage gets "
+        "its own K as a bucket",
+    )
+    options.add_partition(p)
+    p.add_argument("--fusion", default="rms", choices=FUSIONS, help="head fusion for rollout")
+    p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
+    p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
+    p.add_argument(
+        "--workers",
+        type=options.int_at_least(1),
+        default=None,
+        help="processes tracing graphs at once (default: one per core)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=options.int_at_least(1),
+        default=8,
+        help="the most streams one stage call runs together (Pipeline.step_many); TensorRT "
+        "profiles span 1..this",
+    )
+    head = p.add_mutually_exclusive_group()
+    head.add_argument(
+        "--head",
+        choices=("rgtp", "none"),
+        default="rgtp",
+        help="none: backbone only; your application runs its own head (step(frame, head=...))",
+    )
+    head.add_argument(
+        "--head-onnx",
+        default=None,
+        metavar="HEAD.onnx",
+        help="your ONNX head: input the backbone map (N, C) or (1, C, H, W), outputs boxes "
+        "(M, 4) in pixels and scores (M, classes)",
+    )
+    options.add_prune_from(p)
+    options.add_pruning(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it is an earlier rgtp package (nothing else is ever deleted)",
+    )
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="package readable by its owner only (0700/0600; default 0755/0644)",
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=export)
+
+
+def export(args: argparse.Namespace) -> int:
+    from rgtp.export.package import export_package
+    from rgtp.package.plan import StagePlan
+
+    head, user_graph, user_spec = args.head, None, None
+    if args.head_onnx:
+        from rgtp.export.user_head import read_user_head
+
+        user_graph, user_spec = read_user_head(args.head_onnx)
+        head = "onnx"
+    model = options.load_model(args)
+    model.cfg = options.with_pruning(args, model.cfg)
+    plan = StagePlan.create(
+        model.cfg,
+        [*args.buckets, *(k for k in args.ks if isinstance(k, int))],
+        args.partition,
+        args.fusion,
+        options.prune_from(args),
+        head,
+        user_spec,
+        schedules=[k for k in args.ks if not isinstance(k, int)],
+        max_batch=args.max_batch,
+    )
+    manifest = export_package(
+        model,
+        plan,
+        args.out,
+        opset=args.opset,
+        symbolic=not args.no_symbolic,
+        workers=args.workers,
+        force=args.force,
+        progress=not args.quiet,
+        private=args.private,
+        user_head=user_graph,
+    )
+    size = sum(f["bytes"] for f in manifest.files.values())
+    if plan.stage_buckets is None:
+        cut = f"{len(plan.stages)} stages x {len(plan.buckets)} buckets {list(plan.buckets)}"
+    else:
+        cut = (
+            f"{len(plan.stages)} stages, K buckets per stage {list(map(list, plan.stage_buckets))}"
+        )
+    print(f"exported {len(manifest.graphs)} graphs ({cut}) to {args.out}: {size / 2**20:.1f} MiB")
+    return 0
+
+
+def add_check(sub) -> None:
+    p = sub.add_parser("check", help="verify a package's files and compare ORT with PyTorch")
+    p.add_argument("package")
+    p.add_argument("--atol", type=_tolerance("atol"), default=1e-4)
+    p.add_argument("--rtol", type=_tolerance("rtol"), default=1e-3)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=check)
+
+
+def check(args: argparse.Namespace) -> int:
+    from rgtp.eval.reports import check_text
+    from rgtp.export.check import check_package
+
+    report = check_package(args.package, atol=args.atol, rtol=args.rtol, progress=not args.quiet)
+    print(check_text(report, args.atol, args.rtol))
+    return 0 if report.passed else 1
+
+
+def add_build(sub) -> None:
+    from rgtp.engines import LAYOUTS
+    from rgtp.engines.trt_build import PRECISIONS
+
+    p = sub.add_parser("build", help="build TensorRT plans for an exported package")
+    p.add_argument("package")
+    p.add_argument("--backend", default="trt", choices=["trt"])
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32: float32 throughout (TF32 off); tf32: float32 with TF32 matmuls and "
+        "convolutions; fp16: float16 graphs, normalisations, Softmax and rollout rows in float32",
+    )
+    p.add_argument(
+        "--layout",
+        default="per-stage",
+        choices=LAYOUTS,
+        help="per-stage: one plan per stage with a profile per K (weights once); per-k: one "
+        "plan per (stage, K)",
+    )
+    p.add_argument(
+        "--opt-batch",
+        type=options.int_at_least(1),
+        default=1,
+        help="the largest batch (streams per stage call) the stage plans take, and the one "
+        "they are tuned for: 1, what rgtp's TensorRT runtime runs (more only for plans "
+        "another runtime batches; up to the package's --max-batch)",
+    )
+    p.add_argument(
+        "--timing-cache",
+        default=None,
+        help="timing cache file, read before and written after the build (TensorRT; "
+        "TensorRT-RTX has none)",
+    )
+    p.add_argument(
+        "--mem-pool-size",
+        type=options.int_at_least(1),
+        default=None,
+        metavar="MIB",
+        help="workspace pool limit in MiB (trtexec's --memPoolSize=workspace:MIB)",
+    )
+    p.add_argument(
+        "--compute-capability",
+        action="append",
+        default=None,
+        help="TensorRT-RTX target, e.g. SM89 (repeatable); default: this GPU, else SM89",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the sha256 check of the package's files (verified elsewhere); warns",
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=build)
+
+
+def build(args: argparse.Namespace) -> int:
+    from rgtp.engines.trt_build import BuildOptions, build_trt
+
+    if args.backend != "trt":
+        print("error: only --backend trt builds ahead of time (ort and torch need no build)")
+        return 2
+    build_options = BuildOptions(
+        precision=args.precision,
+        layout=args.layout,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+        mem_pool_size=args.mem_pool_size,
+        compute_capabilities=tuple(args.compute_capability) if args.compute_capability else None,
+        opt_batch=args.opt_batch,
+    )
+    info = build_trt(
+        args.package, build_options, progress=not args.quiet, verify=not args.no_verify
+    )
+    print(
+        f"built {len(info['plans'])} plans with {info['flavor']} {info['version']} for "
+        f"{info['device']} (compute capability {info['compute_capability']}, "
+        f"{info['precision']}, {info['layout']}); trtexec commands in "
+        f"{Path(args.package) / info['trtexec']}"
+    )
+    return 0

@@ -1,0 +1,64 @@
+"""`rgtp flops`: analytic GFLOPs of a named model (`rgtp.eval.reports.flops`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rgtp.cli import options
+
+
+def add_flops(sub) -> None:
+    from rgtp.families import model_names
+    from rgtp.families.detection.flops import CONVENTIONS
+
+    p = sub.add_parser("flops", help="analytic GFLOPs (MACs) per frame, dense and pruned")
+    p.add_argument("--model", default="vitdet-b", choices=model_names())
+    p.add_argument(
+        "--size", type=options.int_at_least(1), default=None, help="input side in pixels"
+    )
+    p.add_argument(
+        "--keep",
+        dest="k",
+        type=options.keep,
+        default=None,
+        help="tokens kept per pruned frame (K), or one K per stage (96/77/64/48)",
+    )
+    p.add_argument(
+        "--reset-every",
+        type=options.int_at_least(0),
+        default=8,
+        help="R: a dense frame every R frames (0: only the first)",
+    )
+    p.add_argument(
+        "--radius", type=options.int_at_least(0), default=1, help="tracking window radius r"
+    )
+    options.add_reset(p)
+    p.add_argument("--paper", action="store_true", help="the authors' pruning point (block0-mlp)")
+    options.add_prune_from(p)
+    p.add_argument(
+        "--convention",
+        default="paper",
+        choices=CONVENTIONS,
+        help="paper: windowed blocks computed whole (the authors' GFLOPs); executed: what rgtp "
+        "runs (each window's rows for the kept queries only)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=flops)
+
+
+def flops(args: argparse.Namespace) -> int:
+    from rgtp.eval import reports
+
+    report, table = reports.flops(
+        args.model,
+        args.size,
+        args.k,
+        args.reset_every,
+        args.radius,
+        args.reset,
+        options.prune_from(args),
+        args.convention,
+    )
+    print(json.dumps(report, indent=2) if args.json else table)
+    return 0
