@@ -227,6 +227,11 @@ SLOW: dict[str, set[str]] = {
     "test_serve_lifecycle": {"small_packages"},  # real servers on it
     "test_serving_sequences": {"tiny_package"},  # an export
     "test_synthmotion": {"test_last_frame_position_and_size_do_not_tell_the_motion"},  # 80 clips
+    "test_third_family": {  # exports a package of the third family
+        "test_its_package_checks_clean",
+        "test_it_runs_pruned_on_onnx_runtime_as_on_pytorch",
+        "test_keeping_all_tokens_is_the_dense_model",
+    },
     "test_triton_repository": {"package"},  # small_packages
     "test_triton_server": {"*"},  # a real Triton server
     "test_trt": {"*"},  # small_packages and TensorRT-RTX builds
