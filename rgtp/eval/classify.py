@@ -5,15 +5,10 @@ step's CLS feature repeated for every step, so it sees what that step shows and 
 how it changes. SynthMotion's frames are built so that one instant shows the object but not
 its motion (`rgtp.data.synthmotion`), so the control can at best get the object right and
 guess the motion: about a quarter of the dense figure.
-
-`python -m rgtp.eval.classify --weights W --clips N` prints the figures and can write them
-as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,22 +132,3 @@ def load_classifier(name: str, weights: str | Path) -> ViViT:
     model = ViViT(get_config(name))
     load_vivit_weights(model, weights)
     return model.eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="vivit-small")
-    p.add_argument("--weights", default="rgtp/weights/vivit-small.safetensors")
-    p.add_argument("--clips", type=int, default=600, help="held-out clips (first N seeds)")
-    p.add_argument("--json", help="write the figures here")
-    args = p.parse_args(argv)
-    model = load_classifier(args.model, args.weights)
-    result = classify(model, heldout_clips(args.clips, data_config(model.cfg)))
-    print(result.summary())
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

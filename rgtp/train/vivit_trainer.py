@@ -32,7 +32,7 @@ features of `temporal_clips` training clips (cheap: no spatial passes after the 
 64 clips a step, and a trial of it took held-out top-1 from 49 % to 95 % in 1500 steps with
 the single-step control at 25 %.
 
-`OMP_WAIT_POLICY=PASSIVE python -m rgtp.train.vivit_trainer --workers 2` trains the shipped
+`OMP_WAIT_POLICY=PASSIVE rgtp train --model vivit-small --workers 2` trains the shipped
 `rgtp/weights/vivit-small.safetensors` (the defaults are its recipe; `--workers` and the wait
 policy change only the speed. On 2 shared cores, a step took 0.56 s alone with either
 policy, but 3.5 s with OpenMP's default spinning and 1.4 s with passive waiting while one
@@ -41,7 +41,6 @@ other process kept a core busy).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -497,62 +496,3 @@ def train(
             print(result.summary(), flush=True)
     out.with_suffix(".train.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    d = ViViTTrainConfig()
-    p = argparse.ArgumentParser(description="Train a ViViT classifier on SynthMotion.")
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--clips", type=int, default=d.clips, help="rendered training clips")
-    p.add_argument("--aux-weight", type=float, default=d.aux_weight)
-    p.add_argument("--cover-weight", type=float, default=d.cover_weight)
-    p.add_argument("--temporal-steps", type=int, default=d.temporal_steps)
-    p.add_argument("--init", help="skip the joint phase: start the temporal one from these weights")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="0: no held-out checks")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="processes rendering clips")
-    p.add_argument("--no-bf16", action="store_true", help="train in float32")
-    p.add_argument("--cache-dir", default="out/cache", help="where rendered clips are kept")
-    p.add_argument("--heldout", type=int, default=600, help="held-out clips evaluated at the end")
-    p.add_argument("--out", default="rgtp/weights/vivit-small.safetensors")
-    args = p.parse_args(argv)
-    tc = ViViTTrainConfig(
-        model=args.model,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        clips=args.clips,
-        aux_weight=args.aux_weight,
-        cover_weight=args.cover_weight,
-        temporal_steps=args.temporal_steps,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        workers=args.workers,
-        bf16=not args.no_bf16,
-    )
-    if args.init and not tc.temporal_steps:
-        p.error("--init skips the joint phase: give the temporal phase steps (--temporal-steps N)")
-    summary = train(
-        tc,
-        Path(args.out),
-        cache_dir=Path(args.cache_dir),
-        heldout=args.heldout,
-        init=Path(args.init) if args.init else None,
-    )
-    last = summary["log"][-1]
-    print(
-        f"trained {0 if args.init else tc.steps} joint + {tc.temporal_steps} temporal steps in "
-        f"{summary['minutes']:.1f} min "
-        f"(rendering {summary['render_minutes']:.1f}); final ce {last['ce']:.3f}; "
-        f"weights {args.out}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
