@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rgtp.package.family import UserHead
-from rgtp.runtime.stream import Stream, _Work, run_stage
+from rgtp.runtime.stream import StepWork, Stream, run_stage
 
 
 class StepManyError(RuntimeError):
@@ -68,11 +68,11 @@ def step_many(
     errors: dict[int, Exception] = {}
     with contextlib.ExitStack() as held:
         for s in streams:
-            held.enter_context(s._exclusive())
-        works: dict[int, _Work] = {}
+            held.enter_context(s.exclusive())
+        works: dict[int, StepWork] = {}
         for j, (s, frame) in enumerate(zip(streams, frames, strict=True)):
             try:
-                work = s._begin(frame)
+                work = s.begin(frame)
             except Exception as e:
                 errors[j] = e
                 continue
@@ -82,12 +82,12 @@ def step_many(
             groups: dict[int, list[int]] = {}  # K -> the streams running stage i at it
             for j in list(works):
                 try:
-                    rows = streams[j]._stage_input(works[j], i)
+                    k = streams[j].prepare_stage(works[j], i)
                 except Exception as e:
                     errors[j] = e
                     del works[j]
                     continue
-                groups.setdefault(len(rows) - plan.prefix, []).append(j)
+                groups.setdefault(k, []).append(j)
             for k, members in groups.items():
                 engine = engines.stage(i, k)
                 for start in range(0, len(members), limit):
@@ -100,13 +100,11 @@ def step_many(
                             del works[j]
         for j, work in works.items():
             try:
-                results[j] = streams[j]._end(work, head)
+                results[j] = streams[j].end(work, head)
             except Exception as e:
                 errors[j] = e
     for s, result in zip(streams, results, strict=True):
-        observe = getattr(s.policy, "observe", None)  # as Stream.step tells its policy
-        if result is not None and observe is not None:
-            observe(result.k, result.timings["total"])
+        s.tell_policy(result)
     if errors:
         raise StepManyError(results, dict(sorted(errors.items()))) from errors[min(errors)]
     return results

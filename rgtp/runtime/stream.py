@@ -19,6 +19,7 @@ leaves the stream as it was, so the next frame runs as if it had never been give
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -201,7 +202,7 @@ class Stream:
 
     def reset(self) -> None:
         """Forget the stream's history: the next frame starts a dense reset step at index 0."""
-        with self._exclusive():
+        with self.exclusive():
             self.state = self._new_state()
 
     @torch.inference_mode()
@@ -218,16 +219,22 @@ class Stream:
         exported with `--head none`), called once per frame on the maintained backbone map
         (1, C, H, W); it returns final detections in model-input pixels (see `UserHead`). If
         it raises, or returns something else, the stream is unchanged."""
-        with self._exclusive():
+        with self.exclusive():
             result = self._step(frame, head)
-        # A policy that learns from the steps' times (`runtime.latency_budget`) hears of it.
+        self.tell_policy(result)
+        return result
+
+    def tell_policy(self, result: StepResult | None) -> None:
+        """A policy that learns from the steps' times (`runtime.latency_budget`) hears of a
+        finished step."""
         observe = getattr(self.policy, "observe", None)
         if result is not None and observe is not None:
             observe(result.k, result.timings["total"])
-        return result
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
+        """Hold the stream for one step (`begin` to `end`): StreamBusyError if another
+        thread holds it."""
         # Non-blocking: waiting would hide the bug of two threads feeding one video.
         if not self._busy.acquire(blocking=False):
             raise StreamBusyError(
@@ -240,15 +247,20 @@ class Stream:
             self._busy.release()
 
     def _step(self, frame: object, user_head: UserHead | None) -> StepResult | None:
-        work = self._begin(frame)
+        work = self.begin(frame)
         if work is None:
             return None
         for i in range(len(self.plan.stages)):
-            rows = self._stage_input(work, i)
-            run_stage(self.engines.stage(i, len(rows) - self.plan.prefix), i, [(self, work)])
-        return self._end(work, user_head)
+            k = self.prepare_stage(work, i)
+            run_stage(self.engines.stage(i, k), i, [(self, work)])
+        return self.end(work, user_head)
 
-    def _begin(self, frame: object) -> _Work | None:
+    # The step, phase by phase (held with `exclusive`): `begin`, then for every stage
+    # `prepare_stage`, `stage_feeds` and `take_stage_output` (`run_stage` does the last two
+    # for one engine call of one or many streams), then `end`. `step` and
+    # `Pipeline.step_many` are the two drivers.
+
+    def begin(self, frame: object) -> StepWork | None:
         """A step up to its stages: the frame checked and embedded, the tokens chosen and
         gathered; None for a frame that only fills a time step (then held). Nothing of the
         stream's state changes but buffers the next step rewrites, and the held frame."""
@@ -302,25 +314,26 @@ class Stream:
                     k,
                 )["keep"]
             x, rows = st.gather(tokens, keep)
-        return _Work(
-            timer,
-            checks,
-            geometry,
-            patches,
-            tokens,
-            first,
-            reset,
-            tracked,
-            similarity,
-            keep,
-            x,
-            rows,
+        return StepWork(
+            timer=timer,
+            checks=checks,
+            geometry=geometry,
+            patches=patches,
+            tokens=tokens,
+            first=first,
+            reset=reset,
+            tracked=tracked,
+            similarity=similarity,
+            keep=keep,
+            x=x,
+            rows=rows,
         )
 
-    def _stage_input(self, work: _Work, stage: int) -> torch.Tensor:
-        """Sets the tokens stage `stage` runs on (`work.x`): all tokens for a stage whose
-        first block attends over every token, the previous stage's output, or, under a keep
-        schedule, the part of it this stage keeps; returns their rows (`work.rows`)."""
+    def prepare_stage(self, work: StepWork, stage: int) -> int:
+        """Sets the tokens stage `stage` runs on (`work.x`, at rows `work.rows`): all tokens
+        for a stage whose first block attends over every token, the previous stage's output,
+        or, under a keep schedule, the part of it this stage keeps. Returns the stage's K
+        (its bucket; prefix tokens not counted)."""
         prefix = self.plan.prefix
         if self.plan.takes_all_tokens(stage):
             work.x = (
@@ -335,10 +348,20 @@ class Stream:
                 work.x, work.rows = self._shrink(
                     stage, work.tracked, work.similarity, work.x, work.rows
                 )
-        return work.rows
+        return len(work.rows) - prefix
 
-    def _stage_output(
-        self, work: _Work, stage: int, engine: Any, out: dict[str, torch.Tensor]
+    def stage_feeds(self, work: StepWork, stage: int) -> StageFeeds:
+        """The inputs of this stream's call of stage `stage` (after `prepare_stage`)."""
+        blocks = self.plan.cached_blocks(stage)
+        st = self.state
+        return StageFeeds(
+            tokens=work.x,
+            rows=work.rows,
+            caches=tuple((b, st.k_cache[b], st.v_cache[b]) for b in blocks),
+        )
+
+    def take_stage_output(
+        self, work: StepWork, stage: int, engine: Any, out: dict[str, torch.Tensor]
     ) -> None:
         """A stage's outputs for this stream: its tokens feed the next stage; its fresh keys,
         values and attention rows wait for the commit (earlier stages of the step never need
@@ -348,7 +371,7 @@ class Stream:
         work.fresh |= out
         work.stage_rows.append(work.rows)
 
-    def _end(self, work: _Work, user_head: UserHead | None) -> StepResult:
+    def end(self, work: StepWork, user_head: UserHead | None) -> StepResult:
         """The step after its stages: the maintained output, the head, rollout and the
         commit; the stream is unchanged if anything fails."""
         st, task = self.state, self.state.task
@@ -399,16 +422,6 @@ class Stream:
         }
         st.frame_index += 1
         return task.result(common, prediction, work.geometry)
-
-    def _stage_feeds(
-        self, stage: int, x: torch.Tensor, rows: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The inputs of this stream's call of stage `stage` on tokens `x` at rows `rows`."""
-        feeds = {"tokens": x, "keep": rows}
-        for b in self.plan.cached_blocks(stage):
-            feeds[f"k_cache_{b}"] = self.state.k_cache[b]
-            feeds[f"v_cache_{b}"] = self.state.v_cache[b]
-        return feeds
 
     def _shrink(
         self,
@@ -468,34 +481,12 @@ class Stream:
         comes after it, so a failure leaves the stream as it was. A replayed CUDA graph runs
         whole or not at all: captured, the commit comes first and rollout reads the committed
         buffers, the same result for about half the reads of the rows standing in."""
-        grid, prefix, blocks = self.plan.encoder.grid, self.plan.prefix, self.rollout_blocks
-        st = self.state
-        where = {g: stage_rows[self._stage_of[g]] for g in blocks}
+        where = {g: stage_rows[self._stage_of[g]] for g in self.rollout_blocks}
         if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
-
-            def pooled_finish(target: torch.Tensor) -> torch.Tensor:
-                pooled = [
-                    pool_attention_rows(fresh[f"attn_{g}"], where[g], grid, self.pool)
-                    for g in blocks
-                ]
-                s0 = token_importance(
-                    [st.attn_rows[g] for g in blocks],
-                    target.float(),
-                    grid,
-                    self.pool,
-                    [st.attn_sums[g] for g in blocks],
-                    [c for c, _ in pooled],
-                    [p for _, p in pooled],
-                )  # (no prefix: pooling refuses models with one)
-                if fill:
-                    similarity = self.pruning.similarity
-                    s0 = fill_from_most_similar(s0, patches, self.checkerboard, similarity)
-                self._commit(stage_rows, fresh, pooled)
-                return s0
-
-            return pooled_finish
+            return functools.partial(self._pooled_finish, stage_rows, fresh, patches, fill, where)
         # s_L goes into a buffer of the stream's own (a graph's input); the feeds are ready
-        target = st.buffer("target", (prefix + self.plan.num_tokens,), torch.float32)
+        st, blocks = self.state, self.rollout_blocks
+        target = st.buffer("target", (self.plan.prefix + self.plan.num_tokens,), torch.float32)
         feeds = {"target": target, "patches": patches}
         feeds |= {f"where_{g}": where[g] for g in blocks}
         feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
@@ -503,27 +494,11 @@ class Stream:
         feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
         commit_feeds, commit = self._commit_work(stage_rows, fresh)
 
-        def roll_out(f: Mapping[str, torch.Tensor], committed: bool) -> torch.Tensor:
-            s0 = token_importance(
-                [f[f"buffer_{g}"] for g in blocks],
-                f["target"],
-                grid,
-                sums=[f[f"sums_{g}"] for g in blocks],
-                where=None if committed else [f[f"where_{g}"] for g in blocks],
-                fresh=None if committed else [f[f"attn_{g}"] for g in blocks],
-            )
-            s0 = s0[prefix:] / s0[prefix:].sum() if prefix else s0
-            if fill:
-                s0 = fill_from_most_similar(
-                    s0, f["patches"], self.checkerboard, self.pruning.similarity
-                )
-            return s0
-
         def finish(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if capturing(f["target"]):
                 commit(f)
-                return {"s0": roll_out(f, committed=True)}
-            s0 = roll_out(f, committed=False)
+                return {"s0": self._roll_out(f, fill, committed=True)}
+            s0 = self._roll_out(f, fill, committed=False)
             commit(f)
             return {"s0": s0}
 
@@ -534,6 +509,55 @@ class Stream:
             return run()["s0"]
 
         return write_target_and_run
+
+    def _roll_out(self, f: Mapping[str, torch.Tensor], fill: bool, committed: bool) -> torch.Tensor:
+        """s_0 (N,) from s_L `f["target"]` through the rollout blocks' buffered rows
+        (`buffer_g`, `sums_g`), this step's rows (`attn_g` at `where_g`) standing in for
+        theirs unless `committed` (then already written)."""
+        blocks, prefix = self.rollout_blocks, self.plan.prefix
+        s0 = token_importance(
+            [f[f"buffer_{g}"] for g in blocks],
+            f["target"],
+            self.plan.encoder.grid,
+            sums=[f[f"sums_{g}"] for g in blocks],
+            where=None if committed else [f[f"where_{g}"] for g in blocks],
+            fresh=None if committed else [f[f"attn_{g}"] for g in blocks],
+        )
+        s0 = s0[prefix:] / s0[prefix:].sum() if prefix else s0
+        if fill:
+            s0 = fill_from_most_similar(
+                s0, f["patches"], self.checkerboard, self.pruning.similarity
+            )
+        return s0
+
+    def _pooled_finish(
+        self,
+        stage_rows: list[torch.Tensor],
+        fresh: dict[str, torch.Tensor],
+        patches: torch.Tensor,
+        fill: bool,
+        where: dict[int, torch.Tensor],
+        target: torch.Tensor,
+    ) -> torch.Tensor:
+        """`_finish` with pooled rollout (`PruningConfig.rollout_pool` > 1), run at once: s_0
+        (N,) from s_L `target`, then the commit."""
+        st, blocks, grid = self.state, self.rollout_blocks, self.plan.encoder.grid
+        pooled = [
+            pool_attention_rows(fresh[f"attn_{g}"], where[g], grid, self.pool) for g in blocks
+        ]
+        s0 = token_importance(
+            [st.attn_rows[g] for g in blocks],
+            target.float(),
+            grid,
+            self.pool,
+            [st.attn_sums[g] for g in blocks],
+            [c for c, _ in pooled],
+            [p for _, p in pooled],
+        )  # (no prefix: pooling refuses models with one)
+        if fill:
+            s0 = fill_from_most_similar(s0, patches, self.checkerboard, self.pruning.similarity)
+        self._commit(stage_rows, fresh, pooled)
+        return s0
 
     def _commit(
         self,
@@ -630,9 +654,9 @@ class Stream:
         return self._prepared(name, feeds, fn, setting)()
 
 
-@dataclass
-class _Work:
-    """One stream's step between its phases (`Stream._begin` to `Stream._end`): what the
+@dataclass(kw_only=True)
+class StepWork:
+    """One stream's step between its phases (`Stream.begin` to `Stream.end`): what the
     step has computed so far, none of it committed to the stream's state."""
 
     timer: PartTimer
@@ -640,22 +664,40 @@ class _Work:
     geometry: Any  # how the frame was fitted to the model input
     patches: torch.Tensor  # z_0 (N, C)
     tokens: torch.Tensor  # the embedded tokens (E + N, C)
-    first: bool
+    first: bool  # the stream's first step
     reset: bool
     tracked: torch.Tensor | None  # s_0 tracked onto this step (None on reset steps)
     similarity: torch.Tensor | None
-    keep: torch.Tensor  # (K,) the patch tokens kept at the input
+    keep: torch.Tensor  # (K,) the patch tokens kept at the input (`StepResult.keep`)
     x: torch.Tensor  # the tokens the next stage reads, then the last stage's output
-    rows: torch.Tensor  # their rows (E + K,)
-    fresh: dict[str, torch.Tensor] = field(default_factory=dict)
-    stage_rows: list[torch.Tensor] = field(default_factory=list)
+    rows: torch.Tensor  # their rows among the E + N (E + K,)
+    fresh: dict[str, torch.Tensor] = field(default_factory=dict)  # stage outputs to commit
+    stage_rows: list[torch.Tensor] = field(default_factory=list)  # the rows of each stage
 
 
-def run_stage(engine: Any, stage: int, members: list[tuple[Stream, _Work]]) -> None:
+@dataclass(frozen=True)
+class StageFeeds:
+    """The inputs of one stream's call of a stage graph (`plan.stage_spec`): the tokens
+    (E + K, C), their rows (E + K,) and each cached block's key and value caches (E + N, C),
+    as (block, k, v)."""
+
+    tokens: torch.Tensor
+    rows: torch.Tensor
+    caches: tuple[tuple[int, torch.Tensor, torch.Tensor], ...]
+
+    def by_name(self) -> dict[str, torch.Tensor]:
+        """By the graph's input names (the rows are its input `keep`)."""
+        feeds = {"tokens": self.tokens, "keep": self.rows}
+        for b, k, v in self.caches:
+            feeds[f"k_cache_{b}"], feeds[f"v_cache_{b}"] = k, v
+        return feeds
+
+
+def run_stage(engine: Any, stage: int, members: list[tuple[Stream, StepWork]]) -> None:
     """One call of a stage's engine for `members` (streams at one K; `runtime.many` batches
     several), each stream's inputs an entry of the batch axis; each gets its own entry of
     every output. Every member's timer counts the call under "stages"."""
-    feeds = [s._stage_feeds(stage, w.x, w.rows) for s, w in members]
+    feeds = [s.stage_feeds(w, stage).by_name() for s, w in members]
     with contextlib.ExitStack() as timing:
         for _, w in members:
             timing.enter_context(w.timer("stages"))
@@ -665,7 +707,7 @@ def run_stage(engine: Any, stage: int, members: list[tuple[Stream, _Work]]) -> N
             batch = {n: torch.stack([f[n] for f in feeds]) for n in feeds[0]}
         out = engine.run(batch)
         for b, (s, w) in enumerate(members):
-            s._stage_output(w, stage, engine, {n: t[b] for n, t in out.items()})
+            s.take_stage_output(w, stage, engine, {n: t[b] for n, t in out.items()})
 
 
 class RowWrites:
