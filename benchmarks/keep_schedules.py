@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from rgtp.cli.options import add_heldout_videos
 from rgtp.core.rollout import later_importance
 from rgtp.core.selection import ScheduleKeep, check_schedule, schedule_name
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
@@ -82,8 +83,7 @@ def main() -> None:
         default=schedules("96/85/69/58,128/96/48/36"),
         help="comma-separated keep schedules, each of mean K (equal GFLOPs)",
     )
-    ap.add_argument("--sequences", type=int, default=30)
-    ap.add_argument("--frames", type=int, default=64)
+    add_heldout_videos(ap)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rgtp.cli.options import add_heldout_videos
 from rgtp.eval.evaluate import EvalSetting, evaluate
 from rgtp.export.ensure import ensure_package
 from rgtp.families import get_config, shipped_weights
@@ -34,8 +35,7 @@ def attention_row_mib(pipe: Pipeline, pruning: PruningConfig) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", dest="k", type=int, default=77)
-    ap.add_argument("--sequences", type=int, default=30)
-    ap.add_argument("--frames", type=int, default=64)
+    add_heldout_videos(ap)
     ap.add_argument("--out", default="out/eval")
     ap.add_argument("--threads", type=int, default=None, help="ORT and torch threads")
     args = ap.parse_args()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from rgtp.cli.options import add_heldout_videos
 from rgtp.core.selection import FixedKeep
 from rgtp.core.tracking import match_similarity, track
 from rgtp.data.coco import sequences_to_coco
@@ -142,8 +143,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sampling", type=int, default=4)
     ap.add_argument("--keep", dest="k", type=int, default=77)
-    ap.add_argument("--sequences", type=int, default=30)
-    ap.add_argument("--frames", type=int, default=64)
+    add_heldout_videos(ap)
     ap.add_argument(
         "--offset", type=int, default=0, help="skip this many held-out sequences (a replication)"
     )

@@ -110,6 +110,13 @@ def port(text: str) -> int:
     return value
 
 
+def add_heldout_videos(p: argparse.ArgumentParser) -> None:
+    """--sequences and --frames: how much of SynthVID's held-out split a detector is measured
+    on (the tables': 30 videos of 64 frames). `rgtp eval` and the benchmarks take them."""
+    p.add_argument("--sequences", type=int_at_least(1), default=30, help="detectors: videos")
+    p.add_argument("--frames", type=int_at_least(1), default=64, help="detectors: per video")
+
+
 # ----------------------------------------------------------------- weights: the model
 
 

@@ -117,12 +117,7 @@ def add_eval(sub) -> None:
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference run")
     options.add_prune_from(p)
     options.add_reset(p)
-    p.add_argument(
-        "--sequences", type=options.int_at_least(1), default=30, help="detectors: videos"
-    )
-    p.add_argument(
-        "--frames", type=options.int_at_least(1), default=64, help="detectors: per video"
-    )
+    options.add_heldout_videos(p)
     p.add_argument(
         "--clips", type=options.int_at_least(1), default=600, help="classifiers: held-out clips"
     )
