@@ -8,8 +8,32 @@ from typing import Any
 from rgtp.core.checks import check_int, check_real
 
 
+class EncoderGeometry:
+    """What a ViT encoder's config derives from its fields `img_size`, `patch_size`,
+    `embed_dim`, `num_heads` (each family's encoder config has them)."""
+
+    img_size: int
+    patch_size: int
+    embed_dim: int
+    num_heads: int
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """N, the patch tokens of one frame or time step (prefix tokens not counted)."""
+        return self.grid * self.grid
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
 @dataclass(frozen=True)
-class BackboneConfig:
+class BackboneConfig(EncoderGeometry):
     """A ViTDet-style plain ViT backbone (the SAM / ViTDet image encoder trunk).
 
     `img_size` is the square input side in pixels; the token grid is img_size // patch_size
@@ -43,20 +67,6 @@ class BackboneConfig:
             raise ValueError(f"global_blocks {bad} outside 0..{self.depth - 1}")
         if self.window_size <= 0 and len(self.global_blocks) != self.depth:
             raise ValueError("window_size must be > 0 unless every block is global")
-
-    @property
-    def grid(self) -> int:
-        """Tokens per side."""
-        return self.img_size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        """N, the number of patch tokens of one frame."""
-        return self.grid * self.grid
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
 
     def is_global(self, block: int) -> bool:
         return block in self.global_blocks

@@ -133,6 +133,18 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def init_vit_weights(module: nn.Module) -> None:
+    """Truncated-normal linear weights, zero biases, unit layer norms (timm's ViT init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ViTDetBackbone(nn.Module):
     """Plain ViT trunk of ViTDet / SAM: (B, 3, S, S) normalised pixels -> (B, H, W, C)."""
 
@@ -148,14 +160,7 @@ class ViTDetBackbone(nn.Module):
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vit_weights(self)
 
     def abs_pos(self) -> torch.Tensor:
         """The absolute position embedding at the token grid: (1, H, W, C)."""

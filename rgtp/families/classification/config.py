@@ -11,11 +11,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from rgtp.models.config import PruningConfig, check_family, dataclass_from_dict
+from rgtp.models.config import (
+    EncoderGeometry,
+    PruningConfig,
+    check_family,
+    dataclass_from_dict,
+)
 
 
 @dataclass(frozen=True)
-class SpatialConfig:
+class SpatialConfig(EncoderGeometry):
     """The spatial ViT that encodes one time step, timm `VisionTransformer` layout.
 
     `img_size` is the square input side in pixels; the token grid is img_size // patch_size on
@@ -43,20 +48,6 @@ class SpatialConfig:
             raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
         if self.tubelet < 1:
             raise ValueError(f"tubelet must be >= 1 frame, got {self.tubelet}")
-
-    @property
-    def grid(self) -> int:
-        """Tokens per side."""
-        return self.img_size // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        """N, the patch tokens of one time step (the CLS token not counted)."""
-        return self.grid * self.grid
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
 
     # Every block is global: what the stage plan asks of an encoder.
     window_size: ClassVar[int] = 0

@@ -88,18 +88,6 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), probs
 
 
-def _init_weights(module: nn.Module) -> None:
-    """Truncated-normal linear weights, zero biases, unit layer norms (timm's ViT init)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 class SpatialEncoder(nn.Module):
     """The spatial ViT: one time step (B, 3, t, S, S) normalised pixels -> tokens.
 
@@ -122,7 +110,7 @@ class SpatialEncoder(nn.Module):
         self.norm = nn.LayerNorm(c, eps=cfg.norm_eps)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        _init_weights(self)
+        vitdet.init_vit_weights(self)
 
     def embed(self, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step (B, 3, t, S, S) -> z_0 (B, N, C) and tokens (B, 1 + N, C).
@@ -174,7 +162,7 @@ class TemporalHead(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        _init_weights(self)
+        vitdet.init_vit_weights(self)
 
     def forward(self, cls_sequence: torch.Tensor) -> torch.Tensor:
         if cls_sequence.shape[1] != self.num_steps:

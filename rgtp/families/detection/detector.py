@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rgtp.families.detection.boxes import Detections, postprocess
 from rgtp.families.detection.config import DetectorConfig
 from rgtp.families.detection.fcos_head import FCOSHead, HeadOutputs, decode
 from rgtp.families.detection.neck import SimpleFeaturePyramid
@@ -52,8 +51,3 @@ class Detector(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> HeadOutputs:
         return self.head_outputs(self.features(pixels))
-
-    @torch.no_grad()
-    def detect(self, pixels: torch.Tensor, **postprocess_kw: float) -> list[Detections]:
-        boxes, scores = self.head_from_map(self.features(pixels))
-        return [postprocess(b, s, **postprocess_kw) for b, s in zip(boxes, scores, strict=True)]
