@@ -1,6 +1,6 @@
-"""Keep schedules (one K per stage, seed §F, Eq. 8) against one K at every stage, at equal
-GFLOPs, on the shipped vitdet-small: held-out SynthVID, reset every 8, r = 1, ONNX Runtime
-CPU. Prints the table, writes JSON under out/bench/, and times the Eq. 8 solves per frame.
+"""Keep schedules (one K per stage, docs/method.md "Keep schedules", Eq. 8) against one K at every
+stage, at equal GFLOPs, on the shipped vitdet-small: held-out SynthVID, reset every 8, r = 1, ONNX
+Runtime CPU. Prints the table, writes JSON under out/bench/, and times the Eq. 8 solves per frame.
 
     python benchmarks/keep_schedules.py [--keep 77] [--schedules 96/85/69/58,128/96/48/36]
         [--sequences 30] [--frames 64] [--out out/bench]

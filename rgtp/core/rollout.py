@@ -112,10 +112,10 @@ def unroll_step(
 def unroll(
     fused: Sequence[torch.Tensor], s0: torch.Tensor, sums: Sequence[torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """Importance after some rollout blocks from the input's (seed §F, Eq. 8):
-    s_l = (Ã_(l,1)ᵀ)⁻¹ s_0 with Ã_(l,1) = Â_l ⋯ Â_1 the partial rollout of the blocks `fused`
-    (M, M) each, in forward order; s0 (M,). Since Ã_(l,1)ᵀ = Â_1ᵀ ⋯ Â_lᵀ, s_l solves block 1
-    first. Returns s_l (M,), non-negative, summing to 1.
+    """Importance after some rollout blocks from the input's (Eq. 8, docs/method.md, "Keep
+    schedules"): s_l = (Ã_(l,1)ᵀ)⁻¹ s_0 with Ã_(l,1) = Â_l ⋯ Â_1 the partial rollout of the
+    blocks `fused` (M, M) each, in forward order; s0 (M,). Since Ã_(l,1)ᵀ = Â_1ᵀ ⋯ Â_lᵀ, s_l
+    solves block 1 first. Returns s_l (M,), non-negative, summing to 1.
 
     Rollout smooths (Âᵀ averages), so undoing it sharpens, and an s_0 that rollout of no s_l
     could give (tracked importance, which moved with the scene) comes back with negative

@@ -145,9 +145,9 @@ def check_schedule(schedule: Sequence[int], stages: int, num_tokens: int) -> tup
 
 @dataclass(frozen=True)
 class ScheduleKeep:
-    """Keep K_i tokens at stage i (seed §F): stage 0 the top K_0 of the tracked importance,
-    each later stage the K_i of the previous stage's tokens with the highest importance at
-    its first block (Eq. 8, `core.rollout.unroll`). Non-increasing; each K_i must be a
+    """Keep K_i tokens at stage i (docs/method.md, "Keep schedules"): stage 0 the top K_0 of the
+    tracked importance, each later stage the K_i of the previous stage's tokens with the highest
+    importance at its first block (Eq. 8, `core.rollout.unroll`). Non-increasing; each K_i must be a
     bucket of stage i (`rgtp export --keep 96/77/64/48` exports them)."""
 
     schedule: tuple[int, ...]

@@ -150,7 +150,8 @@ def evaluate(
 
 
 def results_table(records: list[EvalRecord], title: str) -> str:
-    """The paper's table (ALGORITHM §7): one row per K, GFLOPs and mAP50, plus speed."""
+    """The paper's table (docs/method.md, "The authors' published figures"): one row per K, GFLOPs
+    and mAP50, plus speed."""
     lines = [
         f"| {title} | GFLOPs | % of dense | mAP50 | ms/frame | ms outside engines |",
         "|---|---|---|---|---|---|",

@@ -1,13 +1,12 @@
 """Many streams, one engine call per stage and K: the frames of several cameras stepped
 together (`Pipeline.step_many`).
 
-Each stream runs its own step (ALGORITHM §4) up to its stages: embed, tracking, top-K and
-gather are per stream. Then, stage by stage, the streams that run the stage at the same K
-go through one call of its engine, their tokens, rows and caches stacked on the stage
-graphs' batch axis B (`plan.BATCH`), at most `plan.max_batch` streams a call. The stage
-arithmetic is row by row per batch entry, so a stream's outputs are those it would get
-alone (bit-identical on ONNX Runtime and PyTorch CPU, tested). Then each stream finishes
-its own step: the head, rollout and the commit.
+Each stream runs its own step (docs/method.md, "The pruned step") up to its stages: embed, tracking,
+top-K and gather are per stream. Then, stage by stage, the streams that run the stage at the same K
+go through one call of its engine, their tokens, rows and caches stacked on the stage graphs' batch
+axis B (`plan.BATCH`), at most `plan.max_batch` streams a call. The stage arithmetic is row by row
+per batch entry, so a stream's outputs are those it would get alone (bit-identical on ONNX Runtime
+and PyTorch CPU, tested). Then each stream finishes its own step: the head, rollout and the commit.
 
 Engines that replay CUDA graphs on each stream's own buffers (`EngineSet.static_inputs`)
 run the streams one by one: a graph is already one launch, and stacking would copy the

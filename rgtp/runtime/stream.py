@@ -1,14 +1,13 @@
-"""The pruned loop of one video stream (ALGORITHM §4), driving engine calls; the same for
-every model family (`rgtp.families`), which supplies the graphs after the stages.
+"""The pruned loop of one video stream (docs/method.md, "The pruned step"), driving engine calls;
+the same for every model family (`rgtp.families`), which supplies the graphs after the stages.
 
-One step (a frame for a detector, a tubelet of frames for ViViT), in order: embed all
-tokens; on a reset step keep all N (or the checkerboard), otherwise track last step's
-importance onto this step, choose K and keep the top-K; gather the kept rows (and the
-prefix rows, e.g. a CLS token, always); run the stages (with a keep schedule, a stage that
-keeps fewer tokens than the one before keeps those of highest importance at its first
-block, seed §F); write the last stage's rows into the maintained output; the family's task
-turns that output into a prediction and s_L; rollout from s_L gives the importance that
-guides the next step.
+One step (a frame for a detector, a tubelet of frames for ViViT), in order: embed all tokens; on a
+reset step keep all N (or the checkerboard), otherwise track last step's importance onto this step,
+choose K and keep the top-K; gather the kept rows (and the prefix rows, e.g. a CLS token, always);
+run the stages (with a keep schedule, a stage that keeps fewer tokens than the one before keeps
+those of highest importance at its first block, docs/method.md, "Keep schedules"); write the last
+stage's rows into the maintained output; the family's task turns that output into a prediction and
+s_L; rollout from s_L gives the importance that guides the next step.
 
 A step is a transaction: the frame is checked before anything runs, the stages' fresh keys,
 values and attention rows are written into the caches only once every engine output of the

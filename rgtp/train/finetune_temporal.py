@@ -1,5 +1,5 @@
-"""Fine-tune a ViViT's temporal transformer on its pruned spatial encoder's outputs
-(ALGORITHM §5; the authors: Kinetics-400, 10 epochs at lr 2e-6), leaving the spatial
+"""Fine-tune a ViViT's temporal transformer on its pruned spatial encoder's outputs (docs/method.md,
+"Video classification: ViViT"; the authors: Kinetics-400, 10 epochs at lr 2e-6), leaving the spatial
 encoder untouched.
 
 Pruning changes the per-step CLS features the temporal transformer reads; it was trained on

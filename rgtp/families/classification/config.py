@@ -138,8 +138,8 @@ class ViViTConfig:
 
 
 VIVIT_CONFIGS: dict[str, ViViTConfig] = {
-    # The authors' Kinetics-400 model (ALGORITHM.md §8): ViT-B/16 spatial encoder with
-    # 2x16x16 tubelets over 32 frames (16 time steps), 4 temporal blocks.
+    # The authors' Kinetics-400 model (docs/method.md, "Video classification: ViViT"): ViT-B/16
+    # spatial encoder with 2x16x16 tubelets over 32 frames (16 time steps), 4 temporal blocks.
     "vivit-b": ViViTConfig(
         name="vivit-b",
         spatial=SpatialConfig(img_size=224, embed_dim=768, depth=12, num_heads=12),
