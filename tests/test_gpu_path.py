@@ -20,7 +20,7 @@ from rgtp.core.selection import FixedKeep
 from rgtp.engines import cuda_graphs
 from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.runtime import Pipeline
-from rgtp.runtime.stream import OutputChecks
+from rgtp.runtime.outputs import OutputChecks
 from rgtp.runtime.timing import PartTimer
 from tests.conftest import moving_frames, small_detector, synthvid_frames
 

@@ -13,7 +13,8 @@ from torch import nn
 from rgtp.engines.base import EngineSet
 from rgtp.package.family import UserHead
 from rgtp.package.plan import StagePlan
-from rgtp.runtime.stream import Stream, StreamOptions
+from rgtp.runtime.options import StreamOptions
+from rgtp.runtime.stream import Stream
 
 
 class Pipeline:

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from rgtp.core.checks import check_int
 from rgtp.core.rollout import (
     later_importance,
     pool_attention_rows,
@@ -35,84 +34,25 @@ from rgtp.core.rollout import (
     write_rows,
 )
 from rgtp.core.selection import (
-    RESETS,
     FixedKeep,
-    KeepPolicy,
     checkerboard,
     fill_from_most_similar,
     is_reset_frame,
     select_tokens,
 )
 from rgtp.core.tracking import check_radius, row_cosine, track
-from rgtp.engines.base import EngineError, EngineSet
+from rgtp.engines.base import EngineSet
 from rgtp.engines.cuda_graphs import GraphCache
-from rgtp.models.config import PruningConfig
 from rgtp.package.family import StepResult, UserHead
-from rgtp.runtime.frames import check_frame_options, to_model_input
+from rgtp.runtime.frames import to_model_input
+from rgtp.runtime.options import StreamOptions
+from rgtp.runtime.outputs import EngineRunner, OutputChecks
 from rgtp.runtime.state import StreamState
-from rgtp.runtime.timing import TIMINGS, PartTimer
-
-
-class EngineOutputError(EngineError):
-    """An engine returned NaN or Inf. The frame is refused and the stream is unchanged."""
+from rgtp.runtime.timing import PartTimer
 
 
 class StreamBusyError(RuntimeError):
     """A stream was stepped from a second thread while a frame was running."""
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """Per-stream settings, checked when the stream is opened; defaults are the authors'
-    ViTDet configuration.
-
-    policy: how many tokens to keep (None keeps all: the dense model);
-    reset_every: R, steps between reset steps (0: only step 0);
-    reset: what a reset step keeps: "dense" (all N tokens) or "checkerboard" (the authors'
-        ViViT reset: a fixed 1-in-2 checkerboard, each dropped token then taking the
-        importance of its most similar kept token; needs the bucket of that size). A
-        stream's first step is always dense: its caches hold nothing yet for the others;
-    radius: token tracking window r, 0..grid-1 (larger for faster motion);
-    pruning: rollout blocks, tracking similarity and union, novelty share, s_L threshold;
-        None takes the model's own (`config.pruning`, carried in the package manifest);
-    task: the family's own options by name, checked by its task when the stream opens (a
-        detector's: score_threshold, nms_iou, max_detections; `Family.options_type`);
-    resize: how frames of another size than the model input are fitted: "letterbox"
-        (longer side to the input size, padded bottom/right), "stretch", or "refuse";
-    float_scale: float frames are read as pixel = value * float_scale (255.0 for [0, 1]);
-        None refuses float frames;
-    timing: per-part timings of a step (`runtime.timing`): "auto" (CUDA events on a GPU,
-        no synchronisation inside a step), or "sync" (wall clock, the GPU synchronised
-        around every part).
-    """
-
-    policy: KeepPolicy | None = None
-    reset_every: int = 8
-    reset: str = "dense"
-    radius: int = 1
-    pruning: PruningConfig | None = None
-    task: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    resize: str = "letterbox"
-    float_scale: float | None = None
-    timing: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.policy is not None and not all(
-            callable(getattr(self.policy, m, None)) for m in ("choose", "check")
-        ):
-            raise ValueError(
-                "policy must be a keep policy such as FixedKeep(77) or MassKeep(0.9), or None "
-                f"for the dense model; got {self.policy!r}"
-            )
-        check_int("reset_every", self.reset_every, 0)
-        if self.reset not in RESETS:
-            raise ValueError(f"reset must be one of {RESETS}, got {self.reset!r}")
-        check_int("tracking radius", self.radius, 0)  # bounded by the grid at stream creation
-        if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
-            raise ValueError(f"pruning must be a PruningConfig or None, got {self.pruning!r}")
-        check_frame_options(self.resize, self.float_scale)
-        if self.timing not in TIMINGS:
-            raise ValueError(f"timing must be one of {TIMINGS}, got {self.timing!r}")
 
 
 class Stream:
@@ -389,7 +329,7 @@ class Stream:
             finish = self._finish(stage_rows, work.fresh, patches, fill)
             with timer("head"):
                 static = st.static if self._graphs is not None else None
-                runner = _Runner(self.engines, work.checks, static)
+                runner = EngineRunner(self.engines, work.checks, static)
                 prediction = task.predict(st.out_map, runner, user_head)
             with timer("rollout"):
                 importance = finish(prediction.target)
@@ -742,53 +682,3 @@ def step_graphs(engines: EngineSet) -> dict[str, GraphCache] | None:
     if not (engines.static_inputs and engines.device.type == "cuda"):
         return None
     return {name: GraphCache(engines.device) for name in STEP_GRAPHS}
-
-
-class _Runner:
-    """A task's view of the step's engines (`rgtp.families.GraphRunner`): graphs by
-    name, every output added to the step's finiteness checks."""
-
-    def __init__(
-        self,
-        engines: EngineSet,
-        checks: OutputChecks,
-        static: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        self.engines, self.checks, self.static = engines, checks, static
-
-    def __call__(self, graph: str, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.static is not None:  # the stream's own buffers, for engines replaying graphs
-            feeds = {n: self.static(f"{graph}_{n}", t) for n, t in feeds.items()}
-        return self.checks.add(graph, self.engines.graph(graph).run(feeds))
-
-    def check_finite(self) -> None:
-        self.checks.raise_if_not_finite()
-
-
-class OutputChecks:
-    """Finiteness of every engine output of a frame, checked once before anything is
-    committed. A tensor's sum is non-finite if any element is (or if the values overflow
-    float32 together, which no sane activation does), and sums cost a tenth of isfinite."""
-
-    def __init__(self) -> None:
-        self.sums: list[tuple[str, str, torch.Tensor]] = []
-
-    def add(self, graph: str, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # summed in float32: a float16 sum of a whole map overflows where no element does
-        self.sums += [
-            (graph, n, t.sum(dtype=torch.float32))
-            for n, t in outputs.items()
-            if t.is_floating_point()
-        ]
-        return outputs
-
-    def raise_if_not_finite(self) -> None:
-        finite = torch.stack([s for _, _, s in self.sums]).isfinite().cpu()
-        if not bool(finite.all()):
-            bad = [(g, n) for (g, n, _), ok in zip(self.sums, finite, strict=True) if not ok]
-            first = bad[0][0]  # later engines only inherit its NaNs
-            names = ", ".join(n for g, n in bad if g == first)
-            raise EngineOutputError(
-                f"engine {first} returned NaN or Inf ({names}); the frame was refused and the "
-                "stream is unchanged"
-            )
