@@ -17,6 +17,15 @@ class EncoderGeometry:
     embed_dim: int
     num_heads: int
 
+    def check_geometry(self) -> None:
+        """ValueError unless the patches tile the input and the heads split the width."""
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+
     @property
     def grid(self) -> int:
         """Tokens per side."""
@@ -56,12 +65,7 @@ class BackboneConfig(EncoderGeometry):
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+        self.check_geometry()
         bad = [b for b in self.global_blocks if not 0 <= b < self.depth]
         if bad:
             raise ValueError(f"global_blocks {bad} outside 0..{self.depth - 1}")

@@ -40,12 +40,7 @@ class SpatialConfig(EncoderGeometry):
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} not divisible by {self.num_heads} heads")
+        self.check_geometry()
         if self.tubelet < 1:
             raise ValueError(f"tubelet must be >= 1 frame, got {self.tubelet}")
 
