@@ -22,7 +22,7 @@ import tritonclient.http as httpclient
 import rgtp
 from rgtp.serving import ServingSettings, write_repository
 from rgtp.serving import server as server_module
-from rgtp.serving.environment import ServeEnvironmentError, serve_environment
+from rgtp.serving.environment import ServeEnvironment, ServeEnvironmentError, serve_environment
 from rgtp.serving.server import SHARED_MEMORY, ServerError, TritonServer, free_port
 from tests.conftest import synthvid_frames
 
@@ -226,6 +226,13 @@ def test_a_serve_environment_that_is_not_one_is_refused(tmp_path, monkeypatch) -
     monkeypatch.setenv("RGTP_SERVE_ENV", str(tmp_path))
     with pytest.raises(ServeEnvironmentError, match=rf"{tmp_path}/bin/python: no Python"):
         serve_environment()
+
+
+def test_the_stub_waits_passively_unless_the_caller_chose(tmp_path) -> None:
+    # (OpenMP threads spinning in the stub took the cores from tritonserver and its clients)
+    env = ServeEnvironment(tmp_path / "bin" / "python", "3.11", tmp_path, tmp_path)
+    assert env.server_environment({})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env.server_environment({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_taken_or_equal_ports_are_refused_before_anything_starts() -> None:
