@@ -89,7 +89,7 @@ class Attention(nn.Module):
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:  # (..., M, C) -> (..., h, M, d)
         return x.unflatten(-1, (self.num_heads, -1)).transpose(-3, -2)
 
-    def bias(self, q: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    def bias(self, q: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> None:
         return None  # positions enter with the embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

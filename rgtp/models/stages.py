@@ -30,7 +30,7 @@ class PrunedStage(nn.Module):
     E + N rows. Every batch entry is one stream's own: the same arithmetic, row by row, as
     running the streams one at a time.
 
-    forward(tokens (B, M, C), keep (B, M) int64 sorted row indices,
+    forward(tokens (B, M, C), keep (B, M) int64 sorted row indices (the kept rows),
             k_cache_b, v_cache_b (B, N, C) for each block b of the stage, in order)
     -> (tokens (B, M, C), k_new_b, v_new_b (B, M, C) for each block, then attn_b (B, M, N),
         the head-fused attention rows of the kept queries, for each block of `row_blocks`).
@@ -75,9 +75,11 @@ class PrunedStage(nn.Module):
         self.fusion = fusion
         # Grid positions of every row, for position biases; prefix rows (which only families
         # without position biases have) read position 0.
-        rows, cols = (torch.cat([p.new_zeros(cfg.prefix_tokens), p]) for p in grid_coords(cfg.grid))
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        grid_y, grid_x = (
+            torch.cat([p.new_zeros(cfg.prefix_tokens), p]) for p in grid_coords(cfg.grid)
+        )
+        self.register_buffer("grid_y", grid_y, persistent=False)
+        self.register_buffer("grid_x", grid_x, persistent=False)
         if any(b.window_size for b in self.blocks):
             if cfg.prefix_tokens:
                 raise ValueError("windowed blocks with prefix tokens are not supported")
@@ -136,7 +138,7 @@ class PrunedStage(nn.Module):
             out = self._windowed(attn, block.window_size, q, keep, (k_cache, k), (v_cache, v))
         else:
             qh = attn.split_heads(q)  # (B, h, K, d)
-            bias = attn.bias(qh, self.rows[keep], self.cols[keep])
+            bias = attn.bias(qh, self.grid_y[keep], self.grid_x[keep])
             k_all, v_all = with_rows(k_cache, keep, k), with_rows(v_cache, keep, v)
             kh, vh = attn.split_heads(k_all), attn.split_heads(v_all)  # (B, h, N, d)
             if rows_out:
@@ -224,7 +226,7 @@ class PrunedStage(nn.Module):
             .index_copy(0, index, place.flatten())
             .view(b * num_windows, per_window)
         )
-        bias = attn.bias(qw, attn.rows[row_place], attn.cols[row_place])  # (B·nW, h, R, w²)
+        bias = attn.bias(qw, attn.grid_y[row_place], attn.grid_x[row_place])  # (B·nW, h, R, w²)
         kw = windows(keys, pad_k).transpose(1, 2)  # (B·nW, h, w², d)
         vw = windows(values, pad_v).transpose(1, 2)
         o = attention_output(qw, kw, vw, bias)  # (B·nW, h, R, d)

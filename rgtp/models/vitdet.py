@@ -73,9 +73,9 @@ class Attention(nn.Module):
             head_dim = dim // num_heads
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * side - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * side - 1, head_dim))
-        rows, cols = grid_coords(side)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        grid_y, grid_x = grid_coords(side)
+        self.register_buffer("grid_y", grid_y, persistent=False)
+        self.register_buffer("grid_x", grid_x, persistent=False)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(..., M, C) -> (..., h, M, d)."""
@@ -83,18 +83,19 @@ class Attention(nn.Module):
         x = x.view(*lead, m, self.num_heads, c // self.num_heads)
         return x.transpose(-3, -2)
 
-    def bias(self, q: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
-        """Rel-pos logits for queries q (B, h, M, d) at (rows, cols) of this attention's grid."""
+    def bias(self, q: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor | None:
+        """Rel-pos logits for queries q (B, h, M, d) at grid positions (ys, xs) (M,) of this
+        attention's grid."""
         if not self.use_rel_pos:
             return None
-        return rel_pos_logits(q, rows, cols, self.rel_pos_h, self.rel_pos_w)
+        return rel_pos_logits(q, ys, xs, self.rel_pos_h, self.rel_pos_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, side, side, C) -> (B, side, side, C)."""
         b, h, w, c = x.shape
         q, k, v = self.qkv(x.reshape(b, h * w, c)).chunk(3, dim=-1)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
-        bias = self.bias(q, self.rows, self.cols)
+        bias = self.bias(q, self.grid_y, self.grid_x)
         if self.windowed:  # no rollout reads a windowed block: one fused kernel
             out = attention_output(q, k, v, bias)
         else:  # the same arithmetic as the pruned global blocks, so K = N equals dense

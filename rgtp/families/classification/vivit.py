@@ -52,7 +52,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     @staticmethod
-    def bias(q: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    def bias(q: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> None:
         """No position bias (the pruned stage asks every attention for one)."""
         return None
 
