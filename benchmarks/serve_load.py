@@ -7,14 +7,16 @@ Writes a repository for the package (`rgtp triton`, max streams = the largest co
 starts the server (`rgtp serve`'s `TritonServer`) on loopback ports, and for each stream
 count N drives N concurrent sequences (one thread and one gRPC client each, one held-out
 SynthVID video each, every frame with its FRAME_INDEX, a request answered before the next
-is sent). Then the same N videos step in this process as N streams of one pipeline through
-`Pipeline.step_many` (one call per frame time, the streams at the same K sharing each
-engine call, as the served model batches them). Printed and written to JSON: frames/s and
-p50/p95/p99 latency per frame both ways, the server's own metrics over the run (requests
-per execute, queue and compute time per request), and the throughput ratio (served frames/s
-/ in-process). Every run also checks the serving: sequences dropped (any request failed),
-sequences whose detections or kept tokens differ from in process in any bit, and the
-model's open-streams gauge after the last END (0).
+is sent). Right after, with the server idle, the same N videos step in this process as N
+streams of one pipeline through `Pipeline.step_many` (one call per frame time, the streams
+at the same K sharing each engine call, as the served model batches them): the two sides of
+a row see the same load on a shared machine. Printed and written to JSON: frames/s and
+p50/p95/p99 latency per frame both ways, the CPU seconds the clients took (this process,
+while serving), the server's own metrics over the run (requests per execute, queue and
+compute time per request), and the throughput ratio (served frames/s / in-process). Every
+run also checks the serving: sequences dropped (any request failed), sequences whose
+detections or kept tokens differ from in process in any bit, and the model's open-streams
+gauge after the last END (0).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-# Before torch loads its OpenMP runtime (and passed on to the server and its stub): OpenMP
-# threads spinning between torch's parts take the cores from ONNX Runtime's, which made the
-# steps in this process 4x slower than the same steps served on 2 cores. One setting, both
-# sides; one already set wins.
+# Before torch loads its OpenMP runtime: OpenMP threads spinning between torch's parts take
+# the cores from ONNX Runtime's, which made the steps in this process 4x slower than the
+# same steps served on 2 cores. The server's stub gets the same from its launcher
+# (`rgtp.serving.environment`); one already set wins, on both sides.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
@@ -131,17 +133,17 @@ def served(server: TritonServer, model: str, clips, n: int, first_id: int) -> di
 
     before = server_metrics(server, model)
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     after = server_metrics(server, model)
     delta = {k: after[k] - before[k] for k in METRICS}
     requests = max(delta["nv_inference_request_success"], 1)
     return {
-        "timing": summary(latencies, len(latencies), wall),
+        "timing": summary(latencies, len(latencies), wall) | {"client_cpu_s": cpu},
         "server_metrics": {
             "requests": delta["nv_inference_request_success"],
             "executes": delta["nv_inference_exec_count"],
@@ -212,22 +214,24 @@ def main() -> None:
     settings = ServingSettings(keep=args.keep, max_streams=max(args.counts), idle_timeout_s=60.0)
     clips = videos(max(args.counts), args.frames)
     rows = []
+    pipe = Pipeline.load(package, backend=settings.backend)
+    in_process(pipe, settings, [clips[0][:3]], 1)  # warm-up, not measured
     with tempfile.TemporaryDirectory() as tmp:
         model = write_repository(package, Path(tmp) / "repo", settings)
         with TritonServer(model.parent) as server:
             served(server, model.name, [clips[0][:3]], 1, first_id=1)  # warm-up, not measured
             for n in args.counts:
-                rows.append({"streams": n, **served(server, model.name, clips, n, 1000 * n)})
-    pipe = Pipeline.load(package, backend=settings.backend)
-    in_process(pipe, settings, [clips[0][:3]], 1)  # warm-up, not measured
-    for row in rows:
-        row["served"] = row.pop("timing")
-        row["in_process"], ours = in_process(pipe, settings, clips, row["streams"])
-        row["check"] = check(row.pop("outputs"), ours)
-        row["throughput_ratio"] = row["served"]["frames_per_s"] / row["in_process"]["frames_per_s"]
+                row = {"streams": n, **served(server, model.name, clips, n, 1000 * n)}
+                row["served"] = row.pop("timing")
+                row["in_process"], ours = in_process(pipe, settings, clips, n)
+                row["check"] = check(row.pop("outputs"), ours)
+                row["throughput_ratio"] = (
+                    row["served"]["frames_per_s"] / row["in_process"]["frames_per_s"]
+                )
+                rows.append(row)
     print(
         f"{'streams':>7} | {'where':<10} | {'frames/s':>8} | {'p50 ms':>7} | {'p95 ms':>7} | "
-        f"{'p99 ms':>7} | server: req/exec, queue ms, compute ms"
+        f"{'p99 ms':>7} | server: req/exec, queue ms, compute ms; client CPU s"
     )
     for row in rows:
         for where in ("served", "in_process"):
@@ -240,7 +244,7 @@ def main() -> None:
                 m = row["server_metrics"]
                 line += (
                     f" {m['requests_per_execute']:.2f}, {m['queue_ms_per_request']:.1f}, "
-                    f"{m['compute_ms_per_request']:.1f}"
+                    f"{m['compute_ms_per_request']:.1f}; {s['client_cpu_s']:.2f}"
                 )
             print(line)
         c = row["check"]
