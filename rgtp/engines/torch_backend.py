@@ -17,6 +17,7 @@ from rgtp.engines.cuda_graphs import GraphCache
 from rgtp.models.stages import stage_modules
 from rgtp.package.manifest import Manifest, package_file
 from rgtp.package.plan import GraphSpec, StagePlan
+from rgtp.package.verify import load_verified
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -139,8 +140,6 @@ def load_torch_engines(
     """The reference engines of an exported package, rebuilt from its saved weights once
     every file of the package is verified (`verify=False`: sizes only, with a warning);
     `precision` and `cuda_graphs` as `torch_engines`."""
-    from rgtp.package.verify import load_verified
-
     manifest = load_verified(Path(package), verify)
     return package_torch_engines(package, manifest, device, precision, cuda_graphs)
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from rgtp.engines.base import Engine, EngineSet
 from rgtp.engines.dtypes import dtype
-from rgtp.engines.torch_backend import package_torch_engines
+from rgtp.engines.torch_backend import TorchEngine, package_torch_engines
 from rgtp.export.onnx_graphs import example_inputs, graph_interface
 from rgtp.package.manifest import GraphRecord, Manifest, ManifestError, package_file
 from rgtp.package.plan import TensorSpec
@@ -205,7 +205,5 @@ def _compare(
 
 
 def _at_k(engine: Engine, manifest: Manifest, stage: int, k: int) -> Engine:
-    from rgtp.engines.torch_backend import TorchEngine
-
     module = engine.module  # type: ignore[attr-defined]
     return TorchEngine(manifest.plan.stage_spec(stage, k), module)

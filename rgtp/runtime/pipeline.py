@@ -10,9 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgtp.engines import load_engines
 from rgtp.engines.base import EngineSet
+from rgtp.engines.torch_backend import torch_engines
 from rgtp.package.family import UserHead
 from rgtp.package.plan import StagePlan
+from rgtp.runtime.many import step_many
 from rgtp.runtime.options import StreamOptions
 from rgtp.runtime.stream import Stream
 
@@ -51,8 +54,6 @@ class Pipeline:
         application (`Stream.step(frame, head=...)`). `precision` ("fp32", "fp16", "bf16")
         and `cuda_graphs` (on CUDA) as `engines.torch_backend.torch_engines`. `schedules`:
         keep schedules (one K per stage, `ScheduleKeep`) whose K each stage also gets."""
-        from rgtp.engines.torch_backend import torch_engines
-
         plan = StagePlan.create(
             model.cfg, buckets, partition, fusion, prune_from, head, schedules=schedules
         )
@@ -61,8 +62,6 @@ class Pipeline:
     @classmethod
     def load(cls, package: str | Path, backend: str = "ort", **backend_options: Any) -> Pipeline:
         """Load an exported package (see `rgtp export`) on a backend: "ort", "torch", "trt"."""
-        from rgtp.engines import load_engines
-
         return cls(load_engines(Path(package), backend, **backend_options))
 
     def step_many(
@@ -71,8 +70,6 @@ class Pipeline:
         """One frame for each of this pipeline's `streams` (e.g. one per camera), the
         streams that run a stage at the same K sharing one engine call (`runtime.many`).
         Each result is what `Stream.step` would return; StepManyError where some fail."""
-        from rgtp.runtime.many import step_many
-
         if any(s.engines is not self.engines for s in streams):
             raise ValueError("step_many takes streams of this pipeline (pipeline.new_stream())")
         return step_many(streams, frames, head)
