@@ -14,6 +14,8 @@ import json
 import pickle
 import re
 import struct
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -145,6 +147,42 @@ def _as_tensor(path: Path, key: str, value: np.ndarray) -> torch.Tensor:
     if value.dtype.kind not in "biuf":
         raise CheckpointError(f"{path}: {key} is a numpy array of {value.dtype}, not numbers")
     return torch.from_numpy(np.require(value, requirements="W"))  # protocol 5 arrays are read-only
+
+
+@dataclass
+class LoadReport:
+    """What a load did.
+
+    loaded / missing: model parameter names loaded from the checkpoint / left at their
+    initial values (only neck and head ones, and only with `strict=False`);
+    ignored: checkpoint key (as in the file) -> why rgtp does not use it;
+    groups: model part (backbone, neck, head) -> (tensors loaded, tensors in the model).
+    """
+
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{g} {n} of {total}" for g, (n, total) in self.groups.items())
+        lines = [
+            f"format {self.format}: loaded {len(self.loaded)} of "
+            f"{len(self.loaded) + len(self.missing)} model tensors ({parts})"
+        ]
+        if self.missing:
+            lines.append("  not in checkpoint (initial values kept): " + abbreviate(self.missing))
+        reasons = Counter(self.ignored.values())
+        lines += [f"  not used by rgtp: {r} ({n} tensors)" for r, n in reasons.items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def abbreviate(names: list[str], limit: int = 6) -> str:
+    head = ", ".join(names[:limit])
+    return head + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

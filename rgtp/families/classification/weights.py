@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rgtp.families.classification.vivit import SpatialEncoder, ViViT
-from rgtp.families.detection.checkpoints import CheckpointError, LoadReport, read_state_dict
+from rgtp.models.checkpoint_files import CheckpointError, LoadReport, read_state_dict
 from rgtp.models.vit_ops import resize_abs_pos
 
 INFLATIONS = ("central", "average")

@@ -12,54 +12,17 @@ all: every backbone tensor must come from the checkpoint, and the neck and head 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rgtp.models.checkpoint_files import CheckpointError, read_state_dict
+from rgtp.models.checkpoint_files import CheckpointError, LoadReport, abbreviate, read_state_dict
 from rgtp.models.vit_ops import resize_rel_pos
 from rgtp.models.vitdet import ViTDetBackbone
 
 FORMATS = ("auto", "rgtp", "timm", "detectron2", "sam", "hf")
-
-
-@dataclass
-class LoadReport:
-    """What a load did.
-
-    loaded / missing: model parameter names loaded from the checkpoint / left at their
-    initial values (only neck and head ones, and only with `strict=False`);
-    ignored: checkpoint key (as in the file) -> why rgtp does not use it;
-    groups: model part (backbone, neck, head) -> (tensors loaded, tensors in the model).
-    """
-
-    format: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    ignored: dict[str, str] = field(default_factory=dict)
-    groups: dict[str, tuple[int, int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        parts = ", ".join(f"{g} {n} of {total}" for g, (n, total) in self.groups.items())
-        lines = [
-            f"format {self.format}: loaded {len(self.loaded)} of "
-            f"{len(self.loaded) + len(self.missing)} model tensors ({parts})"
-        ]
-        if self.missing:
-            lines.append("  not in checkpoint (initial values kept): " + _abbrev(self.missing))
-        reasons = Counter(self.ignored.values())
-        lines += [f"  not used by rgtp: {r} ({n} tensors)" for r, n in reasons.items()]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def _abbrev(names: list[str], limit: int = 6) -> str:
-    head = ", ".join(names[:limit])
-    return head + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 # --------------------------------------------------------------------------- names
@@ -112,7 +75,7 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
     if any(k.startswith("blocks.") for k in keys) and "pos_embed" in sd:
         return "timm"
     raise CheckpointError(
-        f"cannot tell the checkpoint format from its keys ({_abbrev(keys, 3)}); pass one of "
+        f"cannot tell the checkpoint format from its keys ({abbreviate(keys, 3)}); pass one of "
         f"{', '.join(FORMATS[1:])} (CLI: --weights-format)"
     )
 
@@ -234,7 +197,7 @@ def load_state_dict_into(
     if unexpected:
         raise CheckpointError(
             f"{len(unexpected)} checkpoint tensors (format {fmt}) have no place in the model: "
-            + _abbrev(unexpected)
+            + abbreviate(unexpected)
         )
     fitted: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
@@ -264,7 +227,7 @@ def load_state_dict_into(
     if mismatched:
         raise CheckpointError(
             f"{len(mismatched)} checkpoint tensors (format {fmt}) do not fit the model's "
-            f"shapes: {_abbrev(mismatched, 3)}"
+            f"shapes: {abbreviate(mismatched, 3)}"
         )
     if len(set(global_rows.values())) > 1:  # all global blocks were trained on one grid
         rows = ", ".join(f"block {b}: {n}" for b, n in sorted(global_rows.items()))
@@ -306,14 +269,14 @@ def _check_complete(
         names = missing["backbone"]
         raise CheckpointError(
             f"{len(names)} of {report.groups['backbone'][1]} backbone tensors are not in the "
-            f"checkpoint (format {fmt}, {len(fitted)} tensors matched): {_abbrev(names)}. "
+            f"checkpoint (format {fmt}, {len(fitted)} tensors matched): {abbreviate(names)}. "
             "Every backbone tensor must load; is this a checkpoint of this model?"
         )
     report.missing = [n for names in missing.values() for n in names]
     if strict and report.missing:
         raise CheckpointError(
             f"{len(report.missing)} neck and head tensors are not in the checkpoint (format "
-            f"{fmt}): {_abbrev(report.missing)}. To keep them randomly initialised (e.g. for "
+            f"{fmt}): {abbreviate(report.missing)}. To keep them randomly initialised (e.g. for "
             "your own head), load with strict=False (CLI: --allow-missing-head)"
         )
 
