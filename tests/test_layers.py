@@ -161,6 +161,21 @@ def test_shared_layers_name_no_family() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_a_family_imports_no_other_family() -> None:
+    """Families are plug-ins: what two share lives below them (`rgtp.models`)."""
+    known = modules()
+    bad = []
+    for name, path in known.items():
+        parts = name.split(".")
+        if len(parts) < 4 or parts[1] != "families":
+            continue
+        for line, module in rgtp_imports(path, known):
+            other = module.split(".")
+            if other[:2] == ["rgtp", "families"] and len(other) > 2 and other[2] != parts[2]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, "\n".join(bad)
+
+
 def test_the_stream_does_not_know_the_pipeline() -> None:
     """A stream runs on an EngineSet; the pipeline builds streams, not the reverse."""
     known = modules()
