@@ -217,7 +217,9 @@ def test_a_users_onnx_head_rides_in_the_package(tiny_detector, tmp_path) -> None
             result = stream.step(frame)
             fmap, dets = _dense_detections(tiny_detector, head, frame)
             assert (stream.out_map - fmap).abs().max().item() <= tol, backend
-            assert_same_detections(result.detections, dets, score_tol=tol, box_tol=10 * tol)
+            # boxes are pixel coordinates up to 224: float32 rounding in the head (ORT in
+            # both backends, torch in the reference) reaches 1e-4 px, so 1e-3 px is the bound
+            assert_same_detections(result.detections, dets, score_tol=tol, box_tol=1e-3)
 
     assert main(["check", str(pkg), "--quiet"]) == 0
     tampered = tmp_path / "tampered"
