@@ -52,12 +52,6 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_detector) -> Pipeline:
-    n = tiny_detector.cfg.backbone.num_tokens
-    return Pipeline.from_model(tiny_detector, buckets=[n // 4, n])
-
-
-@pytest.fixture(scope="module")
 def frames() -> list[np.ndarray]:
     return list(moving_frames(5, SIZE, speed=8.0))
 

@@ -344,6 +344,15 @@ def calls(fake: FakeEngine, context: int, name: str | None = None) -> list[tuple
     return [(c, a) for i, c, a in fake.log if i == context and name in (None, c)]
 
 
+def run_in_threads(work: Callable[..., None], jobs: list[tuple]) -> None:
+    """`work(*job)` for every job, each in its own thread, all at once; returns when all end."""
+    threads = [threading.Thread(target=work, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 @pytest.mark.parametrize("v2", [True, False])
 def test_every_context_of_a_plan_runs_on_one_user_managed_buffer(v2: bool) -> None:
     loaded = Loaded(memory=12345, v2=v2)
@@ -528,11 +537,7 @@ def test_two_threads_never_interleave_on_a_plans_contexts() -> None:
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=job) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, jobs)
     assert not errors
     assert fake.overlaps == 0
     runs = sorted(len(c.executed) for c in fake.contexts if c.executed)
@@ -634,11 +639,7 @@ def test_streams_in_threads_capture_one_at_a_time_in_thread_local_mode(fake_cuda
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=job) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, jobs)
     assert not errors
     assert FakeCapture.modes == ["thread_local"] * 4 and FakeCapture.overlaps == 0
     assert sum(g.captures for g in loaded.graphs) == 4
