@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip uninstall -q -y nvidia-pytriton
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,trt-rtx,client]" $(TORCH) "numpy>=2"
+	$(BIN)/python -m pip install -q -e ".[test,trt-rtx,client,openvino]" $(TORCH) "numpy>=2"
 	$(BIN)/python -m pip install -q --no-deps $(TIMM)
 	touch $(STAMP)
 
