@@ -57,6 +57,19 @@ def add_export(sub) -> None:
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, help="ONNX opset, 18 or later")
     p.add_argument("--no-symbolic", action="store_true", help="skip the symbolic-K graphs")
     p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "int8"),
+        help="int8: the weight matmuls quantized (ONNX Runtime's dynamic quantization; inputs, "
+        "outputs and the method's own arithmetic stay float32); bf16 and fp16 are chosen "
+        "when loading (OpenVINO, torch) or building (TensorRT)",
+    )
+    p.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="int8: one weight scale per output channel instead of one per matrix",
+    )
+    p.add_argument(
         "--workers",
         type=options.int_at_least(1),
         default=None,
@@ -102,6 +115,7 @@ def add_export(sub) -> None:
 
 def export(args: argparse.Namespace) -> int:
     from rgtp.export.package import export_package
+    from rgtp.export.quantize import int8_settings
     from rgtp.package.plan import StagePlan
 
     head, user_graph, user_spec = args.head, None, None
@@ -134,6 +148,7 @@ def export(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         private=args.private,
         user_head=user_graph,
+        int8=int8_settings(args.precision, args.per_channel),
     )
     size = sum(f["bytes"] for f in manifest.files.values())
     if plan.stage_buckets is None:
@@ -142,7 +157,10 @@ def export(args: argparse.Namespace) -> int:
         cut = (
             f"{len(plan.stages)} stages, K buckets per stage {list(map(list, plan.stage_buckets))}"
         )
-    print(f"exported {len(manifest.graphs)} graphs ({cut}) to {args.out}: {size / 2**20:.1f} MiB")
+    print(
+        f"exported {len(manifest.graphs)} {manifest.precision} graphs ({cut}) to {args.out}: "
+        f"{size / 2**20:.1f} MiB"
+    )
     return 0
 
 

@@ -50,12 +50,23 @@ def tolerance(name: str, value: float) -> float:
     return value
 
 
+# int8 graphs against the float32 reference: the largest relative L2 error,
+# ||onnx - torch|| / ||torch||, any output of any graph may have. Element-wise tolerances do
+# not fit quantized graphs (an element near zero has any relative error); the norm's does.
+# Measured on vitdet-small (2026-12-07): 0.004-0.02 for the stage graphs, 0.008 for the head;
+# at that level the shipped detector's mAP50 moves by less than 0.5 (docs/precision.md). A
+# graph at 0.05 or more is not the int8 lowering of its reference.
+INT8_REL_L2 = 0.05
+
+
 @dataclass
 class GraphCheck:
     name: str
     max_abs: float
     max_rel: float
     passed: bool
+    rel_l2: float = 0.0  # the largest ||onnx - torch|| / ||torch|| over its outputs
+    limit: str = ""  # what it was checked against, as the report states it
 
 
 @dataclass
@@ -179,8 +190,14 @@ def _compare(
     atol: float,
     rtol: float,
 ) -> GraphCheck:
-    """One graph on ONNX Runtime against the reference: max abs/rel error over its outputs."""
-    compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_shapes=True)
+    """One graph on ONNX Runtime against the reference: max abs/rel error and relative L2
+    error over its outputs; float32 graphs pass within `atol`/`rtol` element-wise, int8
+    graphs within `INT8_REL_L2`."""
+    int8 = manifest.quantization is not None and rec.name in manifest.quantization["graphs"]
+    # (int8: Polygraphy's element-wise verdict is not the criterion, only its errors are read)
+    compare = SimpleCompareFunc(
+        atol=math.inf if int8 else atol, rtol=math.inf if int8 else rtol, check_shapes=True
+    )
     if rec.kind == "stage":
         # a symbolic graph is checked at a K that is not one of its buckets
         k = rec.k if isinstance(rec.k, int) else max(1, manifest.plan.buckets[0] // 2)
@@ -201,7 +218,27 @@ def _compare(
             for res in (r for it in iterations for r in it.values()):
                 max_abs = max(max_abs, float(res.max_absdiff))
                 max_rel = max(max_rel, float(res.max_reldiff))
-    return GraphCheck(rec.name, max_abs, max_rel, bool(accuracy))
+    (_, (onnx_out,)), (_, (torch_out,)) = results
+    rel_l2 = max(_rel_l2(onnx_out[name], torch_out[name]) for name in torch_out)
+    if int8:
+        return GraphCheck(
+            rec.name,
+            max_abs,
+            max_rel,
+            rel_l2 < INT8_REL_L2,
+            rel_l2,
+            f"int8: rel L2 < {INT8_REL_L2}",
+        )
+    return GraphCheck(
+        rec.name, max_abs, max_rel, bool(accuracy), rel_l2, f"atol {atol}, rtol {rtol}"
+    )
+
+
+def _rel_l2(actual: np.ndarray, reference: np.ndarray) -> float:
+    a, r = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    norm = float(np.linalg.norm(r))
+    diff = float(np.linalg.norm(a - r))
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
 def _at_k(engine: Engine, manifest: Manifest, stage: int, k: int) -> Engine:

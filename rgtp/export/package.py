@@ -45,6 +45,7 @@ from rgtp.export.onnx_graphs import (
     graph_opset,
 )
 from rgtp.export.parallel import export_workers, traced
+from rgtp.export.quantize import Int8Settings, quantize_graph
 from rgtp.export.weights_file import SharedWeights
 from rgtp.models.checkpoint_files import save_weights
 from rgtp.models.stages import stage_modules
@@ -96,6 +97,7 @@ def export_package(
     private: bool = False,
     user_head: onnx.ModelProto | None = None,
     workers: int | None = None,
+    int8: Int8Settings | None = None,
 ) -> Manifest:
     """Export every graph of `plan` for `model` (a model of the plan's family: `Detector`,
     `ViViT`) into the directory `out`.
@@ -110,7 +112,8 @@ def export_package(
     complete; an earlier package is set aside first and deleted only once the new one is in
     place. Interrupted (exception, Ctrl-C, SIGTERM), nothing is left behind. Directories
     are made 0755 and files 0644, or 0700/0600 with `private`. `workers`: processes tracing
-    graphs at once (`export.parallel`); None: one per core."""
+    graphs at once (`export.parallel`); None: one per core. `int8`: rgtp's graphs are
+    quantized so (`export.quantize`) and the manifest says how; None: float32 graphs."""
     check_opset(opset)
     if model.cfg != plan.config:
         raise ExportError("the model's config differs from the plan's")
@@ -121,7 +124,7 @@ def export_package(
         tmp = _work_dir(out)
         try:
             manifest = _export_into(
-                model.eval(), plan, tmp, opset, symbolic, progress, user_head, workers
+                model.eval(), plan, tmp, opset, symbolic, progress, user_head, workers, int8
             )
             set_modes(tmp, private)
             move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
@@ -315,6 +318,7 @@ def _export_into(
     progress: bool,
     user_head: onnx.ModelProto | None,
     workers: int | None = None,
+    int8: Int8Settings | None = None,
 ) -> Manifest:
     n = plan.num_tokens
     family = plan.family
@@ -333,6 +337,7 @@ def _export_into(
     records: list[GraphRecord] = []
     opsets: set[int] = set()  # what the exporter wrote, which is not always what was asked
     weight_files: dict[str, SharedWeights] = {}
+    quantized: list[str] = []  # the graphs `int8` lowered
     stages = stage_modules(family.encoder(model), plan)
 
     def spec_of(job: tuple[str, int | None, int | str | None]) -> GraphSpec:
@@ -371,8 +376,12 @@ def _export_into(
                 spec = spec_of((kind, stage, k))
                 bar.set_postfix_str(spec.name)
                 bar.update()
-                if not (kind == "head" and user_head is not None):
+                ours = not (kind == "head" and user_head is not None)
+                if ours:
                     opsets.add(graph_opset(graph))
+                if ours and int8 is not None:
+                    graph = quantize_graph(graph, int8)
+                    quantized.append(spec.name)
                 wname = f"stage{stage}.weights" if kind == "stage" else f"{kind}.weights"
                 if wname not in weight_files:
                     weight_files[wname] = SharedWeights(directory / wname)
@@ -395,6 +404,7 @@ def _export_into(
         model_weights=MODEL_WEIGHTS,
         opset=written,
         versions=_versions(written),
+        quantization=None if int8 is None else int8.record(quantized),
     )
     manifest.save(directory)
     return manifest

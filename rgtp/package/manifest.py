@@ -135,6 +135,15 @@ class Manifest:
     versions: dict[str, str]
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the graphs' arithmetic was lowered after export (`export.quantize`): None for the
+    # float32 graphs the exporter wrote; else the tool, method and settings, so that a
+    # reader knows what its tolerances must allow for.
+    quantization: dict[str, Any] | None = None
+
+    @property
+    def precision(self) -> str:
+        """The graphs' precision: "fp32" as exported, "int8" once quantized."""
+        return "fp32" if self.quantization is None else str(self.quantization["precision"])
 
     def graph(self, name: str) -> GraphRecord:
         for g in self.graphs:
@@ -159,6 +168,7 @@ class Manifest:
             "graphs": [g.to_dict() for g in self.graphs],
             "files": self.files,
             **({"extra": self.extra} if self.extra else {}),
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
     def save(self, directory: Path) -> Path:
@@ -195,6 +205,7 @@ class Manifest:
                 opset=d["opset"],
                 versions=d["versions"],
                 extra=d.get("extra", {}),
+                quantization=d.get("quantization"),
             )
         except (KeyError, TypeError, ValueError) as e:  # the plan's own checks
             raise ManifestError(f"{path}: malformed plan ({e})") from e

@@ -1,0 +1,100 @@
+"""An int8 package from a float32 one, without tracing the model again.
+
+`rgtp export --precision int8` quantizes each graph as it is traced; this does the same to
+a package already exported (and verified) — e.g. to compare precisions on one export, or to
+lower a package whose model is no longer at hand. Both write through `export.quantize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import onnx
+from tqdm import tqdm
+
+from rgtp.export.onnx_graphs import ExportError
+from rgtp.export.package import (
+    _sigterm_raises,
+    _work_dir,
+    destination,
+    move_into_place,
+    set_modes,
+)
+from rgtp.export.quantize import Int8Settings, quantize_graph
+from rgtp.export.weights_file import SharedWeights
+from rgtp.package.manifest import Manifest, package_file, record_files
+from rgtp.package.verify import load_verified
+
+
+def quantize_package(
+    source: str | Path,
+    out: str | Path,
+    settings: Int8Settings | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Write to `out` the package `source` (float32, verified first) with rgtp's graphs in
+    int8. The plan, graph interfaces and reference weights are the source's; the manifest
+    records the quantization. Written whole or not at all, like `export_package`."""
+    settings = settings or Int8Settings()
+    source = Path(source)
+    manifest = load_verified(source, True)
+    if manifest.quantization is not None:
+        raise ExportError(f"{source} is already {manifest.precision}; quantize a float32 package")
+    user_head = manifest.plan.head == "onnx"
+    out = destination(out, force)
+    with _sigterm_raises():
+        tmp = _work_dir(out)
+        try:
+            written = _quantize_into(manifest, source, tmp, settings, user_head, progress)
+            set_modes(tmp)
+            move_into_place(tmp, destination(out, force))
+            return written
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _quantize_into(
+    manifest: Manifest,
+    source: Path,
+    directory: Path,
+    settings: Int8Settings,
+    user_head: bool,
+    progress: bool,
+) -> Manifest:
+    shutil.copyfile(
+        package_file(source, manifest.model_weights), directory / manifest.model_weights
+    )
+    weight_files: dict[str, SharedWeights] = {}
+    quantized: list[str] = []
+    try:
+        for rec in tqdm(manifest.graphs, desc="int8", unit="graph", disable=not progress):
+            graph = onnx.load(str(package_file(source, rec.file)))  # external data read in
+            if not (rec.kind == "head" and user_head):
+                graph = quantize_graph(graph, settings)
+                quantized.append(rec.name)
+            wname = rec.weights or f"{rec.name}.weights"
+            if wname not in weight_files:
+                weight_files[wname] = SharedWeights(directory / wname)
+            weight_files[wname].externalize(graph)
+            onnx.save(graph, str(directory / rec.file))
+    finally:
+        for w in weight_files.values():
+            w.close()
+    graphs = [
+        dataclasses.replace(r, weights=r.weights or f"{r.name}.weights") for r in manifest.graphs
+    ]
+    files = [manifest.model_weights, *weight_files, *(r.file for r in graphs)]
+    written = dataclasses.replace(
+        manifest,
+        graphs=graphs,
+        files=record_files(directory, files),
+        # TensorRT plans are built from the graphs they were built from: not these
+        extra={k: v for k, v in manifest.extra.items() if k != "trt"},
+        quantization=settings.record(quantized),
+    )
+    written.save(directory)
+    return written
