@@ -17,6 +17,7 @@ from torch import nn
 
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import export_package
+from rgtp.export.quantize import Int8Settings
 from rgtp.package.manifest import MANIFEST, Manifest, package_file
 from rgtp.package.plan import PARTITIONS, StagePlan, partition_blocks
 
@@ -28,6 +29,7 @@ def ensure_package(
     symbolic: bool = True,
     fresh: bool = False,
     progress: bool = True,
+    int8: Int8Settings | None = None,
 ) -> Path:
     """The directory of a package of `model` cut as `plan`, with symbolic-K graphs or not.
 
@@ -35,7 +37,7 @@ def ensure_package(
     (or, with `fresh`, an earlier rgtp package, which is replaced): exported there. A
     package already there is reused if it holds `model`'s weights and `plan`'s model,
     partition, pruning point, head, every K bucket and rollout block asked for (more are
-    fine);
+    fine) and its graphs' precision (`int8`: quantized so; None: float32);
     otherwise ExportError naming what differs. With `progress`, one line on stderr says
     what is exported, or which package is reused.
     """
@@ -43,6 +45,9 @@ def ensure_package(
     if (path / MANIFEST).is_file() and not fresh:
         manifest = Manifest.load(path)
         differences = plan_differences(manifest.plan, plan)
+        want = "fp32" if int8 is None else "int8"
+        if manifest.precision != want:
+            differences.append(f"its graphs are {manifest.precision}, not {want}")
         if not differences and not _same_weights(model, package_file(path, manifest.model_weights)):
             differences = [f"its weights ({manifest.model_weights}) are not the model's"]
         if differences:
@@ -56,7 +61,9 @@ def ensure_package(
     if progress:
         graphs = "fixed- and symbolic-K graphs" if symbolic else "fixed-K graphs only"
         print(f"exporting {describe(plan)}; {graphs}; to {path}", file=sys.stderr)
-    export_package(model, plan, path, symbolic=symbolic, force=fresh, progress=progress)
+    export_package(
+        model, plan, path, symbolic=symbolic, force=fresh, progress=progress, int8=int8
+    )
     return path
 
 
