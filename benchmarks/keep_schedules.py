@@ -30,12 +30,12 @@ from rgtp.cli.options import add_heldout_videos
 from rgtp.core.rollout import later_importance
 from rgtp.core.selection import ScheduleKeep, check_schedule, schedule_name
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
-from rgtp.eval.evaluate import EvalSetting, evaluate, keep_name
 from rgtp.export.ensure import ensure_package
 from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.flops import frame_macs
+from rgtp.families.detection.tools.evaluate import EvalSetting, evaluate, keep_name
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 

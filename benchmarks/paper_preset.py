@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from rgtp.cli.options import add_heldout_videos
-from rgtp.eval.evaluate import EvalSetting, evaluate
 from rgtp.export.ensure import ensure_package
 from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.tools.evaluate import EvalSetting, evaluate
 from rgtp.models.config import PruningConfig
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline

@@ -34,11 +34,11 @@ from rgtp.core.selection import FixedKeep
 from rgtp.core.tracking import match_similarity, track
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
-from rgtp.eval.coco_map import detections_to_coco, map50
 from rgtp.export.ensure import ensure_package
 from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.tools.coco_map import detections_to_coco, map50
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 

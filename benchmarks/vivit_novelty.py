@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from rgtp.eval.classify import data_config, heldout_clips
-from rgtp.eval.classify_pruned import pruned_run
 from rgtp.families import get_config, shipped_weights
+from rgtp.families.classification.data import data_config, heldout_clips
+from rgtp.families.classification.tools.classify_pruned import pruned_run
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
 from rgtp.runtime import Pipeline

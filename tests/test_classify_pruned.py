@@ -7,18 +7,23 @@ import pytest
 import torch
 
 from rgtp.data.synthmotion import CLASSES, training_clips
-from rgtp.eval.classify import classify, data_config, heldout_clips
-from rgtp.eval.classify_pruned import classifier_table, format_table, pruned_run
 from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
-from rgtp.families.classification.vivit import ViViT
-from rgtp.models.checkpoint_files import CheckpointError
-from rgtp.runtime import Pipeline
-from rgtp.train.finetune_temporal import (
+from rgtp.families.classification.data import data_config, heldout_clips
+from rgtp.families.classification.tools.classify import classify
+from rgtp.families.classification.tools.classify_pruned import (
+    classifier_table,
+    format_table,
+    pruned_run,
+)
+from rgtp.families.classification.tools.finetune_temporal import (
     FinetuneConfig,
     finetune_temporal,
     finetuned_path,
     load_temporal,
 )
+from rgtp.families.classification.vivit import ViViT
+from rgtp.models.checkpoint_files import CheckpointError
+from rgtp.runtime import Pipeline
 from tests.conftest import randomize
 
 CFG = ViViTConfig(

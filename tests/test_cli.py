@@ -40,7 +40,8 @@ def test_every_subcommand_prints_its_help(command: str, capsys) -> None:
 @pytest.fixture
 def trained(monkeypatch) -> dict:
     """Replaces both trainers: what they were called with lands in the returned dict."""
-    from rgtp.train import trainer, vivit_trainer
+    from rgtp.families.classification.tools import train as vivit_trainer
+    from rgtp.families.detection.tools import train as trainer
 
     calls: dict = {}
 
@@ -75,8 +76,8 @@ def test_train_options_reach_the_classifier_config(trained, tmp_path, capsys) ->
 
 
 def test_train_keeps_the_config_defaults_not_given(trained, tmp_path) -> None:
+    from rgtp.families.classification.tools.train import ViViTTrainConfig
     from rgtp.train.config import TrainConfig
-    from rgtp.train.vivit_trainer import ViViTTrainConfig
 
     assert main(["train", "--model", "vivit-small", "--out", str(tmp_path / "w")]) == 0
     assert trained["tc"] == ViViTTrainConfig()
@@ -87,7 +88,7 @@ def test_train_keeps_the_config_defaults_not_given(trained, tmp_path) -> None:
 
 def test_train_refuses_classifier_options_for_a_detector(trained, capsys) -> None:
     assert main(["train", "--model", "vitdet-small", "--clips", "4"]) == 2
-    assert "--clips: for classifiers; vitdet-small is a detector" in capsys.readouterr().err
+    assert "clips: for classifiers; vitdet-small is a detector" in capsys.readouterr().err
     assert not trained
 
 

@@ -12,7 +12,7 @@ from rgtp.runtime.video import read_frames
 
 @pytest.mark.skipif(shipped_weights("vitdet-small") is None, reason="no shipped weights")
 def test_demo_writes_video_plot_and_table(tmp_path) -> None:
-    from rgtp.demo import run_demo
+    from rgtp.families.detection.tools.demo import run_demo
 
     summary = run_demo(tmp_path, sequences=1, frames=10, progress=False)
     frames = list(read_frames(tmp_path / "pruned_overlay.mp4"))
@@ -29,9 +29,9 @@ def test_demo_writes_video_plot_and_table(tmp_path) -> None:
 
 @pytest.mark.skipif(shipped_weights("vivit-small") is None, reason="no shipped weights")
 def test_classifier_demo_writes_video_plot_and_table(tmp_path) -> None:
-    from rgtp.demo_classifier import run_classifier_demo
+    from rgtp.families.classification.tools.demo import run_demo
 
-    summary = run_classifier_demo(tmp_path, clips=3, progress=False)
+    summary = run_demo(tmp_path, clips=3, progress=False)
     frames = list(read_frames(tmp_path / "pruned_overlay.mp4"))
     assert len(frames) == 16 and frames[0].shape[1] == 2 * frames[0].shape[0]  # a step each
     assert (tmp_path / "timeline.png").stat().st_size > 10_000

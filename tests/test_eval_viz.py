@@ -11,16 +11,16 @@ import torch
 from rgtp.core.selection import FixedKeep
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, SynthVIDConfig, generate_sequence
-from rgtp.eval.coco_map import map50
-from rgtp.eval.evaluate import (
+from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.flops import frame_macs
+from rgtp.families.detection.tools.coco_map import map50
+from rgtp.families.detection.tools.evaluate import (
     EvalSetting,
     evaluate_setting,
     heldout_split,
     radius_table,
     results_table,
 )
-from rgtp.families.detection.detector import Detector
-from rgtp.families.detection.flops import frame_macs
 from rgtp.runtime import Pipeline
 from rgtp.runtime.video import read_frames, write_video
 from rgtp.viz.overlay import overlay

@@ -15,8 +15,10 @@ import rgtp
 
 ROOT = Path(rgtp.__file__).parent
 # Lowest first. A family sits above the package format (which asks it for its graphs by name,
-# `rgtp.package.family`) and below everything that runs a package; training, evaluation and
-# the demos drive the runtime, so they sit above it.
+# `rgtp.package.family`) and below everything that runs a package. A family's tools (its
+# `tools/` folder: training, evaluation, its FLOPs report, the demo) drive the runtime, so
+# they sit above it and above what the families' tools share (`eval`, `train`); the registry
+# loads them by name when a command asks (`rgtp.package.family.tool`).
 ORDER = (
     "core",  # the method's arithmetic
     "data",  # synthetic videos, loaders
@@ -30,14 +32,24 @@ ORDER = (
     "viz",
     "eval",
     "train",
-    "demo",
-    "demo_classifier",
+    "tools",  # rgtp/families/<name>/tools/
     "cli",
     "__main__",
 )
-# Shared layers name no concrete family. (The CLI still picks FLOPs counters and checkpoint
-# formats from the families directly; it joins this list when it asks the Family instead.)
-SHARED = ("core", "package", "models", "engines", "export", "runtime", "serving")
+# Shared layers name no concrete family: the CLI, like the rest, asks the Family (`tool`,
+# `weight_formats`, `flops_conventions`) through the registry.
+SHARED = (
+    "core",
+    "package",
+    "models",
+    "engines",
+    "export",
+    "runtime",
+    "serving",
+    "eval",
+    "train",
+    "cli",
+)
 
 
 def modules() -> dict[str, Path]:
@@ -54,6 +66,8 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if parts[-1] == "__main__":  # `python -m rgtp.serving` runs the CLI
         return "__main__"
+    if parts[1:2] == ["families"] and parts[3:4] == ["tools"]:
+        return "tools"
     return parts[1] if len(parts) > 1 else "rgtp"
 
 
@@ -147,16 +161,35 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
     assert not circles, circles
 
 
+def concrete_families() -> set[str]:
+    """The folders of rgtp/families/: one family each (`rgtp.families.loading` is not one)."""
+    return {p.name for p in (ROOT / "families").iterdir() if (p / "__init__.py").exists()}
+
+
 def test_shared_layers_name_no_family() -> None:
-    """The shared layers import nothing from a concrete family (`rgtp.families.<name>`):
-    they reach a family through its interface (`rgtp.package.family`) only."""
-    known = modules()
+    """The shared layers, the CLI among them, import nothing from a concrete family
+    (`rgtp.families.<name>`): they reach a family through its interface and the registry
+    (`rgtp.package.family`, re-exported by `rgtp.families`) only."""
+    known, concrete = modules(), concrete_families()
     bad = [
         f"{path.relative_to(ROOT)}:{line} imports {module}"
         for name, path in known.items()
         if layer_of(name) in SHARED
         for line, module in rgtp_imports(path, known)
-        if module.startswith("rgtp.families.")
+        if module.split(".")[:3] in (["rgtp", "families", f] for f in concrete)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_cli_names_no_family() -> None:
+    """Nothing in rgtp/cli/ names a family's modules or a family by name: it asks the
+    model's family for its tools (`tool`)."""
+    concrete = concrete_families()
+    bad = [
+        f"{path.relative_to(ROOT)}: {word}"
+        for path in sorted((ROOT / "cli").glob("*.py"))
+        for word in (*(f"rgtp.families.{f}" for f in concrete), *(f'"{f}"' for f in concrete))
+        if word in path.read_text()
     ]
     assert not bad, "\n".join(bad)
 

@@ -11,9 +11,9 @@ from rgtp.data.synthvid import CLASSES
 from rgtp.families import get_config
 from rgtp.families.detection.checkpoints import read_state_dict
 from rgtp.families.detection.fcos_head import level_points
+from rgtp.families.detection.tools.fcos_targets import assign, size_ranges
+from rgtp.families.detection.tools.train import lr_at, train
 from rgtp.train.config import TrainConfig
-from rgtp.train.fcos_targets import assign, size_ranges
-from rgtp.train.trainer import lr_at, train
 from tests.conftest import tiny_config
 
 

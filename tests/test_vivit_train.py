@@ -13,29 +13,24 @@ import pytest
 import torch
 
 from rgtp.data.synthmotion import CLASSES, SynthMotionConfig, generate_clip
-from rgtp.eval.classify import (
-    classify,
-    clip_tensor,
-    data_config,
-    heldout_clips,
-    load_classifier,
-    logits_dense_and_single_step,
-)
 from rgtp.families import get_config
 from rgtp.families.classification.config import (
     SpatialConfig,
     TemporalConfig,
     ViViTConfig,
 )
-from rgtp.families.classification.vivit import ViViT
-from rgtp.families.classification.weights import load_vivit_weights
-from rgtp.train.vivit_trainer import (
+from rgtp.families.classification.data import clip_tensor, data_config, heldout_clips
+from rgtp.families.classification.tools.classify import classify, logits_dense_and_single_step
+from rgtp.families.classification.tools.train import (
     TrainingHeads,
     TrainingSet,
     ViViTTrainConfig,
     augmented_batch,
     train,
 )
+from rgtp.families.classification.vivit import ViViT
+from rgtp.families.classification.weights import load_vivit_weights
+from rgtp.families.loading import load_model
 
 SHIPPED = Path(__file__).parents[1] / "rgtp" / "weights" / "vivit-small.safetensors"
 TINY = ViViTConfig(
@@ -216,7 +211,7 @@ def test_shipped_weights_are_small_and_need_time() -> None:
     """48 held-out clips (four per class): the shipped model gets >= 80 % dense, and every
     single-step control (one time step repeated) clearly less: the task needs time."""
     assert SHIPPED.stat().st_size <= 15 * 2**20
-    model = load_classifier("vivit-small", SHIPPED)
+    model = load_model("vivit-small", weights=SHIPPED, weights_format="rgtp").model
     result = classify(model, heldout_clips(48, data_config(get_config("vivit-small"))))
     print(result.summary())
     assert result.dense >= 0.8

@@ -24,14 +24,9 @@ def add_demo(sub) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    if args.model == "vivit-small":
-        from rgtp.demo_classifier import run_classifier_demo
+    from rgtp.families import get_config, tool
 
-        fraction = args.k_fraction or 0.4
-        run_classifier_demo(args.out, fraction, args.clips, progress=not args.quiet)
-        return 0
-    from rgtp.demo import run_demo
-
-    fraction = args.k_fraction or 0.3
-    run_demo(args.out, fraction, args.sequences, args.frames, progress=not args.quiet)
+    sizes = {"sequences": args.sequences, "frames": args.frames, "clips": args.clips}
+    run_demo = tool(get_config(args.model), "run_demo")
+    run_demo(args.out, args.k_fraction, sizes, progress=not args.quiet)
     return 0

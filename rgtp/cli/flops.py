@@ -1,4 +1,4 @@
-"""`rgtp flops`: analytic GFLOPs of a named model (`rgtp.eval.reports.flops`)."""
+"""`rgtp flops`: analytic GFLOPs of a named model (its family's `flops_report` tool)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from rgtp.cli import options
 
 
 def add_flops(sub) -> None:
-    from rgtp.families import model_names
-    from rgtp.families.detection.flops import CONVENTIONS
+    from rgtp.families import flops_conventions, model_names
 
     p = sub.add_parser("flops", help="analytic GFLOPs (MACs) per frame, dense and pruned")
     p.add_argument("--model", default="vitdet-b", choices=model_names())
@@ -39,7 +38,7 @@ def add_flops(sub) -> None:
     p.add_argument(
         "--convention",
         default="paper",
-        choices=CONVENTIONS,
+        choices=flops_conventions(),
         help="paper: windowed blocks computed whole (the authors' GFLOPs); executed: what rgtp "
         "runs (each window's rows for the kept queries only)",
     )
@@ -48,9 +47,10 @@ def add_flops(sub) -> None:
 
 
 def flops(args: argparse.Namespace) -> int:
-    from rgtp.eval import reports
+    from rgtp.families import get_config, tool
 
-    report, table = reports.flops(
+    flops_report = tool(get_config(args.model), "flops_report")
+    report, table = flops_report(
         args.model,
         args.size,
         args.k,

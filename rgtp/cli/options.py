@@ -122,13 +122,13 @@ def add_heldout_videos(p: argparse.ArgumentParser) -> None:
 
 def add_weights(p: argparse.ArgumentParser) -> None:
     """--weights, --weights-format, --allow-missing-head, --random-init (`load_model`)."""
-    from rgtp.families.detection.checkpoints import FORMATS
+    from rgtp.families import weight_formats
 
     p.add_argument("--weights", default=None, help="checkpoint (.safetensors, .pth/.bin, .pkl)")
     p.add_argument(
         "--weights-format",
         default="auto",
-        choices=FORMATS,
+        choices=weight_formats(),
         help="naming of --weights (auto: told from its keys)",
     )
     p.add_argument(

@@ -135,98 +135,38 @@ def add_eval(sub) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    model = options.load_model(args)
-    run_eval = {"detection": _eval_detector, "classification": _eval_classifier}
-    return run_eval[model.cfg.family](args, model)
+    """Hands the evaluation's settings to the model's family (its `evaluate_model` tool)."""
+    from pathlib import Path
 
-
-def _write(args: argparse.Namespace, title: str, table: str, records: list) -> None:
     from rgtp.eval.reports import write_table
+    from rgtp.eval.request import EvalRequest
+    from rgtp.families import tool
 
-    print(table)
-    write_table(title, table, records, args.json, args.markdown)
-
-
-def _eval_detector(args: argparse.Namespace, model) -> int:
-    from rgtp.eval.evaluate import EvalSetting, evaluate, radius_table, results_table
-    from rgtp.eval.pipeline import model_pipeline
-
-    ks = args.ks or []
-    # the pruning flags as the model's own, so that its stages return the rows they roll out
-    model.cfg = options.with_pruning(args, model.cfg)
-    pipe = model_pipeline(
-        model,
-        [k for k in ks if isinstance(k, int)],
-        [k for k in ks if not isinstance(k, int)],
+    model = options.load_model(args)
+    evaluate_model = tool(model.cfg, "evaluate_model")
+    request = EvalRequest(
+        name=args.model,
+        weights=Path(args.weights) if args.weights else None,
+        ks=args.ks or [],
+        dense=not args.no_dense,
+        radius=args.radius,
+        reset_every=args.reset_every,
+        reset=args.reset,
+        pruning=options.pruning(args, model.cfg.pruning, model.cfg.encoder.img_size),
+        sampling=args.sampling,
+        ablate_r=args.ablate_r or [],
         backend=args.backend,
         device=args.device,
         partition=args.partition,
         prune_from=options.prune_from(args),
         package=args.package,
+        sequences=args.sequences,
+        frames=args.frames,
+        clips=args.clips,
+        finetuned_dir=Path(args.finetuned_dir) if args.finetuned_dir else None,
         progress=not args.quiet,
     )
-    pruning = options.pruning(args, pipe.plan.config.pruning, pipe.plan.encoder.img_size)
-    if args.ablate_r:
-        if not ks:
-            raise ValueError("--ablate-r needs one --keep value to ablate at")
-        settings = [
-            EvalSetting(ks[0], r, s, args.reset_every, pruning)
-            for s in args.sampling
-            for r in args.ablate_r
-        ]
-    else:
-        sampling = args.sampling[0]
-        settings = (
-            []
-            if args.no_dense
-            else [EvalSetting(None, args.radius, sampling, args.reset_every, pruning)]
-        )
-        settings += [EvalSetting(k, args.radius, sampling, args.reset_every, pruning) for k in ks]
-    records = evaluate(pipe, settings, args.sequences, args.frames, progress=not args.quiet)
-    title = f"{args.model} SynthVID {pipe.plan.encoder.img_size}"
-    table = radius_table(records) if args.ablate_r else results_table(records, title)
-    _write(args, title, table, [r.to_dict() for r in records])
-    return 0
-
-
-def _eval_classifier(args: argparse.Namespace, model) -> int:
-    """Top-1 on SynthMotion's held-out clips: dense, pruned at each --keep, and pruned with
-    the temporal transformer fine-tuned at that K where its file exists (`rgtp
-    finetune-temporal`; --finetuned-dir says where to look), with GFLOPs per clip."""
-    import copy
-    from pathlib import Path
-
-    from rgtp.eval.classify import data_config, heldout_clips
-    from rgtp.eval.classify_pruned import classifier_table, format_table, rows_as_dicts
-    from rgtp.families import shipped_weights
-    from rgtp.train.finetune_temporal import finetuned_path, load_temporal
-
-    if any(not isinstance(k, int) for k in args.ks or []):
-        raise ValueError("keep schedules (one K per stage) are for detectors; give single K")
-    if args.backend != "torch":
-        print("note: the classifier table runs the PyTorch reference engines", file=sys.stderr)
-    weights = Path(args.weights) if args.weights else shipped_weights(args.model)
-    finetuned = {}
-    for k in args.ks or []:
-        path = finetuned_path(weights, k) if weights else None
-        if path is not None and args.finetuned_dir:
-            path = Path(args.finetuned_dir) / path.name
-        if path is not None and path.exists():
-            finetuned[k] = load_temporal(copy.deepcopy(model), path).eval()
-            print(f"fine-tuned temporal transformer at K={k}: {path}", file=sys.stderr)
-    clips = heldout_clips(args.clips, data_config(model.cfg))
-    rows = classifier_table(
-        model,
-        clips,
-        args.ks or [],
-        finetuned,
-        max(args.reset_every, 1),
-        args.reset,
-        progress=not args.quiet,
-        radius=args.radius,
-        pruning=options.pruning(args, model.cfg.pruning, model.cfg.spatial.img_size),
-        dense=not args.no_dense,
-    )
-    title = f"{args.model} SynthMotion {model.cfg.spatial.img_size}"
-    _write(args, title, format_table(rows, len(clips)), rows_as_dicts(rows))
+    title, table, records = evaluate_model(model, request)
+    print(table)
+    write_table(title, table, records, args.json, args.markdown)
     return 0

@@ -8,13 +8,20 @@ from pathlib import Path
 
 from rgtp.cli import options
 
-# what only a classifier's training takes (`ViViTTrainConfig` and `train`'s arguments)
-CLASSIFIER_ONLY = (
+# what a family's training may take (`train_model`'s settings); only those given are passed
+SETTINGS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup",
+    "seed",
+    "workers",
     "clips",
     "aux_weight",
     "cover_weight",
     "temporal_steps",
     "eval_every",
+    "heldout",
     "init",
     "cache_dir",
 )
@@ -34,7 +41,10 @@ def add_train(sub) -> None:
     p.add_argument("--workers", type=at_least(1), default=None, help="data processes")
     p.add_argument("--fp32", "--no-bf16", action="store_true", help="no bf16 autocast")
     p.add_argument(
-        "--heldout", type=int, default=600, help="classifiers: held-out clips scored at the end"
+        "--heldout",
+        type=int,
+        default=None,
+        help="classifiers: held-out clips scored at the end (default 600)",
     )
     g = p.add_argument_group("classifiers (default: the config's)")
     g.add_argument("--clips", type=at_least(1), default=None, help="rendered training clips")
@@ -61,70 +71,15 @@ def add_train(sub) -> None:
 
 
 def train_model(args: argparse.Namespace) -> int:
-    from rgtp.families import get_config
+    """Hands the settings given on the command line to the model's family (the rest keep
+    its config's defaults)."""
+    from rgtp.families import get_config, tool
 
-    family = get_config(args.model).family
-    return {"detection": _train_detector, "classification": _train_classifier}[family](args)
-
-
-def _given(args: argparse.Namespace, *names: str) -> dict:
-    """The training flags given on the command line (the rest keep the config's defaults)."""
-    out = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    return out | ({"bf16": False} if args.fp32 else {})
-
-
-_BOTH = ("steps", "batch_size", "lr", "warmup", "seed", "workers")
-
-
-def _train_detector(args: argparse.Namespace) -> int:
-    from rgtp.train.trainer import TrainConfig, train
-
-    given = [n for n in CLASSIFIER_ONLY if getattr(args, n) is not None]
-    if given:
-        flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise ValueError(f"{flags}: for classifiers; {args.model} is a detector")
-    tc = TrainConfig(model=args.model, **_given(args, *_BOTH))
-    out = args.out or f"rgtp/weights/{args.model}.safetensors"
-    summary = train(tc, Path(out), progress=not args.quiet)
-    last = summary["log"][-1]
-    print(
-        f"trained {tc.steps} steps in {summary['minutes']:.1f} min; final losses "
-        + ", ".join(f"{k} {last[k]:.3f}" for k in ("cls", "box", "ctr"))
-        + f"; wrote {out}"
-    )
-    return 0
-
-
-def _train_classifier(args: argparse.Namespace) -> int:
-    from rgtp.train.vivit_trainer import ViViTTrainConfig, train
-
-    tc = ViViTTrainConfig(
-        model=args.model,
-        **_given(
-            args, *_BOTH, "clips", "aux_weight", "cover_weight", "temporal_steps", "eval_every"
-        ),
-    )
-    if args.init and not tc.temporal_steps:
-        raise ValueError(
-            "--init skips the joint phase: give the temporal phase steps (--temporal-steps N)"
-        )
-    out = args.out or f"rgtp/weights/{args.model}.safetensors"
-    summary = train(
-        tc,
-        Path(out),
-        cache_dir=Path(args.cache_dir or "out/cache"),
-        heldout=args.heldout,
-        progress=not args.quiet,
-        init=Path(args.init) if args.init else None,
-    )
-    held = summary.get("heldout", {})
-    steps = (
-        f"{tc.temporal_steps} temporal steps from {args.init}" if args.init else f"{tc.steps} steps"
-    )
-    print(
-        f"trained {steps} in {summary['minutes']:.1f} min; held-out top-1 "
-        f"{held.get('dense', float('nan')):.3f} over {held.get('clips', 0)} clips; wrote {out}"
-    )
+    settings = {n: getattr(args, n) for n in SETTINGS if getattr(args, n) is not None}
+    settings |= {"bf16": False} if args.fp32 else {}
+    out = Path(args.out or f"rgtp/weights/{args.model}.safetensors")
+    train = tool(get_config(args.model), "train_model")
+    print(train(args.model, settings, out, progress=not args.quiet))
     return 0
 
 
@@ -157,26 +112,20 @@ def add_finetune_temporal(sub) -> None:
 
 
 def finetune(args: argparse.Namespace) -> int:
-    from rgtp.families import shipped_weights
-    from rgtp.train.finetune_temporal import FinetuneConfig, finetune_temporal, finetuned_path
+    from rgtp.families import shipped_weights, tool
 
     model = options.load_model(args)
-    if model.cfg.family != "classification":
-        raise ValueError(f"{args.model} has no temporal transformer; choose a ViViT model")
+    finetune = tool(model.cfg, "finetune")
     weights = Path(args.weights) if args.weights else shipped_weights(args.model)
-    out = Path(args.out) if args.out else finetuned_path(weights, args.k)
-    fc = FinetuneConfig(
-        k=args.k,
-        reset_every=args.reset_every,
-        reset=args.reset,
-        clips=args.clips,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-    )
-    log = finetune_temporal(model, fc, out, progress=not args.quiet)
-    print(
-        f"fine-tuned the temporal transformer at K={args.k} on {fc.clips} clips "
-        f"({fc.epochs} epochs, {log['minutes']:.1f} min); wrote {out}"
-    )
+    settings = {
+        "k": args.k,
+        "reset_every": args.reset_every,
+        "reset": args.reset,
+        "clips": args.clips,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    out = Path(args.out) if args.out else None
+    print(finetune(model, weights, settings, out, progress=not args.quiet))
     return 0

@@ -25,7 +25,8 @@ placed the target no more precisely than one step's motion, and after 3000 steps
 motion in half the held-out clips.
 
 `Clip.target_cover` says where the target is seen in every frame, at a coarse grid: training
-can use it to teach the spatial encoder to find the target (`rgtp.train.vivit_trainer`).
+can use it to teach the spatial encoder to find the target (the classifier's trainer,
+`rgtp.families.classification.tools.train`).
 
 Everything is drawn from `np.random.default_rng(seed)`; the class of a seed is
 `seed % len(CLASSES)`, so consecutive seeds are balanced. Training seeds lie below

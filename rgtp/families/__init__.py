@@ -1,7 +1,8 @@
 """Model families: what differs between models, one folder per family (`detection`,
 `classification`), each behind the `Family` interface of `rgtp.package.family`, re-exported
 here for plug-in authors with the registry (`register_family`, `family_named`) and the named
-configurations of every family (`get_config`, `model_names`)."""
+configurations of every family (`get_config`, `model_names`), and what the command line asks
+of a family (`tool`, `weight_formats`, `flops_conventions`)."""
 
 from rgtp.package.family import (
     ENTRY_POINT_GROUP,
@@ -15,10 +16,13 @@ from rgtp.package.family import (
     families,
     family_named,
     family_of,
+    flops_conventions,
     get_config,
     model_names,
     register_family,
     shipped_weights,
+    tool,
+    weight_formats,
 )
 
 __all__ = [
@@ -33,8 +37,11 @@ __all__ = [
     "families",
     "family_named",
     "family_of",
+    "flops_conventions",
     "get_config",
     "model_names",
     "register_family",
     "shipped_weights",
+    "tool",
+    "weight_formats",
 ]

@@ -14,6 +14,7 @@ Families: `detection` (ViTDet backbone + FCOS head, `rgtp.families.detection.fam
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata, resources
@@ -189,6 +190,25 @@ class Family(Protocol):
         ...
 
 
+# What a family may offer besides running a package, each optional (a plug-in that only runs
+# packages has none; the registry's helpers below read them with `getattr`):
+#   weight_formats     the checkpoint namings `load_checkpoint` reads, "auto" first
+#   flops_conventions  the FLOPs conventions its `flops_report` tool counts in
+#   synthetic_frames   (config, count) -> `count` frames of held-out synthetic video, (S, S, 3)
+#                      uint8 RGB: what `rgtp run --synthetic` feeds a package
+#   tools              the dotted name of its tools module: training, evaluation, the FLOPs
+#                      report, the demo (`tool`). They drive the runtime, so they sit above
+#                      it, in the family's `tools/` folder, and load when a command asks.
+# A tools module's functions, each optional:
+#   train_model(name, settings: dict, out: Path, progress: bool) -> str (what was done)
+#   evaluate_model(model, request: rgtp.eval.request.EvalRequest) -> (title, table, records)
+#   flops_report(name, size, k, reset_every, radius, reset, prune_from, convention)
+#       -> (figures, table)
+#   run_demo(out, k_fraction: float | None, sizes: dict, progress: bool) -> dict
+#   finetune(model, weights: Path | None, settings: dict, out: Path | None, progress) -> str
+DEFAULT_WEIGHT_FORMATS = ("auto", "rgtp")
+
+
 # Families are plug-ins: an installed distribution declares its own under this entry-point
 # group (rgtp's two in pyproject.toml), and `family_named` loads the one a package names the
 # first time it is asked for. A family defined at run time (a test's, a notebook's) is
@@ -266,6 +286,29 @@ def get_config(name: str, img_size: int | None = None) -> Any:
             cfg, **{field: dataclasses.replace(cfg.encoder, img_size=img_size)}
         )
     return cfg
+
+
+def weight_formats() -> tuple[str, ...]:
+    """Every checkpoint naming some family reads ("auto" first)."""
+    names = (getattr(f, "weight_formats", DEFAULT_WEIGHT_FORMATS) for f in families().values())
+    return tuple(dict.fromkeys(n for formats in names for n in formats))
+
+
+def flops_conventions() -> tuple[str, ...]:
+    """Every FLOPs convention some family counts in."""
+    names = (getattr(f, "flops_conventions", ()) for f in families().values())
+    return tuple(dict.fromkeys(n for conventions in names for n in conventions))
+
+
+def tool(config: FamilyConfig, name: str) -> Callable[..., Any]:
+    """The tool `name` (`train_model`, `evaluate_model`, `flops_report`, `run_demo`,
+    `finetune`) of the family of `config`; ValueError if the family has none."""
+    family = family_of(config)
+    module = getattr(family, "tools", None)
+    found = getattr(importlib.import_module(module), name, None) if module else None
+    if found is None:
+        raise ValueError(f"{config.name} (a {family.name} model) has no {name}")
+    return found
 
 
 def shipped_weights(name: str) -> Path | None:

@@ -14,16 +14,19 @@ steps have been seen (the scores of the clip of the last s steps), None before.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from rgtp.core.rollout import cls_target
 from rgtp.families.classification.config import VIVIT_CONFIGS, ViViTConfig
+from rgtp.families.classification.data import data_config, heldout_clips
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
 from rgtp.models.checkpoint_files import CheckpointError
@@ -154,6 +157,9 @@ class ClassificationFamily:
     configs = VIVIT_CONFIGS
     options_type = ClassificationOptions
     heads = ("rgtp",)
+    weight_formats = ("auto", "rgtp", "timm")
+    flops_conventions = ("paper", "executed")  # the same count: no windowed blocks
+    tools = "rgtp.families.classification.tools"
 
     def build(self, config: ViViTConfig) -> ViViT:
         return ViViT(config)
@@ -164,7 +170,7 @@ class ClassificationFamily:
     def load_checkpoint(self, model: nn.Module, path: Path, fmt: str, strict: bool) -> Any:
         """rgtp's own ViViT weights (every tensor), or a timm image ViT into the spatial
         encoder (the temporal transformer then keeps its values: not `strict`)."""
-        if fmt not in ("auto", "rgtp", "timm"):
+        if fmt not in self.weight_formats:
             raise CheckpointError(f"a ViViT reads rgtp or timm checkpoints, not {fmt!r}")
         report = load_vivit_weights(model, path)
         if report.missing and (strict or fmt == "rgtp"):
@@ -216,6 +222,11 @@ class ClassificationFamily:
 
     def new_task(self, plan: StagePlan, options: Any) -> ClassificationTask:
         return ClassificationTask(plan, options)
+
+    def synthetic_frames(self, config: ViViTConfig, count: int) -> list[np.ndarray]:
+        """`count` frames of consecutive held-out SynthMotion clips."""
+        clips = heldout_clips(-(-count // config.num_frames), data_config(config))
+        return list(itertools.chain.from_iterable(c.frames for c in clips))[:count]
 
 
 CLASSIFICATION = ClassificationFamily()

@@ -14,19 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from rgtp.core.rollout import detection_target
+from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.families.detection.boxes import (
     Detections,
     check_postprocess,
     detections_to_frame,
     postprocess,
 )
-from rgtp.families.detection.checkpoints import load_weights
+from rgtp.families.detection.checkpoints import FORMATS, load_weights
 from rgtp.families.detection.config import DETECTOR_CONFIGS, DetectorConfig
 from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.flops import CONVENTIONS
 from rgtp.families.detection.head_io import (
     as_nchw,
     check_user_head,
@@ -196,6 +199,9 @@ class DetectionFamily:
     # user's ONNX head (its interface read from the file at export), or none (the
     # application runs its own head and hands the runtime its detections).
     heads = ("rgtp", "onnx", "none")
+    weight_formats = FORMATS
+    flops_conventions = CONVENTIONS
+    tools = "rgtp.families.detection.tools"
 
     def build(self, config: DetectorConfig) -> Detector:
         return Detector(config)
@@ -245,6 +251,12 @@ class DetectionFamily:
 
     def new_task(self, plan: StagePlan, options: Any) -> DetectionTask:
         return DetectionTask(plan, options)
+
+    def synthetic_frames(self, config: DetectorConfig, count: int) -> list[np.ndarray]:
+        """A held-out SynthVID sequence of `count` frames at the model's input side."""
+        size = config.encoder.img_size
+        seq = generate_sequence(heldout_seeds(1)[0], SynthVIDConfig(size=size, num_frames=count))
+        return list(seq.frames)
 
 
 DETECTION = DetectionFamily()

@@ -11,46 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from rgtp.data.synthmotion import (
-    CLASSES,
-    MOTIONS,
-    Clip,
-    SynthMotionConfig,
-    generate_clip,
-    heldout_seeds,
-)
-from rgtp.families.classification.config import ViViTConfig
+from rgtp.data.synthmotion import CLASSES, MOTIONS, Clip
+from rgtp.families.classification.data import clip_tensor
 from rgtp.families.classification.vivit import ViViT
-from rgtp.families.classification.weights import load_vivit_weights
-from rgtp.package.family import get_config
-
-
-def data_config(cfg: ViViTConfig) -> SynthMotionConfig:
-    """The SynthMotion clips a model reads: its input side and frame count, and one instant
-    held for a tubelet's frames (so motion lives between time steps, never inside one)."""
-    if cfg.num_classes != len(CLASSES):
-        raise ValueError(
-            f"{cfg.name} has {cfg.num_classes} classes, SynthMotion has {len(CLASSES)}"
-        )
-    return SynthMotionConfig(
-        size=cfg.spatial.img_size, num_frames=cfg.num_frames, hold=cfg.spatial.tubelet
-    )
-
-
-def clip_tensor(frames: np.ndarray) -> torch.Tensor:
-    """Clips (B, T, S, S, 3) uint8 RGB -> the model's input (B, 3, T, S, S) float in [0, 255]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3).float()
-
-
-def heldout_clips(n: int, cfg: SynthMotionConfig, first: int = 0) -> list[Clip]:
-    """n held-out clips from the `first`-th on (balanced over the classes when n and first
-    are multiples of 12)."""
-    return [generate_clip(s, cfg) for s in heldout_seeds(first + n)[first:]]
 
 
 @dataclass
@@ -125,10 +92,3 @@ def classify(model: ViViT, clips: Sequence[Clip], batch_size: int = 16) -> Class
         single_step=(single_pred == labels).float().mean(dim=1).tolist(),
         confusion=confusion.tolist(),
     )
-
-
-def load_classifier(name: str, weights: str | Path) -> ViViT:
-    """The named ViViT with rgtp weights loaded (every tensor required), in eval mode."""
-    model = ViViT(get_config(name))
-    load_vivit_weights(model, weights)
-    return model.eval()

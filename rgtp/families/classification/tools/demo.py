@@ -17,23 +17,27 @@ import time
 from pathlib import Path
 
 from rgtp.core.selection import FixedKeep
-from rgtp.eval.classify import data_config, heldout_clips
-from rgtp.eval.classify_pruned import classifier_table, format_table, rows_as_dicts
 from rgtp.export.ensure import ensure_package
 from rgtp.families import get_config, shipped_weights
+from rgtp.families.classification.data import data_config, heldout_clips
+from rgtp.families.classification.tools.classify_pruned import (
+    classifier_table,
+    format_table,
+    rows_as_dicts,
+)
+from rgtp.families.classification.tools.finetune_temporal import finetuned_path, load_temporal
 from rgtp.package.family import family_of
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.run import run_stream, write_results
 from rgtp.runtime.video import write_video
-from rgtp.train.finetune_temporal import finetuned_path, load_temporal
 from rgtp.viz.overlay import overlays, save_pngs
 from rgtp.viz.timeline import plot_timeline
 
 MODEL = "vivit-small"
 
 
-def run_classifier_demo(
+def run_demo(
     out: str | Path, k_fraction: float = 0.4, clips: int = 60, progress: bool = True
 ) -> dict:
     start = time.perf_counter()

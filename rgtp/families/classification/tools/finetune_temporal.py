@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from rgtp.core.selection import checkerboard_size
 from rgtp.data.synthmotion import training_clips
-from rgtp.eval.classify import data_config
-from rgtp.eval.classify_pruned import pruned_run
+from rgtp.families.classification.data import data_config
+from rgtp.families.classification.tools.classify_pruned import pruned_run
 from rgtp.families.classification.vivit import ViViT
 from rgtp.models.checkpoint_files import CheckpointError
 from rgtp.runtime import Pipeline

@@ -7,7 +7,7 @@ runs with the same seed, count and clip shape. Batches draw from it with two aug
 that turn a SynthMotion clip into another valid one of a known class: a horizontal flip
 (left <-> right) and time reversal (left <-> right, approaching <-> receding).
 
-The schedule and optimiser are the detector trainer's (`rgtp.train.trainer`: AdamW without
+The schedule and optimiser are the detector trainer's (`rgtp.train.schedule`: AdamW without
 decay on norms, biases and position tables, linear warm-up then cosine, bf16 autocast).
 
 Training runs in two phases. The joint phase trains the whole model (`steps` steps of
@@ -67,14 +67,15 @@ from rgtp.data.synthmotion import (
     SynthMotionConfig,
     training_clips,
 )
-from rgtp.eval.classify import classify, clip_tensor, data_config, heldout_clips
 from rgtp.families.classification.config import ViViTConfig
+from rgtp.families.classification.data import clip_tensor, data_config, heldout_clips
+from rgtp.families.classification.tools.classify import classify
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import load_vivit_weights
 from rgtp.models.checkpoint_files import save_weights
 from rgtp.package.family import get_config
 from rgtp.train.config import TrainConfig
-from rgtp.train.trainer import lr_at, param_groups
+from rgtp.train.schedule import lr_at, param_groups
 
 _CHUNK = 4 * len(MOTIONS)  # clips rendered per task: four scenes under their four motions
 _FLIP = {"left": "right", "right": "left"}
@@ -447,7 +448,7 @@ def train(
     (`out` with suffix .train.json): the joint phase, then the temporal phase. `init`: skip
     the joint phase and start the temporal one from these weights (a joint phase's saved
     weights). `heldout` > 0 evaluates that many held-out clips at the end
-    (`rgtp.eval.classify`) and records the figures in the log."""
+    (`rgtp.families.classification.tools.classify`) and records the figures in the log."""
     start = time.time()
     cfg = model_cfg or get_config(tc.model)
     data_cfg = data_config(cfg)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from rgtp.core.selection import FixedKeep
 from rgtp.data.synthvid import CLASSES, SynthVIDConfig, generate_sequence, heldout_seeds
-from rgtp.eval.evaluate import EvalSetting, evaluate, results_table
 from rgtp.export.ensure import ensure_package
 from rgtp.families import get_config, shipped_weights
 from rgtp.families.detection.checkpoints import load_weights
 from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.tools.evaluate import EvalSetting, evaluate, results_table
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.run import run_stream, write_results

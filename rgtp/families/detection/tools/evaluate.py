@@ -19,8 +19,8 @@ from tqdm import tqdm
 from rgtp.core.selection import keep_policy, schedule_name
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
-from rgtp.eval.coco_map import detections_to_coco, map50
 from rgtp.families.detection.flops import frame_macs
+from rgtp.families.detection.tools.coco_map import detections_to_coco, map50
 from rgtp.models.config import PruningConfig
 from rgtp.runtime.pipeline import Pipeline
 

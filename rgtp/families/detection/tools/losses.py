@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from rgtp.families.detection.boxes import generalized_iou
 from rgtp.families.detection.fcos_head import HeadOutputs
-from rgtp.train.fcos_targets import FCOSTargets
+from rgtp.families.detection.tools.fcos_targets import FCOSTargets
 
 
 def sigmoid_focal_loss(

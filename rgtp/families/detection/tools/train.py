@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -18,10 +17,11 @@ from rgtp.data.synthvid import CLASSES, SynthVIDConfig, training_samples
 from rgtp.families import get_config
 from rgtp.families.detection.config import DetectorConfig
 from rgtp.families.detection.detector import Detector
+from rgtp.families.detection.tools.fcos_targets import assign
+from rgtp.families.detection.tools.losses import fcos_loss
 from rgtp.models.checkpoint_files import save_weights
 from rgtp.train.config import TrainConfig
-from rgtp.train.fcos_targets import assign
-from rgtp.train.losses import fcos_loss
+from rgtp.train.schedule import lr_at, param_groups
 
 Batch = tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
 
@@ -45,26 +45,6 @@ class SynthVIDBatches(IterableDataset):
                 [torch.from_numpy(b[1]).float() for b in batch],
                 [torch.from_numpy(b[2]).long() for b in batch],
             )
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases, position tables and per-level scales."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        skip = p.ndim <= 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    progress = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
-    return tc.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(

@@ -1,0 +1,63 @@
+"""The classifier's FLOPs report (`rgtp flops --model vivit-*`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rgtp.core.selection import checkerboard_size
+from rgtp.eval.reports import check_k, macs_table
+from rgtp.families.classification.flops import KINETICS_VIEWS, view_macs
+from rgtp.package.family import get_config
+
+
+def flops_report(
+    name: str,
+    size: int | None = None,
+    k: int | Sequence[int] | None = None,
+    reset_every: int = 8,
+    radius: int = 1,
+    reset: str = "dense",
+    prune_from: str = "input",
+    convention: str = "paper",
+) -> tuple[dict, str]:
+    """Analytic GFLOPs (multiply-accumulates x 1e9) of the named classifier at input side
+    `size` per view (one clip) and per video, dense and pruned to `k` (None: N), with a
+    `reset` step every `reset_every` time steps: the figures (JSON-ready) and their table.
+    (`radius` and `prune_from` change nothing counted; both conventions count the same.)"""
+    cfg = get_config(name, size)
+    sp = cfg.spatial
+    k = check_k(k, sp)
+    views = KINETICS_VIEWS[0] * KINETICS_VIEWS[1]
+    reset_every = max(reset_every, 1)
+    board = checkerboard_size(sp.grid) if reset == "checkerboard" else None
+    rows = {"dense": view_macs(cfg), "pruned": view_macs(cfg, k, reset_every, board)}
+    report = {
+        "model": name,
+        "size": sp.img_size,
+        "frames": cfg.num_frames,
+        "num_tokens": sp.num_tokens,
+        "k": k,
+        "reset_every": reset_every,
+        "reset": reset,
+        "convention": convention,  # both count the same: no windowed blocks
+        "views": views,
+        **{
+            setting: {f"{part}_gmacs_per_view": v / 1e9 for part, v in m.as_dict().items()}
+            for setting, m in rows.items()
+        },
+        "dense_tmacs_per_video": rows["dense"].total * views / 1e12,
+        "pruned_tmacs_per_video": rows["pruned"].total * views / 1e12,
+    }
+    text = [
+        f"{name} at {sp.img_size}x{sp.img_size}, {cfg.num_frames} frames "
+        f"({cfg.num_steps} time steps of {sp.tubelet}): N = {sp.num_tokens} patch tokens + CLS, "
+        f"keep K = {k}, a {reset} reset every {reset_every} time steps",
+        f"GFLOPs, {convention} convention (paper and executed agree for this model): "
+        "multiply-accumulates, x1e9, per view (one clip)",
+        *macs_table(rows),
+        f"per video over {KINETICS_VIEWS[0]} clips x {KINETICS_VIEWS[1]} crops = {views} views: "
+        f"dense {report['dense_tmacs_per_video']:.3f} TFLOPs, pruned "
+        f"{report['pruned_tmacs_per_video']:.3f} TFLOPs "
+        f"({100 * rows['pruned'].total / rows['dense'].total:.1f} % of dense)",
+    ]
+    return report, "\n".join(text)
