@@ -1,4 +1,5 @@
-"""Engine backends behind one protocol: torch (reference), ort (ONNX Runtime), trt (TensorRT)."""
+"""Engine backends behind one protocol: torch (reference), ort (ONNX Runtime), trt (TensorRT),
+openvino (OpenVINO)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from rgtp.engines.base import LAYOUTS, Engine, EngineError, EngineSet
 
-BACKENDS = ("torch", "ort", "trt")
+BACKENDS = ("torch", "ort", "trt", "openvino")
 
 
 def load_engines(package: Path, backend: str, verify: bool = True, **options: Any) -> EngineSet:
@@ -29,6 +30,10 @@ def load_engines(package: Path, backend: str, verify: bool = True, **options: An
         from rgtp.engines.trt_backend import load_trt_engines
 
         return load_trt_engines(package, verify=verify, **options)
+    if backend == "openvino":
+        from rgtp.engines.openvino_backend import load_openvino_engines  # needs rgtp[openvino]
+
+        return load_openvino_engines(package, verify=verify, **options)
     raise EngineError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 
