@@ -31,11 +31,9 @@ from rgtp.core.rollout import later_importance
 from rgtp.core.selection import ScheduleKeep, check_schedule, schedule_name
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
-from rgtp.families import get_config, shipped_weights
-from rgtp.families.detection.checkpoints import load_weights
-from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.flops import frame_macs
 from rgtp.families.detection.tools.evaluate import EvalSetting, evaluate, keep_name
+from rgtp.families.loading import load_model
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 
@@ -88,9 +86,8 @@ def main() -> None:
     ap.add_argument("--out", default="out/bench")
     args = ap.parse_args()
 
-    cfg = get_config(MODEL)
-    detector = Detector(cfg)
-    load_weights(detector, shipped_weights(MODEL))
+    detector = load_model(MODEL).model
+    cfg = detector.cfg
     bb = cfg.backbone
     stages = len(StagePlan.create(cfg, [args.k]).stages)
     for s in args.schedules:

@@ -28,9 +28,8 @@ import torch
 
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
-from rgtp.families import get_config, shipped_weights
-from rgtp.families.detection.checkpoints import load_weights
-from rgtp.families.detection.detector import Detector
+from rgtp.families import shipped_weights
+from rgtp.families.loading import load_model
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.latency_budget import LatencyBudget
@@ -75,10 +74,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    detector = Detector(get_config(args.model)).eval()
-    weights = shipped_weights(args.model)
-    if weights is not None:
-        load_weights(detector, weights)
+    detector = load_model(args.model, random_init=shipped_weights(args.model) is None).model
     plan = StagePlan.create(detector.cfg, [int(k) for k in args.ks.split(",")], "per-global")
     pipe = Pipeline.load(ensure_package(detector, plan, args.package, symbolic=False), "ort")
     size = detector.cfg.backbone.img_size

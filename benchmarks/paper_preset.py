@@ -18,10 +18,8 @@ import torch
 
 from rgtp.cli.options import add_heldout_videos
 from rgtp.export.ensure import ensure_package
-from rgtp.families import get_config, shipped_weights
-from rgtp.families.detection.checkpoints import load_weights
-from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.tools.evaluate import EvalSetting, evaluate
+from rgtp.families.loading import load_model
 from rgtp.models.config import PruningConfig
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
@@ -42,9 +40,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = get_config("vitdet-small")
-    detector = Detector(cfg)
-    load_weights(detector, shipped_weights("vitdet-small"))
+    detector = load_model("vitdet-small").model
+    cfg = detector.cfg
     size = cfg.backbone.img_size
     settings = {
         "paper, pooled 2x2": PruningConfig.paper(size),

@@ -43,9 +43,7 @@ from tritonclient.utils import InferenceServerException
 
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
-from rgtp.families import get_config, shipped_weights
-from rgtp.families.detection.checkpoints import load_weights
-from rgtp.families.detection.detector import Detector
+from rgtp.families.loading import load_model
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import ServingSettings, write_repository
@@ -63,10 +61,9 @@ COMPARED = ("K", "KEEP", "BOXES", "SCORES", "LABELS")  # what must equal in-proc
 def package_for(args: argparse.Namespace) -> Path:
     if args.package:
         return Path(args.package)
-    det = Detector(get_config("vitdet-small"))
-    load_weights(det, shipped_weights("vitdet-small"))
+    det = load_model("vitdet-small").model
     plan = StagePlan.create(det.cfg, [args.keep])
-    return ensure_package(det.eval(), plan, "out/bench/serve-package", symbolic=False)
+    return ensure_package(det, plan, "out/bench/serve-package", symbolic=False)
 
 
 def videos(count: int, frames: int) -> list[np.ndarray]:

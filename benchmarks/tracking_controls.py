@@ -35,10 +35,8 @@ from rgtp.core.tracking import match_similarity, track
 from rgtp.data.coco import sequences_to_coco
 from rgtp.data.synthvid import CLASSES, Sequence, SynthVIDConfig, generate_sequence, heldout_seeds
 from rgtp.export.ensure import ensure_package
-from rgtp.families import get_config, shipped_weights
-from rgtp.families.detection.checkpoints import load_weights
-from rgtp.families.detection.detector import Detector
 from rgtp.families.detection.tools.coco_map import detections_to_coco, map50
+from rgtp.families.loading import load_model
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 
@@ -150,9 +148,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=Path("out/eval/tracking-controls.json"))
     args = ap.parse_args()
 
-    detector = Detector(get_config(MODEL))
-    load_weights(detector, shipped_weights(MODEL), strict=False)
-    detector.eval()
+    detector = load_model(MODEL, allow_missing=True).model
     bb = detector.cfg.backbone
     with tempfile.TemporaryDirectory() as tmp:
         plan = StagePlan.create(detector.cfg, [args.k])

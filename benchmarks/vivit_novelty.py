@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from rgtp.families import get_config, shipped_weights
 from rgtp.families.classification.data import data_config, heldout_clips
 from rgtp.families.classification.tools.classify_pruned import pruned_run
-from rgtp.families.classification.vivit import ViViT
-from rgtp.families.classification.weights import load_vivit_weights
+from rgtp.families.loading import load_model
 from rgtp.runtime import Pipeline
 
 
@@ -40,12 +38,8 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
-    cfg = get_config(args.model)
-    model = ViViT(cfg).eval()
-    weights = shipped_weights(args.model)
-    if weights is None:
-        raise SystemExit(f"{args.model} has no shipped weights")
-    load_vivit_weights(model, weights)
+    model = load_model(args.model).model
+    cfg = model.cfg
     clips = heldout_clips(args.clips, data_config(cfg), args.first)
     pipe = Pipeline.from_model(model, [args.keep])
 
