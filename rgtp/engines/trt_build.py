@@ -425,6 +425,14 @@ def build_trt(
     naming the files that fail; `verify=False`: sizes only, with a warning)."""
     package = Path(package)
     manifest = Manifest.load(package)
+    if manifest.quantization is not None:
+        # dynamic int8 graphs quantize activations per call (DynamicQuantizeLinear,
+        # MatMulInteger): TensorRT runs int8 only from Q/DQ graphs with fixed scales
+        raise EngineError(
+            f"{package} holds {manifest.precision} graphs ({manifest.quantization['method']} "
+            "quantization), which TensorRT cannot build; build from the float32 package "
+            "(--precision fp16 for half precision)"
+        )
     hashes = verify_package(package, manifest, verify, skip=_old_plan_files(manifest))
     jobs = plan_jobs(manifest, options.layout, options.opt_batch, max_batch=options.opt_batch)
     sources = {job.onnx_file: _source_graph(package, manifest, job) for job in jobs}
