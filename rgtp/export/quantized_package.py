@@ -24,7 +24,7 @@ from rgtp.export.package import (
 )
 from rgtp.export.quantize import Int8Settings, quantize_graph
 from rgtp.export.weights_file import SharedWeights
-from rgtp.package.manifest import Manifest, package_file, record_files
+from rgtp.package.manifest import MANIFEST, Manifest, package_file, record_files
 from rgtp.package.verify import load_verified
 
 
@@ -98,3 +98,24 @@ def _quantize_into(
     )
     written.save(directory)
     return written
+
+
+def ensure_int8(
+    source: str | Path, out: str | Path, settings: Int8Settings | None = None, progress: bool = True
+) -> Path:
+    """`out` holding `source` quantized with `settings`: reused where it already does (same
+    plan, same reference weights, same quantization), else quantized there (replacing an
+    earlier rgtp package)."""
+    settings = settings or Int8Settings()
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        have, src = Manifest.load(out), Manifest.load(source)
+        if (
+            have.plan == src.plan
+            and have.files[have.model_weights] == src.files[src.model_weights]
+            and have.quantization is not None
+            and have.quantization == settings.record(have.quantization["graphs"])
+        ):
+            return out
+    quantize_package(source, out, settings, force=True, progress=progress)
+    return out
