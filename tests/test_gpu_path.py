@@ -287,6 +287,7 @@ def test_a_stream_on_replayed_graphs_equals_the_eager_stream(monkeypatch):
     someone still reads it (results, the previous step's importance or patches), and checks
     that a graph's order (commit, then rollout over the committed rows) equals the eager one
     (rollout with the step's rows standing in, then the commit)."""
+    from rgtp.runtime import step as step_module
     from rgtp.runtime import stream as stream_module
 
     monkeypatch.setattr(GraphCache, "_capture", emulate_capture)
@@ -297,7 +298,7 @@ def test_a_stream_on_replayed_graphs_equals_the_eager_stream(monkeypatch):
         stream_module,
         "step_graphs",
         lambda engines: (
-            {n: GraphCache(cuda) for n in stream_module.STEP_GRAPHS}
+            {n: GraphCache(cuda) for n in step_module.STEP_GRAPHS}
             if engines.static_inputs
             else None
         ),

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from rgtp.package.family import UserHead
-from rgtp.runtime.stream import StepWork, Stream, run_stage
+from rgtp.runtime.step import StepWork, run_stage
+from rgtp.runtime.stream import Stream
 
 
 class StepManyError(RuntimeError):
