@@ -287,12 +287,13 @@ def test_a_stream_on_replayed_graphs_equals_the_eager_stream(monkeypatch):
     someone still reads it (results, the previous step's importance or patches), and checks
     that a graph's order (commit, then rollout over the committed rows) equals the eager one
     (rollout with the step's rows standing in, then the commit)."""
+    from rgtp.runtime import finish as finish_module
     from rgtp.runtime import step as step_module
     from rgtp.runtime import stream as stream_module
 
     monkeypatch.setattr(GraphCache, "_capture", emulate_capture)
     # what a captured graph runs: the commit first, then rollout over the committed rows
-    monkeypatch.setattr(stream_module, "capturing", lambda t: IN_GRAPH[0])
+    monkeypatch.setattr(finish_module, "capturing", lambda t: IN_GRAPH[0])
     cuda = torch.device("cuda")
     monkeypatch.setattr(
         stream_module,

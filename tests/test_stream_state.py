@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import rgtp.families.detection.family as detection_module
-import rgtp.runtime.stream as stream_module
+import rgtp.runtime.finish as finish_module
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.base import Engine, EngineError
 from rgtp.runtime import EngineOutputError, Pipeline, StreamBusyError, StreamOptions
@@ -141,8 +141,8 @@ def failing(exc: BaseException) -> Callable[..., object]:
 AFTER_THE_ENGINES = [  # (module, function, exception)
     (detection_module, "postprocess", RuntimeError("postprocess failed")),
     (detection_module, "detection_target", RuntimeError("target failed")),
-    (stream_module, "token_importance", RuntimeError("rollout failed")),
-    (stream_module, "token_importance", KeyboardInterrupt()),
+    (finish_module, "token_importance", RuntimeError("rollout failed")),
+    (finish_module, "token_importance", KeyboardInterrupt()),
 ]
 
 

@@ -17,7 +17,6 @@ leaves the stream as it was, so the next frame runs as if it had never been give
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,20 +26,17 @@ import torch
 
 from rgtp.core.rollout import (
     later_importance,
-    pool_attention_rows,
-    token_importance,
-    write_rows,
 )
 from rgtp.core.selection import (
     FixedKeep,
     checkerboard,
-    fill_from_most_similar,
     is_reset_frame,
     select_tokens,
 )
 from rgtp.core.tracking import check_radius, row_cosine, track
 from rgtp.engines.base import EngineSet
 from rgtp.package.family import StepResult, UserHead
+from rgtp.runtime.finish import StepFinish
 from rgtp.runtime.frames import to_model_input
 from rgtp.runtime.options import StreamOptions
 from rgtp.runtime.outputs import EngineRunner, OutputChecks
@@ -49,7 +45,6 @@ from rgtp.runtime.step import (
     RowWrites,
     StageFeeds,
     StepWork,
-    capturing,
     run_stage,
     step_graphs,
 )
@@ -114,8 +109,14 @@ class Stream:
         # With engines that replay CUDA graphs, the method's own work between engine calls
         # (tracking, top-K, rollout) replays graphs too, on this stream's buffers.
         self._graphs = step_graphs(engines)
-        self._cached_blocks = [b for i in range(len(plan.stages)) for b in plan.cached_blocks(i)]
-        self._stage_of = {b: i for i, blocks in enumerate(plan.stages) for b in blocks}
+        self._finish = StepFinish(
+            plan,
+            self.rollout_blocks,
+            self.pool,
+            self.checkerboard,
+            self.pruning.similarity,
+            self._prepared,
+        )
         # the rollout blocks before each stage: the partial rollout its importance undoes
         self._before = [
             tuple(g for g in self.rollout_blocks if g < blocks[0]) for blocks in plan.stages
@@ -323,7 +324,7 @@ class Stream:
         first, reset, tracked, stage_rows = work.first, work.reset, work.tracked, work.stage_rows
         # The maintained output is written in place (no copy of the whole map per step);
         # should anything fail before the commit, the rows it held are put back. The commit
-        # of the caches and attention rows goes with the rollout (`_finish`), made ready
+        # of the caches and attention rows goes with the rollout (`StepFinish.prepare`), made ready
         # before the head: a detector's post-processing waits for the GPU, which then waits
         # for whatever the host still has to do.
         writes = RowWrites()
@@ -331,7 +332,7 @@ class Stream:
             with timer("scatter"):
                 writes.write(st.out_map, rows, x)
             fill = reset and not first and self.checkerboard is not None
-            finish = self._finish(stage_rows, work.fresh, patches, fill)
+            finish = self._finish.prepare(st, stage_rows, work.fresh, patches, fill)
             with timer("head"):
                 static = st.static if self._graphs is not None else None
                 runner = EngineRunner(self.engines, work.checks, static)
@@ -406,144 +407,6 @@ class Stream:
 
         positions = self._replay("shrink", feeds, choose, (stage, k))["positions"]
         return st.subset(stage, x, rows, positions)
-
-    def _finish(
-        self,
-        stage_rows: list[torch.Tensor],
-        fresh: dict[str, torch.Tensor],
-        patches: torch.Tensor,
-        fill: bool,
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The step's last work, made ready to run once s_L is known: called with s_L
-        `target` (E + N,), it returns s_0 (N,) of the patch tokens by rollout through this
-        step's attention rows and the buffered rows of the others (each block's fresh rows
-        are those of its stage's rows, `stage_rows`, (E + K_i,) per stage), and the commit:
-        this step's keys, values and attention rows written in place. `fill`: a checkerboard
-        reset step, whose dropped tokens take the importance of their most similar kept one.
-
-        Rollout reads the buffers with the step's rows standing in for theirs and the commit
-        comes after it, so a failure leaves the stream as it was. A replayed CUDA graph runs
-        whole or not at all: captured, the commit comes first and rollout reads the committed
-        buffers, the same result for about half the reads of the rows standing in."""
-        where = {g: stage_rows[self._stage_of[g]] for g in self.rollout_blocks}
-        if self.pool > 1:  # pooled rows land in data-dependent cells: no graph
-            return functools.partial(self._pooled_finish, stage_rows, fresh, patches, fill, where)
-        # s_L goes into a buffer of the stream's own (a graph's input); the feeds are ready
-        st, blocks = self.state, self.rollout_blocks
-        target = st.buffer("target", (self.plan.prefix + self.plan.num_tokens,), torch.float32)
-        feeds = {"target": target, "patches": patches}
-        feeds |= {f"where_{g}": where[g] for g in blocks}
-        feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
-        feeds |= {f"sums_{g}": st.attn_sums[g] for g in blocks}
-        feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
-        commit_feeds, commit = self._commit_work(stage_rows, fresh)
-
-        def finish(f: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            if capturing(f["target"]):
-                commit(f)
-                return {"s0": self._roll_out(f, fill, committed=True)}
-            s0 = self._roll_out(f, fill, committed=False)
-            commit(f)
-            return {"s0": s0}
-
-        run = self._prepared("finish", feeds | commit_feeds, finish, fill)
-
-        def write_target_and_run(s_l: torch.Tensor) -> torch.Tensor:
-            target.copy_(s_l)
-            return run()["s0"]
-
-        return write_target_and_run
-
-    def _roll_out(self, f: Mapping[str, torch.Tensor], fill: bool, committed: bool) -> torch.Tensor:
-        """s_0 (N,) from s_L `f["target"]` through the rollout blocks' buffered rows
-        (`buffer_g`, `sums_g`), this step's rows (`attn_g` at `where_g`) standing in for
-        theirs unless `committed` (then already written)."""
-        blocks, prefix = self.rollout_blocks, self.plan.prefix
-        s0 = token_importance(
-            [f[f"buffer_{g}"] for g in blocks],
-            f["target"],
-            self.plan.encoder.grid,
-            sums=[f[f"sums_{g}"] for g in blocks],
-            where=None if committed else [f[f"where_{g}"] for g in blocks],
-            fresh=None if committed else [f[f"attn_{g}"] for g in blocks],
-        )
-        s0 = s0[prefix:] / s0[prefix:].sum() if prefix else s0
-        if fill:
-            s0 = fill_from_most_similar(
-                s0, f["patches"], self.checkerboard, self.pruning.similarity
-            )
-        return s0
-
-    def _pooled_finish(
-        self,
-        stage_rows: list[torch.Tensor],
-        fresh: dict[str, torch.Tensor],
-        patches: torch.Tensor,
-        fill: bool,
-        where: dict[int, torch.Tensor],
-        target: torch.Tensor,
-    ) -> torch.Tensor:
-        """`_finish` with pooled rollout (`PruningConfig.rollout_pool` > 1), run at once: s_0
-        (N,) from s_L `target`, then the commit."""
-        st, blocks, grid = self.state, self.rollout_blocks, self.plan.encoder.grid
-        pooled = [
-            pool_attention_rows(fresh[f"attn_{g}"], where[g], grid, self.pool) for g in blocks
-        ]
-        s0 = token_importance(
-            [st.attn_rows[g] for g in blocks],
-            target.float(),
-            grid,
-            self.pool,
-            [st.attn_sums[g] for g in blocks],
-            [c for c, _ in pooled],
-            [p for _, p in pooled],
-        )  # (no prefix: pooling refuses models with one)
-        if fill:
-            s0 = fill_from_most_similar(s0, patches, self.checkerboard, self.pruning.similarity)
-        self._commit(stage_rows, fresh, pooled)
-        return s0
-
-    def _commit(
-        self,
-        stage_rows: list[torch.Tensor],
-        fresh: dict[str, torch.Tensor],
-        pooled: list[tuple[torch.Tensor, torch.Tensor]],
-    ) -> None:
-        """The commit of a step with pooled rollout: keys and values as `_commit_work`, and
-        per rollout block its pooled rows into their cells (`pooled`: (cells, rows) per
-        block)."""
-        feeds, write = self._commit_work(stage_rows, fresh, attention=False)
-        self._replay("commit", feeds, lambda f: write(f) or {})
-        for g, (cells, values) in zip(self.rollout_blocks, pooled, strict=True):
-            write_rows(self.state.attn_rows[g], self.state.attn_sums[g], cells, values)
-
-    def _commit_work(
-        self, stage_rows: list[torch.Tensor], fresh: dict[str, torch.Tensor], attention: bool = True
-    ) -> tuple[dict[str, torch.Tensor], Callable[[Mapping[str, torch.Tensor]], None]]:
-        """The feeds and the in-place writes of a step's commit: its keys and values into the
-        caches and (`attention`) its attention rows and their sums into the rollout buffers,
-        each block's at the rows its stage ran (`stage_rows`)."""
-        st, blocks, stage_of, plan = self.state, self.rollout_blocks, self._stage_of, self.plan
-        feeds = {f"rows_{i}": r for i, r in enumerate(stage_rows)}
-        feeds |= {f"caches_{i}": c for i, c in enumerate(st.stage_caches)}
-        for b in self._cached_blocks:
-            feeds |= {f"k_new_{b}": fresh[f"k_new_{b}"], f"v_new_{b}": fresh[f"v_new_{b}"]}
-        if attention:
-            feeds |= {f"buffer_{g}": st.attn_rows[g] for g in blocks}
-            feeds |= {f"sums_{g}": st.attn_sums[g] for g in blocks}
-            feeds |= {f"attn_{g}": fresh[f"attn_{g}"] for g in blocks}
-
-        def write(f: Mapping[str, torch.Tensor]) -> None:
-            for i in range(len(plan.stages)):
-                fresh_kv = [f[f"{kv}_new_{b}"] for b in plan.cached_blocks(i) for kv in "kv"]
-                if fresh_kv:  # (2 B, K, C) in the order of the stage's cache tensor
-                    f[f"caches_{i}"].index_copy_(1, f[f"rows_{i}"], torch.stack(fresh_kv))
-            if attention:
-                for g in blocks:
-                    rows = f[f"rows_{stage_of[g]}"]
-                    write_rows(f[f"buffer_{g}"], f[f"sums_{g}"], rows, f[f"attn_{g}"])
-
-        return feeds, write
 
     def _track(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Last step's importance tracked onto `patches`, and, where novelty needs it, each
