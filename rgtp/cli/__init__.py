@@ -3,7 +3,8 @@
 One module per command group adds its sub-commands (`add_<command>(subparsers)`, each
 setting its handler); `options` holds the option groups several share. What a command
 does lives in the library: models load with `rgtp.families.loading`, reports come from
-`rgtp.eval.reports`.
+`rgtp.eval.reports`, and training, evaluation, the FLOPs report and the demo are the model's
+family's tools (`rgtp.families.tool`): no command names a family.
 """
 
 from __future__ import annotations
