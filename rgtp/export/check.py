@@ -220,6 +220,12 @@ def _compare(
                 max_rel = max(max_rel, float(res.max_reldiff))
     (_, (onnx_out,)), (_, (torch_out,)) = results
     rel_l2 = max(_rel_l2(onnx_out[name], torch_out[name]) for name in torch_out)
+    if int8 and manifest.quantization["method"] == "static":
+        # Static scales hold for what the graphs see on video (their calibration); the
+        # random inputs here fall outside it and clip, so the error is shown, not judged:
+        # held-out accuracy judges a static package (benchmarks/precision_accuracy.py).
+        finite = all(np.isfinite(v).all() for v in onnx_out.values())
+        return GraphCheck(rec.name, max_abs, max_rel, finite, rel_l2, "static int8: finite")
     if int8:
         return GraphCheck(
             rec.name,

@@ -11,8 +11,12 @@ project's CPUs) run them about twice as fast. Everything else stays float32:
   would cost accuracy for little time;
 - a user's own head graph (`--head onnx`), which rgtp did not write.
 
-"dynamic" quantization measures each activation's range per call (`DynamicQuantizeLinear`),
-so it needs no calibration data and cannot be miscalibrated by frames unlike the user's.
+Two methods:
+- "dynamic" measures each activation's range per call (`DynamicQuantizeLinear`), so it needs
+  no calibration data and cannot be miscalibrated by frames unlike the user's;
+- "static" fixes every activation's scale ahead of time from the feeds the graphs were
+  called with on calibration video (`runtime.calibration`), as Q/DQ pairs (symmetric int8,
+  per-channel weights): the form OpenVINO and TensorRT run on int8 kernels.
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 
 PRECISIONS = ("fp32", "int8")  # what an exported package's graphs compute in
-METHODS = ("dynamic",)
+METHODS = ("dynamic", "static")
+
+# per graph name: the feeds of its calls on calibration video, each {input name: array}
+Feeds = Mapping[str, Sequence[Mapping[str, np.ndarray]]]
 
 
 class QuantizeError(ValueError):
@@ -51,8 +60,9 @@ class Int8Settings:
         if not self.op_types:
             raise QuantizeError("int8 quantization needs at least one operator type")
 
-    def record(self, graphs: list[str]) -> dict[str, Any]:
-        """The manifest's `quantization` entry for `graphs` quantized with these settings."""
+    def record(self, graphs: list[str], calibration: dict | None = None) -> dict[str, Any]:
+        """The manifest's `quantization` entry for `graphs` quantized with these settings
+        (`calibration`: what static scales were measured on)."""
         import onnxruntime
 
         return {
@@ -60,40 +70,86 @@ class Int8Settings:
             "method": self.method,
             "tool": f"onnxruntime.quantization {onnxruntime.__version__}",
             "weight_type": "int8",
-            # DynamicQuantizeLinear quantizes activations to uint8 (asymmetric)
-            "activation_type": "uint8",
+            # DynamicQuantizeLinear quantizes activations to uint8 (asymmetric); static
+            # scales are symmetric int8, as TensorRT requires
+            "activation_type": "int8" if self.method == "static" else "uint8",
             "per_channel": self.per_channel,
             "op_types": list(self.op_types),
             "graphs": graphs,
+            **({"calibration": calibration} if calibration else {}),
         }
 
 
-def int8_settings(precision: str, per_channel: bool = False) -> Int8Settings | None:
+def int8_settings(
+    precision: str, per_channel: bool = False, method: str = "dynamic"
+) -> Int8Settings | None:
     """The quantization a `--precision` asks for: None for float32 graphs."""
     if precision not in PRECISIONS:
         raise QuantizeError(f"precision {precision!r}: a package's graphs are one of {PRECISIONS}")
-    return Int8Settings(per_channel=per_channel) if precision == "int8" else None
+    return Int8Settings(method, per_channel) if precision == "int8" else None
 
 
-def quantize_graph(model: onnx.ModelProto, settings: Int8Settings) -> onnx.ModelProto:
+def quantize_graph(
+    model: onnx.ModelProto,
+    settings: Int8Settings,
+    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> onnx.ModelProto:
     """`model` (initializers inline, as the exporter returns it) with its weight matmuls
-    in int8. The graph's interface (input and output names, shapes, dtypes) is unchanged."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    in int8; static quantization measures activation ranges on `calibration` (the graph's
+    feeds). The graph's interface (input and output names, shapes, dtypes) is unchanged."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
+    # activations times activations (attention's QK^T and AV) stay float32
+    options: dict[str, Any] = {"MatMulConstBOnly": True}
     with tempfile.TemporaryDirectory(prefix="rgtp-int8-") as tmp, _quiet_advice():
         out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(
-            model,
-            out,
-            op_types_to_quantize=list(settings.op_types),
-            per_channel=settings.per_channel,
-            weight_type=QuantType.QInt8,
-            # activations times activations (attention's QK^T and AV) stay float32
-            extra_options={"MatMulConstBOnly": True},
-        )
+        if settings.method == "dynamic":
+            quantize_dynamic(
+                model,
+                out,
+                op_types_to_quantize=list(settings.op_types),
+                per_channel=settings.per_channel,
+                weight_type=QuantType.QInt8,
+                extra_options=options,
+            )
+        else:
+            if not calibration:
+                raise QuantizeError(
+                    f"static int8 needs calibration feeds for graph {model.graph.name!r}"
+                )
+            quantize_static(
+                model,
+                out,
+                _Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(settings.op_types),
+                per_channel=settings.per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                # symmetric scales (zero point 0): what TensorRT's int8 kernels take
+                extra_options={**options, "ActivationSymmetric": True, "WeightSymmetric": True},
+            )
         quantized = onnx.load(str(out))
     _same_interface(model, quantized)
     return quantized
+
+
+class _Reader(CalibrationDataReader):
+    """ONNX Runtime's calibration reader over recorded feeds."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed = next(self._feeds, None)
+        return None if feed is None else dict(feed)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -22,9 +23,9 @@ from rgtp.export.package import (
     move_into_place,
     set_modes,
 )
-from rgtp.export.quantize import Int8Settings, quantize_graph
+from rgtp.export.quantize import Feeds, Int8Settings, quantize_graph
 from rgtp.export.weights_file import SharedWeights
-from rgtp.package.manifest import MANIFEST, Manifest, package_file, record_files
+from rgtp.package.manifest import MANIFEST, GraphRecord, Manifest, package_file, record_files
 from rgtp.package.verify import load_verified
 
 
@@ -34,10 +35,17 @@ def quantize_package(
     settings: Int8Settings | None = None,
     force: bool = False,
     progress: bool = True,
+    calibration: Feeds | None = None,
+    calibration_source: str = "",
 ) -> Manifest:
     """Write to `out` the package `source` (float32, verified first) with rgtp's graphs in
     int8. The plan, graph interfaces and reference weights are the source's; the manifest
-    records the quantization. Written whole or not at all, like `export_package`."""
+    records the quantization. Written whole or not at all, like `export_package`.
+
+    Static quantization takes `calibration`: per graph, the feeds it was called with
+    (`runtime.calibration.record_feeds`; a stage's symbolic-K graph is calibrated on its
+    fixed-K graphs' feeds together), and `calibration_source` says what video they came
+    from (recorded in the manifest)."""
     settings = settings or Int8Settings()
     source = Path(source)
     manifest = load_verified(source, True)
@@ -48,7 +56,16 @@ def quantize_package(
     with _sigterm_raises():
         tmp = _work_dir(out)
         try:
-            written = _quantize_into(manifest, source, tmp, settings, user_head, progress)
+            written = _quantize_into(
+                manifest,
+                source,
+                tmp,
+                settings,
+                user_head,
+                progress,
+                calibration,
+                calibration_source,
+            )
             set_modes(tmp)
             move_into_place(tmp, destination(out, force))
             return written
@@ -64,6 +81,8 @@ def _quantize_into(
     settings: Int8Settings,
     user_head: bool,
     progress: bool,
+    calibration: Feeds | None,
+    calibration_source: str,
 ) -> Manifest:
     shutil.copyfile(
         package_file(source, manifest.model_weights), directory / manifest.model_weights
@@ -74,7 +93,8 @@ def _quantize_into(
         for rec in tqdm(manifest.graphs, desc="int8", unit="graph", disable=not progress):
             graph = onnx.load(str(package_file(source, rec.file)))  # external data read in
             if not (rec.kind == "head" and user_head):
-                graph = quantize_graph(graph, settings)
+                feeds = None if calibration is None else _feeds_of(manifest, rec, calibration)
+                graph = quantize_graph(graph, settings, feeds)
                 quantized.append(rec.name)
             wname = rec.weights or f"{rec.name}.weights"
             if wname not in weight_files:
@@ -94,28 +114,66 @@ def _quantize_into(
         files=record_files(directory, files),
         # TensorRT plans are built from the graphs they were built from: not these
         extra={k: v for k, v in manifest.extra.items() if k != "trt"},
-        quantization=settings.record(quantized),
+        quantization=settings.record(
+            quantized, _calibration_record(calibration, calibration_source)
+        ),
     )
     written.save(directory)
     return written
 
 
+def _feeds_of(manifest: Manifest, rec: GraphRecord, calibration: Feeds) -> list:
+    """The calibration feeds of one graph: its own, or for a symbolic-K stage graph, its
+    stage's fixed-K graphs' together (as many as the most any one graph has)."""
+    if not (rec.kind == "stage" and rec.symbolic):
+        return list(calibration.get(rec.name, []))
+    names = [g.name for g in manifest.stage_graphs(rec.stage)]
+    pooled = [call for name in names for call in calibration.get(name, [])]
+    most = max((len(calibration.get(name, [])) for name in names), default=0)
+    step = max(1, len(pooled) // max(1, most))
+    return pooled[::step][:most]
+
+
+def _calibration_record(calibration: Feeds | None, source: str) -> dict | None:
+    if calibration is None:
+        return None
+    return {
+        "source": source or "unspecified",
+        "method": "minmax",
+        "calls_per_graph": max((len(v) for v in calibration.values()), default=0),
+    }
+
+
 def ensure_int8(
-    source: str | Path, out: str | Path, settings: Int8Settings | None = None, progress: bool = True
+    source: str | Path,
+    out: str | Path,
+    settings: Int8Settings | None = None,
+    progress: bool = True,
+    calibrate: Callable[[], tuple[Feeds, str]] | None = None,
 ) -> Path:
     """`out` holding `source` quantized with `settings`: reused where it already does (same
     plan, same reference weights, same quantization), else quantized there (replacing an
-    earlier rgtp package)."""
+    earlier rgtp package). Static quantization calls `calibrate` for the feeds and a line
+    naming their video, only when it has to quantize."""
     settings = settings or Int8Settings()
     out = Path(out)
     if (out / MANIFEST).is_file():
         have, src = Manifest.load(out), Manifest.load(source)
+        q = have.quantization or {}
+        want = settings.record(q.get("graphs", []), q.get("calibration"))
         if (
             have.plan == src.plan
             and have.files[have.model_weights] == src.files[src.model_weights]
-            and have.quantization is not None
-            and have.quantization == settings.record(have.quantization["graphs"])
+            and {k: v for k, v in q.items() if k != "tool"}
+            == {k: v for k, v in want.items() if k != "tool"}
         ):
             return out
-    quantize_package(source, out, settings, force=True, progress=progress)
+    feeds, where = (None, "") if settings.method == "dynamic" else _calibrated(calibrate)
+    quantize_package(source, out, settings, True, progress, feeds, where)
     return out
+
+
+def _calibrated(calibrate: Callable[[], tuple[Feeds, str]] | None) -> tuple[Feeds, str]:
+    if calibrate is None:
+        raise ExportError("static int8 needs calibration video; dynamic needs none")
+    return calibrate()
