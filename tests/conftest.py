@@ -12,7 +12,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import dataclasses
-from collections.abc import Iterator
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,21 +111,90 @@ def small_detector() -> Detector:
     return det.eval()
 
 
+def package_key(model: torch.nn.Module, plan, options: Mapping[str, object]) -> str:
+    """What a package holds, as a digest: the model's weights, the plan and the export
+    options (a user head graph by its bytes)."""
+    h = hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode())
+    for name, value in sorted(options.items()):
+        if hasattr(value, "SerializeToString"):
+            value = hashlib.sha256(value.SerializeToString()).hexdigest()
+        h.update(f"{name}={value!r};".encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 @pytest.fixture(scope="session")
-def small_packages(tmp_path_factory) -> dict[str, tuple]:
-    """vitdet-small exported twice: two bucket sets, two stage partitions.
-    Returns {name: (package dir, detector, plan)}."""
+def exported_package(tmp_path_factory) -> Callable[..., Path]:
+    """`export(model, plan, **options)`: the package directory of `model` for `plan`, exported
+    (`export_package`, `options` as it takes them) the first time a test asks for that
+    content and shared afterwards, so modules asking for the same package share one export.
+    Read it; copy it before changing anything in it."""
     from rgtp.export.package import export_package
+
+    built: dict[str, Path] = {}
+
+    def export(model: torch.nn.Module, plan, **options) -> Path:
+        key = package_key(model, plan, options)
+        if key not in built:
+            path = tmp_path_factory.mktemp(f"pkg_{plan.config.name}") / "pkg"
+            export_package(model, plan, path, progress=False, **options)
+            built[key] = path
+        return built[key]
+
+    return export
+
+
+# The tiny detector's shared package: K below and above the area of its 6 x 6 windows, one
+# keep schedule (a K per stage), at most four streams a stage call.
+TINY_KS = (20, 40)
+TINY_SCHEDULE = (40, 20)
+
+
+def tiny_plan(cfg: DetectorConfig):
+    from rgtp.package.plan import StagePlan
+
+    return StagePlan.create(cfg, TINY_KS, schedules=[TINY_SCHEDULE], max_batch=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_detector, exported_package) -> Path:
+    """`tiny_detector` exported for `tiny_plan` (N = 196, two stages, symbolic-K graphs too):
+    the package of the many-streams, kept-windows and serving tests."""
+    return exported_package(tiny_detector, tiny_plan(tiny_detector.cfg))
+
+
+class LazyPackages(Mapping):
+    """{name: (package dir, model, plan)}, each package exported when first read."""
+
+    def __init__(self, export: Callable[..., Path], model, plans: Mapping[str, object]):
+        self._export, self._model, self._plans = export, model, plans
+
+    def __getitem__(self, name: str) -> tuple:
+        plan = self._plans[name]
+        return self._export(self._model, plan), self._model, plan
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plans)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+@pytest.fixture(scope="session")
+def small_packages(exported_package) -> Mapping[str, tuple]:
+    """vitdet-small exported twice: "a" with K = 64, 128 in one stage per global block,
+    "b" with K = 96 in one stage. {name: (package dir, detector, plan)}; each package is
+    exported the first time a test reads it."""
     from rgtp.package.plan import StagePlan
 
     det = small_detector()
-    out = {}
-    for name, buckets, partition in [("a", [64, 128], "per-global"), ("b", [96], "whole")]:
-        plan = StagePlan.create(det.cfg, buckets, partition)
-        path = tmp_path_factory.mktemp(f"pkg_{name}")
-        export_package(det, plan, path, force=True, progress=False)
-        out[name] = (path, det, plan)
-    return out
+    plans = {
+        "a": StagePlan.create(det.cfg, [64, 128], "per-global"),
+        "b": StagePlan.create(det.cfg, [96], "whole"),
+    }
+    return LazyPackages(exported_package, det, plans)
 
 
 def one_node_graph(module, spec, args, symbolic_k=False, opset=18):
@@ -177,7 +249,7 @@ def assert_same_detections(a, b, score_tol: float = 1e-4, box_tol: float = 1e-3)
 # training runs and real servers; "*" is the whole module. docs/testing.md says what stays
 # fast for each module.
 SLOW: dict[str, set[str]] = {
-    "test_check_classifier": {"*"},  # exports a classifier package
+    "test_check_classifier": {"*"},  # checks test_vivit_pruned's package (an export)
     "test_checkpoints": {"test_timm_samvit_base_patch16_at_672_matches"},  # ViT-B at 672 px
     "test_checkpoints_published": {  # vitdet-b, Hugging Face models, exports through the CLI
         "test_model_zoo_vitdet_b_loads_unedited_and_matches_references",
@@ -210,8 +282,8 @@ SLOW: dict[str, set[str]] = {
         "test_rgtp_eval_compares_a_schedule_with_a_single_k",
         "test_cli_flops_counts_a_schedule_and_refuses_a_bad_one",
     },
-    "test_kept_windows": {"tiny_package"},  # an export per stage partition
-    "test_many_streams": {"detector_package", "test_a_classifier_batches_its_tubelets"},  # exports
+    "test_kept_windows": {"tiny_package"},  # an export per stage partition (one shared)
+    "test_many_streams": {"tiny_package", "test_a_classifier_batches_its_tubelets"},  # exports
     "test_own_head": {  # exports
         "test_a_users_onnx_head_rides_in_the_package",
         "test_a_head_graph_outside_the_contract_is_refused",
@@ -225,7 +297,7 @@ SLOW: dict[str, set[str]] = {
     },
     "test_rollout_rows": {"package"},  # an export
     "test_serve_lifecycle": {"small_packages"},  # real servers on it
-    "test_serving_sequences": {"tiny_package"},  # an export
+    "test_serving_sequences": {"tiny_package"},  # an export (shared)
     "test_synthmotion": {"test_last_frame_position_and_size_do_not_tell_the_motion"},  # 80 clips
     "test_third_family": {  # exports a package of the third family
         "test_its_package_checks_clean",
@@ -234,7 +306,7 @@ SLOW: dict[str, set[str]] = {
     },
     "test_triton_repository": {"package"},  # small_packages
     "test_triton_server": {"*"},  # a real Triton server
-    "test_trt": {"*"},  # small_packages and TensorRT-RTX builds
+    "test_trt": {"*"},  # tiny_package, small_packages and TensorRT-RTX builds
     "test_trt_typed": {"small_packages"},
     "test_video_errors": {"small_packages"},  # the CLI on it
     "test_vivit": {"test_spatial_encoder_matches_timm_vit_b16"},  # ViT-B/16

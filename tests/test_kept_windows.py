@@ -8,17 +8,23 @@ import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep
-from rgtp.export.package import export_package
 from rgtp.families.detection.detector import Detector
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
-from tests.conftest import assert_same_detections, moving_frames, randomize, tiny_config
+from tests.conftest import (
+    TINY_KS,
+    assert_same_detections,
+    moving_frames,
+    randomize,
+    tiny_config,
+    tiny_plan,
+)
 from tests.test_pruned_loop import dense_reference
 
 WINDOW_AREA = 36  # the tiny detector's 6 x 6 windows
 # below the window area every window gets one row per query; from it on, a query sits at its
-# place in its window
-KS = (24, 49)
+# place in its window (conftest's `tiny_package` holds these K, one stage per global block)
+KS = TINY_KS
 PARTITIONS = ("per-global", "whole")
 
 
@@ -72,11 +78,13 @@ def test_windows_without_padding_equal_the_dense_model(k: int) -> None:
 
 
 @pytest.fixture(scope="module", params=PARTITIONS)
-def tiny_package(request, tiny_detector, tmp_path_factory):
-    plan = StagePlan.create(tiny_detector.cfg, list(KS), request.param)
-    path = tmp_path_factory.mktemp(f"kept_windows_{request.param}")
-    export_package(tiny_detector, plan, path, force=True, progress=False)
-    return path, plan, request.param
+def tiny_package(request, tiny_detector, exported_package):
+    """The shared `tiny_package` for one stage per global block, and its K in one stage."""
+    if request.param == "per-global":
+        plan = tiny_plan(tiny_detector.cfg)
+    else:
+        plan = StagePlan.create(tiny_detector.cfg, list(KS), request.param)
+    return exported_package(tiny_detector, plan), plan, request.param
 
 
 @pytest.mark.parametrize("layout", ["per-k", "per-stage"])  # fixed-K and symbolic-K graphs

@@ -10,23 +10,12 @@ import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep, ScheduleKeep
-from rgtp.export.package import export_package
 from rgtp.package.plan import BATCH, StagePlan
 from rgtp.runtime import FrameError, Pipeline, StepManyError
-from tests.conftest import moving_frames, randomize
+from tests.conftest import TINY_SCHEDULE, moving_frames, randomize
 from tests.stream_checks import assert_same_result, assert_state_unchanged, snapshot
 
-SCHEDULE = (40, 20)  # the tiny detector's two stages
-
-
-@pytest.fixture(scope="module")
-def detector_package(tiny_detector, tmp_path_factory):
-    """The tiny detector (N = 196, two stages) with K = 20, 40 and the schedule 40/20, at most
-    four streams a call."""
-    plan = StagePlan.create(tiny_detector.cfg, [20, 40], schedules=[SCHEDULE], max_batch=4)
-    path = tmp_path_factory.mktemp("many") / "pkg"
-    export_package(tiny_detector, plan, path, force=True, progress=False)
-    return path
+SCHEDULE = TINY_SCHEDULE  # the tiny detector's two stages; `tiny_package` holds its graphs
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +70,12 @@ class CountingEngines:
     "count, layout", [(4, "per-stage"), (8, "per-stage"), (8, "per-k-prepacked")]
 )
 def test_streams_batched_on_ort_equal_the_streams_alone(
-    detector_package, videos, count, layout
+    tiny_package, videos, count, layout
 ) -> None:
     """One session per stage (the default), or per (stage, K) with packed weights: either
     way ORT's two threads split a stream's rows alike alone and batched."""
     options = {"layout": "per-k", "prepack": True} if layout == "per-k-prepacked" else {}
-    pipe = Pipeline.load(detector_package, "ort", **options)
+    pipe = Pipeline.load(tiny_package, "ort", **options)
     assert pipe.engines.info["prepacked_stages"] == "True"
     calls = CountingEngines(pipe)
     assert_batched_equals_alone(pipe, videos, count)
@@ -95,11 +84,11 @@ def test_streams_batched_on_ort_equal_the_streams_alone(
     assert sum(b > 1 for b in calls.batches) > 0
 
 
-def test_unpacked_weights_batch_within_float_rounding(detector_package, videos) -> None:
+def test_unpacked_weights_batch_within_float_rounding(tiny_package, videos) -> None:
     """Per-k sessions keep their weights unpacked (one copy for every K bucket); MLAS then
     splits the rows of a call by their count, so a batched stream may differ from itself
     alone in the last bits: the same tokens here, maps within 1e-5."""
-    pipe = Pipeline.load(detector_package, "ort", layout="per-k")
+    pipe = Pipeline.load(tiny_package, "ort", layout="per-k")
     assert pipe.engines.info["prepacked_stages"] == "False"
     alone = [pipe.new_stream(policy=FixedKeep(20)) for _ in range(4)]
     together = [pipe.new_stream(policy=FixedKeep(20)) for _ in range(4)]
@@ -137,8 +126,8 @@ def test_a_classifier_batches_its_tubelets(tmp_path) -> None:
             assert_same_result(a, b)
 
 
-def test_a_bad_frame_fails_its_stream_only(detector_package, videos) -> None:
-    pipe = Pipeline.load(detector_package, "ort")
+def test_a_bad_frame_fails_its_stream_only(tiny_package, videos) -> None:
+    pipe = Pipeline.load(tiny_package, "ort")
     streams = [pipe.new_stream(policy=FixedKeep(20)) for _ in range(3)]
     reference = [pipe.new_stream(policy=FixedKeep(20)) for _ in range(3)]
     for t in range(2):
@@ -156,8 +145,8 @@ def test_a_bad_frame_fails_its_stream_only(detector_package, videos) -> None:
         assert_same_result(e.value.results[j], reference[j].step(videos[j][2]))
 
 
-def test_step_many_refuses_what_it_cannot_batch(detector_package, tiny_detector, videos) -> None:
-    pipe = Pipeline.load(detector_package, "ort")
+def test_step_many_refuses_what_it_cannot_batch(tiny_package, tiny_detector, videos) -> None:
+    pipe = Pipeline.load(tiny_package, "ort")
     a, b = pipe.new_stream(), pipe.new_stream()
     frame = videos[0][0]
     with pytest.raises(ValueError, match="2 streams and 1 frames"):
@@ -179,12 +168,12 @@ def test_every_stage_graph_leads_with_the_batch_axis(tiny_detector) -> None:
         StagePlan.create(tiny_detector.cfg, [20], max_batch=0)
 
 
-def test_tensorrt_profiles_span_the_batch_and_refuse_a_larger_opt(detector_package) -> None:
+def test_tensorrt_profiles_span_the_batch_and_refuse_a_larger_opt(tiny_package) -> None:
     from rgtp.engines.base import EngineError
     from rgtp.engines.trt_build import plan_jobs
     from rgtp.package.manifest import Manifest
 
-    manifest = Manifest.load(detector_package)
+    manifest = Manifest.load(tiny_package)
     jobs = plan_jobs(manifest, "per-k", opt_batch=2)
     stage = next(j for j in jobs if j.ks)
     (profile,) = stage.profiles

@@ -11,9 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rgtp.cli import main
-from rgtp.export.package import export_package
 from rgtp.families.classification.vivit import ViViT
-from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import SequenceError, SequenceRequest, ServingSettings, StreamTable
 from rgtp.serving.model_config import config_text, model_config
@@ -21,7 +19,7 @@ from rgtp.serving.sequences import error_status
 from tests.conftest import moving_frames, randomize
 from tests.test_vivit_pruned import CFG as VIVIT
 
-K = 49  # a quarter of the tiny detector's 196 tokens
+K = 40  # one of the K of conftest's `tiny_package` (the tiny detector: N = 196, two stages)
 
 
 def request(cid: int, frame: np.ndarray, index: int | None, start=False, end=False):
@@ -36,15 +34,6 @@ def assert_same_response(a: dict, b: dict) -> None:
     for name in a:
         if name != "STREAMS":
             assert np.array_equal(a[name], b[name]), name
-
-
-@pytest.fixture(scope="module")
-def tiny_package(tiny_detector, tmp_path_factory):
-    """The tiny detector (N = 196, a 14 x 14 grid, two stages) with one K."""
-    plan = StagePlan.create(tiny_detector.cfg, [K])
-    path = tmp_path_factory.mktemp("serving") / "pkg"
-    export_package(tiny_detector, plan, path, force=True, progress=False)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +127,7 @@ def test_every_step_is_observed_for_the_metrics(pipe, frames) -> None:
         (["--keep", "300"], {"keep": 300}),
         (["--keep", str(K), "--radius", "99"], {"keep": K, "radius": 99}),
         (["--keep", str(K), "--reset", "checkerboard"], {"keep": K, "reset": "checkerboard"}),
-        (["--keep", "60/49"], {"keep": (60, 49)}),
+        (["--keep", "60/40"], {"keep": (60, 40)}),
     ],
 )
 def test_settings_are_checked_against_the_package_when_written(
