@@ -33,7 +33,7 @@ except ImportError as e:  # the extra is optional: name it where the backend is 
 from rgtp.engines.base import EngineError, EngineSet, check_feeds, restrict_buckets
 from rgtp.engines.binding import bind_io
 from rgtp.package.manifest import GraphRecord, package_file
-from rgtp.package.plan import GraphSpec, TensorSpec
+from rgtp.package.plan import BATCH, GraphSpec, TensorSpec
 from rgtp.package.verify import external_data_problems, load_verified
 
 # rgtp's precision names, as OpenVINO's INFERENCE_PRECISION_HINT spells them
@@ -92,9 +92,9 @@ class OpenVinoEngine:
                 # shared memory: OpenVINO reads the inputs and writes the outputs in place
                 request.set_tensor(t.name, ov.Tensor(x.numpy(), shared_memory=True))
 
-            inputs, outputs = bind_io(self.spec, feeds, _CPU, bind)
+            # (the request's tensors keep the inputs alive until it has read them)
+            _, outputs = bind_io(self.spec, feeds, _CPU, bind)
             request.infer()
-            del inputs
         finally:
             with self._lock:
                 self._idle[key].append(request)
@@ -135,7 +135,9 @@ def load_openvino_engines(
 
     def engine(spec: GraphSpec, model: ov.Model) -> OpenVinoEngine:
         eng = OpenVinoEngine(spec, model, core, config)
-        eng.compile({"B": 1} if any("B" in t.shape for t in spec.inputs) else {})
+        axes = {d.partition("+")[0] for t in spec.inputs for d in t.shape if isinstance(d, str)}
+        if axes <= {BATCH}:  # one stream's shape, now; any other shape on its first call
+            eng.compile(dict.fromkeys(axes, 1))
         return eng
 
     stages = []
@@ -170,8 +172,8 @@ def load_openvino_engines(
             "precision": precision,
             "capabilities": ",".join(capabilities),
             # what the plugin compiled with (it may differ from the hint on some CPUs)
-            "inference_precision": str(
-                probe.compile({"B": 1}).get_property("INFERENCE_PRECISION_HINT")
-            ),
+            "inference_precision": probe.compile({BATCH: 1})
+            .get_property("INFERENCE_PRECISION_HINT")
+            .get_type_name(),
         },
     )
