@@ -17,13 +17,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.data.coco import sequences_to_coco
-from rgtp.data.synthvid import CLASSES
+from rgtp.data.synthmotion import generate_clip
+from rgtp.data.synthvid import CLASSES, SynthVIDConfig, generate_sequence
 from rgtp.engines import BACKENDS
 from rgtp.export.ensure import ensure_package
+from rgtp.export.quantize import Int8Settings
 from rgtp.export.quantized_package import ensure_int8
 from rgtp.families import get_config, shipped_weights
 from rgtp.families.classification.data import data_config, heldout_clips
@@ -32,14 +35,20 @@ from rgtp.families.detection.tools.evaluate import heldout_split
 from rgtp.package.family import family_of
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
+from rgtp.runtime.calibration import record_feeds
 
 CONFIGS = [
     ("ort", "fp32"),
     ("ort", "int8"),
+    ("ort", "int8-qdq"),
     ("openvino", "fp32"),
     ("openvino", "bf16"),
+    ("openvino", "int8-qdq"),
     ("torch", "bf16"),
 ]
+# int8 "int8": ONNX Runtime's dynamic quantization; "int8-qdq": static Q/DQ, calibrated on
+# training video (never the held-out video measured here)
+INT8 = {"int8": Int8Settings(), "int8-qdq": Int8Settings("static", per_channel=True)}
 
 
 def shipped(name: str) -> torch.nn.Module:
@@ -50,26 +59,42 @@ def shipped(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def packages(model: torch.nn.Module, k: int, directory: Path) -> dict[str, Path]:
-    """The model's float32 package at bucket k (exported or reused) and its int8 sibling."""
+def packages(
+    model: torch.nn.Module, k: int, directory: Path, calibration: list[list[np.ndarray]]
+) -> dict[str, Path]:
+    """The model's float32 package at bucket k (exported or reused) and its int8 siblings
+    (static int8 calibrated on the `calibration` videos)."""
     plan = StagePlan.create(model.cfg, [k], "per-global")
     fp32 = ensure_package(model, plan, directory, symbolic=False)
-    int8 = ensure_int8(fp32, directory.with_name(directory.name + "-int8"), progress=False)
-    return {"fp32": fp32, "int8": int8}
+
+    def calibrate() -> tuple[dict, str]:
+        feeds = record_feeds(Pipeline.load(fp32, "ort"), calibration, per_graph=16)
+        return feeds, f"{len(calibration)} training videos (benchmarks/precision_accuracy.py)"
+
+    out = {"fp32": fp32}
+    for name, settings in INT8.items():
+        sibling = directory.with_name(f"{directory.name}-{name}")
+        out[name] = ensure_int8(fp32, sibling, settings, progress=False, calibrate=calibrate)
+    return out
 
 
 def pipeline(pkgs: dict[str, Path], backend: str, precision: str) -> Pipeline:
     if backend == "ort":
         return Pipeline.load(pkgs[precision], "ort")
+    if precision in INT8:  # OpenVINO runs the Q/DQ graphs' int8 itself
+        return Pipeline.load(pkgs[precision], backend)
     return Pipeline.load(pkgs["fp32"], backend, precision=precision)
 
 
-def detector_rows(configs: list[tuple[str, str]], out: Path) -> list[dict]:
+def detector_rows(
+    configs: list[tuple[str, str]], out: Path, sequences: int = 8, frames: int = 64
+) -> list[dict]:
     model = shipped("vitdet-small")
     n = model.cfg.backbone.num_tokens
     k = round(0.3 * n)  # the demo's
-    pkgs = packages(model, k, out / "vitdet-small")
-    seqs = heldout_split(8, 64, 1, model.cfg.backbone.img_size)
+    training = [generate_sequence(seed, SynthVIDConfig(num_frames=8)).frames for seed in (1, 2)]
+    pkgs = packages(model, k, out / "vitdet-small", training)
+    seqs = heldout_split(sequences, frames, 1, model.cfg.backbone.img_size)
     truth = sequences_to_coco(seqs, CLASSES)
     rows, reference = [], None
     for backend, precision in configs:
@@ -93,24 +118,25 @@ def detector_rows(configs: list[tuple[str, str]], out: Path) -> list[dict]:
     return rows
 
 
-def classifier_rows(configs: list[tuple[str, str]], out: Path) -> list[dict]:
+def classifier_rows(configs: list[tuple[str, str]], out: Path, clips: int = 60) -> list[dict]:
     model = shipped("vivit-small")
     n = model.cfg.spatial.num_tokens
     k = round(0.4 * n)  # the demo's
-    pkgs = packages(model, k, out / "vivit-small")
-    clips = heldout_clips(60, data_config(model.cfg))
+    training = [generate_clip(seed, data_config(model.cfg)).frames for seed in (1, 2, 3, 4)]
+    pkgs = packages(model, k, out / "vivit-small", training)
+    held_out = heldout_clips(clips, data_config(model.cfg))
     rows, reference = [], None
     for backend, precision in configs:
         pipe = pipeline(pkgs, backend, precision)
         row = {"model": "vivit-small", "backend": backend, "precision": precision, "k": k}
         for name, keep in (("dense", None), ("pruned", k)):
             right, kept = 0, []
-            for clip in clips:
+            for clip in held_out:
                 stream = pipe.new_stream(policy=None if keep is None else FixedKeep(keep))
                 results = [r for r in map(stream.step, clip.frames) if r is not None]
                 right += int(results[-1].label == clip.label)
                 kept += [None if r.reset else r.keep.sort().values for r in results]
-            row[f"top1_{name}"] = 100 * right / len(clips)
+            row[f"top1_{name}"] = 100 * right / len(held_out)
             if name == "pruned":
                 reference = reference or kept
                 row["kept_equal_share"] = _equal_share(kept, reference)
@@ -137,6 +163,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="out/bench/precision-accuracy")
     ap.add_argument("--json", default="out/bench/precision-accuracy.json")
+    ap.add_argument("--sequences", type=int, default=8, help="held-out SynthVID sequences")
+    ap.add_argument("--frames", type=int, default=64, help="frames per sequence")
+    ap.add_argument("--clips", type=int, default=60, help="held-out SynthMotion clips")
     ap.add_argument(
         "--configs",
         default=None,
@@ -148,7 +177,8 @@ def main() -> None:
     configs = [c for c in configs if c[0] in BACKENDS]
     start = time.perf_counter()
     out = Path(args.out)
-    rows = detector_rows(configs, out) + classifier_rows(configs, out)
+    rows = detector_rows(configs, out, args.sequences, args.frames)
+    rows += classifier_rows(configs, out, args.clips)
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "threads": torch.get_num_threads(),

@@ -108,10 +108,14 @@ def quantize_graph(
     # activations times activations (attention's QK^T and AV) stay float32
     options: dict[str, Any] = {"MatMulConstBOnly": True}
     with tempfile.TemporaryDirectory(prefix="rgtp-int8-") as tmp, _quiet_advice():
-        out = Path(tmp) / "int8.onnx"
+        # by path: given a ModelProto, the tool writes temporary weight files of its own (in
+        # the working directory) that its result may still point to. Saved whole (graphs
+        # are far below protobuf's 2 GB) so that `model` itself is left as it is.
+        source, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, str(source))
         if settings.method == "dynamic":
             quantize_dynamic(
-                model,
+                source,
                 out,
                 op_types_to_quantize=list(settings.op_types),
                 per_channel=settings.per_channel,
@@ -124,7 +128,7 @@ def quantize_graph(
                     f"static int8 needs calibration feeds for graph {model.graph.name!r}"
                 )
             quantize_static(
-                model,
+                source,
                 out,
                 _Reader(calibration),
                 quant_format=QuantFormat.QDQ,
@@ -136,7 +140,7 @@ def quantize_graph(
                 # symmetric scales (zero point 0): what TensorRT's int8 kernels take
                 extra_options={**options, "ActivationSymmetric": True, "WeightSymmetric": True},
             )
-        quantized = onnx.load(str(out))
+        quantized = onnx.load(str(out))  # external data, if any, read in while it exists
     _same_interface(model, quantized)
     return quantized
 

@@ -1,0 +1,175 @@
+"""int8 packages: what quantization lowers, what it keeps, and how a package says so."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from rgtp.core.selection import FixedKeep
+from rgtp.engines.base import EngineError
+from rgtp.engines.trt_build import BuildOptions, build_trt
+from rgtp.export.check import INT8_REL_L2, check_package
+from rgtp.export.ensure import ensure_package
+from rgtp.export.onnx_graphs import ExportError
+from rgtp.export.package import export_package
+from rgtp.export.quantize import Int8Settings, QuantizeError, int8_settings, quantize_graph
+from rgtp.export.quantized_package import quantize_package
+from rgtp.package.manifest import Manifest
+from rgtp.package.plan import StagePlan
+from rgtp.runtime import Pipeline
+from rgtp.runtime.calibration import record_feeds
+from tests.conftest import synthvid_frames
+
+
+def _two_matmuls() -> onnx.ModelProto:
+    """y = (x W) (x W)^T: one matmul by a constant weight, one of activations by activations."""
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "ht"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_matmuls",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def test_only_weight_matmuls_are_quantized() -> None:
+    model = _two_matmuls()
+    int8 = quantize_graph(model, Int8Settings())
+    ops = [n.op_type for n in int8.graph.node]
+    assert ops.count("MatMulInteger") == 1  # x W
+    assert ops.count("MatMul") == 1  # h h^T: activations stay float32
+    assert [i.name for i in int8.graph.input] == ["x"]
+    assert [o.name for o in int8.graph.output] == ["y"]
+    x = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
+    ref, got = _run(model, x), _run(int8, x)
+    assert not np.array_equal(ref, got)  # it did lower the arithmetic
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < INT8_REL_L2
+
+
+def test_static_int8_is_calibrated_qdq() -> None:
+    model = _two_matmuls()
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((8, 64)).astype(np.float32)} for _ in range(4)]
+    with pytest.raises(QuantizeError, match="calibration"):
+        quantize_graph(model, Int8Settings("static"))
+    int8 = quantize_graph(model, Int8Settings("static", per_channel=True), feeds)
+    ops = [n.op_type for n in int8.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # Q/DQ, not MatMulInteger
+    # symmetric activation scales: every zero point is 0 (what TensorRT takes)
+    zero_points = [
+        numpy_helper.to_array(i) for i in int8.graph.initializer if i.name.endswith("zero_point")
+    ]
+    assert zero_points and all((z == 0).all() for z in zero_points)
+    x = feeds[0]["x"]
+    ref, got = _run(model, x), _run(int8, x)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < INT8_REL_L2
+
+
+def test_calibration_records_each_graphs_feeds(pipe, frames) -> None:
+    engines = pipe.engines
+    before = (engines.embed, engines.head, [dict(s) for s in engines.stages])
+    n = pipe.plan.num_tokens
+    feeds = record_feeds(pipe, [frames[:3]], ks=[n // 4], per_graph=2)
+    assert (engines.embed, engines.head, engines.stages) == before  # put back as it was
+    assert len(feeds["embed"]) == 2 and len(feeds["head"]) == 2
+    for i in range(len(pipe.plan.stages)):
+        pruned = feeds[pipe.plan.stage_spec(i, n // 4).name]
+        reset = feeds[pipe.plan.stage_spec(i, n).name]  # the dense first frame
+        assert len(pruned) == 2 and len(reset) == 1
+        names = [t.name for t in pipe.plan.stage_spec(i, n // 4).inputs]
+        assert list(pruned[0]) == names
+        assert all(isinstance(a, np.ndarray) for a in pruned[0].values())
+
+
+def test_precisions_and_methods_are_checked() -> None:
+    assert int8_settings("fp32") is None
+    assert int8_settings("int8", per_channel=True) == Int8Settings(per_channel=True)
+    with pytest.raises(QuantizeError, match="fp32"):
+        int8_settings("bf16")
+    assert int8_settings("int8", method="static") == Int8Settings("static")
+    with pytest.raises(QuantizeError, match="dynamic"):
+        Int8Settings(method="entropy")
+    with pytest.raises(QuantizeError, match="operator"):
+        Int8Settings(op_types=())
+
+
+def test_export_records_the_precision(tmp_path, tiny_detector, quick_export) -> None:
+    plan = StagePlan.create(tiny_detector.cfg, [49], "per-global")
+    fp32 = export_package(tiny_detector, plan, tmp_path / "fp32", progress=False)
+    int8 = export_package(
+        tiny_detector, plan, tmp_path / "int8", progress=False, int8=Int8Settings()
+    )
+    assert fp32.precision == "fp32" and fp32.quantization is None
+    loaded = Manifest.load(tmp_path / "int8")
+    assert loaded.precision == int8.precision == "int8"
+    assert loaded.quantization["method"] == "dynamic"
+    assert sorted(loaded.quantization["graphs"]) == sorted(g.name for g in loaded.graphs)
+    # a package is reused only at the precision asked for
+    with pytest.raises(ExportError, match="its graphs are int8, not fp32"):
+        ensure_package(tiny_detector, plan, tmp_path / "int8", progress=False)
+    assert ensure_package(
+        tiny_detector, plan, tmp_path / "int8", progress=False, int8=Int8Settings()
+    ) == (tmp_path / "int8")
+    # TensorRT builds int8 only from Q/DQ graphs with fixed scales
+    with pytest.raises(EngineError, match="cannot build"):
+        build_trt(tmp_path / "int8", BuildOptions(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def int8_package(small_packages, tmp_path_factory):
+    path, det, plan = small_packages["a"]
+    out = tmp_path_factory.mktemp("int8") / "pkg"
+    quantize_package(path, out, progress=False)
+    return path, out, det, plan
+
+
+def test_int8_package_is_smaller_and_checks(int8_package) -> None:
+    fp32, int8, _, _ = int8_package
+    a, b = Manifest.load(fp32), Manifest.load(int8)
+    assert b.plan == a.plan and b.precision == "int8"
+    stage_bytes = [
+        sum(m.files[f]["bytes"] for f in m.files if f.startswith("stage") and ".weights" in f)
+        for m in (a, b)
+    ]
+    assert stage_bytes[1] < 0.3 * stage_bytes[0]  # int8 weights: a quarter of float32's
+    report = check_package(int8, progress=False)
+    assert report.passed, report.problems
+    stages = [g for g in report.graphs if g.name.startswith("stage")]
+    assert stages and all(0 < g.rel_l2 < INT8_REL_L2 for g in stages)
+    assert all(g.limit.startswith("int8") for g in stages)
+    with pytest.raises(ExportError, match="already int8"):
+        quantize_package(int8, int8.with_name("again"), progress=False)
+
+
+def test_int8_runs_the_float32_method(int8_package) -> None:
+    """The graphs are int8; the runtime's arithmetic between them is not: at K = N both
+    pipelines keep every token, and pruned frames keep nearly the same ones."""
+    fp32, int8, _, _ = int8_package
+    frames = synthvid_frames(5)
+    kept = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        pipe = Pipeline.load(path, "ort")
+        assert pipe.engines.dtype == torch.float32
+        stream = pipe.new_stream(policy=FixedKeep(64), reset_every=0)
+        kept[name] = [stream.step(f).keep for f in frames]
+    same = [
+        len(set(a.tolist()) & set(b.tolist())) / len(a)
+        for a, b in zip(kept["fp32"][1:], kept["int8"][1:], strict=True)
+    ]
+    assert min(same) > 0.8, same
