@@ -425,13 +425,20 @@ def build_trt(
     naming the files that fail; `verify=False`: sizes only, with a warning)."""
     package = Path(package)
     manifest = Manifest.load(package)
-    if manifest.quantization is not None:
+    int8 = manifest.quantization is not None
+    if int8 and manifest.quantization["method"] != "static":
         # dynamic int8 graphs quantize activations per call (DynamicQuantizeLinear,
         # MatMulInteger): TensorRT runs int8 only from Q/DQ graphs with fixed scales
         raise EngineError(
-            f"{package} holds {manifest.precision} graphs ({manifest.quantization['method']} "
-            "quantization), which TensorRT cannot build; build from the float32 package "
-            "(--precision fp16 for half precision)"
+            f"{package} holds {manifest.quantization['method']} int8 graphs, which TensorRT "
+            "cannot build; quantize statically (Q/DQ, --int8-method static) or build from the "
+            "float32 package (--precision fp16 for half precision)"
+        )
+    if int8 and options.precision != "fp32":
+        # the Q/DQ graphs say which tensors are int8; the rest runs as typed (float32)
+        raise EngineError(
+            f"{package} holds static int8 (Q/DQ) graphs: build them as they are, with "
+            f"--precision fp32, not {options.precision}"
         )
     hashes = verify_package(package, manifest, verify, skip=_old_plan_files(manifest))
     jobs = plan_jobs(manifest, options.layout, options.opt_batch, max_batch=options.opt_batch)
@@ -498,8 +505,9 @@ def build_trt(
         "flavor": builder.flavor,
         "version": builder.trt.__version__,
         **target,
-        # what the plans compute: "fp32" with or without TF32, or "fp16" (typed graphs)
-        "precision": "fp16" if options.fp16 else "fp32",
+        # what the plans compute: "fp32" with or without TF32, "fp16" (typed graphs), or
+        # "int8" (the package's Q/DQ graphs, built strongly typed: int8 where they say)
+        "precision": "int8" if int8 else "fp16" if options.fp16 else "fp32",
         "tf32": options.precision == "tf32",
         "layout": options.layout,
         "plans": plans,
