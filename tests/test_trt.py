@@ -37,9 +37,11 @@ def assert_fits(shapes: dict[str, tuple], declared: dict[str, tuple], k: int | N
 
 
 @pytest.fixture(scope="module", params=["per-stage", "per-k"])
-def built(request, small_packages, tmp_path_factory):
+def built(request, tiny_package, tmp_path_factory):
+    """The tiny detector's package (two stages, three K each) built in either layout: the
+    graphs of every kind, at a fraction of vitdet-small's build time."""
     pkg = tmp_path_factory.mktemp("trt") / "pkg"
-    shutil.copytree(small_packages["a"][0], pkg)
+    shutil.copytree(tiny_package, pkg)
     options = BuildOptions(layout=request.param, timing_cache=pkg.parent / "timing.cache")
     info = build_trt(pkg, options, progress=False)
     return pkg, info
@@ -124,12 +126,12 @@ def test_trtexec_script_parses_and_matches_the_onnx_graphs(built) -> None:
         assert (pkg / plan_file).stat().st_size > 0
 
 
-def test_fp16_plans_are_built_from_typed_graphs_kept_in_the_package(small_packages, tmp_path):
+def test_fp16_plans_are_built_from_typed_graphs_kept_in_the_package(tiny_package, tmp_path):
     """A float16 build converts every graph (normalisations, Softmax and the rollout rows
     stay float32), keeps the typed graphs it built from, and its script builds from them;
     a rebuild at fp32 removes them."""
     pkg = tmp_path / "pkg"
-    shutil.copytree(small_packages["b"][0], pkg)
+    shutil.copytree(tiny_package, pkg)
     info = build_trt(pkg, BuildOptions(precision="fp16"), progress=False)
     assert (info["precision"], info["tf32"]) == ("fp16", False)
     m = Manifest.load(pkg)
@@ -151,7 +153,7 @@ def test_fp16_plans_are_built_from_typed_graphs_kept_in_the_package(small_packag
     assert not any(".fp16." in f for f in Manifest.load(pkg).files)
 
 
-def test_fp32_plans_are_built_without_tf32_unless_asked(small_packages, tmp_path, monkeypatch):
+def test_fp32_plans_are_built_without_tf32_unless_asked(tiny_package, tmp_path, monkeypatch):
     from rgtp.engines import trt_build
 
     flags = []
@@ -168,7 +170,7 @@ def test_fp32_plans_are_built_without_tf32_unless_asked(small_packages, tmp_path
     # one plan is enough: the embed graph
     monkeypatch.setattr(trt_build, "plan_jobs", lambda *a, **k: plan_jobs(*a, **k)[:1])
     pkg = tmp_path / "pkg"
-    shutil.copytree(small_packages["b"][0], pkg)
+    shutil.copytree(tiny_package, pkg)
     for precision in ("fp32", "tf32", "fp16"):
         build_trt(pkg, BuildOptions(precision=precision), progress=False)
     assert flags == [False, True, False]
@@ -267,13 +269,13 @@ def test_a_changed_plan_stops_every_backend(built, tmp_path, backend: str) -> No
         Pipeline.load(pkg, backend, device=device)
 
 
-def test_plans_record_the_hash_of_the_graph_they_were_built_from(small_packages, tmp_path):
+def test_plans_record_the_hash_of_the_graph_they_were_built_from(tiny_package, tmp_path):
     """Unverified (`verify=False`), a changed graph is built, and its plan's provenance is
     the graph as built, not the manifest's record of it."""
     from rgtp.package.manifest import ManifestError, sha256_file
 
     pkg = tmp_path / "pkg"
-    shutil.copytree(small_packages["b"][0], pkg)
+    shutil.copytree(tiny_package, pkg)
     graph = pkg / "stage0_kK.onnx"
     data = graph.read_bytes()
     changed = data.replace(b"rgtp graph stage0_kK", b"rgtp graph stage0_kX")  # same size
