@@ -206,7 +206,8 @@ def test_a_users_onnx_head_rides_in_the_package(tiny_detector, tmp_path) -> None
         )
     graph, spec = read_user_head(path)
     n = bb.num_tokens
-    plan = StagePlan.create(cfg, [n // 4], head="onnx", user_head=spec)
+    # K = N alone is run here: no pruned bucket, no symbolic-K graphs
+    plan = StagePlan.create(cfg, [], head="onnx", user_head=spec)
     pkg = tmp_path / "pkg"
     export_package(tiny_detector, plan, pkg, symbolic=False, progress=False, user_head=graph)
 
@@ -271,8 +272,9 @@ def test_a_headless_package_loads_and_runs_your_head(tiny_detector, tmp_path) ->
     from tests.conftest import assert_same_detections, moving_frames
 
     n = tiny_detector.cfg.backbone.num_tokens
-    plan = StagePlan.create(tiny_detector.cfg, [n // 4], head="none")
-    manifest = export_package(tiny_detector, plan, tmp_path / "pkg", progress=False)
+    # K = N alone is run here: no pruned bucket, no symbolic-K graphs
+    plan = StagePlan.create(tiny_detector.cfg, [], head="none")
+    manifest = export_package(tiny_detector, plan, tmp_path / "pkg", symbolic=False, progress=False)
     assert not [g for g in manifest.graphs if g.kind == "head"]
     head = _user_head_for(tiny_detector)
 
