@@ -9,6 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from rgtp.cli import main
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.base import EngineError
 from rgtp.engines.trt_build import BuildOptions, build_trt
@@ -22,6 +23,7 @@ from rgtp.package.manifest import Manifest
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.calibration import record_feeds
+from rgtp.runtime.video import write_video
 from tests.conftest import synthvid_frames
 
 
@@ -173,3 +175,53 @@ def test_int8_runs_the_float32_method(int8_package) -> None:
         for a, b in zip(kept["fp32"][1:], kept["int8"][1:], strict=True)
     ]
     assert min(same) > 0.8, same
+
+
+def test_static_int8_plans_build_strongly_typed(tiny_package, frames, tmp_path) -> None:
+    """TensorRT builds a static int8 package from its Q/DQ graphs as they are (strongly
+    typed: int8 where they say), and its trtexec script asks for no precision."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX builder not installed")
+    feeds = record_feeds(Pipeline.load(tiny_package, "ort"), [frames], per_graph=2)
+    pkg = tmp_path / "int8"
+    quantize_package(
+        tiny_package,
+        pkg,
+        Int8Settings("static", per_channel=True),
+        progress=False,
+        calibration=feeds,
+        calibration_source="the test's frames",
+    )
+    assert Manifest.load(pkg).quantization["calibration"]["source"] == "the test's frames"
+    with pytest.raises(EngineError, match="as they are"):
+        build_trt(pkg, BuildOptions(precision="fp16"), progress=False)
+    info = build_trt(pkg, BuildOptions(), progress=False)
+    assert info["precision"] == "int8" and info["typed_graphs"] == {}
+    assert all((pkg / p["file"]).stat().st_size > 0 for p in info["plans"])
+    script = (pkg / info["trtexec"]).read_text()
+    assert "--int8" not in script and "--fp16" not in script
+
+
+def test_export_int8_options_are_checked(capsys) -> None:
+    for args in (
+        ["--precision", "int8", "--int8-method", "static"],  # no calibration video
+        ["--precision", "int8", "--calibration", "clip.mp4"],  # dynamic needs none
+        ["--calibration", "clip.mp4"],  # fp32
+    ):
+        assert main(["export", "--random-init", "--out", "never", *args]) == 2
+        assert "--calibration VIDEO goes with" in capsys.readouterr().err
+
+
+def test_export_static_int8_from_a_video(tmp_path, capsys) -> None:
+    """`rgtp export --precision int8 --int8-method static --calibration VIDEO`: the float32
+    export it calibrates through is gone, the int8 package records the video."""
+    video = tmp_path / "clip.mp4"
+    write_video(video, synthvid_frames(4, size=128), fps=4)
+    out = tmp_path / "pkg"
+    argv = ["export", "--size", "128", "--buckets", "16", "--random-init", "--quiet"]
+    argv += ["--precision", "int8", "--int8-method", "static", "--calibration", str(video)]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "int8 graphs" in capsys.readouterr().out
+    q = Manifest.load(out).quantization
+    assert q["method"] == "static" and q["calibration"]["source"] == "clip.mp4: 4 frames"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pkg"]
+    assert check_package(out, progress=False).passed

@@ -4,6 +4,7 @@ TensorRT plans."""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from rgtp.cli import options
@@ -70,6 +71,26 @@ def add_export(sub) -> None:
         help="int8: one weight scale per output channel instead of one per matrix",
     )
     p.add_argument(
+        "--int8-method",
+        default="dynamic",
+        choices=("dynamic", "static"),
+        help="int8: dynamic measures activation ranges per call (no data needed); static "
+        "fixes them from --calibration video as Q/DQ pairs (what OpenVINO and TensorRT run "
+        "in int8)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="VIDEO",
+        help="static int8: video the model's own use looks like (not your test video)",
+    )
+    p.add_argument(
+        "--calibration-frames",
+        type=options.int_at_least(2),
+        default=16,
+        help="static int8: frames of --calibration to run (default 16)",
+    )
+    p.add_argument(
         "--workers",
         type=options.int_at_least(1),
         default=None,
@@ -118,6 +139,9 @@ def export(args: argparse.Namespace) -> int:
     from rgtp.export.quantize import int8_settings
     from rgtp.package.plan import StagePlan
 
+    int8 = int8_settings(args.precision, args.per_channel, args.int8_method)
+    if (int8 is not None and int8.method == "static") != (args.calibration is not None):
+        raise ValueError("--calibration VIDEO goes with --precision int8 --int8-method static")
     head, user_graph, user_spec = args.head, None, None
     if args.head_onnx:
         from rgtp.export.user_head import read_user_head
@@ -137,19 +161,21 @@ def export(args: argparse.Namespace) -> int:
         schedules=[k for k in args.ks if not isinstance(k, int)],
         max_batch=args.max_batch,
     )
-    manifest = export_package(
+    export = functools.partial(
+        export_package,
         model,
         plan,
-        args.out,
         opset=args.opset,
         symbolic=not args.no_symbolic,
         workers=args.workers,
-        force=args.force,
         progress=not args.quiet,
         private=args.private,
         user_head=user_graph,
-        int8=int8_settings(args.precision, args.per_channel),
     )
+    if int8 is None or int8.method == "dynamic":
+        manifest = export(args.out, force=args.force, int8=int8)
+    else:
+        manifest = _export_static_int8(args, export, int8)
     size = sum(f["bytes"] for f in manifest.files.values())
     if plan.stage_buckets is None:
         cut = f"{len(plan.stages)} stages x {len(plan.buckets)} buckets {list(plan.buckets)}"
@@ -162,6 +188,40 @@ def export(args: argparse.Namespace) -> int:
         f"{size / 2**20:.1f} MiB"
     )
     return 0
+
+
+def _export_static_int8(args: argparse.Namespace, export, int8):
+    """Export float32 beside --out, calibrate on --calibration through it, write the static
+    int8 package to --out; the float32 one is removed whatever happens."""
+    import shutil
+    import tempfile
+
+    from rgtp.export.quantized_package import quantize_package
+    from rgtp.runtime import Pipeline
+    from rgtp.runtime.calibration import record_feeds
+    from rgtp.runtime.video import read_frames
+
+    frames = list(read_frames(args.calibration, max_frames=args.calibration_frames))
+    if len(frames) < 2:
+        raise ValueError(f"{args.calibration}: {len(frames)} frames; calibration needs 2 or more")
+    parent = Path(args.out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".rgtp-fp32-", dir=parent))
+    try:
+        export(scratch / "fp32", force=False)
+        feeds = record_feeds(Pipeline.load(scratch / "fp32", "ort"), [frames])
+        where = f"{Path(args.calibration).name}: {len(frames)} frames"
+        return quantize_package(
+            scratch / "fp32",
+            args.out,
+            int8,
+            force=args.force,
+            progress=not args.quiet,
+            calibration=feeds,
+            calibration_source=where,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def add_check(sub) -> None:
