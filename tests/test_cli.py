@@ -37,6 +37,14 @@ def test_every_subcommand_prints_its_help(command: str, capsys) -> None:
     assert capsys.readouterr().out.startswith(f"usage: rgtp {command}")
 
 
+@pytest.mark.parametrize("model", ["vitdet-small", "vivit-small"])
+def test_each_family_has_the_tools_the_commands_call(model: str) -> None:
+    from rgtp.families import get_config, tool
+
+    for name in ("train_model", "evaluate_model", "flops_report", "run_demo"):
+        assert callable(tool(get_config(model), name))
+
+
 @pytest.fixture
 def trained(monkeypatch) -> dict:
     """Replaces both trainers: what they were called with lands in the returned dict."""

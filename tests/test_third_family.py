@@ -17,6 +17,7 @@ from torch import nn
 
 from rgtp.core.rollout import cls_target
 from rgtp.core.selection import FixedKeep
+from rgtp.eval.heldout import synthetic_frames
 from rgtp.export.check import check_package
 from rgtp.export.package import export_package
 from rgtp.families import (
@@ -26,6 +27,8 @@ from rgtp.families import (
     family_named,
     get_config,
     register_family,
+    tool,
+    weight_formats,
 )
 from rgtp.models.config import PruningConfig
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
@@ -315,3 +318,15 @@ def test_keeping_all_tokens_is_the_dense_model(model, package) -> None:
             dense = model(torch.from_numpy(frame).permute(2, 0, 1)[None].float())
         assert result.k == N
         torch.testing.assert_close(result.logits, dense, atol=1e-4, rtol=1e-4)
+
+
+def test_the_commands_say_what_a_family_without_tools_lacks() -> None:
+    """This family runs packages and nothing more: the commands that would train, evaluate or
+    feed it synthetic video say it has none, and the checkpoint namings offered stay those
+    of the families that read them."""
+    cfg = get_config("toy-vit")
+    with pytest.raises(ValueError, match=r"toy-vit .* has no train_model"):
+        tool(cfg, "train_model")
+    with pytest.raises(ValueError, match="makes no synthetic video"):
+        synthetic_frames(cfg, 2)
+    assert {"auto", "rgtp", "timm", "detectron2"} <= set(weight_formats())
