@@ -252,7 +252,7 @@ def test_the_repository_layout_and_its_config(package, tmp_path) -> None:
     ]
     assert ServingSettings.from_json(cfg.parameters["rgtp_settings"].string_value) == s
     assert set(cfg.parameters) == {"rgtp_settings", PACKAGE_PARAMETER}
-    digest = hashlib.sha256((package / "manifest.json").read_bytes()).hexdigest()
+    digest = "sha256:" + hashlib.sha256((package / "manifest.json").read_bytes()).hexdigest()
     assert cfg.parameters[PACKAGE_PARAMETER].string_value == digest
     version = model / VERSION
     assert (version / "model.py").read_text() == repository_module.TEMPLATE.read_text()

@@ -187,6 +187,7 @@ def export(args: argparse.Namespace) -> int:
         f"exported {len(manifest.graphs)} {manifest.precision} graphs ({cut}) to {args.out}: "
         f"{size / 2**20:.1f} MiB"
     )
+    print(f"digest {manifest.digest}")
     return 0
 
 
@@ -295,12 +296,14 @@ def add_build(sub) -> None:
         action="store_true",
         help="skip the sha256 check of the package's files (verified elsewhere); warns",
     )
+    options.add_digest(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=build)
 
 
 def build(args: argparse.Namespace) -> int:
     from rgtp.engines.trt_build import BuildOptions, build_trt
+    from rgtp.package.manifest import package_digest
 
     if args.backend != "trt":
         print("error: only --backend trt builds ahead of time (ort and torch need no build)")
@@ -314,7 +317,11 @@ def build(args: argparse.Namespace) -> int:
         opt_batch=args.opt_batch,
     )
     info = build_trt(
-        args.package, build_options, progress=not args.quiet, verify=not args.no_verify
+        args.package,
+        build_options,
+        progress=not args.quiet,
+        verify=not args.no_verify,
+        digest=args.digest,
     )
     print(
         f"built {len(info['plans'])} plans with {info['flavor']} {info['version']} for "
@@ -322,4 +329,5 @@ def build(args: argparse.Namespace) -> int:
         f"{info['precision']}, {info['layout']}); trtexec commands in "
         f"{Path(args.package) / info['trtexec']}"
     )
+    print(f"digest {package_digest(args.package)} (the plans are in the manifest: a new one)")
     return 0

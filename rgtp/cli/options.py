@@ -110,6 +110,17 @@ def port(text: str) -> int:
     return value
 
 
+def add_digest(p: argparse.ArgumentParser) -> None:
+    """--digest: the package digest to pin (`Manifest.load`)."""
+    p.add_argument(
+        "--digest",
+        default=None,
+        metavar="sha256:HEX",
+        help="the package digest you verified (rgtp export and rgtp check print it); a "
+        "package with any other manifest is refused",
+    )
+
+
 def add_heldout_videos(p: argparse.ArgumentParser) -> None:
     """--sequences and --frames: how much of SynthVID's held-out split a detector is measured
     on (the tables': 30 videos of 64 frames). `rgtp eval` and the benchmarks take them."""

@@ -30,6 +30,7 @@ def add_run(sub) -> None:
     )
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
+    options.add_digest(p)
     options.add_stream(p, latency_budget=True)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from rgtp.runtime import Pipeline
     from rgtp.runtime.run import run_and_write, summarize
 
-    pipe = Pipeline.load(args.package, backend=args.backend, device=args.device)
+    pipe = Pipeline.load(args.package, backend=args.backend, digest=args.digest, device=args.device)
     config = pipe.plan.config
     stream = pipe.new_stream(
         policy=options.policy(args),

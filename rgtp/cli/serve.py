@@ -43,12 +43,15 @@ def add_triton(sub) -> None:
         "[0, 255]); default: float frames are refused",
     )
     options.add_stream(p, latency_budget=False)
+    options.add_digest(p)
     p.add_argument("--force", action="store_true", help="replace a repository rgtp wrote there")
     p.set_defaults(handler=write_triton_repository)
 
 
 def write_triton_repository(args: argparse.Namespace) -> int:
+    from rgtp.package.manifest import package_digest
     from rgtp.serving import ServingSettings, write_repository
+    from rgtp.serving.repository import PACKAGE_DIR, VERSION
 
     settings = ServingSettings(
         backend=args.backend,
@@ -62,8 +65,9 @@ def write_triton_repository(args: argparse.Namespace) -> int:
         radius=args.radius,
         **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
     )
-    model = write_repository(args.package, args.out, settings, force=args.force)
+    model = write_repository(args.package, args.out, settings, force=args.force, digest=args.digest)
     print(f"wrote model {model.name} to {args.out}; start the server with: rgtp serve {args.out}")
+    print(f"it serves package digest {package_digest(model / VERSION / PACKAGE_DIR)} only")
     return 0
 
 

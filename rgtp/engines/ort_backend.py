@@ -168,6 +168,7 @@ def load_ort_engines(
     buckets: Sequence[int] | None = None,
     verify: bool = True,
     prepack: bool | None = None,
+    digest: str | None = None,
 ) -> EngineSet:
     """Sessions for an exported package, once every file of it is verified (`verify=False`:
     sizes only, with a warning). `layout` "per-stage": one session per stage from the
@@ -176,9 +177,9 @@ def load_ort_engines(
     frames, always). `prepack`: the stage sessions keep their weights packed for their
     kernels (`_session_options`), so streams batched together (`Pipeline.step_many`) get
     what they would alone bit for bit; None: in the per-stage layout only (per-k, it costs
-    a copy of the weights per K bucket)."""
+    a copy of the weights per K bucket). `digest` as `load_verified`."""
     device = torch.device(device)
-    manifest = load_verified(package, verify)
+    manifest = load_verified(package, verify, digest)
     # One session per stage wherever the package allows it: every ORT session carries its
     # own kernels and buffers (benchmarks/memory.py measures 8 buckets against 1). It is
     # also the faster layout here now that its weights are packed (vitdet-b @672, K = 512,

@@ -136,11 +136,12 @@ def load_torch_engines(
     verify: bool = True,
     precision: str = "fp32",
     cuda_graphs: bool = False,
+    digest: str | None = None,
 ) -> EngineSet:
     """The reference engines of an exported package, rebuilt from its saved weights once
     every file of the package is verified (`verify=False`: sizes only, with a warning);
-    `precision` and `cuda_graphs` as `torch_engines`."""
-    manifest = load_verified(Path(package), verify)
+    `precision` and `cuda_graphs` as `torch_engines`; `digest` as `load_verified`."""
+    manifest = load_verified(Path(package), verify, digest)
     return package_torch_engines(package, manifest, device, precision, cuda_graphs)
 
 

@@ -133,12 +133,13 @@ def load_trt_engines(
     device: str | torch.device = "cuda",
     cuda_graphs: bool = False,
     verify: bool = True,
+    digest: str | None = None,
 ) -> EngineSet:
     """Execution contexts for the package's plans, once every file of the package (plans
     included) is verified (`verify=False`: sizes only, with a warning), each engine run
     once (`warmup`). cuda_graphs: the stage engines replay one CUDA graph per set of a
-    stream's buffers."""
-    manifest = load_verified(package, verify)
+    stream's buffers. `digest` as `load_verified`."""
+    manifest = load_verified(package, verify, digest)
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise EngineError("the trt backend needs a CUDA GPU (device cuda)")

@@ -417,14 +417,20 @@ def _source_graph(package: Path, manifest: Manifest, job: PlanJob) -> Path:
 
 
 def build_trt(
-    package: str | Path, options: BuildOptions, progress: bool = True, verify: bool = True
+    package: str | Path,
+    options: BuildOptions,
+    progress: bool = True,
+    verify: bool = True,
+    digest: str | None = None,
 ) -> dict[str, Any]:
-    """Build every plan of a package; records them under the manifest's "trt" entry.
+    """Build every plan of a package; records them under the manifest's "trt" entry (so the
+    package's digest changes: the manifest it ends with has the new one, `Manifest.digest`).
 
     Every file of the package but the plans being replaced is verified first (ManifestError
-    naming the files that fail; `verify=False`: sizes only, with a warning)."""
+    naming the files that fail; `verify=False`: sizes only, with a warning); `digest`: the
+    package digest pinned, any other manifest refused (`Manifest.load`)."""
     package = Path(package)
-    manifest = Manifest.load(package)
+    manifest = Manifest.load(package, digest)
     int8 = manifest.quantization is not None
     if int8 and manifest.quantization["method"] != "static":
         # dynamic int8 graphs quantize activations per call (DynamicQuantizeLinear,

@@ -36,7 +36,7 @@ def macs_table(rows: Mapping) -> list[str]:
 
 def check_text(report, atol: float, rtol: float) -> str:
     """A `CheckReport` (`rgtp.export.check.check_package`) as `rgtp check` prints it: each
-    problem and note, a table of the graphs' errors, the verdict."""
+    problem and note, a table of the graphs' errors, the package digest, the verdict."""
     lines = [f"FAIL {problem}" for problem in report.problems]
     lines += [f"note: {note}" for note in report.notes]
     if report.graphs:
@@ -48,6 +48,8 @@ def check_text(report, atol: float, rtol: float) -> str:
             lines.append(
                 f"{g.name:<16}{g.max_abs:>14.3g}{g.max_rel:>14.3g}{g.rel_l2:>12.3g}  {status}"
             )
+    if report.digest:
+        lines.append(f"digest {report.digest}")
     lines.append("check passed" if report.passed else "check FAILED")
     return "\n".join(lines)
 

@@ -74,6 +74,7 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     graphs: list[GraphCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    digest: str | None = None  # the package digest checked (None: no manifest to read)
 
     @property
     def passed(self) -> bool:
@@ -152,6 +153,7 @@ def check_package(
     except ManifestError as e:
         report.problems += e.problems
         return report
+    report.digest = manifest.digest
     report.problems += file_problems(directory, manifest)[0]
     if report.problems:
         return report  # numbers from changed files would only confuse the report

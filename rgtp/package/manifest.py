@@ -6,6 +6,11 @@ the cross-references a schema cannot express (every graph's files listed, embed 
 present, every (stage, K bucket) served by a fixed-K graph or the stage's symbolic one,
 every file name inside the package). Whether the files still hold what the manifest
 records is `rgtp.package.verify`'s business.
+
+The package's digest is the sha256 of manifest.json's bytes, "sha256:<hex>": the manifest
+records every other file's sha256, so the digest covers the whole package. A user pins the
+digest of the package they verified (`rgtp check` prints it) and a load given one refuses
+any other manifest, before reading anything it says.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -29,6 +35,8 @@ PARTIAL_MANIFEST = f".{MANIFEST}.partial"  # written, then renamed over MANIFEST
 PUBLIC_MODES = (0o755, 0o644)  # a package's (directories, files): readable by every user
 PRIVATE_MODES = (0o700, 0o600)
 _SCHEMA_FILE = Path(__file__).with_name("manifest_schema.json")
+DIGEST_PREFIX = "sha256:"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_SCHEMA_ERRORS = 5  # a list, not a page: the first few say what is wrong
 _JSON_TYPES = {
     list: "an array",
@@ -60,6 +68,31 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def digest_of(manifest_bytes: bytes) -> str:
+    """The package digest of a manifest.json's bytes: "sha256:<64 hex digits>"."""
+    return DIGEST_PREFIX + hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def package_digest(directory: str | Path) -> str:
+    """The digest of the package in `directory` (its manifest.json's sha256, see above)."""
+    return digest_of((Path(directory) / MANIFEST).read_bytes())
+
+
+def check_digest(where: object, found: str, expected: str) -> None:
+    """Refuse (ManifestError naming both) a package whose digest is not the one pinned, or
+    a pin that is not a digest."""
+    if not isinstance(expected, str) or not _DIGEST.fullmatch(expected.lower()):
+        raise ManifestError(
+            f"{expected!r} is not a package digest; expected sha256:<64 hex digits>, as "
+            "`rgtp export` and `rgtp check` print it"
+        )
+    if found != expected.lower():
+        raise ManifestError(
+            f"{where}: package digest {found}, expected {expected} (its manifest.json is "
+            "not the one pinned: another or a changed package)"
+        )
 
 
 def package_file(directory: str | Path, name: str) -> Path:
@@ -139,6 +172,9 @@ class Manifest:
     # float32 graphs the exporter wrote; else the tool, method and settings, so that a
     # reader knows what its tolerances must allow for.
     quantization: dict[str, Any] | None = None
+    # the package digest of the manifest.json this was last read from or written to (None
+    # for one never on disk); not part of the manifest itself
+    digest: str | None = field(default=None, compare=False)
 
     @property
     def precision(self) -> str:
@@ -175,22 +211,30 @@ class Manifest:
         """Write manifest.json whole or not at all (a rebuild rewrites it in place)."""
         path = directory / MANIFEST
         partial = directory / PARTIAL_MANIFEST
-        partial.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        raw = (json.dumps(self.to_dict(), indent=1) + "\n").encode()
+        partial.write_bytes(raw)
         if path.exists():  # keep who may read it
             partial.chmod(path.stat().st_mode & 0o777)
         os.replace(partial, path)
+        self.digest = digest_of(raw)
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Manifest:
+    def load(cls, directory: str | Path, digest: str | None = None) -> Manifest:
+        """The manifest of the package in `directory`; with `digest`, only if its bytes
+        have that digest (checked on the bytes parsed, before anything in them is read)."""
         directory = Path(directory)
         path = directory / MANIFEST
         if not path.is_file():
             raise ManifestError(f"{directory}: no {MANIFEST} (not an rgtp export)")
         try:
-            d = json.loads(path.read_text())
+            raw = path.read_bytes()
         except OSError as e:
             raise ManifestError(f"{path}: cannot read it ({e.strerror})") from e
+        if digest is not None:
+            check_digest(directory, digest_of(raw), digest)
+        try:
+            d = json.loads(raw.decode())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ManifestError(f"{path}: not valid JSON ({e})") from e
         problems = manifest_problems(d)
@@ -206,6 +250,7 @@ class Manifest:
                 versions=d["versions"],
                 extra=d.get("extra", {}),
                 quantization=d.get("quantization"),
+                digest=digest_of(raw),
             )
         except (KeyError, TypeError, ValueError) as e:  # the plan's own checks
             raise ManifestError(f"{path}: malformed plan ({e})") from e

@@ -73,10 +73,12 @@ def verify_package(
     return hashes
 
 
-def load_verified(directory: Path, verify: bool = True) -> Manifest:
+def load_verified(directory: Path, verify: bool = True, digest: str | None = None) -> Manifest:
     """The package's manifest, once every file it lists has been verified (see
-    `verify_package`); what every backend's load starts with."""
-    manifest = Manifest.load(directory)
+    `verify_package`); what every backend's load starts with. `digest`: the package digest
+    pinned ("sha256:<hex>", `Manifest.load`); any other manifest is refused, whatever
+    `verify` says."""
+    manifest = Manifest.load(directory, digest)
     verify_package(directory, manifest, verify)
     return manifest
 

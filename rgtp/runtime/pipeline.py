@@ -60,9 +60,17 @@ class Pipeline:
         return cls(torch_engines(model, plan, device, None, precision, cuda_graphs))
 
     @classmethod
-    def load(cls, package: str | Path, backend: str = "ort", **backend_options: Any) -> Pipeline:
-        """Load an exported package (see `rgtp export`) on a backend: "ort", "torch", "trt"."""
-        return cls(load_engines(Path(package), backend, **backend_options))
+    def load(
+        cls,
+        package: str | Path,
+        backend: str = "ort",
+        digest: str | None = None,
+        **backend_options: Any,
+    ) -> Pipeline:
+        """Load an exported package (see `rgtp export`) on a backend: "ort", "torch", "trt",
+        "openvino". `digest`: the package digest you verified ("sha256:<hex>", as `rgtp
+        check` prints it); a package with any other manifest is refused (ManifestError)."""
+        return cls(load_engines(Path(package), backend, digest=digest, **backend_options))
 
     def step_many(
         self, streams: Sequence[Stream], frames: Sequence[object], head: UserHead | None = None

@@ -3,7 +3,9 @@
 
 The stub's Python environment provides rgtp (and numpy < 2, which the stub needs): the
 repository names no path of the machine that wrote it. The package beside this file is
-verified against its manifest's hashes when the pipeline loads (`Pipeline.load`).
+verified against its manifest's hashes when the pipeline loads (`Pipeline.load`), and
+its manifest against the digest the model's configuration pins (`rgtp_package_digest`):
+another package in its place is refused, and the model does not load.
 
 Custom metrics, on the server's metrics port, labelled by model:
     rgtp_streams        gauge      streams open (sequences started, not ended or idle)
@@ -21,6 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from rgtp.runtime import Pipeline
+from rgtp.serving.model_config import PACKAGE_PARAMETER, SETTINGS_PARAMETER
 from rgtp.serving.repository import PACKAGE_DIR
 from rgtp.serving.sequences import SequenceRequest, StreamTable, error_status
 from rgtp.serving.settings import ServingSettings
@@ -33,9 +36,11 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
-        settings = ServingSettings.from_json(parameters["rgtp_settings"])
+        settings = ServingSettings.from_json(parameters[SETTINGS_PARAMETER])
         package = Path(args["model_repository"]) / args["model_version"] / PACKAGE_DIR
-        pipeline = Pipeline.load(package, backend=settings.backend)
+        pipeline = Pipeline.load(
+            package, backend=settings.backend, digest=parameters[PACKAGE_PARAMETER]
+        )
         labels = {"model": args["model_name"]}
         # A family must outlive its metrics: both are kept.
         self.families = [

@@ -28,9 +28,10 @@ from rgtp.serving.settings import ServingSettings
 from rgtp.serving.tensors import FRAME_INDEX, FRAME_INPUTS, outputs
 
 SETTINGS_PARAMETER = "rgtp_settings"  # ServingSettings as JSON
-# sha256 (hex) of the served package's manifest.json: which package the model serves, for
-# a client or a readiness check to compare with its own copy (Triton's model metadata).
-PACKAGE_PARAMETER = "rgtp_package_sha256"
+# The served package's digest ("sha256:<hex>" of its manifest.json): the only package the
+# model loads (`backend_model.py`), and for a client or a readiness check to compare with
+# its own copy (Triton's model metadata).
+PACKAGE_PARAMETER = "rgtp_package_digest"
 
 _DATA_TYPES = {
     np.dtype(np.uint8): mc.TYPE_UINT8,
@@ -46,10 +47,10 @@ class ModelConfigError(ValueError):
 
 
 def model_config(
-    name: str, settings: ServingSettings, family: str, package_sha256: str
+    name: str, settings: ServingSettings, family: str, package_digest: str
 ) -> mc.ModelConfig:
     """The configuration of model `name`, of model family `family`, serving with `settings`
-    the package whose manifest has digest `package_sha256`."""
+    the package of digest `package_digest`."""
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=settings.max_streams)
     for frame, dtype in FRAME_INPUTS.items():
         cfg.input.add(
@@ -77,7 +78,7 @@ def model_config(
         count=1, kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     )
     cfg.parameters[SETTINGS_PARAMETER].string_value = settings.to_json()
-    cfg.parameters[PACKAGE_PARAMETER].string_value = package_sha256
+    cfg.parameters[PACKAGE_PARAMETER].string_value = package_digest
     return cfg
 
 

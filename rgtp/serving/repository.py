@@ -6,7 +6,8 @@
         config.pbtxt              generated (`rgtp.serving.model_config`), validated
         1/
           model.py                the Python-backend model (`rgtp/serving/backend_model.py`)
-          package/                the package's files, verified again at every load
+          package/                the package's files, verified again at every load,
+                                  pinned by its digest (config.pbtxt's rgtp_package_digest)
 
 Nothing in it names a path of the machine that wrote it (the Python environment that runs
 the backend stub provides rgtp), so it may be copied to the serving machine. The settings
@@ -21,7 +22,6 @@ marker, however written, makes `force` delete a file rgtp did not write.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -48,20 +48,19 @@ def model_name(manifest: Manifest) -> str:
     return f"rgtp_{manifest.plan.config.name}"
 
 
-def package_digest(package: str | Path) -> str:
-    """sha256 (hex) of a package's manifest.json: it names every file's sha256, so it
-    identifies the whole package (the model config's `rgtp_package_sha256`)."""
-    return hashlib.sha256((Path(package) / MANIFEST).read_bytes()).hexdigest()
-
-
 def write_repository(
-    package: str | Path, out: str | Path, settings: ServingSettings, force: bool = False
+    package: str | Path,
+    out: str | Path,
+    settings: ServingSettings,
+    force: bool = False,
+    digest: str | None = None,
 ) -> Path:
     """Write the repository serving `package` with `settings` to `out` (see the module
-    docstring); returns the model's directory. The package is verified first, and its copy
-    again before the repository is put in place."""
+    docstring); returns the model's directory. The package is verified first (`digest`:
+    the package digest pinned, any other refused), and its copy again before the
+    repository is put in place; the model serves the package of that digest only."""
     package, out = Path(package), _destination(out, force)
-    manifest = Manifest.load(package)
+    manifest = Manifest.load(package, digest)
     if settings.backend == "trt" and not manifest.extra.get("trt"):
         raise RepositoryError(
             f"{package} has no TensorRT plans; build them first (rgtp build {package} "
@@ -79,9 +78,10 @@ def write_repository(
             target = package_file(copy, file)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(package_file(package, file), target)
-        verify_package(copy, manifest)
+        # the copy is the package verified above: same manifest bytes, same files
+        verify_package(copy, Manifest.load(copy, manifest.digest))
         shutil.copyfile(TEMPLATE, version / "model.py")
-        cfg = model_config(name, settings, manifest.plan.family.name, package_digest(copy))
+        cfg = model_config(name, settings, manifest.plan.family.name, manifest.digest)
         (tmp / name / "config.pbtxt").write_text(config_text(cfg))
         written = {
             p.relative_to(tmp).as_posix(): sha256_file(p)
