@@ -1,23 +1,28 @@
 """The package digest (the sha256 of manifest.json, which lists every other file's sha256):
 export and `rgtp check` print it, and a load, a build or a Triton repository pinned to it
-refuses any other manifest, on every backend.
+refuses any other manifest, on every backend. Also `Pipeline.close()` / `with`, and the
+package's version.
 
 Packages come from `quick_export` (one-node graphs): the digest is checked before any graph
 is read, and the torch and ort loads that succeed only open what they are given."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
 import re
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import pytest
 
+import rgtp
 from rgtp.cli import main
+from rgtp.engines.base import EngineError
 from rgtp.engines.trt_build import BuildOptions, build_trt
 from rgtp.export.check import check_package
 from rgtp.export.package import export_package
@@ -79,10 +84,10 @@ def test_a_one_byte_manifest_edit_is_refused_when_pinned(pkg, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "ort"])
 def test_the_edit_loads_unpinned_and_the_pin_loads_what_it_pinned(pkg, backend):
-    load(pkg, backend, digest=package_digest(pkg))
+    load(pkg, backend, digest=package_digest(pkg)).close()
     tamper(pkg)
-    pipe = load(pkg, backend)  # what a digest guards against: it loads as before
-    assert pipe.plan.config.pruning.novelty_share == pytest.approx(0.9)
+    with load(pkg, backend) as pipe:  # what a digest guards against: it loads as before
+        assert pipe.plan.config.pruning.novelty_share == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("backend", ["torch", "ort"])
@@ -91,7 +96,7 @@ def test_a_wrong_or_malformed_digest_is_refused(pkg, backend):
         load(pkg, backend, digest=WRONG)
     with pytest.raises(ManifestError, match="not a package digest; expected sha256:<64 hex"):
         load(pkg, backend, digest=package_digest(pkg).removeprefix("sha256:"))
-    load(pkg, backend, digest=package_digest(pkg).upper().replace("SHA256", "sha256"))
+    load(pkg, backend, digest=package_digest(pkg).upper().replace("SHA256", "sha256")).close()
 
 
 def test_rgtp_run_digest_refuses_another_package(pkg, tmp_path, capsys):
@@ -144,3 +149,27 @@ def test_the_triton_repository_serves_the_package_it_pins(pkg, tmp_path, monkeyp
     }
     with pytest.raises(ManifestError, match=f"package digest {package_digest(copy)}, expected"):
         backend_model.TritonPythonModel().initialize(args)
+
+
+def test_close_releases_the_engines_and_refuses_further_use(pkg, frames):
+    with Pipeline.load(pkg, "ort") as pipe:
+        stream = pipe.new_stream()
+        session = weakref.ref(pipe.engines.embed)
+    assert pipe.closed
+    gc.collect()
+    assert session() is None  # nothing holds the ONNX Runtime session any more
+    for use in (pipe.new_stream, lambda: stream.step(frames[0]), lambda: pipe.step_many([], [])):
+        with pytest.raises(EngineError, match=r"closed \(Pipeline.close\)"):
+            use()
+    pipe.close()  # again: nothing to do
+
+
+def test_the_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    assert rgtp.__version__ == version("rgtp")
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rgtp {rgtp.__version__}"
+    assert (Path(rgtp.__file__).parent / "py.typed").is_file()

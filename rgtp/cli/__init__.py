@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rgtp import __version__
 from rgtp.cli import demo, export, flops, run, serve, train
 
 # in the order `rgtp --help` lists them
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rgtp",
         description="Rollout-guided token pruning for video ViTs: export, engines, runtime.",
     )
+    parser.add_argument("--version", action="version", version=f"rgtp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

@@ -37,6 +37,23 @@ class Engine(Protocol):
         ...
 
 
+CLOSED = "this pipeline is closed (Pipeline.close): its engines are released; load it again"
+
+
+class ClosedEngine:
+    """What a closed `EngineSet` holds in place of an engine: its spec, and EngineError
+    for any use."""
+
+    def __init__(self, spec: GraphSpec) -> None:
+        self.spec = spec
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise EngineError(CLOSED)
+
+    def __getattr__(self, name: str) -> object:  # a backend's own methods (binding, warmup)
+        raise EngineError(CLOSED)
+
+
 @dataclass
 class EngineSet:
     """All engines of one pipeline: embed, one engine per (stage, K bucket), head, and the
@@ -57,6 +74,18 @@ class EngineSet:
     # the stage engines replay CUDA graphs keyed by their input buffers: a stream feeds them
     # its own buffers, at the same addresses on every step (`engines.cuda_graphs`)
     static_inputs: bool = False
+    closed: bool = False
+
+    def close(self) -> None:
+        """Let go of every engine and what they rely on: sessions, compiled models and
+        plans (and their memory) are freed once nothing else holds them. Each engine is
+        replaced by a `ClosedEngine`, so a stream still holding this set fails clearly."""
+        self.embed = ClosedEngine(self.embed.spec)
+        self.head = None if self.head is None else ClosedEngine(self.head.spec)
+        self.stages = [{k: ClosedEngine(e.spec) for k, e in by_k.items()} for by_k in self.stages]
+        self.extra = {name: ClosedEngine(e.spec) for name, e in self.extra.items()}
+        self.resources = []
+        self.closed = True
 
     def graph(self, name: str) -> Engine:
         """The engine of a graph around the stages, by name: embed, head or an extra one."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rgtp.engines import load_engines
-from rgtp.engines.base import EngineSet
+from rgtp.engines.base import CLOSED, EngineError, EngineSet
 from rgtp.engines.torch_backend import torch_engines
 from rgtp.package.family import UserHead
 from rgtp.package.plan import StagePlan
@@ -21,7 +21,8 @@ from rgtp.runtime.stream import Stream
 
 
 class Pipeline:
-    """Engines for every graph of a plan; `new_stream()` gives each video its own state."""
+    """Engines for every graph of a plan; `new_stream()` gives each video its own state.
+    `close()` (or leaving `with Pipeline.load(...) as pipe:`) releases the engines."""
 
     def __init__(self, engines: EngineSet) -> None:
         self.engines = engines
@@ -72,12 +73,33 @@ class Pipeline:
         check` prints it); a package with any other manifest is refused (ManifestError)."""
         return cls(load_engines(Path(package), backend, digest=digest, **backend_options))
 
+    @property
+    def closed(self) -> bool:
+        return self.engines.closed
+
+    def close(self) -> None:
+        """Release the engines (ONNX Runtime sessions, OpenVINO compiled models, TensorRT
+        plans, their memory) once nothing else holds them; the pipeline and its streams
+        then raise EngineError. Closing again does nothing."""
+        self.engines.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise EngineError(CLOSED)
+
     def step_many(
         self, streams: Sequence[Stream], frames: Sequence[object], head: UserHead | None = None
     ) -> list[Any]:
         """One frame for each of this pipeline's `streams` (e.g. one per camera), the
         streams that run a stage at the same K sharing one engine call (`runtime.many`).
         Each result is what `Stream.step` would return; StepManyError where some fail."""
+        self._check_open()
         if any(s.engines is not self.engines for s in streams):
             raise ValueError("step_many takes streams of this pipeline (pipeline.new_stream())")
         return step_many(streams, frames, head)
@@ -85,6 +107,7 @@ class Pipeline:
     def new_stream(self, options: StreamOptions | None = None, **kwargs: Any) -> Stream:
         """A new stream; keyword arguments are `StreamOptions` fields, or the family's own
         options (`StreamOptions.task`, e.g. a detector's `score_threshold`)."""
+        self._check_open()
         if options is not None and kwargs:
             raise TypeError("pass either options or keyword arguments, not both")
         stream_fields = [f.name for f in dataclasses.fields(StreamOptions)]
