@@ -173,3 +173,10 @@ def test_the_version_is_the_installed_distributions(capsys):
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"rgtp {rgtp.__version__}"
     assert (Path(rgtp.__file__).parent / "py.typed").is_file()
+
+
+def test_rgtp_export_prints_the_digest_of_what_it_wrote(quick_export, tmp_path, capsys):
+    out = tmp_path / "pkg"
+    argv = ["export", "--model", "vitdet-small", "--random-init", "--buckets", "64"]
+    assert main([*argv, "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    assert f"digest {package_digest(out)}" in capsys.readouterr().out.splitlines()
