@@ -161,7 +161,7 @@ def tiny_plan(cfg: DetectorConfig):
 @pytest.fixture(scope="session")
 def tiny_package(tiny_detector, exported_package) -> Path:
     """`tiny_detector` exported for `tiny_plan` (N = 196, two stages, symbolic-K graphs too):
-    the package of the many-streams, kept-windows and serving tests."""
+    the package of the many-streams, kept-windows, serving, ORT-threads and TensorRT tests."""
     return exported_package(tiny_detector, tiny_plan(tiny_detector.cfg))
 
 
@@ -291,8 +291,8 @@ SLOW: dict[str, set[str]] = {
     },
     "test_package_trust": {"small_packages"},  # copies of it (the export guards stay fast)
     "test_paper_preset": {"test_the_paper_preset_streams_on_every_backend_alike"},  # an export
-    "test_pruned_loop": {  # ORT on small_packages; 8 threads x 8 streams
-        "small_packages",
+    "test_pruned_loop": {  # ORT on tiny_package; 8 threads x 8 streams
+        "tiny_package",
         "test_eight_threads_of_eight_streams_equal_sequential_runs",
     },
     "test_rollout_rows": {"package"},  # an export
