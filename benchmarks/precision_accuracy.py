@@ -5,7 +5,8 @@
 vitdet-small mAP50 (the demo's 8 held-out SynthVID sequences x 64 frames) and vivit-small
 top-1 (the demo's 60 held-out SynthMotion clips), dense and pruned at the demo's K (77 and
 26), for every backend x precision available: ONNX Runtime fp32 and int8 (the package's
-graphs quantized, `rgtp export --precision int8`), OpenVINO f32 and bf16, torch bf16. Beside
+graphs quantized, `rgtp export --precision int8`; "int8-qdq": static Q/DQ calibrated on
+training video), OpenVINO f32, bf16 and int8 (the Q/DQ graphs). Beside
 each pruned figure: the share of pruned steps whose kept tokens are exactly fp32 ORT's (the
 runtime's own arithmetic is float32 everywhere; only the graphs' numbers differ).
 """
@@ -44,7 +45,6 @@ CONFIGS = [
     ("openvino", "fp32"),
     ("openvino", "bf16"),
     ("openvino", "int8-qdq"),
-    ("torch", "bf16"),
 ]
 # int8 "int8": ONNX Runtime's dynamic quantization; "int8-qdq": static Q/DQ, calibrated on
 # training video (never the held-out video measured here)
@@ -153,7 +153,7 @@ def _equal_share(kept: list, reference: list) -> float:
 
 def _line(row: dict, metric: str) -> str:
     return (
-        f"{row['model']:<13}{row['backend']:<9}{row['precision']:<6}"
+        f"{row['model']:<13}{row['backend']:<9}{row['precision']:<9}"
         f"{metric} dense {row[f'{metric}_dense']:6.2f}  K={row['k']} {row[f'{metric}_pruned']:6.2f}"
         f"  kept = fp32's on {100 * row['kept_equal_share']:5.1f}% of pruned steps"
     )
