@@ -163,6 +163,16 @@ CONFIGS = [
 ]
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 itself (AVX-512 BF16 or AMX); without, OpenVINO and
+    torch emulate it, several times slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # cannot tell: time it
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def configure(
     backend: str, precision: str, dense: dict[str, Path], pkgs: dict[str, Path], detector, frame
 ) -> Config:
@@ -218,6 +228,9 @@ def main() -> None:
     frames = moving_frames(args.frames + 2, cfg.img_size)
     frame = pixels(frames[0])
     wanted = [tuple(c.split(":")) for c in args.configs.split(",")] if args.configs else CONFIGS
+    if not args.configs and not native_bf16():
+        print("skipping bf16: this CPU has no native bf16 (emulated; name it in --configs)")
+        wanted = [c for c in wanted if c[1] != "bf16"]
     configs: list[Config] = []
     with tempfile.TemporaryDirectory() as tmp:
         dense = {"fp32": dense_graph(detector, Path(tmp))}
