@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from rgtp.engines.base import LAYOUTS, Engine, EngineError, EngineSet
-from rgtp.package.manifest import Manifest
 
 BACKENDS = ("torch", "ort", "trt", "openvino")
 
@@ -38,10 +37,7 @@ def load_engines(
     if backend == "openvino":
         from rgtp.engines.openvino_backend import load_openvino_engines  # needs rgtp[openvino]
 
-        if digest is not None:
-            # its loader reads the manifest again (load_verified without the pin)
-            Manifest.load(package, digest)
-        return load_openvino_engines(package, verify=verify, **options)
+        return load_openvino_engines(package, verify=verify, digest=digest, **options)
     raise EngineError(f"unknown backend {backend!r}; choose from {BACKENDS}")
 
 

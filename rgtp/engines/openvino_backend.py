@@ -108,17 +108,18 @@ def load_openvino_engines(
     threads: int | None = None,
     buckets: Sequence[int] | None = None,
     verify: bool = True,
+    digest: str | None = None,
 ) -> EngineSet:
     """Compiled models for an exported package, once every file of it is verified
     (`verify=False`: sizes only, with a warning). `precision` "fp32" or "bf16" (OpenVINO's
     inference precision; inputs and outputs stay float32). `threads`: OpenVINO's
     INFERENCE_NUM_THREADS (default: its own choice, the physical cores). `buckets` loads
-    only those K buckets (N, for reset frames, always)."""
+    only those K buckets (N, for reset frames, always). `digest` as `load_verified`."""
     device = torch.device(device)
     if device.type != "cpu":
         raise EngineError(f"the openvino backend runs on the CPU, not {device}")
     config = compile_config(precision, threads)
-    manifest = load_verified(package, verify)
+    manifest = load_verified(package, verify, digest)
     plan = restrict_buckets(manifest.plan, buckets)
     core = ov.Core()
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
