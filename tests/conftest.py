@@ -284,6 +284,7 @@ SLOW: dict[str, set[str]] = {
     },
     "test_kept_windows": {"tiny_package"},  # an export per stage partition (one shared)
     "test_many_streams": {"tiny_package", "test_a_classifier_batches_its_tubelets"},  # exports
+    "test_openvino": {"small_packages", "tiny_package"},  # exports; seconds a compiled shape
     "test_own_head": {  # exports
         "test_a_users_onnx_head_rides_in_the_package",
         "test_a_head_graph_outside_the_contract_is_refused",
@@ -291,6 +292,8 @@ SLOW: dict[str, set[str]] = {
     },
     "test_package_trust": {"small_packages"},  # copies of it (the export guards stay fast)
     "test_paper_preset": {"test_the_paper_preset_streams_on_every_backend_alike"},  # an export
+    # quantizing a vitdet-small package; static int8 through the shared tiny package
+    "test_precision": {"int8_package", "tiny_package"},
     "test_pruned_loop": {  # ORT on tiny_package; 8 threads x 8 streams
         "tiny_package",
         "test_eight_threads_of_eight_streams_equal_sequential_runs",

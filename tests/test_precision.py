@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,7 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from rgtp.cli import main
+from rgtp.cli import build_parser, main
+from rgtp.cli.export import _export_static_int8
 from rgtp.core.selection import FixedKeep
 from rgtp.engines.base import EngineError
 from rgtp.engines.trt_build import BuildOptions, build_trt
@@ -211,17 +215,24 @@ def test_export_int8_options_are_checked(capsys) -> None:
         assert "--calibration VIDEO goes with" in capsys.readouterr().err
 
 
-def test_export_static_int8_from_a_video(tmp_path, capsys) -> None:
-    """`rgtp export --precision int8 --int8-method static --calibration VIDEO`: the float32
-    export it calibrates through is gone, the int8 package records the video."""
+def test_export_static_int8_from_a_video(tiny_package, tmp_path) -> None:
+    """`rgtp export --precision int8 --int8-method static --calibration VIDEO`: it exports
+    float32 beside --out (here: a copy of the shared package stands in for the trace),
+    calibrates through it on the video's frames, and leaves only the int8 package."""
     video = tmp_path / "clip.mp4"
-    write_video(video, synthvid_frames(4, size=128), fps=4)
+    write_video(video, synthvid_frames(4, size=224), fps=4)
     out = tmp_path / "pkg"
-    argv = ["export", "--size", "128", "--buckets", "16", "--random-init", "--quiet"]
-    argv += ["--precision", "int8", "--int8-method", "static", "--calibration", str(video)]
-    assert main([*argv, "--out", str(out)]) == 0
-    assert "int8 graphs" in capsys.readouterr().out
+    argv = ["export", "--random-init", "--quiet", "--precision", "int8"]
+    argv += ["--int8-method", "static", "--calibration", str(video), "--out", str(out)]
+    args = build_parser().parse_args(argv)
+
+    def export(destination: Path, force: bool) -> Manifest:
+        shutil.copytree(tiny_package, destination)
+        return Manifest.load(destination)
+
+    manifest = _export_static_int8(args, export, int8_settings("int8", True, "static"))
     q = Manifest.load(out).quantization
+    assert manifest.quantization == q
     assert q["method"] == "static" and q["calibration"]["source"] == "clip.mp4: 4 frames"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pkg"]  # scratch gone
     assert check_package(out, progress=False).passed

@@ -28,9 +28,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from rgtp.cli import main
-from rgtp.export.package import export_package
 from rgtp.families.detection.boxes import Detections
-from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.serving import ServingSettings, write_repository
 from rgtp.serving.server import ServerError, TritonServer
@@ -256,18 +254,16 @@ def test_a_changed_package_stops_the_server_start_and_leaves_nothing(package, tm
 
 
 # Under load, on the tiny detector: 16 streams, 20 frames a sequence, 4 distinct videos
-TINY_K, LOAD_FRAMES = 49, 20
+TINY_K, LOAD_FRAMES = 40, 20  # a bucket of conftest's shared tiny_package
 TINY = ServingSettings(keep=TINY_K, max_streams=16, idle_timeout_s=30.0, score_threshold=0.28)
 
 
 @pytest.fixture(scope="module")
-def tiny_server(tiny_detector, tmp_path_factory):
+def tiny_server(tiny_package, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    plan = StagePlan.create(tiny_detector.cfg, [TINY_K])
-    export_package(tiny_detector, plan, root / "pkg", force=True, progress=False)
-    model = write_repository(root / "pkg", root / "repo", TINY)
+    model = write_repository(tiny_package, root / "repo", TINY)
     with TritonServer(model.parent) as srv:
-        srv.model, srv.package = model.name, root / "pkg"
+        srv.model, srv.package = model.name, tiny_package
         yield srv
 
 
