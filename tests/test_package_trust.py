@@ -326,14 +326,14 @@ def test_unreadable_files_are_problem_lines(pkg, monkeypatch, capsys) -> None:
 
 
 def test_an_unreadable_manifest_is_a_problem_line(pkg, monkeypatch, capsys) -> None:
-    real = Path.read_text
+    real = Path.read_bytes
 
-    def denied(self: Path, *args, **kwargs) -> str:
+    def denied(self: Path) -> bytes:
         if self.name == "manifest.json":
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
+        return real(self)
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(Path, "read_bytes", denied)
     code, out, err = cli(["check", str(pkg), "--quiet"], capsys)
     assert code == 1 and "Traceback" not in out + err
     assert "manifest.json: cannot read it (Permission denied)" in out
