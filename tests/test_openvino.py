@@ -79,19 +79,21 @@ def graph_errors(package: Path, precision: str) -> dict[str, float]:
     return errors
 
 
-@pytest.mark.parametrize("name", ["a", "b"])
-def test_every_graph_follows_the_torch_reference_in_f32(small_packages, name: str) -> None:
-    assert max(graph_errors(small_packages[name][0], "fp32").values()) <= 1e-5
+# vitdet-small package "b" (one stage of 12 blocks, K = 96 and N) in these: every block of
+# the shipped model in a few compiled shapes (each costs seconds and its own weights)
+
+
+def test_every_graph_follows_the_torch_reference_in_f32(small_packages) -> None:
+    assert max(graph_errors(small_packages["b"][0], "fp32").values()) <= 1e-5
 
 
 def test_every_graph_follows_the_torch_reference_in_bf16(small_packages) -> None:
-    errors = graph_errors(small_packages["a"][0], "bf16")
+    errors = graph_errors(small_packages["b"][0], "bf16")
     assert max(errors.values()) <= BF16_RTOL, errors
 
 
-@pytest.mark.parametrize("name", ["a", "b"])
-def test_openvino_pipeline_follows_the_torch_reference(small_packages, name: str) -> None:
-    path, det, plan = small_packages[name]
+def test_openvino_pipeline_follows_the_torch_reference(small_packages) -> None:
+    path, det, plan = small_packages["b"]
     k = plan.buckets[0]
     stream = Pipeline.load(path, "openvino").new_stream(policy=FixedKeep(k))
     ref = Pipeline.from_model(det, plan.buckets, "per-global").new_stream(policy=FixedKeep(k))

@@ -61,9 +61,7 @@ def ensure_package(
     if progress:
         graphs = "fixed- and symbolic-K graphs" if symbolic else "fixed-K graphs only"
         print(f"exporting {describe(plan)}; {graphs}; to {path}", file=sys.stderr)
-    export_package(
-        model, plan, path, symbolic=symbolic, force=fresh, progress=progress, int8=int8
-    )
+    export_package(model, plan, path, symbolic=symbolic, force=fresh, progress=progress, int8=int8)
     return path
 
 
