@@ -323,9 +323,16 @@ SLOW: dict[str, set[str]] = {
 }
 
 
+# Modules whose tests run last: once OpenVINO has compiled models, this process can no
+# longer fork (`rgtp.export.parallel.fork_unsafe`), so the exports of every other module
+# would trace one graph at a time.
+LAST = ("test_openvino",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         slow = SLOW.get(item.path.stem, set())
         name = getattr(item, "originalname", item.name)
         if "*" in slow or name in slow or slow & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.path.stem in LAST)  # stable: the rest keep their order

@@ -243,3 +243,13 @@ def test_without_openvino_the_error_names_the_extra(monkeypatch, tmp_path) -> No
     monkeypatch.delitem(sys.modules, "rgtp.engines.openvino_backend", raising=False)
     with pytest.raises(ImportError, match=re.escape("pip install rgtp[openvino]")):
         load_engines(tmp_path, "openvino")
+
+
+def test_after_openvino_engines_exports_trace_in_this_process(tiny_package) -> None:
+    """OpenVINO's thread pool does not survive a fork: once it has compiled a model here,
+    the exporter traces in this process instead of forking workers (which hung)."""
+    from rgtp.export.parallel import export_workers, fork_unsafe
+
+    Pipeline.load(tiny_package, "openvino")
+    assert "OpenVINO" in (fork_unsafe() or "")
+    assert export_workers(8, requested=4) == 1

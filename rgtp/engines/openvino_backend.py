@@ -40,6 +40,19 @@ from rgtp.package.verify import external_data_problems, load_verified
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 _CPU = torch.device("cpu")
+# Whether this process has compiled an OpenVINO model: from then on its CPU plugin keeps a
+# TBB thread pool, which a fork does not survive (`rgtp.export.parallel.fork_unsafe`).
+_COMPILED = False
+
+
+def engines_created() -> bool:
+    """Whether an OpenVINO engine has compiled a model in this process."""
+    return _COMPILED
+
+
+def _compiled_here() -> None:
+    global _COMPILED
+    _COMPILED = True
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +89,7 @@ class OpenVinoEngine:
             if key not in self._compiled:
                 model = self._model.clone()
                 model.reshape({t.name: ov.PartialShape(t.concrete(dims)) for t in self.spec.inputs})
+                _compiled_here()
                 self._compiled[key] = self._core.compile_model(model, "CPU", self._config)
                 self._idle[key] = []
             return self._compiled[key]

@@ -5,8 +5,9 @@ Python, seconds to a minute a graph, and a package has one graph per stage and K
 Linux the graphs are traced by forked worker processes, which see the model as the parent
 has it (copy-on-write, nothing pickled) and hand each graph back as an ONNX file with
 external data; the parent writes the package from them in order, as a sequential export
-would. Where forking is unsafe or unavailable (CUDA initialised in this process, no "fork"
-start method) or one core is all there is, the graphs are traced here, one by one.
+would. Where forking is unsafe or unavailable (CUDA initialised in this process, OpenVINO
+loaded in it, no "fork" start method) or one core is all there is, the graphs are traced
+here, one by one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,13 +37,26 @@ _JOBS: tuple[Sequence[object], Callable[[object], onnx.ModelProto]] | None = Non
 
 def export_workers(jobs: int, requested: int | None = None) -> int:
     """How many processes trace `jobs` graphs: `requested`, else one per core this process
-    may run on; 1 where forking is unsafe (CUDA initialised) or unavailable."""
+    may run on; 1 where forking is unsafe (`fork_unsafe`) or unavailable."""
     if requested is not None and requested < 1:
         raise ValueError(f"export workers must be at least 1, got {requested}")
-    if "fork" not in multiprocessing.get_all_start_methods() or torch.cuda.is_initialized():
+    if "fork" not in multiprocessing.get_all_start_methods() or fork_unsafe():
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(jobs, requested or cores or 1))
+
+
+def fork_unsafe() -> str | None:
+    """Why a forked worker could not run here, or None. CUDA does not survive a fork.
+    Nor does OpenVINO's CPU plugin once it has compiled models (its TBB thread pool is not
+    fork-safe): after the suite's OpenVINO tests, forked tracing workers hung and once the
+    whole process crashed (2026-12-07)."""
+    if torch.cuda.is_initialized():
+        return "CUDA is initialised in this process"
+    openvino = sys.modules.get("rgtp.engines.openvino_backend")
+    if openvino is not None and openvino.engines_created():
+        return "OpenVINO engines were created in this process"
+    return None
 
 
 def traced(
