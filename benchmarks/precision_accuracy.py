@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=8, help="held-out SynthVID sequences")
     ap.add_argument("--frames", type=int, default=64, help="frames per sequence")
     ap.add_argument("--clips", type=int, default=60, help="held-out SynthMotion clips")
+    ap.add_argument("--models", default="vitdet-small,vivit-small", help="shipped models to score")
     ap.add_argument(
         "--configs",
         default=None,
@@ -170,8 +171,11 @@ def main() -> None:
     configs = [c for c in configs if c[0] in BACKENDS]
     start = time.perf_counter()
     out = Path(args.out)
-    rows = detector_rows(configs, out, args.sequences, args.frames)
-    rows += classifier_rows(configs, out, args.clips)
+    models = args.models.split(",")
+    rows = (
+        detector_rows(configs, out, args.sequences, args.frames) if "vitdet-small" in models else []
+    )
+    rows += classifier_rows(configs, out, args.clips) if "vivit-small" in models else []
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "threads": torch.get_num_threads(),
