@@ -23,7 +23,13 @@ from rgtp.package.manifest import Manifest, ManifestError
 from rgtp.runtime import Pipeline, StreamOptions
 from tests.conftest import assert_same_detections, moving_frames, synthvid_frames
 from tests.test_many_streams import CountingEngines, assert_batched_equals_alone
-from tests.test_package_trust import VICTIMS, _escape, flip_byte, rehash
+from tests.test_package_trust import (
+    FOREIGN_WEIGHTS,
+    VICTIMS,
+    _escape,
+    flip_byte,
+    point_weights_outside,
+)
 from tests.test_pruned_loop import assert_threads_equal_sequential, shifted_videos
 
 # bf16 against the f32 PyTorch reference (docs/openvino.md, "Precision and tolerances"): a
@@ -170,18 +176,8 @@ def test_names_outside_the_package_are_refused(pkg, how: str) -> None:
 
 
 def test_external_data_outside_the_package_is_refused(pkg) -> None:
-    import onnx
-
-    shutil.copy(pkg / "embed.weights", pkg.parent / "evil.weights")
-    model = onnx.load(str(pkg / "embed.onnx"), load_external_data=False)
-    for init in model.graph.initializer:
-        for e in init.external_data:
-            if e.key == "location":
-                e.value = "../evil.weights"
-    onnx.save(model, str(pkg / "embed.onnx"))
-    rehash(pkg, "embed.onnx")
-    message = "embed.onnx: its weights are read from '../evil.weights', the manifest lists"
-    with pytest.raises(EngineError, match=re.escape(message)):
+    point_weights_outside(pkg)
+    with pytest.raises(EngineError, match=re.escape(FOREIGN_WEIGHTS)):
         Pipeline.load(pkg, "openvino")
 
 

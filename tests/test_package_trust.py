@@ -209,8 +209,12 @@ def test_names_outside_the_package_are_refused(pkg, capsys, how: str, consumer: 
             load(pkg, consumer)
 
 
-def test_external_data_outside_the_package_is_refused(pkg, capsys) -> None:
-    """A graph may name its own weights file; it must be the one the manifest lists."""
+# what a backend says of a graph whose weights are read from outside its package
+FOREIGN_WEIGHTS = "embed.onnx: its weights are read from '../evil.weights', the manifest lists"
+
+
+def point_weights_outside(pkg: Path) -> None:
+    """embed.onnx's external data moved to a copy beside the package, the manifest rehashed."""
     shutil.copy(pkg / "embed.weights", pkg.parent / "evil.weights")
     model = onnx.load(str(pkg / "embed.onnx"), load_external_data=False)
     for init in model.graph.initializer:
@@ -219,7 +223,12 @@ def test_external_data_outside_the_package_is_refused(pkg, capsys) -> None:
                 e.value = "../evil.weights"
     onnx.save(model, str(pkg / "embed.onnx"))
     rehash(pkg, "embed.onnx")
-    message = "embed.onnx: its weights are read from '../evil.weights', the manifest lists"
+
+
+def test_external_data_outside_the_package_is_refused(pkg, capsys) -> None:
+    """A graph may name its own weights file; it must be the one the manifest lists."""
+    point_weights_outside(pkg)
+    message = FOREIGN_WEIGHTS
     code, out, _ = cli(["check", str(pkg), "--quiet"], capsys)
     assert code == 1 and f"FAIL {message}" in out, out
     with pytest.raises(EngineError, match=re.escape(message)):
