@@ -9,6 +9,9 @@ TORCH  := torch==2.13.0
 # timm is a test-only reference implementation. Its torchvision requirement would replace
 # the pinned torch, so it is installed without dependencies (tests/reference_impls.py).
 TIMM   := timm==1.0.31
+# The development environment holds every extra but `ort-gpu` and `serve` (docs/install.md):
+# ONNX Runtime's CPU flavour, and numpy 2.
+DEV_EXTRAS := test,ort,video,export,eval,viz,train,trt,client,openvino
 # The Triton server's own environment (docs/serving.md): nvidia-pytriton's tritonserver and
 # its Python backend stub, built against numpy 1, with rgtp installed editable from here.
 # The main environment stays on numpy 2.
@@ -26,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip uninstall -q -y nvidia-pytriton
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,trt-rtx,client,openvino]" $(TORCH) "numpy>=2"
+	$(BIN)/python -m pip install -q -e ".[$(DEV_EXTRAS)]" $(TORCH) "numpy>=2"
 	$(BIN)/python -m pip install -q --no-deps $(TIMM)
 	touch $(STAMP)
 

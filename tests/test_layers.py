@@ -20,6 +20,7 @@ ROOT = Path(rgtp.__file__).parent
 # they sit above it and above what the families' tools share (`eval`, `train`); the registry
 # loads them by name when a command asks (`rgtp.package.family.tool`).
 ORDER = (
+    "_optional",  # optional dependencies, named by the extra that installs them
     "core",  # the method's arithmetic
     "data",  # synthetic videos, loaders
     "package",  # plan, manifest, verification, the Family interface and registry

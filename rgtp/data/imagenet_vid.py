@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from rgtp._optional import require
 
 _WNIDS: tuple[tuple[str, str], ...] = (
     ("n02691156", "airplane"),
@@ -148,10 +149,11 @@ def iter_frames(
     """Every step-th frame of a sequence: image (H, W, 3) uint8 RGB and its annotation."""
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
+    image_module = require("PIL.Image", "eval", "ImageNet VID reader")
     for ann in load_sequence_annotations(root, split, seq)[::step]:
         if not ann.path.is_file():
             raise FileNotFoundError(f"frame {ann.path} is missing")
-        with Image.open(ann.path) as im:
+        with image_module.open(ann.path) as im:
             image = np.asarray(im.convert("RGB"))
         if image.shape[:2] != (ann.height, ann.width):
             raise ValueError(

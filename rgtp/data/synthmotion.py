@@ -39,7 +39,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from skimage.transform import resize
 
 from rgtp.data.synthvid import CLASSES as SPRITES
 from rgtp.data.synthvid import (
@@ -49,6 +48,7 @@ from rgtp.data.synthvid import (
     _Camera,
     _class_sprite,
     _Object,
+    _resize,
     composite,
     heldout_seeds,
     training_seeds,
@@ -159,8 +159,8 @@ class _Mover:
         aspect = rng.uniform(0.85, 1.15)
         f = self.sprite_side / max(h, w * aspect)
         shape = (max(round(h * f), 2), max(round(w * aspect * f), 2))
-        rgb = resize(rgb, shape, order=1, anti_aliasing=True)
-        alpha = resize(alpha, shape, order=1, anti_aliasing=True)
+        rgb = _resize(rgb, shape)
+        alpha = _resize(alpha, shape)
         if rng.integers(2):
             rgb, alpha = rgb[:, ::-1], alpha[:, ::-1]
         gain, contrast = rng.uniform(0.8, 1.2, 2)

@@ -17,13 +17,28 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
-from skimage import data as skdata
-from skimage.filters import gaussian
-from skimage.transform import resize
+
+from rgtp._optional import require
 
 CLASSES: tuple[str, ...] = ("cat", "cup", "astronaut", "rocket", "motorcycle", "horse")
+
+# what needs scikit-image, as a missing-extra message names it (rgtp._optional.require)
+_USE = "synthetic video (SynthVID, SynthMotion)"
+
+
+def _photos() -> ModuleType:
+    """scikit-image's bundled photographs (`skimage.data`), imported when first drawn."""
+    return require("skimage.data", "eval", _USE)
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image` (h, w[, c]) resampled to `shape` (bilinear, anti-aliased), as float64."""
+    return require("skimage.transform", "eval", _USE).resize(
+        image, shape, order=1, anti_aliasing=True
+    )
 
 HELDOUT_SEED_BASE = 1_000_000_000
 
@@ -112,7 +127,7 @@ def _photo_crop(
 def _astronaut() -> tuple[np.ndarray, np.ndarray]:
     """Head-and-shoulders bust: union of a head ellipse and a shoulders ellipse, so the
     flag and the shuttle model beside her stay out."""
-    rgb = skdata.astronaut()[10:512, 10:380].astype(np.float32) / 255
+    rgb = _photos().astronaut()[10:512, 10:380].astype(np.float32) / 255
     h, w = rgb.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
 
@@ -127,11 +142,12 @@ def _astronaut() -> tuple[np.ndarray, np.ndarray]:
 
 def _horse() -> tuple[np.ndarray, np.ndarray]:
     """The horse silhouette as alpha over the wood grain of the coffee photo's table."""
-    silhouette = ~skdata.horse()  # the stored image is a black horse on white
-    alpha = gaussian(silhouette.astype(np.float32), sigma=1.5).astype(np.float32)
+    silhouette = ~_photos().horse()  # the stored image is a black horse on white
+    filters = require("skimage.filters", "eval", _USE)
+    alpha = filters.gaussian(silhouette.astype(np.float32), sigma=1.5).astype(np.float32)
     # The table right of the saucer, grain turned horizontal and stretched to the horse.
-    wood = np.rot90(skdata.coffee()[:, 490:]).astype(np.float32) / 255
-    rgb = resize(wood, alpha.shape, order=1, anti_aliasing=True).astype(np.float32)
+    wood = np.rot90(_photos().coffee()[:, 490:]).astype(np.float32) / 255
+    rgb = _resize(wood, alpha.shape).astype(np.float32)
     return rgb, alpha
 
 
@@ -141,29 +157,29 @@ def _class_sprite(label: int) -> tuple[np.ndarray, np.ndarray, float]:
     _SOURCE_SIDE, and the fraction of its h x w box where alpha > 0.5."""
     name = CLASSES[label]
     if name == "cat":
-        rgb, alpha = _photo_crop(skdata.chelsea(), (0, 300), (30, 400), power=2.2)
+        rgb, alpha = _photo_crop(_photos().chelsea(), (0, 300), (30, 400), power=2.2)
     elif name == "cup":
-        rgb, alpha = _photo_crop(skdata.coffee(), (15, 392), (72, 482), power=2.0)
+        rgb, alpha = _photo_crop(_photos().coffee(), (15, 392), (72, 482), power=2.0)
     elif name == "astronaut":
         rgb, alpha = _astronaut()
     elif name == "rocket":
-        rgb, alpha = _photo_crop(skdata.rocket(), (118, 412), (290, 356), power=2.5)
+        rgb, alpha = _photo_crop(_photos().rocket(), (118, 412), (290, 356), power=2.5)
     elif name == "motorcycle":
-        rgb, alpha = _photo_crop(skdata.stereo_motorcycle()[0], (60, 458), (88, 695), power=4.0)
+        rgb, alpha = _photo_crop(_photos().stereo_motorcycle()[0], (60, 458), (88, 695), power=4.0)
     else:
         rgb, alpha = _horse()
     h, w = alpha.shape
     f = _SOURCE_SIDE / max(h, w)
     shape = (round(h * f), round(w * f))
-    rgb = resize(rgb, shape, order=1, anti_aliasing=True).astype(np.float32)
-    alpha = resize(alpha, shape, order=1, anti_aliasing=True).astype(np.float32)
+    rgb = _resize(rgb, shape).astype(np.float32)
+    alpha = _resize(alpha, shape).astype(np.float32)
     return rgb, alpha, float((alpha > 0.5).mean())
 
 
 @functools.cache
 def _background(name: str) -> np.ndarray:
     """Background photo (H, W, 3) float32 in [0, 1]; grayscale ones repeated to RGB."""
-    image = getattr(skdata, name)()
+    image = getattr(_photos(), name)()
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3], dtype=np.float32) / 255
@@ -242,8 +258,8 @@ class _Object:
         h, w = alpha.shape
         f = side / max(h, w * aspect)
         shape = (max(round(h * f), 2), max(round(w * aspect * f), 2))
-        rgb = resize(rgb, shape, order=1, anti_aliasing=True)
-        alpha = resize(alpha, shape, order=1, anti_aliasing=True)
+        rgb = _resize(rgb, shape)
+        alpha = _resize(alpha, shape)
         if flip:
             rgb, alpha = rgb[:, ::-1], alpha[:, ::-1]
         mean = rgb.mean(axis=(0, 1))

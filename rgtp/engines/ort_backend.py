@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
+from rgtp._optional import require
 from rgtp.engines.base import LAYOUTS, EngineError, EngineSet, check_feeds, restrict_buckets
 from rgtp.engines.binding import bind_io
 from rgtp.engines.dtypes import dtype
 from rgtp.package.manifest import GraphRecord, package_file
 from rgtp.package.plan import GraphSpec, TensorSpec
 from rgtp.package.verify import external_data_problems, load_verified
+
+ort = require("onnxruntime", "ort")  # `rgtp[ort]` or `rgtp[ort-gpu]`: the message names both
 
 _ENV_ALLOCATOR_READY = False
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader
+
+from rgtp._optional import require
 
 PRECISIONS = ("fp32", "int8")  # what an exported package's graphs compute in
 METHODS = ("dynamic", "static")
@@ -63,7 +64,7 @@ class Int8Settings:
     def record(self, graphs: list[str], calibration: dict | None = None) -> dict[str, Any]:
         """The manifest's `quantization` entry for `graphs` quantized with these settings
         (`calibration`: what static scales were measured on)."""
-        import onnxruntime
+        onnxruntime = require("onnxruntime", "ort", "int8 quantization")
 
         return {
             "precision": "int8",
@@ -97,6 +98,7 @@ def quantize_graph(
     """`model` (initializers inline, as the exporter returns it) with its weight matmuls
     in int8; static quantization measures activation ranges on `calibration` (the graph's
     feeds). The graph's interface (input and output names, shapes, dtypes) is unchanged."""
+    require("onnxruntime", "ort", "int8 quantization")  # before its submodule: names the extra
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -145,8 +147,10 @@ def quantize_graph(
     return quantized
 
 
-class _Reader(CalibrationDataReader):
-    """ONNX Runtime's calibration reader over recorded feeds."""
+class _Reader:
+    """ONNX Runtime's calibration reader over recorded feeds: its `CalibrationDataReader`
+    is an ABC that takes any class with `get_next` as a subclass, so this one need not
+    import ONNX Runtime to be defined (the exporter imports this module)."""
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
         self._feeds = iter(feeds)

@@ -6,10 +6,12 @@ import contextlib
 import io
 from typing import Any
 
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
+from rgtp._optional import require
 from rgtp.families.detection.boxes import Detections
+
+require("pycocotools", "eval", "mAP")  # before its submodules: a missing one names the extra
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 
 def detections_to_coco(image_id: int, dets: Detections) -> list[dict[str, Any]]:
