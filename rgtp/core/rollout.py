@@ -88,6 +88,38 @@ def rollout(
     return s / s.sum()
 
 
+def cache_free_rollout(
+    first: torch.Tensor, later: Sequence[torch.Tensor], kept: torch.Tensor, query: int = 0
+) -> torch.Tensor:
+    """Rollout of a step whose first block attended over all M tokens and whose later blocks
+    ran on the kept ones only (the authors' ViViT pruning, `rgtp.models.cache_free_stage`).
+
+    first: block 0's fused attention (M, M); later: each later block's (Mk, Mk), forward
+    order, over the kept tokens `kept` (Mk,) (indices into the M, in the later blocks' row
+    order); s_L is the one-hot row of the kept token at position `query` of `kept` (the CLS).
+    The product Ã = Â_L ⋯ Â_1 · Â_0[kept][:, kept]: Â_0 is row-normalised over all M
+    before its kept rows and columns are taken. Returns (M,): Ã's query row on the kept
+    tokens, 0 on the others (not normalised: the caller fills and normalises).
+    """
+    s = torch.zeros(kept.shape[0], dtype=first.dtype, device=first.device)
+    s[query] = 1.0
+    for a in reversed(later):
+        s = rollout_step(a, s)
+    s = rollout_step(first, first.new_zeros(first.shape[0]).index_copy(0, kept, s))
+    return torch.zeros_like(s).index_copy(0, kept, s[kept])
+
+
+def keep_previous(
+    importance: torch.Tensor, previous: torch.Tensor, computed: torch.Tensor
+) -> torch.Tensor:
+    """The authors' unpooled rollout (their 1024-px configurations): tokens not computed this
+    frame keep the previous frame's final importance at the same grid cell (not the tracked
+    one); computed tokens keep this frame's. importance, previous: (N,); computed: (K,)
+    token indices. Returns (N,) normalised to sum 1."""
+    out = previous.to(importance.dtype).index_copy(0, computed, importance[computed])
+    return out / out.sum()
+
+
 def unroll_step(
     fused: torch.Tensor, s: torch.Tensor, sums: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -14,6 +14,12 @@ import torch.nn.functional as F
 from rgtp.core.checks import check_int
 
 SIMILARITIES = ("dot", "cosine")
+# What an off-grid cell of the window is: "skip", never a candidate (rgtp); "authors", the
+# authors' zero padding: it scores 0, then every score exactly 0 is set to -100, the first
+# best in raster (dy, dx) order wins, and an off-grid winner carries token 0's importance.
+# So the padding wins only when every on-grid score is below -100 (a merely negative window
+# still picks its best real neighbour).
+OFF_GRID = ("skip", "authors")
 
 
 def check_radius(radius: object, grid: int) -> int:
@@ -31,23 +37,42 @@ def window_offsets(radius: int) -> list[tuple[int, int]]:
 
 
 def match_tokens(
-    prev_z: torch.Tensor, z: torch.Tensor, grid: int, radius: int, similarity: str = "dot"
+    prev_z: torch.Tensor,
+    z: torch.Tensor,
+    grid: int,
+    radius: int,
+    similarity: str = "dot",
+    off_grid: str = "skip",
 ) -> torch.Tensor:
     """Source index in frame t-1 of every token of frame t.
 
     prev_z, z: (N, C) raw patch embeddings, raster order on a grid x grid grid.
     Returns (N,) int64 raster indices j* = argmax_j <z[i], prev_z[j]> over the window;
-    cells off the grid are never candidates.
+    off_grid "skip": cells off the grid are never candidates; "authors": see `OFF_GRID`.
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
+    if off_grid not in OFF_GRID:
+        raise ValueError(f"unknown off-grid rule {off_grid!r}; choose from {OFF_GRID}")
     check_radius(radius, grid)
     if similarity == "cosine":
         prev_z, z = unit_rows(prev_z), unit_rows(z)
     candidates, valid = _window(grid, radius, z.device)  # (N, D) each
     sims = window_similarities(prev_z, z, grid, radius)
-    best = sims.masked_fill(~valid, float("-inf")).argmax(dim=1)  # first max: (0, 0) on ties
+    if off_grid == "authors":
+        raster = _raster_order(radius, z.device)  # their scan order decides their ties
+        sims, candidates, valid = sims[:, raster], candidates[:, raster], valid[:, raster]
+        candidates = torch.where(valid, candidates, 0)
+        best = sims.masked_fill(sims == 0.0, -100.0).argmax(dim=1)
+    else:
+        best = sims.masked_fill(~valid, float("-inf")).argmax(dim=1)  # first max: (0, 0) on ties
     return candidates.gather(1, best.unsqueeze(1)).squeeze(1)
+
+
+@functools.cache
+def _raster_order(radius: int, device: torch.device) -> torch.Tensor:
+    """Columns of `window_offsets` order (D,) that put the window in raster (dy, dx) order."""
+    return torch.argsort(_band(1, radius, torch.device("cpu"))[1]).to(device)
 
 
 def window_similarities(
@@ -129,6 +154,7 @@ def track(
     similarity: str = "dot",
     union: bool = False,
     with_similarity: bool = True,
+    off_grid: str = "skip",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Tracked importance ŝ^t[i] = s^{t-1}[j*(i)] (N,), and each token's match similarity
     (N,) (see `match_similarity`; None when not `with_similarity`: it costs a dozen kernels
@@ -138,11 +164,12 @@ def track(
     s^{t-1}[j*(i)]). When content moves less than a token between frames, token i holds
     part of what was at i and part of its matched source, so it keeps the larger of the two
     importances: the map grows along the motion instead of jumping by a whole token.
+    off_grid: what an off-grid window cell is (`OFF_GRID`).
     """
     if radius == 0:
         source = torch.arange(z.shape[0], device=z.device)
     else:
-        source = match_tokens(prev_z, z, grid, radius, similarity)
+        source = match_tokens(prev_z, z, grid, radius, similarity, off_grid)
     tracked = prev_scores[source]
     if union:
         tracked = torch.maximum(tracked, prev_scores)

@@ -104,6 +104,15 @@ class PruningConfig:
     rollout_pool: rollout over attention rows average-pooled pool x pool on the token grid,
         importance upsampled bilinearly (the authors' `rollout_pool_size`; 1: unpooled). The
         buffered rows shrink by pool⁴.
+    keep_previous: with unpooled rollout, a token not computed this frame keeps the previous
+        frame's final importance instead of the one rollout gives it through its buffered
+        attention row (the authors' 1024-px configurations, `core.rollout.keep_previous`;
+        False is rgtp's: every token's importance is recomputed).
+    off_grid: tracking's off-grid window cells, "skip" (rgtp) or "authors" (their zero
+        padding, `core.tracking.OFF_GRID`).
+    cache_free: the authors' ViViT pruning (`rgtp.models.cache_free_stage`): prune after block
+        0's attention, later blocks run on the kept tokens only, no key/value caches; False is
+        rgtp's cache method. Only for models with a CLS token.
     """
 
     rollout_blocks: tuple[int, ...] | None = None
@@ -113,18 +122,32 @@ class PruningConfig:
     track_union: bool = False
     target_threshold: float = 0.1
     rollout_pool: int = 1
+    keep_previous: bool = False
+    off_grid: str = "skip"
+    cache_free: bool = False
 
     @classmethod
-    def paper(cls, img_size: int, rollout_pool: int | None = None) -> PruningConfig:
-        """The authors' published ViTDet settings at an input size: rollout through every
-        global block with RMS head fusion (fusion lives in the stage plan), raw dot-product
-        tracking (their scan order differs only on exact ties, see `core.tracking`), no rgtp
-        extensions, s_L from boxes above 0.1. Their 672-px configurations pool the attention
-        rows 2 x 2, their 1024-px ones do not; other sizes pool like 672 px unless told.
-        Pair it with a plan exported `prune_from="block0-mlp"` (`rgtp export --paper`)."""
+    def paper(
+        cls, img_size: int, rollout_pool: int | None = None, cls_token: bool = False
+    ) -> PruningConfig:
+        """The authors' published settings at an input size.
+
+        ViTDet (no `cls_token`): rollout through every global block with RMS head fusion
+        (fusion lives in the stage plan), raw dot-product tracking with their off-grid rule,
+        no rgtp extensions, s_L from boxes above 0.1. Their 672-px configurations pool the
+        attention rows 2 x 2, their 1024-px ones do not and keep the previous frame's
+        importance for tokens not computed; other sizes pool like 672 px unless told. Pair it
+        with a plan exported `prune_from="block0-mlp"` (`rgtp export --paper`).
+
+        ViViT (`cls_token`): their Kinetics-400 method, cache-free (`cache_free`), unpooled,
+        raw dot-product tracking with their off-grid rule."""
+        if cls_token:
+            if rollout_pool not in (None, 1):
+                raise ValueError("the authors' ViViT rollout is unpooled (rollout_pool 1)")
+            return cls(off_grid="authors", cache_free=True)
         if rollout_pool is None:
             rollout_pool = 1 if img_size >= 1024 else 2
-        return cls(rollout_pool=rollout_pool)
+        return cls(rollout_pool=rollout_pool, keep_previous=rollout_pool == 1, off_grid="authors")
 
     def __post_init__(self) -> None:
         if self.rollout_blocks is not None:
@@ -145,6 +168,17 @@ class PruningConfig:
         # Scores are probabilities: a threshold of 1 lets no box through (uniform s_L).
         check_real("target_threshold", self.target_threshold, 0.0, 1.0)
         check_int("rollout_pool", self.rollout_pool, 1)
+        for name in ("keep_previous", "cache_free"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.off_grid not in ("skip", "authors"):
+            raise ValueError(f"off_grid must be skip or authors, got {self.off_grid!r}")
+        if self.keep_previous and self.rollout_pool > 1:
+            raise ValueError("keep_previous is for unpooled rollout (rollout_pool 1)")
+        if self.cache_free and (self.rollout_pool > 1 or self.novelty_share > 0):
+            raise ValueError(
+                "cache_free is the authors' ViViT method: unpooled rollout, no novelty share"
+            )
 
     def blocks(self, global_blocks: tuple[int, ...]) -> list[int]:
         """The blocks rollout runs through for a backbone with these global blocks, sorted;

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from rgtp.core.rollout import (
+    keep_previous,
     later_importance,
 )
 from rgtp.core.selection import (
@@ -86,6 +87,12 @@ class Stream:
                 f"rows for blocks {list(plan.rollout_blocks or ())}, the model's rollout "
                 "blocks at export); roll out through those, or export again with "
                 f"--rollout-blocks {wanted} (StagePlan.create(..., rollout_blocks=...))"
+            )
+        if self.pruning.cache_free:
+            raise ValueError(
+                "cache_free pruning (the authors' ViViT method) has no exported stages yet: run "
+                "it in torch with rgtp.models.cache_free_stage.CacheFreeStepper; packages run "
+                "rgtp's cache method (cache_free=False)"
             )
         self.pool = self.pruning.rollout_pool
         # What novelty compares a token with, where K keeps a share for novelty at all.
@@ -339,6 +346,10 @@ class Stream:
                 prediction = task.predict(st.out_map, runner, user_head)
             with timer("rollout"):
                 importance = finish(prediction.target)
+                if self.pruning.keep_previous and not reset:
+                    # the authors' unpooled rollout: tokens not computed keep last frame's
+                    assert st.prev_importance is not None
+                    importance = keep_previous(importance, st.prev_importance, keep)
         except BaseException:
             writes.undo()
             raise
@@ -424,6 +435,7 @@ class Stream:
                 pruning.similarity,
                 pruning.track_union,
                 with_similarity=novelty == "match",
+                off_grid=pruning.off_grid,
             )
             if novelty == "cache":
                 similarity = row_cosine(f["z"], f["ref_z"])
