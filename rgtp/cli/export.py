@@ -129,6 +129,13 @@ def add_export(sub) -> None:
         action="store_true",
         help="package readable by its owner only (0700/0600; default 0755/0644)",
     )
+    p.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write the model's weights (model.safetensors), which the torch backend and "
+        "`rgtp check` need (default); --no-reference: each weight once, for deployment",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=export)
@@ -171,6 +178,7 @@ def export(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         private=args.private,
         user_head=user_graph,
+        reference=args.reference,
     )
     if int8 is None or int8.method == "dynamic":
         manifest = export(args.out, force=args.force, int8=int8)

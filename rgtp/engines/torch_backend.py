@@ -152,7 +152,14 @@ def package_torch_engines(
     precision: str = "fp32",
     cuda_graphs: bool = False,
 ) -> EngineSet:
-    """Reference engines from a package whose files the caller has verified."""
+    """Reference engines from a package whose files the caller has verified; EngineError for
+    a package exported without its model's weights (`rgtp export --no-reference`)."""
+    if manifest.model_weights is None:
+        raise EngineError(
+            f"{package} holds no reference weights (exported with --no-reference): the torch "
+            "backend runs the model's own weights; export it again with --reference, or run "
+            "its graphs on another backend (ort, openvino, trt)"
+        )
     family = manifest.plan.family
     model = family.build(manifest.plan.config)
     family.load_weights(model, package_file(package, manifest.model_weights))

@@ -23,13 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from polygraphy.backend.base import BaseRunner
-from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from polygraphy.common import TensorMetadata
-from polygraphy.comparator import Comparator, SimpleCompareFunc
-from polygraphy.logger import G_LOGGER
 from tqdm import tqdm
 
+from rgtp._optional import require
 from rgtp.engines.base import Engine, EngineSet
 from rgtp.engines.dtypes import dtype
 from rgtp.engines.torch_backend import TorchEngine, package_torch_engines
@@ -37,6 +33,13 @@ from rgtp.export.onnx_graphs import example_inputs, graph_interface
 from rgtp.package.manifest import GraphRecord, Manifest, ManifestError, package_file
 from rgtp.package.plan import TensorSpec
 from rgtp.package.verify import external_data_problems, file_problems
+
+require("polygraphy", "export", "rgtp check")  # first: a missing one names the extra
+from polygraphy.backend.base import BaseRunner  # noqa: E402
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx  # noqa: E402
+from polygraphy.common import TensorMetadata  # noqa: E402
+from polygraphy.comparator import Comparator, SimpleCompareFunc  # noqa: E402
+from polygraphy.logger import G_LOGGER  # noqa: E402
 
 
 class CheckError(ValueError):
@@ -159,9 +162,15 @@ def check_package(
         return report  # numbers from changed files would only confuse the report
     for rec in manifest.graphs:
         report.problems += interface_problems(directory, rec)
+    if manifest.model_weights is None:
+        report.problems.append(
+            "no reference weights (exported with --no-reference): the graphs cannot be "
+            "compared with the model; check a package exported with --reference"
+        )
     if report.problems:
         return report
 
+    require("onnxruntime", "ort", "rgtp check")  # Polygraphy's runner of the graphs
     G_LOGGER.module_severity = G_LOGGER.ERROR  # one line per graph from us, not pages
     # The contract of check is a report, not a traceback: whatever the reference loader,
     # ONNX Runtime or Polygraphy raise becomes the FAIL line of the file it concerns.

@@ -48,7 +48,11 @@ def ensure_package(
         want = "fp32" if int8 is None else "int8"
         if manifest.precision != want:
             differences.append(f"its graphs are {manifest.precision}, not {want}")
-        if not differences and not _same_weights(model, package_file(path, manifest.model_weights)):
+        if not differences and manifest.model_weights is None:
+            differences = ["it holds no weights to compare with the model's (--no-reference)"]
+        elif not differences and not _same_weights(
+            model, package_file(path, manifest.model_weights)
+        ):
             differences = [f"its weights ({manifest.model_weights}) are not the model's"]
         if differences:
             raise ExportError(

@@ -2,7 +2,8 @@
 
 Layout:
     manifest.json           every graph's interface and every file's sha256
-    model.safetensors       the model's weights (torch backend, `rgtp check` reference)
+    model.safetensors       the model's weights (torch backend, `rgtp check` reference);
+                            left out with `reference=False` (`--no-reference`)
     embed.onnx, head.onnx   (+ embed.weights, head.weights)
     temporal.onnx, ...      the family's further graphs (+ NAME.weights)
     stage{i}_k{K}.onnx      one static graph per stage and K bucket
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from rgtp._optional import require
 from rgtp.export.onnx_graphs import (
     DEFAULT_OPSET,
     SYMBOLIC_K,
@@ -98,6 +100,7 @@ def export_package(
     user_head: onnx.ModelProto | None = None,
     workers: int | None = None,
     int8: Int8Settings | None = None,
+    reference: bool = True,
 ) -> Manifest:
     """Export every graph of `plan` for `model` (a model of the plan's family: `Detector`,
     `ViViT`) into the directory `out`.
@@ -113,7 +116,11 @@ def export_package(
     place. Interrupted (exception, Ctrl-C, SIGTERM), nothing is left behind. Directories
     are made 0755 and files 0644, or 0700/0600 with `private`. `workers`: processes tracing
     graphs at once (`export.parallel`); None: one per core. `int8`: rgtp's graphs are
-    quantized so (`export.quantize`) and the manifest says how; None: float32 graphs."""
+    quantized so (`export.quantize`) and the manifest says how; None: float32 graphs.
+    `reference`: write the model's weights as model.safetensors, which the torch backend and
+    `rgtp check`'s comparison load; without, the package holds each weight once (in the
+    graphs' weight files), as a deployment needs."""
+    require("onnxscript", "export")  # torch.onnx's exporter writes through it
     check_opset(opset)
     if model.cfg != plan.config:
         raise ExportError("the model's config differs from the plan's")
@@ -124,7 +131,16 @@ def export_package(
         tmp = _work_dir(out)
         try:
             manifest = _export_into(
-                model.eval(), plan, tmp, opset, symbolic, progress, user_head, workers, int8
+                model.eval(),
+                plan,
+                tmp,
+                opset,
+                symbolic,
+                progress,
+                user_head,
+                workers,
+                int8,
+                reference,
             )
             set_modes(tmp, private)
             move_into_place(tmp, destination(out, force))  # `out` may have changed meanwhile
@@ -319,6 +335,7 @@ def _export_into(
     user_head: onnx.ModelProto | None,
     workers: int | None = None,
     int8: Int8Settings | None = None,
+    reference: bool = True,
 ) -> Manifest:
     n = plan.num_tokens
     family = plan.family
@@ -333,7 +350,8 @@ def _export_into(
             jobs.append(("stage", i, SYMBOLIC_K))
     jobs += [(name, None, None) for name in around if name != "embed"]
 
-    save_weights(model, directory / MODEL_WEIGHTS)
+    if reference:
+        save_weights(model, directory / MODEL_WEIGHTS)
     records: list[GraphRecord] = []
     opsets: set[int] = set()  # what the exporter wrote, which is not always what was asked
     weight_files: dict[str, SharedWeights] = {}
@@ -396,12 +414,12 @@ def _export_into(
     if len(opsets) != 1:
         raise ExportError(f"the graphs were written with different opsets {sorted(opsets)}")
     (written,) = opsets
-    files = [MODEL_WEIGHTS, *weight_files, *(r.file for r in records)]
+    files = [*([MODEL_WEIGHTS] if reference else []), *weight_files, *(r.file for r in records)]
     manifest = Manifest(
         plan=plan,
         graphs=records,
         files=record_files(directory, files),
-        model_weights=MODEL_WEIGHTS,
+        model_weights=MODEL_WEIGHTS if reference else None,
         opset=written,
         versions=_versions(written),
         quantization=None if int8 is None else int8.record(quantized),

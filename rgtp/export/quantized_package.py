@@ -37,9 +37,11 @@ def quantize_package(
     progress: bool = True,
     calibration: Feeds | None = None,
     calibration_source: str = "",
+    reference: bool = True,
 ) -> Manifest:
     """Write to `out` the package `source` (float32, verified first) with rgtp's graphs in
-    int8. The plan, graph interfaces and reference weights are the source's; the manifest
+    int8. The plan, graph interfaces and reference weights are the source's (`reference`
+    False, or a source without them: none, as `rgtp export --no-reference`); the manifest
     records the quantization. Written whole or not at all, like `export_package`.
 
     Static quantization takes `calibration`: per graph, the feeds it was called with
@@ -65,6 +67,7 @@ def quantize_package(
                 progress,
                 calibration,
                 calibration_source,
+                reference,
             )
             set_modes(tmp)
             move_into_place(tmp, destination(out, force))
@@ -83,10 +86,12 @@ def _quantize_into(
     progress: bool,
     calibration: Feeds | None,
     calibration_source: str,
+    reference: bool,
 ) -> Manifest:
-    shutil.copyfile(
-        package_file(source, manifest.model_weights), directory / manifest.model_weights
-    )
+    # the float32 reference, as it was: int8 graphs are compared with it (`rgtp check`)
+    model_weights = manifest.model_weights if reference else None
+    if model_weights is not None:
+        shutil.copyfile(package_file(source, model_weights), directory / model_weights)
     weight_files: dict[str, SharedWeights] = {}
     quantized: list[str] = []
     try:
@@ -107,9 +112,10 @@ def _quantize_into(
     graphs = [
         dataclasses.replace(r, weights=r.weights or f"{r.name}.weights") for r in manifest.graphs
     ]
-    files = [manifest.model_weights, *weight_files, *(r.file for r in graphs)]
+    files = [*([model_weights] if model_weights else []), *weight_files, *(r.file for r in graphs)]
     written = dataclasses.replace(
         manifest,
+        model_weights=model_weights,
         graphs=graphs,
         files=record_files(directory, files),
         # TensorRT plans are built from the graphs they were built from: not these
@@ -154,7 +160,8 @@ def ensure_int8(
     """`out` holding `source` quantized with `settings`: reused where it already does (same
     plan, same reference weights, same quantization), else quantized there (replacing an
     earlier rgtp package). Static quantization calls `calibrate` for the feeds and a line
-    naming their video, only when it has to quantize."""
+    naming their video, only when it has to quantize. `out` holds the source's reference
+    weights, so that it can be checked against them."""
     settings = settings or Int8Settings()
     out = Path(out)
     if (out / MANIFEST).is_file():
@@ -163,6 +170,8 @@ def ensure_int8(
         want = settings.record(q.get("graphs", []), q.get("calibration"))
         if (
             have.plan == src.plan
+            and have.model_weights is not None
+            and src.model_weights is not None
             and have.files[have.model_weights] == src.files[src.model_weights]
             and {k: v for k, v in q.items() if k != "tool"}
             == {k: v for k, v in want.items() if k != "tool"}

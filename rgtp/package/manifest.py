@@ -163,7 +163,10 @@ class Manifest:
     plan: StagePlan
     graphs: list[GraphRecord]
     files: dict[str, dict[str, Any]]
-    model_weights: str
+    # the model's weights for the torch backend and `rgtp check` (`model.safetensors`); None
+    # for a package exported without them (`rgtp export --no-reference`), which the graphs'
+    # own weight files run alone
+    model_weights: str | None
     opset: int
     versions: dict[str, str]
     schema_version: int = SCHEMA_VERSION
@@ -302,7 +305,7 @@ def _reference_problems(d: dict[str, Any]) -> list[str]:
     problems += [
         f"graph {n!r} appears twice" for n in sorted({n for n in names if names.count(n) > 1})
     ]
-    used = [("model_weights", d["model_weights"])]
+    used = [("model_weights", d["model_weights"])] if d["model_weights"] is not None else []
     for g in d["graphs"]:
         used += [(f"graph {g['name']!r}", g["file"])]
         used += [(f"graph {g['name']!r} weights", g["weights"])] if "weights" in g else []
