@@ -285,6 +285,7 @@ SLOW: dict[str, set[str]] = {
     "test_kept_windows": {"tiny_package"},  # an export per stage partition (one shared)
     "test_many_streams": {"tiny_package", "test_a_classifier_batches_its_tubelets"},  # exports
     "test_openvino": {"small_packages", "tiny_package"},  # exports; seconds a compiled shape
+    "test_optional": {"test_the_core_runs_a_pipeline_without_the_extras"},  # a fresh interpreter
     "test_own_head": {  # exports
         "test_a_users_onnx_head_rides_in_the_package",
         "test_a_head_graph_outside_the_contract_is_refused",
