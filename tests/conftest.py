@@ -265,6 +265,7 @@ SLOW: dict[str, set[str]] = {
         "test_finetune_temporal_writes_beside_the_weights",
     },
     "test_demo": {"*"},  # both demos, end to end
+    "test_early_refusals": {"test_one_graph_is_timed_by_tracing_it"},  # a real ONNX trace
     "test_eval_viz": {"test_the_shipped_model_keeps_its_accuracy_when_pruned"},  # vitdet-small
     "test_export_ort": {"*"},  # every test reads small_packages
     "test_export_parallel": {"test_parallel_tracing_writes_the_package_a_sequential_export_writes"},

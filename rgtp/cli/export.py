@@ -130,6 +130,12 @@ def add_export(sub) -> None:
         help="package readable by its owner only (0700/0600; default 0755/0644)",
     )
     p.add_argument(
+        "--yes",
+        action="store_true",
+        help="export even a plan of more graphs than a package usually holds (asked at a "
+        "terminal, refused elsewhere; the warning says how many and how long)",
+    )
+    p.add_argument(
         "--reference",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -167,6 +173,16 @@ def export(args: argparse.Namespace) -> int:
         user_spec,
         schedules=[k for k in args.ks if not isinstance(k, int)],
         max_batch=args.max_batch,
+    )
+    from rgtp.export.budget import confirm_export, graph_count, time_one_graph
+    from rgtp.export.parallel import export_workers
+
+    graphs = graph_count(plan, symbolic=not args.no_symbolic)
+    confirm_export(
+        graphs,
+        lambda: time_one_graph(model, plan, args.opset),
+        export_workers(graphs, args.workers),
+        args.yes,
     )
     export = functools.partial(
         export_package,

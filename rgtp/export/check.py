@@ -4,7 +4,8 @@ graphs compute what the PyTorch modules compute?
 1. manifest: schema, cross-references, file names inside the package;
 2. files: every file present, readable, of the recorded size and sha256;
 3. interfaces: every ONNX graph's input/output names, shapes and dtypes as in the manifest,
-   and its external data in the file the manifest lists;
+   and its external data in the file the manifest lists; a user's head graph run once, its
+   outputs against the shapes it declares;
 4. numerics: each graph on ONNX Runtime against the PyTorch reference through Polygraphy's
    Comparator, reporting the max absolute / relative error of every graph.
 
@@ -30,6 +31,7 @@ from rgtp.engines.base import Engine, EngineSet
 from rgtp.engines.dtypes import dtype
 from rgtp.engines.torch_backend import TorchEngine, package_torch_engines
 from rgtp.export.onnx_graphs import example_inputs, graph_interface
+from rgtp.export.user_head import head_file_problems
 from rgtp.package.manifest import GraphRecord, Manifest, ManifestError, package_file
 from rgtp.package.plan import TensorSpec
 from rgtp.package.verify import external_data_problems, file_problems
@@ -161,7 +163,11 @@ def check_package(
     if report.problems:
         return report  # numbers from changed files would only confuse the report
     for rec in manifest.graphs:
-        report.problems += interface_problems(directory, rec)
+        problems = interface_problems(directory, rec)
+        if not problems and rec.kind == "head" and manifest.plan.head == "onnx":
+            # the user's graph keeps the interface it declares only if it computes it
+            problems = head_file_problems(package_file(directory, rec.file), rec.spec)
+        report.problems += problems
     if manifest.model_weights is None:
         report.problems.append(
             "no reference weights (exported with --no-reference): the graphs cannot be "
@@ -182,8 +188,8 @@ def check_package(
     for rec in tqdm(manifest.graphs, desc="check", unit="graph", disable=not progress):
         if rec.kind == "head" and manifest.plan.head == "onnx":
             report.notes.append(
-                f"{rec.file}: your head graph: hash and interface checked; no PyTorch "
-                "reference to compare its numbers with"
+                f"{rec.file}: your head graph: hash, interface and one run checked; no "
+                "PyTorch reference to compare its numbers with"
             )
             continue
         try:

@@ -132,11 +132,17 @@ def _read_torch(path: Path) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch words a refused global two ways: "Unsupported global: GLOBAL eval" (a
+        # callable not allow-listed) and "unsupported GLOBAL posix.system whose module posix
+        # is blocked" (os, subprocess...); either way the archive is whole and its pickle
+        # asks to run code, which is not a damaged file.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
             raise CheckpointError(
                 f"{path}: not loadable as weights only: it needs {found.group(1)}, which "
-                "weights-only loading refuses to run; save the state dict with safetensors"
+                "weights-only loading refuses to run (a file of weights never calls it: do "
+                "not load this one unless you trust its source); save the state dict with "
+                "safetensors"
             ) from e
         raise CheckpointError(f"{path}: not a torch checkpoint: {_describe_content(path)}") from e
     except Exception as e:  # EOFError, RuntimeError (damaged zip), KeyError (text)...
@@ -215,7 +221,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         }
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
+    check_finite(path, sd)
     return sd
+
+
+def check_finite(path: Path, sd: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming the tensors that hold NaN or Inf. Such weights load without a
+    word and then turn every frame's output into NaN, far from the cause (a diverged
+    training run, a bad conversion or a damaged file)."""
+    bad = {}
+    for k, v in sd.items():
+        if v.is_floating_point():
+            n = v.numel() - int(torch.isfinite(v).sum())
+            if n:
+                bad[k] = f"{k} ({n} of {v.numel()} values)"
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or Inf values: "
+            f"{abbreviate(list(bad.values()))}; a checkpoint's weights must be finite "
+            "(a diverged training run or a damaged conversion?)"
+        )
 
 
 def save_weights(

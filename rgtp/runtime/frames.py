@@ -134,6 +134,13 @@ def _as_tensor(frame: object) -> torch.Tensor:
         if frame.layout != torch.strided:
             raise FrameError(f"frame is a {frame.layout} tensor; expected {ACCEPTED} (dense)")
         return frame
+    if isinstance(frame, np.ma.MaskedArray):
+        # Its data would be read and its mask silently dropped: refused, since which pixel
+        # a masked one should become (black, the mean, a neighbour) is the caller's choice.
+        raise FrameError(
+            "frame is a numpy masked array; rgtp cannot honour its mask: fill the masked "
+            "pixels yourself (e.g. frame.filled(0)) and pass the plain array"
+        )
     if isinstance(frame, np.ndarray):
         kind, size = frame.dtype.kind, frame.dtype.itemsize
         if not ((kind == "u" and size == 1) or (kind == "f" and size in (2, 4, 8))):

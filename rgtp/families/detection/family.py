@@ -176,7 +176,7 @@ def user_detections(out: object, device: torch.device) -> Detections:
         labels = (
             torch.zeros(max(d, 0), dtype=torch.int64, device=device)
             if labels is None
-            else torch.as_tensor(labels, device=device).to(torch.int64)
+            else torch.as_tensor(labels, device=device)
         )
     except (TypeError, ValueError, RuntimeError) as e:
         raise HeadOutputError(f"your head returned values that are not tensors ({e})") from e
@@ -187,7 +187,28 @@ def user_detections(out: object, device: torch.device) -> Detections:
         )
     if not (boxes.isfinite().all() and scores.isfinite().all()):
         raise HeadOutputError("your head returned NaN or Inf boxes or scores")
-    return Detections(boxes, scores, labels)
+    # Scores are compared with probability thresholds (the pruning target's, the
+    # application's) and labels index classes: logits or fractional labels would be read
+    # as something they are not, so they are refused rather than clamped or truncated.
+    if d > 0:
+        lo, hi = (float(v) for v in torch.aminmax(scores))
+        if lo < 0 or hi > 1:
+            raise HeadOutputError(
+                f"your head's scores must be probabilities in [0, 1]; they span [{lo:g}, "
+                f"{hi:g}] (logits? apply a sigmoid or softmax in your head)"
+            )
+        fractional = labels.is_floating_point() and not bool((labels == labels.round()).all())
+        if labels.dtype == torch.bool or fractional:
+            odd = labels[labels != labels.round()] if fractional else labels
+            raise HeadOutputError(
+                "your head's labels must be integer class indices; got "
+                f"{str(labels.dtype).removeprefix('torch.')} values such as {odd[:3].tolist()}"
+            )
+        if int(labels.min()) < 0:
+            raise HeadOutputError(
+                f"your head's labels must be class indices >= 0; got {int(labels.min())}"
+            )
+    return Detections(boxes, scores, labels.to(torch.int64))
 
 
 class DetectionFamily:
