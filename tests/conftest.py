@@ -315,6 +315,9 @@ SLOW: dict[str, set[str]] = {
     "test_trt_typed": {"small_packages"},
     "test_video_errors": {"small_packages"},  # the CLI on it
     "test_vivit": {"test_spatial_encoder_matches_timm_vit_b16"},  # ViT-B/16
+    "test_vivit_checkpoints": {  # vivit-b's 115 M tensors built, saved, loaded and run twice
+        "test_vivit_b_authors_checkpoint_loads_through_the_cli_loader"
+    },
     "test_vivit_pruned": {"package"},  # an export
     "test_vivit_train": {  # training runs
         "test_training_is_seeded",

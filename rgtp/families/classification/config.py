@@ -72,8 +72,11 @@ class TemporalConfig:
 
 @dataclass(frozen=True)
 class ViViTConfig:
-    """A whole ViViT factorised-encoder classifier, plus the pixel normalisation it expects
-    (RGB in [0, 255]; the default maps it to [-1, 1] as timm's ImageNet-21k ViTs expect).
+    """A whole ViViT factorised-encoder classifier, plus the pixel normalisation it was
+    trained with: the model sees (pixel - pixel_mean) / pixel_std per channel, pixels RGB in
+    [0, 255] (the default maps them to [-1, 1] as timm's ImageNet-21k ViTs expect). The
+    normalisation is part of the model: exported packages carry it in their embed graph and
+    record it in the manifest's config, whose pixel_mean also pads letterboxed frames.
     `pruning`: the method's settings for the spatial encoder (rollout from the CLS query row
     through every block by default)."""
 
@@ -133,14 +136,34 @@ class ViViTConfig:
 
 
 VIVIT_CONFIGS: dict[str, ViViTConfig] = {
-    # The authors' Kinetics-400 model (docs/method.md, "Video classification: ViViT"): ViT-B/16
-    # spatial encoder with 2x16x16 tubelets over 32 frames (16 time steps), 4 temporal blocks.
+    # The authors' Kinetics-400 model as they configure it (RGTPdyn/RGTP and Eventful
+    # Transformers, configs/models/vivit_b_kinetics400.yml; docs/method.md, "Video
+    # classification: ViViT"): ViT-B/16 spatial encoder with 2x16x16 tubelets over 32 frames
+    # (16 time steps), 4 temporal blocks. Their pixels are in [0, 1], normalised with mean
+    # 0.45 and std 0.225: on rgtp's [0, 255] pixels, 0.45 * 255 and 0.225 * 255. Their clips
+    # take every second frame (temporal stride 2), which is the caller's sampling, not the
+    # model's. Their checkpoints load with --weights-format eventful.
     "vivit-b": ViViTConfig(
         name="vivit-b",
         spatial=SpatialConfig(img_size=224, embed_dim=768, depth=12, num_heads=12),
         temporal=TemporalConfig(depth=4, num_heads=12),
         num_frames=32,
         num_classes=400,
+        pixel_mean=(114.75, 114.75, 114.75),
+        pixel_std=(57.375, 57.375, 57.375),
+    ),
+    # Their EPIC-Kitchens model (configs/models/vivit_b_epic_kitchens.yml): vivit-b at 320 px
+    # (a 20 x 20 grid, N = 400, the position table trained at that grid) and the 97 verb
+    # classes; same tubelets, frames, normalisation, and temporal stride 1 on their 30 fps
+    # frames.
+    "vivit-b-epic": ViViTConfig(
+        name="vivit-b-epic",
+        spatial=SpatialConfig(img_size=320, embed_dim=768, depth=12, num_heads=12),
+        temporal=TemporalConfig(depth=4, num_heads=12),
+        num_frames=32,
+        num_classes=97,
+        pixel_mean=(114.75, 114.75, 114.75),
+        pixel_std=(57.375, 57.375, 57.375),
     ),
     # Trained from scratch on SynthMotion on 2 CPU cores. 128 px gives an 8 x 8 grid (N = 64,
     # so ~40 % keep is K = 26 and tracking has room to move); 16 frames give 8 time steps,
@@ -167,5 +190,8 @@ VIVIT_CONFIGS: dict[str, ViViTConfig] = {
         # tracking matched worst (the earlier setting) 93.94 %. Motion is the class here:
         # the cache must follow content that arrives and content that leaves.
         pruning=PruningConfig(similarity="cosine", novelty_share=0.3, novelty="cache"),
+        # what its shipped weights were trained with: [0, 255] -> [-1, 1]
+        pixel_mean=(127.5, 127.5, 127.5),
+        pixel_std=(127.5, 127.5, 127.5),
     ),
 }

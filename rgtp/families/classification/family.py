@@ -28,8 +28,7 @@ from rgtp.core.rollout import cls_target
 from rgtp.families.classification.config import VIVIT_CONFIGS, ViViTConfig
 from rgtp.families.classification.data import data_config, heldout_clips
 from rgtp.families.classification.vivit import ViViT
-from rgtp.families.classification.weights import load_vivit_weights
-from rgtp.models.checkpoint_files import CheckpointError
+from rgtp.families.classification.weights import FORMATS, load_vivit_weights
 from rgtp.package.family import GraphRunner, Prediction, StepResult
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
@@ -157,7 +156,7 @@ class ClassificationFamily:
     configs = VIVIT_CONFIGS
     options_type = ClassificationOptions
     heads = ("rgtp",)
-    weight_formats = ("auto", "rgtp", "timm")
+    weight_formats = FORMATS
     flops_conventions = ("paper", "executed")  # the same count: no windowed blocks
     tools = "rgtp.families.classification.tools"
 
@@ -168,19 +167,10 @@ class ClassificationFamily:
         self.load_checkpoint(model, path, "rgtp", strict=True)
 
     def load_checkpoint(self, model: nn.Module, path: Path, fmt: str, strict: bool) -> Any:
-        """rgtp's own ViViT weights (every tensor), or a timm image ViT into the spatial
-        encoder (the temporal transformer then keeps its values: not `strict`)."""
-        if fmt not in self.weight_formats:
-            raise CheckpointError(f"a ViViT reads rgtp or timm checkpoints, not {fmt!r}")
-        report = load_vivit_weights(model, path)
-        if report.missing and (strict or fmt == "rgtp"):
-            raise CheckpointError(
-                f"{path}: {len(report.missing)} tensors of the model are not in the "
-                f"checkpoint ({', '.join(sorted(report.missing)[:4])}, ...): a timm image ViT "
-                "fills the spatial encoder only; allow the rest to stay random "
-                "(--allow-missing-head) or pass whole ViViT weights"
-            )
-        return report
+        """rgtp's own ViViT weights or the authors' ("eventful"), every tensor; or a timm
+        image ViT into the spatial encoder, whose temporal transformer and classifier then
+        keep their values (only without `strict`). See `load_vivit_weights`."""
+        return load_vivit_weights(model, path, fmt, strict)
 
     def encoder(self, model: nn.Module) -> nn.Module:
         return model.spatial

@@ -9,11 +9,13 @@ queries against all 1 + N keys (K = N dense); the temporal transformer runs on 1
 Norms, softmax, GELU, biases and residual adds are not counted (about 0.1 % of the total).
 
 A view is one clip of `num_frames` frames at one crop. ViViT's Kinetics-400 figure is per
-video over 4 temporal clips x 3 spatial crops (`KINETICS_VIEWS`), i.e. 12 views. `vivit-b`
-dense: 283.3 GMACs a view, 3.400 TMACs a video against the published 3.36 (+1.2 %). The
-authors' counter instruments the transformer's linear layers and matmuls (and counts their
-biases and residual adds, one per element) but not the tubelet embedding, a plain Conv3d:
-without it this count gives 279.6 GMACs a view, 3.356 TMACs a video (-0.1 %).
+video over 4 temporal clips x 3 spatial crops (`KINETICS_VIEWS`), i.e. 12 views; the authors'
+EPIC-Kitchens config inherits the same views. `vivit-b` dense: 283.3 GMACs a view, 3.400
+TMACs a video against the published 3.36 (+1.2 %); `vivit-b-epic` (320 px): 600.4 GMACs a
+view, 7.205 TMACs a video against the published 7.12 (+1.2 %). The authors' counter
+instruments the transformer's linear layers and matmuls (and counts their biases and
+residual adds, one per element) but not the tubelet embedding, a plain Conv3d: without it
+this count gives 3.356 and 7.114 TMACs a video (-0.1 % each).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from dataclasses import asdict, dataclass
 from rgtp.families.classification.config import SpatialConfig, ViViTConfig
 
 KINETICS_VIEWS = (4, 3)  # temporal clips x spatial crops per video, ViViT's test protocol
+
+# The paper's dense figures, TFLOPs (multiply-accumulates x 1e12) per video over
+# `KINETICS_VIEWS`, for the named configs that are the authors' models.
+PAPER_DENSE_TMACS_PER_VIDEO = {"vivit-b": 3.36, "vivit-b-epic": 7.12}
 
 
 @dataclass(frozen=True)

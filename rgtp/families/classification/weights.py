@@ -1,5 +1,6 @@
-"""Loading ViViT weights: rgtp's own files, and timm `vit_*_patch16_*` image ViTs into the
-spatial encoder.
+"""Loading ViViT weights: rgtp's own files, the authors' (`eventful`: Eventful Transformers'
+names, see `rgtp.families.classification.eventful`), and timm `vit_*_patch16_*` image ViTs
+into the spatial encoder.
 
 A timm ViT has the spatial encoder's names already (`cls_token`, `pos_embed`,
 `patch_embed.proj`, `blocks.i.*`, `norm`); two tensors need adapting:
@@ -22,11 +23,13 @@ from pathlib import Path
 
 import torch
 
+from rgtp.families.classification.eventful import looks_eventful, their_name, their_names
 from rgtp.families.classification.vivit import SpatialEncoder, ViViT
 from rgtp.models.checkpoint_files import CheckpointError, LoadReport, read_state_dict
 from rgtp.models.vit_ops import resize_abs_pos
 
 INFLATIONS = ("central", "average")
+FORMATS = ("auto", "rgtp", "timm", "eventful")  # checkpoint namings; auto: told from the keys
 
 # Entries of a timm ViT that belong to its image classifier, not to the spatial encoder.
 _TIMM_IGNORED = ("head.", "fc_norm.", "head_drop.")
@@ -126,11 +129,17 @@ def _listed(names: list[str], limit: int = 6) -> str:
 
 
 def _fit(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], required: set[str], fmt: str
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    required: set[str],
+    fmt: str,
+    shown: dict[str, str] | None = None,
 ) -> LoadReport:
     """Check `tensors` (model names) against `model` and load them: no unknown names, equal
-    shapes, every name in `required` present; nothing is loaded unless all checks pass."""
+    shapes, every name in `required` present; nothing is loaded unless all checks pass.
+    Messages name tensors as `shown` maps them (model name -> name in the file), if given."""
     target = model.state_dict()
+    shown = shown or {}
     unexpected = sorted(set(tensors) - set(target))
     if unexpected:
         raise CheckpointError(
@@ -138,7 +147,7 @@ def _fit(
             + _listed(unexpected)
         )
     mismatched = [
-        f"{k} {tuple(t.shape)} vs model {tuple(target[k].shape)}"
+        f"{shown.get(k, k)} {tuple(t.shape)} vs model {tuple(target[k].shape)}"
         for k, t in tensors.items()
         if t.shape != target[k].shape
     ]
@@ -150,7 +159,8 @@ def _fit(
     lacking = sorted(required - set(tensors))
     if lacking:
         raise CheckpointError(
-            f"checkpoint (format {fmt}) lacks {len(lacking)} model tensors: " + _listed(lacking)
+            f"checkpoint (format {fmt}) lacks {len(lacking)} model tensors: "
+            + _listed(sorted(shown.get(k, k) for k in lacking))
         )
     model.load_state_dict({k: t.to(target[k].dtype) for k, t in tensors.items()}, strict=False)
     report = LoadReport(format=fmt, loaded=sorted(tensors))
@@ -185,15 +195,84 @@ def load_timm_vit_into(
     return report
 
 
-def load_vivit_weights(model: ViViT, path: str | Path, inflation: str = "central") -> LoadReport:
-    """Load a checkpoint file into a ViViT: rgtp's own (keys `spatial.*`, `temporal.*`; every
-    tensor required) or a timm image ViT (spatial encoder only, see `load_timm_vit_into`)."""
-    sd = read_state_dict(path)
-    if any(k.startswith("spatial.") for k in sd):
-        return _fit(model, sd, set(model.state_dict()), "rgtp")
+def load_eventful_into(
+    model: ViViT, sd: dict[str, torch.Tensor], strict: bool = True
+) -> LoadReport:
+    """Load a state dict in the authors' names (format "eventful") into a ViViT.
+
+    Every spatial tensor must come from it, the temporal transformer and classifier too
+    when `strict`; a name the model has no place for, or a shape unlike the model's, refuses
+    the whole file, named as in the file. The spatial position table is resampled to the
+    model's grid, which the authors' model does at run time.
+    """
+    theirs = their_names(model.state_dict())
+    unknown = sorted(set(sd) - set(theirs))
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} checkpoint tensors (format eventful) have no place in the model: "
+            + _listed(unknown)
+        )
+    tensors = {theirs[k]: t for k, t in sd.items()}
+    notes = []
+    pos = "spatial.pos_embed"
+    if pos in tensors:
+        resized = resize_pos_embed(tensors[pos], model.cfg.spatial.grid, their_name(pos))
+        if resized.shape != tensors[pos].shape:
+            side = math.isqrt(tensors[pos].shape[1] - 1)
+            notes.append(f"{their_name(pos)}: resampled grid {side} -> {model.cfg.spatial.grid}")
+        tensors[pos] = resized
+    names = model.state_dict()
+    required = set(names) if strict else {k for k in names if k.startswith("spatial.")}
+    report = _fit(model, tensors, required, "eventful", {v: k for k, v in theirs.items()})
+    report.notes += notes
+    return report
+
+
+def detect_format(sd: dict[str, torch.Tensor]) -> str:
+    """The naming of a ViViT checkpoint, told from its keys: rgtp, eventful or timm."""
+    if any(k.startswith(("spatial.", "temporal.")) for k in sd):
+        return "rgtp"
+    if looks_eventful(sd):
+        return "eventful"
     if any(k.startswith("blocks.") for k in sd) and "pos_embed" in sd:
-        return load_timm_vit_into(model, sd, inflation)
+        return "timm"
     raise CheckpointError(
-        f"{path}: neither rgtp ViViT weights (spatial.*, temporal.*) nor a timm ViT "
-        f"(cls_token, pos_embed, blocks.*)"
+        f"neither rgtp ViViT weights (spatial.*, temporal.*), the authors' (embedding.conv.*, "
+        f"spatial_model.*, temporal_model.*, classifier.*) nor a timm ViT (cls_token, "
+        f"pos_embed, blocks.*): keys {_listed(sorted(sd), 3)}"
     )
+
+
+def load_vivit_weights(
+    model: ViViT,
+    path: str | Path,
+    fmt: str = "auto",
+    strict: bool = False,
+    inflation: str = "central",
+) -> LoadReport:
+    """Load a checkpoint file into a ViViT, in the naming `fmt` (`FORMATS`; "auto": told
+    from the keys): rgtp's own (keys `spatial.*`, `temporal.*`; every tensor required), the
+    authors' ("eventful", `load_eventful_into`) or a timm image ViT (spatial encoder only,
+    see `load_timm_vit_into`). With `strict` every model tensor must come from the file, so
+    a timm ViT is refused. Nothing is loaded unless the whole load succeeds; CheckpointError
+    messages start with the file's path."""
+    if fmt not in FORMATS:
+        raise CheckpointError(f"a ViViT reads checkpoints in {', '.join(FORMATS)}, not {fmt!r}")
+    sd = read_state_dict(path)
+    try:
+        fmt = detect_format(sd) if fmt == "auto" else fmt
+        if fmt == "rgtp":
+            return _fit(model, sd, set(model.state_dict()), "rgtp")
+        if fmt == "eventful":
+            return load_eventful_into(model, sd, strict)
+        if strict:
+            temporal = sorted(k for k in model.state_dict() if k.startswith("temporal."))
+            raise CheckpointError(
+                f"a timm image ViT fills the spatial encoder only; the {len(temporal)} tensors "
+                f"of the temporal transformer and classifier ({_listed(temporal, 3)}) would "
+                "keep random values: allow that (--allow-missing-head) or pass whole ViViT "
+                "weights"
+            )
+        return load_timm_vit_into(model, sd, inflation)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e

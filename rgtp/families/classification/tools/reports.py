@@ -6,7 +6,11 @@ from collections.abc import Sequence
 
 from rgtp.core.selection import checkerboard_size
 from rgtp.eval.reports import check_k, macs_table
-from rgtp.families.classification.flops import KINETICS_VIEWS, view_macs
+from rgtp.families.classification.flops import (
+    KINETICS_VIEWS,
+    PAPER_DENSE_TMACS_PER_VIDEO,
+    view_macs,
+)
 from rgtp.package.family import get_config
 
 
@@ -31,6 +35,9 @@ def flops_report(
     reset_every = max(reset_every, 1)
     board = checkerboard_size(sp.grid) if reset == "checkerboard" else None
     rows = {"dense": view_macs(cfg), "pruned": view_macs(cfg, k, reset_every, board)}
+    # the paper's dense figure, where it has one for this model at this size
+    at_paper_size = sp.img_size == get_config(name).spatial.img_size
+    paper = PAPER_DENSE_TMACS_PER_VIDEO.get(name) if at_paper_size else None
     report = {
         "model": name,
         "size": sp.img_size,
@@ -47,6 +54,7 @@ def flops_report(
         },
         "dense_tmacs_per_video": rows["dense"].total * views / 1e12,
         "pruned_tmacs_per_video": rows["pruned"].total * views / 1e12,
+        "paper_dense_tmacs_per_video": paper,
     }
     text = [
         f"{name} at {sp.img_size}x{sp.img_size}, {cfg.num_frames} frames "
@@ -60,4 +68,12 @@ def flops_report(
         f"{report['pruned_tmacs_per_video']:.3f} TFLOPs "
         f"({100 * rows['pruned'].total / rows['dense'].total:.1f} % of dense)",
     ]
+    if paper is not None:
+        dense = report["dense_tmacs_per_video"]
+        without = (rows["dense"].total - rows["dense"].patch_embed) * views / 1e12
+        text.append(
+            f"the paper, dense: {paper:.2f} TFLOPs per video; this count {dense:.3f} "
+            f"({100 * (dense / paper - 1):+.1f} %); without the tubelet embedding, which the "
+            f"authors' counter leaves out, {without:.3f} ({100 * (without / paper - 1):+.1f} %)"
+        )
     return report, "\n".join(text)
