@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from rgtp.families.classification.tools.classify_pruned import pruned_run
 from rgtp.families.classification.vivit import ViViT
 from rgtp.models.checkpoint_files import CheckpointError
 from rgtp.runtime import Pipeline
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "temporal."
 
@@ -75,39 +78,15 @@ def finetune_temporal(model: ViViT, fc: FinetuneConfig, out: Path, progress: boo
     )
     features, labels = run.features, torch.tensor([c.label for c in clips])
     extract_minutes = (time.time() - start) / 60
-
-    torch.manual_seed(fc.seed)
-    temporal = model.temporal.train()
-    opt = torch.optim.AdamW(temporal.parameters(), lr=fc.lr, weight_decay=0.0)
-    steps = fc.epochs * -(-len(clips) // fc.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    log = []
-    for epoch in range(fc.epochs):
-        order = torch.randperm(len(clips))
-        total, right = 0.0, 0
-        for i in range(0, len(clips), fc.batch_size):
-            idx = order[i : i + fc.batch_size]
-            logits = temporal(features[idx])
-            loss = F.cross_entropy(logits, labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            right += int((logits.argmax(-1) == labels[idx]).sum())
-        log.append({"epoch": epoch + 1, "loss": total / len(clips), "top1": right / len(clips)})
-        if progress:
-            print(
-                f"epoch {epoch + 1}: loss {log[-1]['loss']:.4f}, train top-1 {log[-1]['top1']:.3f}"
-            )
-    temporal.eval()
+    log = fit_temporal(model, features, labels, fc, progress)
     # what the authors fine-tune is the temporal transformer alone: prove it
     after = model.spatial.state_dict()
     assert all(torch.equal(after[k], v) for k, v in spatial_before.items())
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
-        PREFIX + k: v.detach().contiguous().clone() for k, v in temporal.state_dict().items()
+        PREFIX + k: v.detach().contiguous().clone()
+        for k, v in model.temporal.state_dict().items()
     }
     summary = {
         "finetune": asdict(fc),
@@ -123,6 +102,39 @@ def finetune_temporal(model: ViViT, fc: FinetuneConfig, out: Path, progress: boo
     save_file(tensors, str(out), metadata=metadata)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def fit_temporal(
+    model: ViViT, features: torch.Tensor, labels: torch.Tensor, fc: FinetuneConfig, progress: bool
+) -> list[dict]:
+    """Train `model.temporal` in place on step features (clips, s, C) and labels (clips,)
+    with `fc`'s recipe; leaves it in eval mode. Returns the per-epoch log."""
+    torch.manual_seed(fc.seed)
+    temporal = model.temporal.train()
+    opt = torch.optim.AdamW(temporal.parameters(), lr=fc.lr, weight_decay=0.0)
+    steps = fc.epochs * -(-len(labels) // fc.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    log = []
+    for epoch in range(fc.epochs):
+        order = torch.randperm(len(labels))
+        total, right = 0.0, 0
+        for i in range(0, len(labels), fc.batch_size):
+            idx = order[i : i + fc.batch_size]
+            logits = temporal(features[idx])
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            right += int((logits.argmax(-1) == labels[idx]).sum())
+        log.append({"epoch": epoch + 1, "loss": total / len(labels), "top1": right / len(labels)})
+        if progress:
+            logger.info(
+                "epoch %d: loss %.4f, train top-1 %.3f", epoch + 1, log[-1]["loss"], log[-1]["top1"]
+            )
+    temporal.eval()
+    return log
 
 
 def load_temporal(model: ViViT, path: str | Path) -> ViViT:
