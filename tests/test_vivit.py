@@ -7,6 +7,7 @@ import importlib
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from rgtp.families import get_config
 from rgtp.families.classification.config import (
@@ -110,7 +111,7 @@ def test_inflation_and_position_resampling() -> None:
     assert resize_pos_embed(pos, 14) is pos
 
 
-def test_loading_into_a_whole_vivit_and_at_another_grid() -> None:
+def test_loading_into_a_whole_vivit_and_at_another_grid(tmp_path) -> None:
     ref = timm_vit(img_size=224, embed_dim=96, depth=2, num_heads=3)
     cfg = ViViTConfig(
         "t",
@@ -121,6 +122,14 @@ def test_loading_into_a_whole_vivit_and_at_another_grid() -> None:
     )
     model = ViViT(cfg)
     before = {k: v.clone() for k, v in model.temporal.state_dict().items()}
+    spatial = {k: v.clone() for k, v in model.spatial.state_dict().items()}
+    # strict (what the CLI does without --allow-missing-head): refused, nothing loaded
+    save_file(ref.state_dict(), tmp_path / "timm.safetensors")
+    with pytest.raises(CheckpointError, match=r"timm.safetensors: a timm image ViT fills the "
+                       r"spatial encoder only; the 18 tensors of the temporal"):  # fmt: skip
+        load_vivit_weights(model, tmp_path / "timm.safetensors", "timm", strict=True)
+    for k, v in model.spatial.state_dict().items():
+        assert torch.equal(v, spatial[k]), k
     report = load_timm_vit_into(model, ref.state_dict())
     assert report.groups == {"spatial": (len(report.loaded), len(report.loaded)),
                              "temporal": (0, len(before))}  # fmt: skip

@@ -220,6 +220,8 @@ def test_refused_authors_checkpoints_name_their_keys(tmp_path) -> None:
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match=r"\(format rgtp\) have no place .*: classifier"):
         load_vivit_weights(model, path, "rgtp")
+    with pytest.raises(CheckpointError, match="has no cls_token: ViViT's spatial encoder loads"):
+        load_vivit_weights(model, path, "timm", strict=True)
     with pytest.raises(CheckpointError, match="reads checkpoints in auto, rgtp, timm, eventful"):
         load_vivit_weights(model, path, "detectron2")
     torch.save({"backbone.net.x": torch.zeros(1)}, path)

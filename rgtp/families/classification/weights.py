@@ -266,6 +266,7 @@ def load_vivit_weights(
         if fmt == "eventful":
             return load_eventful_into(model, sd, strict)
         if strict:
+            convert_timm_vit(sd, model.spatial, inflation)  # a file that is no timm ViT says so
             temporal = sorted(k for k in model.state_dict() if k.startswith("temporal."))
             raise CheckpointError(
                 f"a timm image ViT fills the spatial encoder only; the {len(temporal)} tensors "
