@@ -230,7 +230,7 @@ def test_vivit_b_shapes() -> None:
 
 
 def test_config_round_trip_and_validation() -> None:
-    for name in ("vivit-b", "vivit-small"):
+    for name in ("vivit-b", "vivit-b-epic", "vivit-small"):
         cfg = get_config(name)
         assert ViViTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="not a multiple of the tubelet"):
