@@ -253,6 +253,29 @@ def test_a_changed_package_stops_the_server_start_and_leaves_nothing(package, tm
     assert srv.process is None and srv.workdir is None
 
 
+def test_a_pinned_repository_refuses_a_one_byte_manifest_edit(tiny_package, tmp_path):
+    """The repository pins the package digest (config.pbtxt's rgtp_package_digest): one byte
+    of the copied manifest changed (its files untouched, their hashes still right), the
+    model refuses to load, naming the digest found and the one expected, and the server's
+    start fails leaving nothing behind."""
+    from rgtp.package.manifest import package_digest
+    from tests.test_package_digest import tamper
+
+    model = write_repository(tiny_package, tmp_path / "repo", TINY)
+    copy = model / "1" / "package"
+    expected = package_digest(copy)
+    assert f'string_value: "{expected}"' in (model / "config.pbtxt").read_text()
+    (copy / "manifest.json").chmod(0o644)
+    tamper(copy)
+    found = package_digest(copy)
+    assert found != expected
+    srv = TritonServer(model.parent, ready_timeout_s=120)
+    message = re.escape(f"package digest {found}, expected {expected}")
+    with pytest.raises(ServerError, match=rf"(?s)exited with status 1.*{message}"):
+        srv.start()
+    assert srv.process is None and srv.workdir is None
+
+
 # Under load, on the tiny detector: 16 streams, 20 frames a sequence, 4 distinct videos
 TINY_K, LOAD_FRAMES = 40, 20  # a bucket of conftest's shared tiny_package
 TINY = ServingSettings(keep=TINY_K, max_streams=16, idle_timeout_s=30.0, score_threshold=0.28)

@@ -1,8 +1,9 @@
 """The frame contract: what a stream accepts as a frame, checked before any state changes,
 and the geometry between a frame and the square model input.
 
-Accepted: an RGB frame (H, W, 3), channels last, H and W >= 1, as a numpy array or a torch
-tensor (on the CPU or the pipeline's device), any strides. uint8 is 0..255; float frames
+Accepted: an RGB frame (H, W, 3), channels last, H and W >= 1, as a numpy array (not a
+masked one: its mask would be dropped) or a torch tensor (on the CPU or the pipeline's
+device), any strides. uint8 is 0..255; float frames
 need the scale chosen when the stream is opened (pixel = value * float_scale) and must land
 in [0, 255]. Anything else raises `FrameError` naming the problem and what is accepted.
 """
