@@ -80,20 +80,22 @@ def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return out.permute(0, 2, 3, 1)
 
 
-def rel_pos_logits(
+def rel_pos_terms(
     q: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
-) -> torch.Tensor:
-    """Decomposed relative-position logits for queries at given grid positions.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decomposed relative-position logits for queries at given grid positions, as the two
+    terms whose broadcast sum is the bias over the key grid.
 
     Keys form a square grid of side S and queries sit on the same grid, so the table of
     each axis has 2S - 1 rows, one per relative offset.
-    q: (B, h, M, d) unscaled queries; rows, cols: (M,) or (B, M) int64 query coordinates in
+    q: (B, h, M, d) unscaled queries; ys, xs: (M,) or (B, M) int64 query coordinates in
     [0, S) (the same for every batch entry, or each entry's own);
-    rel_pos_h, rel_pos_w: (2S - 1, d). Returns (B, h, M, S * S), added to q·kᵀ.
+    rel_pos_h, rel_pos_w: (2S - 1, d). Returns over key rows (B, h, M, S, 1) and over key
+    columns (B, h, M, 1, S); their sum (B, h, M, S, S) is the bias of key (row, column).
 
     Each query is dotted with every offset once, (M, 2S - 1), then the S offsets it needs
     are picked, so the cost is the same for M = S² queries and for a pruned subset.
@@ -103,24 +105,50 @@ def rel_pos_logits(
     offsets = torch.arange(side, device=q.device)
     # offset index of (query row r, key row k) is r - k + S - 1
     # (..., M, S) -> (..., 1, M, S): broadcast over heads (and batch entries for (M,))
-    pick_h = (rows.unsqueeze(-1) - offsets + side - 1).unsqueeze(-3).expand(b, h, m, side)
-    pick_w = (cols.unsqueeze(-1) - offsets + side - 1).unsqueeze(-3).expand(b, h, m, side)
+    pick_h = (ys.unsqueeze(-1) - offsets + side - 1).unsqueeze(-3).expand(b, h, m, side)
+    pick_w = (xs.unsqueeze(-1) - offsets + side - 1).unsqueeze(-3).expand(b, h, m, side)
     rel_h = torch.gather(q @ rel_pos_h.t(), 3, pick_h)  # (B, h, M, S) over key rows
     rel_w = torch.gather(q @ rel_pos_w.t(), 3, pick_w)  # (B, h, M, S) over key cols
-    return (rel_h.unsqueeze(4) + rel_w.unsqueeze(3)).reshape(b, h, m, side * side)
+    return rel_h.unsqueeze(4), rel_w.unsqueeze(3)
+
+
+def rel_pos_logits(
+    q: torch.Tensor,
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+) -> torch.Tensor:
+    """`rel_pos_terms` summed: the bias (B, h, M, S * S) added to q·kᵀ over the key grid in
+    raster order."""
+    rows, cols = rel_pos_terms(q, ys, xs, rel_pos_h, rel_pos_w)
+    b, h, m, side, _ = rows.shape
+    return (rows + cols).reshape(b, h, m, side * side)
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention that also returns its probabilities.
 
-    q: (B, h, M, d), k, v: (B, h, Nk, d), bias: (B, h, M, Nk) or None.
+    q: (B, h, M, d), k, v: (B, h, Nk, d), bias: (B, h, M, Nk), or `rel_pos_terms`' pair
+    ((B, h, M, S, 1), (B, h, M, 1, S)) for keys on an S x S grid (Nk = S²), or None.
     Returns output (B, h, M, d) and attention (B, h, M, Nk), rows summing to 1.
     The probabilities are needed for rollout, hence no fused kernel.
+
+    The pair is added to the logits viewed over the key grid, the same sums in the same
+    order as adding `rel_pos_logits`, so the result is identical; a graph compiler fuses
+    the two adds into one pass over the logits instead of writing the (M, Nk) bias out.
     """
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if bias is not None:
+    if isinstance(bias, tuple):
+        rows, cols = bias
+        grid = logits.view(*rows.shape[:-1], cols.shape[-1])  # (B, h, M, S, S)
+        logits = (grid + (rows + cols)).view(logits.shape)
+    elif bias is not None:
         logits = logits + bias
     probs = logits.softmax(dim=-1)
     return probs @ v, probs
