@@ -304,6 +304,20 @@ def test_a_large_export_warns_and_needs_confirmation(capsys) -> None:
     assert capsys.readouterr().err == warning
 
 
+@pytest.mark.parametrize(("answer", "goes_on"), [("y", True), ("yes", True), ("", False)])
+def test_at_a_terminal_the_large_export_is_asked_about(monkeypatch, answer, goes_on) -> None:
+    from rgtp.export.budget import ExportBudgetError, confirm_export
+
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    if goes_on:
+        confirm_export(100, lambda: 1.0, 1, yes=False, interactive=True)
+    else:
+        with pytest.raises(ExportBudgetError, match="not exporting 100 graphs"):
+            confirm_export(100, lambda: 1.0, 1, yes=False, interactive=True)
+    assert asked == ["export anyway? [y/N] "]
+
+
 def test_one_graph_is_timed_by_tracing_it(tiny_detector) -> None:
     from rgtp.export.budget import time_one_graph
     from tests.conftest import tiny_plan
