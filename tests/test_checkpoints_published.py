@@ -258,11 +258,11 @@ def test_model_zoo_vitdet_b_loads_unedited_and_matches_references(model_zoo_pkl,
 
 def test_model_zoo_export_needs_the_head_flag(model_zoo_pkl, tmp_path, capsys) -> None:
     """rgtp's own FCOS head is not in a Mask R-CNN checkpoint: the export says so and
-    stops (exit 2) unless --allow-missing-head says random head weights are intended."""
+    stops (exit 1) unless --allow-missing-head says random head weights are intended."""
     path, _ = model_zoo_pkl
     out = tmp_path / "pkg"
     argv = ["export", "--model", "vitdet-b", "--size", "256", "--weights", str(path)]
-    assert main([*argv, "--out", str(out)]) == 2
+    assert main([*argv, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"error: {path}: 23 neck and head tensors are not in the checkpoint" in err, err
     assert "--allow-missing-head" in err and not out.exists()
@@ -344,7 +344,7 @@ def test_checkpoint_matching_almost_nothing_fails_the_export(tmp_path, capsys) -
     save_file({k: sd[k].contiguous() for k in keep}, str(path))
     out = tmp_path / "pkg"
     argv = ["export", "--model", "vitdet-small", "--weights", str(path), "--out", str(out)]
-    assert main([*argv, "--allow-missing-head"]) == 2
+    assert main([*argv, "--allow-missing-head"]) == 1
     err = capsys.readouterr().err
     assert f"error: {path}: 170 of 171 backbone tensors are not in the checkpoint" in err, err
     assert "backbone.blocks.0.norm1.weight" in err and not out.exists()
@@ -398,7 +398,7 @@ def test_unknown_or_wrong_format_is_explained(tmp_path, capsys) -> None:
     path = tmp_path / "rgtp.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     argv = ["export", "--model", "vitdet-small", "--weights", str(path), "--out", str(tmp_path)]
-    assert main([*argv, "--weights-format", "sam"]) == 2
+    assert main([*argv, "--weights-format", "sam"]) == 1
     err = capsys.readouterr().err
     assert "214 checkpoint tensors (format sam) have no place in the model" in err, err
 

@@ -144,15 +144,16 @@ def exported(tiny_detector, tmp_path_factory):
         return ensure_package(tiny_detector, plan, path, symbolic=False), plan
 
 
-def test_a_missing_package_is_exported_as_asked(exported, tiny_detector, capsys) -> None:
+def test_a_missing_package_is_exported_as_asked(exported, tiny_detector, caplog) -> None:
     from rgtp.package.manifest import Manifest
 
     path, plan = exported
     manifest = Manifest.load(path)
     assert manifest.plan.stages == plan.stages and manifest.plan.buckets == plan.buckets
     assert not any(g.symbolic for g in manifest.graphs)
-    assert ensure_package(tiny_detector, plan, path) == path  # reused, not exported again
-    assert "reusing the package in" in capsys.readouterr().err
+    with caplog.at_level("INFO", logger="rgtp"):
+        assert ensure_package(tiny_detector, plan, path) == path  # reused, not exported again
+    assert "reusing the package in" in caplog.text
 
 
 def test_a_package_of_another_export_is_not_reused(exported, tiny_detector, tmp_path) -> None:

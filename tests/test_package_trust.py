@@ -202,7 +202,7 @@ def test_names_outside_the_package_are_refused(pkg, capsys, how: str, consumer: 
     elif consumer == "build":
         before = tree(pkg)
         code, _, err = cli(["build", str(pkg), "--quiet"], capsys)
-        assert code == 2 and message in err, err
+        assert code == 1 and message in err, err
         assert tree(pkg) == before  # nothing built, manifest untouched
     else:
         with pytest.raises(ManifestError, match=re.escape(message)):
@@ -234,7 +234,7 @@ def test_external_data_outside_the_package_is_refused(pkg, capsys) -> None:
     with pytest.raises(EngineError, match=re.escape(message)):
         load(pkg, "ort")
     code, _, err = cli(["build", str(pkg), "--quiet"], capsys)
-    assert code == 2 and message in err
+    assert code == 1 and message in err
     assert not (pkg / "trt").exists()
 
 
@@ -285,7 +285,7 @@ def test_build_refuses_a_tampered_package_before_building(pkg, capsys) -> None:
     flip_byte(pkg / "stage0.weights")
     before = tree(pkg)
     code, _, err = cli(["build", str(pkg), "--quiet"], capsys)
-    assert code == 2
+    assert code == 1
     assert "package fails verification: stage0.weights: sha256 differs" in err, err
     assert tree(pkg) == before and not (pkg / "trt").exists()
 
@@ -449,7 +449,7 @@ def test_export_deletes_nothing_of_the_users(
     before, entries = tree(tmp_path), sorted(p.name for p in tmp_path.rglob("*"))
     argv = ["export", "--random-init", "--quiet", "--out", out, *(["--force"] if force else [])]
     code, _, err = cli(argv, capsys)
-    assert code == 2 and message in err, err
+    assert code == 1 and message in err, err
     assert tree(tmp_path) == before  # every file, byte for byte
     assert sorted(p.name for p in tmp_path.rglob("*")) == entries  # and no work directory
 

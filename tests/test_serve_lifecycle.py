@@ -300,5 +300,5 @@ def test_serve_names_a_serve_environment_it_cannot_use(repositories, tmp_path) -
         capture_output=True,
         text=True,
     )
-    assert cli.returncode == 2
+    assert cli.returncode == 1
     assert f"{tmp_path}/bin/python: no Python interpreter there" in cli.stderr

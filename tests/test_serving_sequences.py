@@ -137,7 +137,7 @@ def test_settings_are_checked_against_the_package_when_written(
     with pytest.raises(ValueError) as opening:
         pipe.new_stream(ServingSettings(**options).stream_options())
     out = tmp_path / "repo"
-    assert main(["triton", str(tiny_package), "--out", str(out), *flags]) == 2
+    assert main(["triton", str(tiny_package), "--out", str(out), *flags]) == 1
     assert capsys.readouterr().err == f"error: {opening.value}\n"
     assert not out.exists()
 

@@ -352,7 +352,7 @@ def test_rgtp_triton_writes_a_repository_or_says_why_not(package, tmp_path, caps
     assert main(["triton", str(package), "--out", str(out), "--keep", "64"]) == 0
     assert f"rgtp serve {out}" in capsys.readouterr().out
     trt = ["triton", str(package), "--out", str(tmp_path / "trt"), "--backend", "trt"]
-    assert main(trt) == 2
+    assert main(trt) == 1
     assert "has no TensorRT plans; build them first" in capsys.readouterr().err
     assert main(["triton", str(package), "--out", str(out), "--idle-timeout", "-1"]) == 2
     assert "idle timeout (seconds) must be a number in (0, 86400]" in capsys.readouterr().err

@@ -93,12 +93,13 @@ def test_temporal_phase_from_saved_joint_weights_matches_one_run(tmp_path: Path)
 
 
 def test_saved_weights_load_back_into_the_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "w.safetensors"
     run = replace(TINY_RUN, eval_every=3, eval_clips=12)
-    summary = train(run, out, TINY, tmp_path / "cache", heldout=12)
-    printed = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="rgtp"):
+        summary = train(run, out, TINY, tmp_path / "cache", heldout=12)
+    printed = caplog.text
     assert "phase joint step 3" in printed and "phase temporal step 2" in printed
     checked = [r for r in summary["log"] if "heldout_top1" in r]
     assert [(r["phase"], r["step"]) for r in checked] == [("joint", 3)]

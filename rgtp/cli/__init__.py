@@ -10,11 +10,10 @@ family's tools (`rgtp.families.tool`): no command names a family.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from rgtp import __version__
-from rgtp.cli import demo, export, flops, run, serve, train
+from rgtp.cli import demo, export, flops, output, run, serve, train
 
 # in the order `rgtp --help` lists them
 COMMANDS = (
@@ -36,18 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rgtp",
         description="Rollout-guided token pruning for video ViTs: export, engines, runtime.",
+        epilog="exit status: 0 done, 1 failed (the error on stderr), 2 a usage error",
     )
     parser.add_argument("--version", action="version", version=f"rgtp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        output.add_verbosity(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: its exit status, `output.OK`, `FAILURE` (what failed is logged as
+    `error: ...` on stderr, no traceback) or `USAGE` (argparse exits with it itself)."""
     args = build_parser().parse_args(argv)
+    output.configure_logging(args.quiet, args.verbose)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except output.UsageError as e:
+        output.log.error("%s", e)
+        return output.USAGE
+    # what the library raises for bad input or a failed step (ManifestError, EngineError,
+    # ExportError, RunError, ... derive from these; ImportError names the extra to install);
+    # anything else is a bug: its traceback
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        output.log.error("%s", e)
+        return output.FAILURE

@@ -19,7 +19,6 @@ def add_demo(sub) -> None:
     p.add_argument("--sequences", type=int, default=8, help="detector: held-out videos")
     p.add_argument("--frames", type=int, default=64, help="detector: frames per video")
     p.add_argument("--clips", type=int, default=60, help="classifier: held-out clips")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=demo)
 
 
@@ -28,5 +27,6 @@ def demo(args: argparse.Namespace) -> int:
 
     sizes = {"sequences": args.sequences, "frames": args.frames, "clips": args.clips}
     run_demo = tool(get_config(args.model), "run_demo")
-    run_demo(args.out, args.k_fraction, sizes, progress=not args.quiet)
+    summary = run_demo(args.out, args.k_fraction, sizes, progress=not args.quiet)
+    print(summary["report"])
     return 0

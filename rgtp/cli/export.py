@@ -7,7 +7,7 @@ import argparse
 import functools
 from pathlib import Path
 
-from rgtp.cli import options
+from rgtp.cli import options, output
 
 
 def _opset(text: str) -> int:
@@ -143,7 +143,6 @@ def add_export(sub) -> None:
         "`rgtp check` need (default); --no-reference: each weight once, for deployment",
     )
     p.add_argument("--out", required=True)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=export)
 
 
@@ -154,7 +153,9 @@ def export(args: argparse.Namespace) -> int:
 
     int8 = int8_settings(args.precision, args.per_channel, args.int8_method)
     if (int8 is not None and int8.method == "static") != (args.calibration is not None):
-        raise ValueError("--calibration VIDEO goes with --precision int8 --int8-method static")
+        raise output.UsageError(
+            "--calibration VIDEO goes with --precision int8 --int8-method static"
+        )
     head, user_graph, user_spec = args.head, None, None
     if args.head_onnx:
         from rgtp.export.user_head import read_user_head
@@ -254,17 +255,18 @@ def add_check(sub) -> None:
     p.add_argument("package")
     p.add_argument("--atol", type=_tolerance("atol"), default=1e-4)
     p.add_argument("--rtol", type=_tolerance("rtol"), default=1e-3)
-    p.add_argument("--quiet", action="store_true")
+    output.add_json(p, "the check")
     p.set_defaults(handler=check)
 
 
 def check(args: argparse.Namespace) -> int:
-    from rgtp.eval.reports import check_text
+    from rgtp.eval.reports import check_document, check_text
     from rgtp.export.check import check_package
 
     report = check_package(args.package, atol=args.atol, rtol=args.rtol, progress=not args.quiet)
-    print(check_text(report, args.atol, args.rtol))
-    return 0 if report.passed else 1
+    document = check_document(args.package, report, args.atol, args.rtol)
+    output.report(args, "check", document, check_text(report, args.atol, args.rtol))
+    return output.OK if report.passed else output.FAILURE
 
 
 def add_build(sub) -> None:
@@ -321,7 +323,7 @@ def add_build(sub) -> None:
         help="skip the sha256 check of the package's files (verified elsewhere); warns",
     )
     options.add_digest(p)
-    p.add_argument("--quiet", action="store_true")
+    output.add_json(p, "the plans built")
     p.set_defaults(handler=build)
 
 
@@ -329,9 +331,6 @@ def build(args: argparse.Namespace) -> int:
     from rgtp.engines.trt_build import BuildOptions, build_trt
     from rgtp.package.manifest import package_digest
 
-    if args.backend != "trt":
-        print("error: only --backend trt builds ahead of time (ort and torch need no build)")
-        return 2
     build_options = BuildOptions(
         precision=args.precision,
         layout=args.layout,
@@ -347,11 +346,13 @@ def build(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         digest=args.digest,
     )
-    print(
+    digest = package_digest(args.package)
+    text = (
         f"built {len(info['plans'])} plans with {info['flavor']} {info['version']} for "
         f"{info['device']} (compute capability {info['compute_capability']}, "
         f"{info['precision']}, {info['layout']}); trtexec commands in "
-        f"{Path(args.package) / info['trtexec']}"
+        f"{Path(args.package) / info['trtexec']}\n"
+        f"digest {digest} (the plans are in the manifest: a new one)"
     )
-    print(f"digest {package_digest(args.package)} (the plans are in the manifest: a new one)")
-    return 0
+    output.report(args, "build", {"package": str(args.package), "digest": digest, **info}, text)
+    return output.OK

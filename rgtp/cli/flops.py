@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from rgtp.cli import options
+from rgtp.cli import options, output
 
 
 def add_flops(sub) -> None:
@@ -42,7 +41,7 @@ def add_flops(sub) -> None:
         help="paper: windowed blocks computed whole (the authors' GFLOPs); executed: what rgtp "
         "runs (each window's rows for the kept queries only)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output.add_json(p, "the report")
     p.set_defaults(handler=flops)
 
 
@@ -60,5 +59,5 @@ def flops(args: argparse.Namespace) -> int:
         options.prune_from(args),
         args.convention,
     )
-    print(json.dumps(report, indent=2) if args.json else table)
-    return 0
+    output.report(args, "flops", report, table)
+    return output.OK

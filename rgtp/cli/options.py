@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import logging
 from collections.abc import Callable
+from typing import Any
+
+from rgtp.cli.output import UsageError
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------ types
 
@@ -121,6 +126,22 @@ def add_digest(p: argparse.ArgumentParser) -> None:
     )
 
 
+def thread_options(backend: str, threads: int | None) -> dict[str, Any]:
+    """--threads as the backend takes it: the `threads` load option of ort (intra-op
+    threads) and openvino (INFERENCE_NUM_THREADS); torch's are the process's own, set here;
+    trt runs on the GPU and takes none (UsageError)."""
+    if threads is None:
+        return {}
+    if backend in ("ort", "openvino"):
+        return {"threads": threads}
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        return {}
+    raise UsageError(f"--threads is for the CPU backends (ort, openvino, torch), not {backend}")
+
+
 def add_heldout_videos(p: argparse.ArgumentParser) -> None:
     """--sequences and --frames: how much of SynthVID's held-out split a detector is measured
     on (the tables': 30 videos of 64 frames). `rgtp eval` and the benchmarks take them."""
@@ -166,13 +187,14 @@ def load_model(args: argparse.Namespace):
         allow_missing=args.allow_missing_head or own_head,
     )
     if loaded.report is not None:
-        print(f"weights {loaded.path}: {loaded.report.summary()}", file=sys.stderr)
+        log.info("weights %s: %s", loaded.path, loaded.report.summary())
         if loaded.report.missing:
             why = "your own head replaces them" if own_head else "--allow-missing-head"
-            print(
-                f"warning: {why}: {len(loaded.report.missing)} tensors outside the encoder "
-                "are not in the checkpoint and keep random values",
-                file=sys.stderr,
+            log.warning(
+                "%s: %d tensors outside the encoder are not in the checkpoint and keep random "
+                "values",
+                why,
+                len(loaded.report.missing),
             )
     return loaded.model
 

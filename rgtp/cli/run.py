@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import warnings
 
-from rgtp.cli import options
+from rgtp.cli import options, output
+
+log = logging.getLogger(__name__)
 
 
 def add_run(sub) -> None:
@@ -32,8 +34,16 @@ def add_run(sub) -> None:
     p.add_argument("--device", default="cpu")
     options.add_digest(p)
     options.add_stream(p, latency_budget=True)
+    p.add_argument(
+        "--threads",
+        type=options.int_at_least(1),
+        default=None,
+        help="CPU threads a step's engine calls use: ONNX Runtime's intra-op threads, "
+        "OpenVINO's inference threads, torch's threads (default: each runtime's own choice; "
+        "not for trt)",
+    )
     p.add_argument("--out", required=True)
-    p.add_argument("--quiet", action="store_true")
+    output.add_json(p, "the run's summary")
     options.add_pruning(p)
     p.set_defaults(handler=run)
 
@@ -44,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
     from rgtp.runtime import Pipeline
     from rgtp.runtime.run import run_and_write, summarize
 
-    pipe = Pipeline.load(args.package, backend=args.backend, digest=args.digest, device=args.device)
+    pipe = Pipeline.load(
+        args.package,
+        backend=args.backend,
+        digest=args.digest,
+        device=args.device,
+        **options.thread_options(args.backend, args.threads),
+    )
     config = pipe.plan.config
     stream = pipe.new_stream(
         policy=options.policy(args),
@@ -68,14 +84,23 @@ def run(args: argparse.Namespace) -> int:
             )
         finally:
             for w in caught:
-                print(f"warning: {w.message}", file=sys.stderr)
+                log.warning("%s", w.message)
     s = summarize(results, skipped=skipped)
     if not s["steps"]:
-        print(f"error: no step could be run ({len(skipped)} frames skipped)", file=sys.stderr)
-        return 1
+        log.error("no step could be run (%d frames skipped)", len(skipped))
+        return output.FAILURE
     skips = len(skipped) if args.skip_bad_frames else None
-    print(run_text(s, pipe.backend, pipe.device, pipe.plan.num_tokens, paths, skips))
-    return 0
+    text = run_text(s, pipe.backend, pipe.device, pipe.plan.num_tokens, paths, skips)
+    document = {
+        "package": str(args.package),
+        "backend": pipe.backend,
+        "device": str(pipe.device),
+        "num_tokens": pipe.plan.num_tokens,
+        "files": {name: str(path) for name, path in paths.items()},
+        "summary": s,
+    }
+    output.report(args, "run", document, text)
+    return output.OK
 
 
 def add_eval(sub) -> None:
@@ -128,9 +153,8 @@ def add_eval(sub) -> None:
         help="classifiers: where NAME.temporal-kK.safetensors files are (default: beside "
         "the weights)",
     )
-    p.add_argument("--json", default=None)
-    p.add_argument("--markdown", default=None)
-    p.add_argument("--quiet", action="store_true")
+    output.add_json(p, "the table's rows")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="the table as Markdown")
     options.add_pruning(p)
     p.set_defaults(handler=evaluate)
 
@@ -168,6 +192,6 @@ def evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     title, table, records = evaluate_model(model, request)
-    print(table)
-    write_table(title, table, records, args.json, args.markdown)
-    return 0
+    output.report(args, "eval", records, table)
+    write_table(title, table, records, markdown_path=args.markdown)
+    return output.OK

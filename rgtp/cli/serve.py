@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from rgtp.cli import options
+from rgtp.cli import options, output
 
 
 def add_triton(sub) -> None:
@@ -53,7 +53,18 @@ def write_triton_repository(args: argparse.Namespace) -> int:
     from rgtp.serving import ServingSettings, write_repository
     from rgtp.serving.repository import PACKAGE_DIR, VERSION
 
-    settings = ServingSettings(
+    try:  # every setting is a command-line value: one it refuses is a usage error
+        settings = _settings(args, ServingSettings)
+    except ValueError as e:
+        raise output.UsageError(str(e)) from None
+    model = write_repository(args.package, args.out, settings, force=args.force, digest=args.digest)
+    print(f"wrote model {model.name} to {args.out}; start the server with: rgtp serve {args.out}")
+    print(f"it serves package digest {package_digest(model / VERSION / PACKAGE_DIR)} only")
+    return output.OK
+
+
+def _settings(args: argparse.Namespace, settings_type):
+    return settings_type(
         backend=args.backend,
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout,
@@ -65,10 +76,6 @@ def write_triton_repository(args: argparse.Namespace) -> int:
         radius=args.radius,
         **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
     )
-    model = write_repository(args.package, args.out, settings, force=args.force, digest=args.digest)
-    print(f"wrote model {model.name} to {args.out}; start the server with: rgtp serve {args.out}")
-    print(f"it serves package digest {package_digest(model / VERSION / PACKAGE_DIR)} only")
-    return 0
 
 
 def add_serve(sub) -> None:

@@ -66,7 +66,6 @@ def add_train(sub) -> None:
         "--cache-dir", default=None, help="where rendered clips are kept (default out/cache)"
     )
     p.add_argument("--out", default=None, help="default rgtp/weights/MODEL.safetensors")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=train_model)
 
 
@@ -107,7 +106,6 @@ def add_finetune_temporal(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: beside the weights, NAME.temporal-kK")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=finetune)
 
 

@@ -6,6 +6,7 @@ API gives the same report the command line prints."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,6 +55,35 @@ def check_text(report, atol: float, rtol: float) -> str:
     return "\n".join(lines)
 
 
+def check_document(package: str | Path, report, atol: float, rtol: float) -> dict:
+    """A `CheckReport` as `rgtp check --json` writes it (rgtp/cli/schemas/check.json); an
+    error that is not finite (a graph's NaN or inf output) as null, which JSON can hold."""
+
+    def finite(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    return {
+        "package": str(package),
+        "passed": report.passed,
+        "digest": report.digest,
+        "atol": atol,
+        "rtol": rtol,
+        "problems": list(report.problems),
+        "notes": list(report.notes),
+        "graphs": [
+            {
+                "name": g.name,
+                "max_abs": finite(g.max_abs),
+                "max_rel": finite(g.max_rel),
+                "rel_l2": finite(g.rel_l2),
+                "passed": bool(g.passed),
+                "limit": g.limit,
+            }
+            for g in report.graphs
+        ],
+    }
+
+
 def run_text(
     summary: dict,
     backend: str,
@@ -62,16 +92,51 @@ def run_text(
     paths: Mapping[str, Path],
     skipped: int | None = None,
 ) -> str:
-    """A run's `summarize` as one line: frames, steps, mean K, ms per step, files written;
-    `skipped` (given when undecodable frames are skipped) how many were."""
-    ms = summary["ms_per_step"]
+    """A run's `summarize` as `rgtp run` prints it: a line of frames, steps, mean K and the
+    files written (`skipped`, given when undecodable frames are skipped: how many were), then
+    per part of a step its mean and p50/p95/p99 in ms, the warm-up step left out."""
     skips = f", skipped {skipped} undecodable frames" if skipped is not None else ""
-    return (
+    lines = [
         f"{summary['frames']} frames, {summary['steps']} steps on {backend} ({device}){skips}: "
-        f"mean K {summary['mean_k']:.0f} of {num_tokens}, {ms['total']:.1f} ms/step "
-        f"({ms['outside_engine']:.1f} ms outside engine calls); wrote "
-        f"{', '.join(str(p) for p in dict.fromkeys(paths.values()))}"
-    )
+        f"mean K {summary['mean_k']:.0f} of {num_tokens}; wrote "
+        f"{', '.join(str(p) for p in dict.fromkeys(paths.values()))}",
+        f"{'ms per step':<16}{'mean':>9}{'p50':>9}{'p95':>9}{'p99':>9}",
+    ]
+    means, percentiles = summary["ms_per_step"], summary["ms_percentiles"]
+    # the step's whole and its split between engine calls and the rest first, then its parts
+    first = ("total", "engine", "outside_engine")
+    for part in sorted(means, key=lambda p: (first.index(p) if p in first else 3, p)):
+        q = percentiles[part]
+        lines.append(
+            f"{part:<16}{means[part]:>9.2f}{q['p50']:>9.2f}{q['p95']:>9.2f}{q['p99']:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, document: object) -> Path:
+    """`document` as JSON at `path`, written whole or not at all: into a temporary file
+    beside it, then renamed over it (a reader never sees half a file, and a failed write
+    leaves what was there). Non-finite floats are refused (JSON has none)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    text = json.dumps(document, indent=1, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_table(
@@ -83,8 +148,7 @@ def write_table(
 ) -> None:
     """An evaluation's records as JSON and its table as Markdown under `title`, where asked."""
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(records, indent=1))
+        write_json(json_path, records)
     if markdown_path:
         Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown_path).write_text(f"# {title}\n\n{table}\n")

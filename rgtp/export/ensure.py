@@ -7,7 +7,7 @@ above the exporter.
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from rgtp.export.package import export_package
 from rgtp.export.quantize import Int8Settings
 from rgtp.package.manifest import MANIFEST, Manifest, package_file
 from rgtp.package.plan import PARTITIONS, StagePlan, partition_blocks
+
+logger = logging.getLogger(__name__)
 
 
 def ensure_package(
@@ -60,11 +62,11 @@ def ensure_package(
                 "Name another directory, or remove this one"
             )
         if progress:
-            print(f"reusing the package in {path}: {describe(manifest.plan)}", file=sys.stderr)
+            logger.info("reusing the package in %s: %s", path, describe(manifest.plan))
         return path
     if progress:
         graphs = "fixed- and symbolic-K graphs" if symbolic else "fixed-K graphs only"
-        print(f"exporting {describe(plan)}; {graphs}; to {path}", file=sys.stderr)
+        logger.info("exporting %s; %s; to %s", describe(plan), graphs, path)
     export_package(model, plan, path, symbolic=symbolic, force=fresh, progress=progress, int8=int8)
     return path
 

@@ -68,21 +68,29 @@ def run_and_write(
     return results, write_results(out, results, class_names, skipped)
 
 
+PERCENTILES = (50, 95, 99)
+
+
 def summarize(
     results: Sequence[StepResult | None], skip: int = 1, skipped: Sequence[int] = ()
 ) -> dict:
-    """Per-step means (the first `skip` steps are warm-up and left out of timings), and
-    the video positions of the frames the source skipped as undecodable."""
+    """Per-step means and p50/p95/p99 of every timed part in ms (the first `skip` steps are
+    warm-up and left out of timings; a part a step did not run counts 0 ms), and the video
+    positions of the frames the source skipped as undecodable."""
     steps = [r for r in results if r is not None]
     timed = steps[skip:] or steps
     parts = sorted({p for r in timed for p in r.timings})
+    ms = {p: np.array([r.timings.get(p, 0.0) for r in timed]) for p in parts}
     return {
         "frames": len(results),
         "steps": len(steps),
         "reset_steps": sum(r.reset for r in steps),
         # tokens per stage averaged (a keep schedule keeps fewer in later stages)
         "mean_k": statistics.fmean(_stage_mean(r) for r in steps) if steps else None,
-        "ms_per_step": {p: statistics.fmean(r.timings.get(p, 0.0) for r in timed) for p in parts},
+        "ms_per_step": {p: float(v.mean()) for p, v in ms.items()},
+        "ms_percentiles": {
+            p: {f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES} for p, v in ms.items()
+        },
         "skipped_frames": len(skipped),
         "skipped_positions": list(skipped),
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -40,6 +40,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rgtp.serving.environment import serve_environment
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 SHARED_MEMORY = Path("/dev/shm")
@@ -322,7 +324,7 @@ def serve(server: TritonServer, on_ready: Callable[[TritonServer], None]) -> int
                 f"tritonserver exited by itself with status {status}:\n{server.log_tail()}"
             )
     except Stopped as e:
-        print(f"{e}: tritonserver stopped", file=sys.stderr)
+        logger.info("%s: tritonserver stopped", e)
         return 0
     finally:
         for s, handler in previous.items():

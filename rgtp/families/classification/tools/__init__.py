@@ -6,7 +6,7 @@ them (`rgtp.package.family.tool`)."""
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +28,8 @@ from rgtp.families.classification.tools.finetune_temporal import (
 )
 from rgtp.families.classification.tools.reports import flops_report
 from rgtp.package.family import shipped_weights
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_model", "finetune", "flops_report", "run_demo", "train_model"]
 
@@ -74,7 +76,7 @@ def evaluate_model(model: nn.Module, request: EvalRequest) -> tuple[str, str, li
     if any(not isinstance(k, int) for k in request.ks):
         raise ValueError("keep schedules (one K per stage) are for detectors; give single K")
     if request.backend != "torch":
-        print("note: the classifier table runs the PyTorch reference engines", file=sys.stderr)
+        logger.info("note: the classifier table runs the PyTorch reference engines")
     weights = Path(request.weights) if request.weights else shipped_weights(request.name)
     finetuned = {}
     for k in request.ks:
@@ -83,7 +85,7 @@ def evaluate_model(model: nn.Module, request: EvalRequest) -> tuple[str, str, li
             path = Path(request.finetuned_dir) / path.name
         if path is not None and path.exists():
             finetuned[k] = load_temporal(copy.deepcopy(model), path).eval()
-            print(f"fine-tuned temporal transformer at K={k}: {path}", file=sys.stderr)
+            logger.info("fine-tuned temporal transformer at K=%d: %s", k, path)
     clips = heldout_clips(request.clips, data_config(model.cfg))
     rows = classifier_table(
         model,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from rgtp.runtime.video import write_video
 from rgtp.viz.overlay import overlays, save_pngs
 from rgtp.viz.timeline import plot_timeline
 
+logger = logging.getLogger(__name__)
+
 MODEL = "vivit-small"
 
 
@@ -53,14 +56,14 @@ def run_demo(
     n = cfg.spatial.num_tokens
     k = round(k_fraction * n)
 
-    print(f"1/4 export {MODEL} to ONNX")
+    logger.info("1/4 export %s to ONNX", MODEL)
     plan = StagePlan.create(cfg, [k], "per-global")
     package = ensure_package(
         model, plan, out / "package", symbolic=False, fresh=True, progress=progress
     )
     pipe = Pipeline.load(package, backend="ort")
 
-    print("2/4 run two held-out clips, dense and pruned, on ONNX Runtime (CPU)")
+    logger.info("2/4 run two held-out clips, dense and pruned, on ONNX Runtime (CPU)")
     shown = heldout_clips(2, data_config(cfg))
     frames = list(itertools.chain.from_iterable(c.frames for c in shown))
     dense = run_stream(pipe.new_stream(), frames, len(frames), progress)
@@ -68,14 +71,14 @@ def run_demo(
     write_results(out / "dense", dense, cfg.class_names)
     write_results(out / "pruned", pruned, cfg.class_names)
 
-    print("3/4 write the importance-overlay video, frames and timeline plot")
+    logger.info("3/4 write the importance-overlay video, frames and timeline plot")
     grid = cfg.spatial.grid
     video = out / "pruned_overlay.mp4"
     write_video(video, overlays(frames, pruned, grid), fps=4)
     save_pngs(overlays(frames[1::4], pruned[1::4], grid), out / "frames")
     timeline = plot_timeline({"dense": dense, f"pruned K={k}": pruned}, out / "timeline.png")
 
-    print(f"4/4 evaluate on {clips} held-out clips (PyTorch reference engines)")
+    logger.info("4/4 evaluate on %d held-out clips (PyTorch reference engines)", clips)
     finetuned = {}
     tuned_file = finetuned_path(weights, k)
     if tuned_file.exists():
@@ -100,13 +103,19 @@ def run_demo(
         "seconds": time.perf_counter() - start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print()
-    for c in summary["clips_shown"]:
-        print(f"clip of '{c['label']}': dense says {c['dense']}, pruned says {c['pruned']}")
-    print(table)
-    print(
-        f"\nwrote {video}, {timeline}, {out / 'frames'}/, {out / 'summary.md'} "
-        f"in {summary['seconds']:.0f} s"
+    shown = [
+        f"clip of '{c['label']}': dense says {c['dense']}, pruned says {c['pruned']}"
+        for c in summary["clips_shown"]
+    ]
+    # what `rgtp demo` prints (not in summary.json)
+    summary["report"] = "\n".join(
+        [
+            "",
+            *shown,
+            table,
+            f"\nwrote {video}, {timeline}, {out / 'frames'}/, {out / 'summary.md'} "
+            f"in {summary['seconds']:.0f} s",
+        ]
     )
     return summary
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -76,6 +77,8 @@ from rgtp.models.checkpoint_files import save_weights
 from rgtp.package.family import get_config
 from rgtp.train.config import TrainConfig
 from rgtp.train.schedule import lr_at, param_groups
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 4 * len(MOTIONS)  # clips rendered per task: four scenes under their four motions
 _FLIP = {"left": "right", "right": "left"}
@@ -368,7 +371,7 @@ def _train_joint(
             log.append(rec)
             running = dict.fromkeys(running, 0.0)
             if progress:
-                print(_log_line(rec), flush=True)
+                logger.info(_log_line(rec))
     heads.remove()
     return log
 
@@ -431,7 +434,7 @@ def _train_temporal(
             log.append(rec)
             running = dict.fromkeys(running, 0.0)
             if progress:
-                print(_log_line(rec), flush=True)
+                logger.info(_log_line(rec))
     return log
 
 
@@ -494,6 +497,6 @@ def train(
         result = classify(model, heldout_clips(heldout, data_cfg))
         summary["heldout"] = {**result.to_dict(), "minutes": (time.time() - eval_start) / 60}
         if progress:
-            print(result.summary(), flush=True)
+            logger.info(result.summary())
     out.with_suffix(".train.json").write_text(json.dumps(summary, indent=1))
     return summary

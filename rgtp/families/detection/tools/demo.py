@@ -8,6 +8,7 @@ mAP50, GFLOPs and ms/frame on held-out sequences and print the table.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from rgtp.runtime.run import run_stream, write_results
 from rgtp.runtime.video import write_video
 from rgtp.viz.overlay import overlays, save_pngs
 from rgtp.viz.timeline import plot_timeline
+
+logger = logging.getLogger(__name__)
 
 MODEL = "vitdet-small"
 
@@ -46,28 +49,28 @@ def run_demo(
     k = round(k_fraction * n)
     plan = StagePlan.create(detector.cfg, [k], "per-global")
 
-    print(f"1/4 export {MODEL} to ONNX")
+    logger.info("1/4 export %s to ONNX", MODEL)
     # a fresh export every time: this step is part of what the demo shows
     package = ensure_package(
         detector, plan, out / "package", symbolic=False, fresh=True, progress=progress
     )
     pipe = Pipeline.load(package, backend="ort")
 
-    print("2/4 run one held-out video, dense and pruned, on ONNX Runtime (CPU)")
+    logger.info("2/4 run one held-out video, dense and pruned, on ONNX Runtime (CPU)")
     seq = generate_sequence(heldout_seeds(1)[0], SynthVIDConfig(num_frames=frames))
     dense = run_stream(pipe.new_stream(), seq.frames, len(seq.frames), progress)
     pruned = run_stream(pipe.new_stream(policy=FixedKeep(k)), seq.frames, len(seq.frames), progress)
     write_results(out / "dense", dense, CLASSES)
     write_results(out / "pruned", pruned, CLASSES)
 
-    print("3/4 write the importance-overlay video, frames and timeline plot")
+    logger.info("3/4 write the importance-overlay video, frames and timeline plot")
     grid = detector.cfg.backbone.grid
     video = out / "pruned_overlay.mp4"
     write_video(video, overlays(seq.frames, pruned, grid, CLASSES), fps=8)
     save_pngs(overlays(seq.frames[::8], pruned[::8], grid, CLASSES), out / "frames")
     timeline = plot_timeline({"dense": dense, f"pruned K={k}": pruned}, out / "timeline.png")
 
-    print(f"4/4 evaluate on {sequences} held-out sequences x {frames} frames")
+    logger.info("4/4 evaluate on %d held-out sequences x %d frames", sequences, frames)
     records = evaluate(
         pipe, [EvalSetting(None), EvalSetting(k)], sequences, frames, progress=progress
     )
@@ -80,10 +83,9 @@ def run_demo(
         "seconds": time.perf_counter() - start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print()
-    print(table)
-    print(
-        f"\nwrote {video}, {timeline}, {out / 'frames'}/, {out / 'summary.md'} "
+    # what `rgtp demo` prints (not in summary.json)
+    summary["report"] = (
+        f"\n{table}\n\nwrote {video}, {timeline}, {out / 'frames'}/, {out / 'summary.md'} "
         f"in {summary['seconds']:.0f} s"
     )
     return summary
