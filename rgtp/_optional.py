@@ -31,6 +31,7 @@ DISTRIBUTIONS = {
     "av": "PyAV",
     "skimage": "scikit-image",
     "PIL": "Pillow",
+    "polygraphy": "Polygraphy",
     "tritonclient": "tritonclient",
     "tensorrt_rtx": "TensorRT-RTX",
 }

@@ -36,7 +36,8 @@ from rgtp.package.manifest import GraphRecord, Manifest, ManifestError, package_
 from rgtp.package.plan import TensorSpec
 from rgtp.package.verify import external_data_problems, file_problems
 
-require("polygraphy", "export", "rgtp check")  # first: a missing one names the extra
+_USE = "graph comparison (rgtp check)"  # what needs Polygraphy and ONNX Runtime here
+require("polygraphy", "export", _USE)  # first: a missing one names the extra
 from polygraphy.backend.base import BaseRunner  # noqa: E402
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx  # noqa: E402
 from polygraphy.common import TensorMetadata  # noqa: E402
@@ -176,7 +177,7 @@ def check_package(
     if report.problems:
         return report
 
-    require("onnxruntime", "ort", "rgtp check")  # Polygraphy's runner of the graphs
+    require("onnxruntime", "ort", _USE)  # Polygraphy's runner of the graphs
     G_LOGGER.module_severity = G_LOGGER.ERROR  # one line per graph from us, not pages
     # The contract of check is a report, not a traceback: whatever the reference loader,
     # ONNX Runtime or Polygraphy raise becomes the FAIL line of the file it concerns.
