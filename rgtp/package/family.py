@@ -113,6 +113,28 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)
     stage_k: tuple[int, ...] = ()
 
+    # A family's result adds `output_file` and `output_json(class_names)` (what `rgtp run`
+    # writes) and `marks(class_names, score_threshold) -> StepMarks` (what `rgtp.viz` draws).
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the frame's pixels
+
+
+@dataclass(frozen=True)
+class StepMarks:
+    """What a picture of one step shows besides the kept tokens and the importance
+    (`rgtp.viz` draws it; a family's step result says it with `marks`).
+
+    unit: what one step is ("frame", "time step"); boxes: (box, text, colour index) drawn on
+    the frame; caption: one line about the whole frame (a classifier's top class), or None;
+    caption_color: its colour index (None: white, no class).
+    """
+
+    unit: str
+    boxes: list[tuple[Box, str, int]] = field(default_factory=list)
+    caption: str | None = None
+    caption_color: int | None = None
+
 
 class Task(Protocol):
     """One stream's family-specific part (a new one per stream and per reset)."""

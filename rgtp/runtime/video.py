@@ -1,4 +1,5 @@
-"""Video files in and out, through PyAV (FFmpeg)."""
+"""Video files in and out, through PyAV (FFmpeg): imported when a video is opened, so that
+running a package on frames of one's own needs no FFmpeg."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import warnings
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 # MPEG transport streams are whole packets of 188 bytes (192 in M2TS/Blu-ray files).
 TS_PACKET_SIZES = (188, 192)
@@ -43,6 +48,7 @@ class VideoReader:
         self.skipped: list[int] = []
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        av = load_av()
         self.skipped.clear()
         try:
             container = av.open(str(self.path))
@@ -106,27 +112,83 @@ def read_frames(path: str | Path, max_frames: int | None = None) -> Iterator[np.
     yield from VideoReader(path, max_frames)
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int = 10) -> int:
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10) -> int:
     """Encode RGB frames (H, W, 3) uint8 as H.264 (MP4, or MPEG-TS for a .ts path); returns
     the number of frames."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with av.open(str(path), mode="w") as container:
-        stream = None
+    with VideoWriter(path, fps) as writer:
         for frame in frames:
-            if stream is None:
-                h, w = frame.shape[:2]
-                stream = container.add_stream("libx264", rate=Fraction(fps))
-                stream.width, stream.height = w - w % 2, h - h % 2  # yuv420p needs even sides
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": "20"}
-            img = np.ascontiguousarray(frame[: stream.height, : stream.width])
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            count += 1
-        if stream is not None:
-            container.mux(stream.encode(None))
-    return count
+            writer.write(frame)
+    return writer.count
+
+
+class VideoWriter:
+    """RGB frames (H, W, 3) uint8 encoded as H.264 one at a time, as they are made (MP4, or
+    MPEG-TS for a .ts path), at `fps` frames a second; the size is the first frame's, cut to
+    even sides. A context manager: leaving it flushes the encoder and closes the file."""
+
+    def __init__(self, path: str | Path, fps: float = 10) -> None:
+        self._av = load_av()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rate = Fraction(fps).limit_denominator(1001)  # 29.97 as 30000/1001
+        if self.rate <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.count = 0
+        self._container = self._av.open(str(self.path), mode="w")
+        self._stream = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._stream is None:
+            h, w = frame.shape[:2]
+            stream = self._container.add_stream("libx264", rate=self.rate)
+            stream.width, stream.height = w - w % 2, h - h % 2  # yuv420p needs even sides
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "20"}
+            self._stream = stream
+        s = self._stream
+        img = np.ascontiguousarray(frame[: s.height, : s.width])
+        self._container.mux(s.encode(self._av.VideoFrame.from_ndarray(img, format="rgb24")))
+        self.count += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def frame_rate(path: str | Path) -> float | None:
+    """Frames a second of a video file's first video stream, as its container says; None
+    when it says nothing."""
+    av = load_av()
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            rate = streams[0].average_rate if streams else None
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path}: not a readable video ({_reason(e)})") from e
+    return float(rate) if rate else None
+
+
+def load_av() -> ModuleType:
+    """PyAV, or an ImportError naming the extra that installs it."""
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError(
+            "rgtp's video input and output need PyAV (FFmpeg): pip install 'rgtp[video]'"
+        ) from e
+    return av
 
 
 def _reason(error: av.error.FFmpegError) -> str:

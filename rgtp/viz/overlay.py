@@ -35,11 +35,14 @@ def _token_mask(keep: torch.Tensor, grid: int) -> np.ndarray:
     return mask.reshape(grid, grid)
 
 
-def _upsample(grid_map: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(g, g) -> (h, w) by nearest neighbour, so token borders stay visible."""
+def _upsample(grid_map: np.ndarray, h: int, w: int, resize: str = "stretch") -> np.ndarray:
+    """(g, g) -> (h, w) by nearest neighbour, so token borders stay visible. With
+    "letterbox" (the stream's resize policy) the grid spans a square of the frame's longer
+    side from its top-left corner, as the model input does; the padding is cut off."""
     g = grid_map.shape[0]
-    rows = np.minimum(np.arange(h) * g // h, g - 1)
-    cols = np.minimum(np.arange(w) * g // w, g - 1)
+    side_h, side_w = (max(h, w), max(h, w)) if resize == "letterbox" else (h, w)
+    rows = np.minimum(np.arange(h) * g // side_h, g - 1)
+    cols = np.minimum(np.arange(w) * g // side_w, g - 1)
     return grid_map[rows][:, cols]
 
 
@@ -49,6 +52,7 @@ def overlay(
     grid: int,
     class_names: Sequence[str] = (),
     score_threshold: float = 0.3,
+    resize: str = "letterbox",
 ) -> np.ndarray:
     """Side-by-side picture (H, 2W, 3) uint8 of a step and `frame` (H, W, 3), its input (for a
     classifier, the time step's last frame).
@@ -58,15 +62,17 @@ def overlay(
     its probability over the clip, "—" before the first full clip (`rgtp.viz.describe`).
     Right: the importance that chose this step's tokens (ŝ, tracked from the previous step;
     s_0 of this step on reset steps), kept tokens outlined by brightness.
+    `resize`: how the stream fitted the frame to the model input (its `resize` option), which
+    says where the tokens lie on a frame that is not square.
     """
     h, w = frame.shape[:2]
-    kept = _upsample(_token_mask(result.keep, grid), h, w)
+    kept = _upsample(_token_mask(result.keep, grid), h, w, resize)
     left = frame.astype(np.float32)
     left[~kept] *= 0.35
     importance = result.tracked if result.tracked is not None else result.importance
     imp = importance.detach().cpu().float().numpy().reshape(grid, grid)
     imp = imp / max(float(imp.max()), 1e-12)
-    heat = colormaps["inferno"](_upsample(imp, h, w))[..., :3] * 255
+    heat = colormaps["inferno"](_upsample(imp, h, w, resize))[..., :3] * 255
     heat[~kept] *= 0.5
     canvas = Image.fromarray(np.concatenate([left, heat], axis=1).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)

@@ -29,7 +29,7 @@ from rgtp.families.classification.config import VIVIT_CONFIGS, ViViTConfig
 from rgtp.families.classification.data import data_config, heldout_clips
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.classification.weights import FORMATS, load_vivit_weights
-from rgtp.package.family import GraphRunner, Prediction, StepResult
+from rgtp.package.family import GraphRunner, Prediction, StepMarks, StepResult
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
 
@@ -87,6 +87,14 @@ class ClassResult(StepResult):
             "probability": None if top is None else top[1],
             "scores": None if self.scores is None else self.scores.tolist(),
         }
+
+    def marks(self, class_names: Sequence[str] = (), score_threshold: float = 0.3) -> StepMarks:
+        """What a picture of the time step shows (`rgtp.viz`): the top class over the clip
+        and its probability as a caption in the class's colour, "—" before the first full
+        clip. The result names its classes itself; the arguments are the detector's."""
+        top = self.top
+        caption = "—" if top is None else f"{top[0]} {top[1]:.2f}"
+        return StepMarks("time step", caption=caption, caption_color=self.label)
 
     @property
     def label(self) -> int | None:

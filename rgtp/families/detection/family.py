@@ -36,7 +36,7 @@ from rgtp.families.detection.head_io import (
     head_boxes_scores,
     head_feeds,
 )
-from rgtp.package.family import GraphRunner, Prediction, StepResult
+from rgtp.package.family import GraphRunner, Prediction, StepMarks, StepResult
 from rgtp.package.plan import GraphSpec, StagePlan, TensorSpec
 
 
@@ -94,6 +94,19 @@ class FrameResult(StepResult):
 
     def output_json(self, class_names: Sequence[str] = ()) -> dict[str, Any]:
         return {"detections": self.detections.to_list(tuple(class_names))}
+
+    def marks(self, class_names: Sequence[str] = (), score_threshold: float = 0.3) -> StepMarks:
+        """What a picture of the frame shows (`rgtp.viz`): the boxes scoring at least
+        `score_threshold`, labelled with `class_names` and the score, coloured by class."""
+        dets = self.detections
+        boxes = []
+        for box, score, label in zip(
+            dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist(), strict=True
+        ):
+            if score >= score_threshold:
+                name = class_names[label] if label < len(class_names) else str(label)
+                boxes.append((tuple(box), f"{name} {score:.2f}", label))
+        return StepMarks("frame", boxes=boxes)
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,7 @@ from rgtp.package.family import family_of
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.run import run_stream, write_results
-from rgtp.runtime.video import write_video
-from rgtp.viz.overlay import overlays, save_pngs
-from rgtp.viz.timeline import plot_timeline
+from rgtp.viz.record import OverlayWriter
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +72,12 @@ def run_demo(
     logger.info("3/4 write the importance-overlay video, frames and timeline plot")
     grid = cfg.spatial.grid
     video = out / "pruned_overlay.mp4"
-    write_video(video, overlays(frames, pruned, grid), fps=4)
-    save_pngs(overlays(frames[1::4], pruned[1::4], grid), out / "frames")
-    timeline = plot_timeline({"dense": dense, f"pruned K={k}": pruned}, out / "timeline.png")
+    # a picture per time step (two frames); every second one as PNG
+    with OverlayWriter(video, out / "frames", grid, fps=4, png_every=2) as pictures:
+        for frame, result in zip(frames, pruned, strict=True):
+            pictures.add(frame, result)
+        runs = {"dense": dense, f"pruned K={k}": pruned}
+        timeline = pictures.finish(runs, out / "timeline.png").timeline
 
     logger.info("4/4 evaluate on %d held-out clips (PyTorch reference engines)", clips)
     finetuned = {}

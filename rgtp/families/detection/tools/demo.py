@@ -22,9 +22,7 @@ from rgtp.families.detection.tools.evaluate import EvalSetting, evaluate, result
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from rgtp.runtime.run import run_stream, write_results
-from rgtp.runtime.video import write_video
-from rgtp.viz.overlay import overlays, save_pngs
-from rgtp.viz.timeline import plot_timeline
+from rgtp.viz.record import OverlayWriter
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +64,11 @@ def run_demo(
     logger.info("3/4 write the importance-overlay video, frames and timeline plot")
     grid = detector.cfg.backbone.grid
     video = out / "pruned_overlay.mp4"
-    write_video(video, overlays(seq.frames, pruned, grid, CLASSES), fps=8)
-    save_pngs(overlays(seq.frames[::8], pruned[::8], grid, CLASSES), out / "frames")
-    timeline = plot_timeline({"dense": dense, f"pruned K={k}": pruned}, out / "timeline.png")
+    with OverlayWriter(video, out / "frames", grid, CLASSES, fps=8, png_every=8) as pictures:
+        for frame, result in zip(seq.frames, pruned, strict=True):
+            pictures.add(frame, result)
+        runs = {"dense": dense, f"pruned K={k}": pruned}
+        timeline = pictures.finish(runs, out / "timeline.png").timeline
 
     logger.info("4/4 evaluate on %d held-out sequences x %d frames", sequences, frames)
     records = evaluate(
