@@ -62,3 +62,11 @@ def test_int8_packages_keep_or_drop_the_reference(packages, tmp_path):
     lean = quantize_package(without, tmp_path / "lean", progress=False)
     assert lean.model_weights is None and MODEL_WEIGHTS not in lean.files
     load_verified(tmp_path / "lean", True)
+
+
+def test_rgtp_export_keeps_the_reference_unless_told_not_to():
+    from rgtp.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["export", "--out", "pkg"]).reference is True
+    assert parser.parse_args(["export", "--no-reference", "--out", "pkg"]).reference is False
