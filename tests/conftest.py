@@ -264,6 +264,10 @@ SLOW: dict[str, set[str]] = {
         "test_eval_prints_the_papers_table",
         "test_finetune_temporal_writes_beside_the_weights",
     },
+    "test_cli_conventions": {  # the shared tiny package; eval renders its held-out videos
+        "tiny_package",
+        "test_eval_json_keeps_its_file_and_takes_stdout",
+    },
     "test_demo": {"*"},  # both demos, end to end
     "test_early_refusals": {"test_one_graph_is_timed_by_tracing_it"},  # a real ONNX trace
     "test_eval_viz": {"test_the_shipped_model_keeps_its_accuracy_when_pruned"},  # vitdet-small

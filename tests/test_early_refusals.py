@@ -278,7 +278,7 @@ def test_graph_count_is_what_an_export_writes(tiny_detector) -> None:
     assert graph_count(wide, symbolic=False) == 1 + 2 * 196
 
 
-def test_a_large_export_warns_and_needs_confirmation(capsys) -> None:
+def test_a_large_export_warns_and_needs_confirmation(caplog) -> None:
     from rgtp.export.budget import ExportBudgetError, confirm_export
 
     timed = []
@@ -288,7 +288,7 @@ def test_a_large_export_warns_and_needs_confirmation(capsys) -> None:
         return 12.0
 
     confirm_export(64, seconds, 4, yes=False, interactive=False)  # at the limit: silent
-    assert not timed and not capsys.readouterr().err
+    assert not timed and not caplog.records
     with pytest.raises(ExportBudgetError) as e:
         confirm_export(810, seconds, 4, yes=False, interactive=False)
     assert str(e.value) == (
@@ -296,12 +296,13 @@ def test_a_large_export_warns_and_needs_confirmation(capsys) -> None:
         "buckets (--buckets 64,128,256: every K is rounded up to the next bucket)"
     )
     warning = (
-        "warning: this export writes 810 graphs (more than 64); one graph took 12.0 s to "
-        "trace here, so about 2.7 h in all; 4 workers divide it at best to 40 min\n"
+        "this export writes 810 graphs (more than 64); one graph took 12.0 s to "
+        "trace here, so about 2.7 h in all; 4 workers divide it at best to 40 min"
     )
-    assert capsys.readouterr().err == warning
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", warning)]
+    caplog.clear()
     confirm_export(810, seconds, 4, yes=True, interactive=False)
-    assert capsys.readouterr().err == warning
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", warning)]
 
 
 @pytest.mark.parametrize(("answer", "goes_on"), [("y", True), ("yes", True), ("", False)])

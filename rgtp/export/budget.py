@@ -8,6 +8,7 @@ here and timed (the stage graphs are most of any package), times the number of g
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from torch import nn
 
 from rgtp.package.plan import StagePlan
+
+logger = logging.getLogger(__name__)
 
 # More graphs than a typical package holds (a few buckets on a few stages, symbolic graphs
 # and the graphs around the stages: 10-40), fewer than a mistyped bucket range gives.
@@ -73,7 +76,7 @@ def confirm_export(
     `seconds_per_graph` is called only then (it traces a graph)."""
     if graphs <= MAX_GRAPHS:
         return
-    print(f"warning: {estimate(graphs, seconds_per_graph(), workers)}", file=sys.stderr)
+    logger.warning("%s", estimate(graphs, seconds_per_graph(), workers))
     if yes:
         return
     if interactive is None:
