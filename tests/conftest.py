@@ -272,7 +272,10 @@ SLOW: dict[str, set[str]] = {
     "test_early_refusals": {"test_one_graph_is_timed_by_tracing_it"},  # a real ONNX trace
     "test_eval_viz": {"test_the_shipped_model_keeps_its_accuracy_when_pruned"},  # vitdet-small
     "test_export_ort": {"*"},  # every test reads small_packages
-    "test_export_parallel": {"test_parallel_tracing_writes_the_package_a_sequential_export_writes"},
+    "test_export_parallel": {  # exports, traces
+        "test_parallel_tracing_writes_the_package_a_sequential_export_writes",
+        "test_graphs_derived_from_the_symbolic_trace_compute_the_traced_ones",
+    },
     "test_flops": {  # the CLI in subprocesses (test_cli_classifier runs `flops` in-process)
         "test_cli_prints_and_writes_json",
         "test_cli_names_the_convention_of_every_table",

@@ -1,23 +1,33 @@
 """Graphs traced by forked workers (`export.parallel`) make the same package, byte for
-byte, as graphs traced one by one."""
+byte, as graphs traced one by one; a stage's graph at one K, derived from its symbolic-K
+trace (`fix_k`), computes what the graph traced at that K computes."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+from rgtp.export.onnx_graphs import SYMBOLIC_K, example_inputs, export_graph, fix_k, graph_interface
 from rgtp.export.package import export_package
 from rgtp.export.parallel import export_workers
 from rgtp.families.detection.detector import Detector
+from rgtp.models.stages import stage_modules
 from rgtp.package.plan import StagePlan
 from tests.conftest import randomize, tiny_config
 
 
-def test_parallel_tracing_writes_the_package_a_sequential_export_writes(tmp_path) -> None:
-    # two blocks are enough for what is compared (the model's size is not): 4 graphs, embed,
-    # K = 20 and N of the one stage, head
+def two_block_detector() -> Detector:
+    """A windowed block (6 x 6 windows: 36 rows) and a global one: the model's size is not
+    what these tests compare."""
     torch.manual_seed(0)
-    detector = randomize(Detector(tiny_config(depth=2, global_blocks=(1,))))
+    return randomize(Detector(tiny_config(depth=2, global_blocks=(1,))))
+
+
+def test_parallel_tracing_writes_the_package_a_sequential_export_writes(tmp_path) -> None:
+    # 4 graphs from 3 traces: embed, the one stage at K = 20 and N, head
+    detector = two_block_detector()
     plan = StagePlan.create(detector.cfg, [20], "whole")
     options = {"progress": False, "symbolic": False}
     one = export_package(detector, plan, tmp_path / "one", workers=1, **options)
@@ -33,3 +43,28 @@ def test_worker_counts() -> None:
     assert export_workers(50) >= 1 and export_workers(3, requested=2) == 2
     with pytest.raises(ValueError, match="at least 1, got 0"):
         export_workers(3, requested=0)
+
+
+def test_graphs_derived_from_the_symbolic_trace_compute_the_traced_ones() -> None:
+    detector = two_block_detector()
+    plan = StagePlan.create(detector.cfg, [20, 40], "whole")
+    (stage,) = stage_modules(plan.family.encoder(detector), plan)
+    n = plan.num_tokens
+    symbolic_spec = plan.stage_spec(0, SYMBOLIC_K)
+    symbolic = export_graph(
+        stage, symbolic_spec, example_inputs(symbolic_spec, n // 2 + 1, n, batch=2), True
+    )
+    for k in (20, 40):  # fewer rows than a window has, and more
+        spec = plan.stage_spec(0, k)
+        derived = fix_k(symbolic, spec)
+        direct = export_graph(stage, spec, example_inputs(spec, k, n, batch=2))
+        assert graph_interface(derived, spec.name) == graph_interface(direct, spec.name) == spec
+        # what the K axis decided (the rows a window holds) is folded, as in the direct trace
+        assert not {"Min", "If"} & {node.op_type for node in derived.graph.node}
+        sessions = [ort.InferenceSession(g.SerializeToString()) for g in (derived, direct)]
+        for batch in (1, 3):
+            args = example_inputs(spec, k, n, batch=batch)
+            feed = {t.name: a.numpy() for t, a in zip(spec.inputs, args, strict=True)}
+            ours, traced = (s.run(None, feed) for s in sessions)
+            for name, x, y in zip(spec.output_names, ours, traced, strict=True):
+                np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=f"K={k} {name}")

@@ -9,6 +9,7 @@ import re
 import warnings
 
 import onnx
+import onnxscript.optimizer
 import torch
 from torch import nn
 
@@ -133,6 +134,36 @@ def export_graph(
     _drop_trace_metadata(model)
     model.doc_string = f"rgtp graph {spec.name}"
     return model
+
+
+def fix_k(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
+    """The graph of `spec` (a stage at one K) derived from the same stage's symbolic-K graph
+    `model` (`export_graph` with `symbolic_k`): a new model whose "K" axes are `spec`'s sizes.
+
+    Tracing is most of an export's time (seconds a graph); fixing the axes and letting the
+    exporter's own optimiser (onnxscript's, as torch.onnx runs it: ONNX shape inference,
+    then constant folding) fold what K decided (`Shape`, `Min(K, w²)`, the reshape sizes)
+    takes a fraction of a second and gives the graph a direct trace at that K gives (equal
+    outputs, as fast in ONNX Runtime and OpenVINO; measured in docs/architecture.md). The
+    batch axis "B" stays symbolic."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    declared = {t.name: t.shape for t in (*spec.inputs, *spec.outputs)}
+    for v in (*fixed.graph.input, *fixed.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        shape = declared.get(v.name, ())  # the graph's other values keep their shapes
+        if shape and len(dims) != len(shape):
+            raise ExportError(f"{spec.name}: {v.name} has {len(dims)} axes, {spec} says {shape}")
+        for d, axis in zip(dims, shape, strict=False):
+            if isinstance(axis, int):
+                d.Clear()
+                d.dim_value = axis
+    # the intermediate shapes name K ("K+1", "3*K"): inference writes them anew
+    del fixed.graph.value_info[:]
+    fixed = onnxscript.optimizer.optimize(fixed)
+    _drop_trace_metadata(fixed)  # the optimiser notes what each folded constant came from
+    fixed.doc_string = f"rgtp graph {spec.name}"
+    return fixed
 
 
 def _drop_trace_metadata(model: onnx.ModelProto) -> None:

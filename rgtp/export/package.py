@@ -44,6 +44,7 @@ from rgtp.export.onnx_graphs import (
     check_opset,
     example_inputs,
     export_graph,
+    fix_k,
     graph_opset,
 )
 from rgtp.export.parallel import export_workers, traced
@@ -343,12 +344,12 @@ def _export_into(
     if plan.head != "none":
         around["head"] = plan.head_spec()
     modules = family.modules(model, plan)
+    # Each stage is traced once, with a symbolic K; its graph at every bucket is derived from
+    # that trace (`fix_k`: a fraction of a second, where a trace takes seconds)
     jobs: list[tuple[str, int | None, int | str | None]] = [("embed", None, None)]
-    for i in range(len(plan.stages)):
-        jobs += [("stage", i, k) for k in plan.buckets_of(i)]
-        if symbolic:
-            jobs.append(("stage", i, SYMBOLIC_K))
+    jobs += [("stage", i, SYMBOLIC_K) for i in range(len(plan.stages))]
     jobs += [(name, None, None) for name in around if name != "embed"]
+    stage_graphs = sum(len(plan.buckets_of(i)) + symbolic for i in range(len(plan.stages)))
 
     if reference:
         save_weights(model, directory / MODEL_WEIGHTS)
@@ -386,11 +387,26 @@ def _export_into(
             args = tuple(torch.rand(t.concrete({})) * scale for t in spec.inputs)
         return export_graph(module, spec, args, isinstance(k, str), opset)
 
-    bar = tqdm(total=len(jobs), desc="export", unit="graph", disable=not progress)
+    def variants(
+        job: tuple[str, int | None, int | str | None], graph: onnx.ModelProto
+    ) -> Iterator[tuple[tuple[str, int | None, int | str | None], onnx.ModelProto]]:
+        """The graphs one trace gives, in the package's order: a stage's at each bucket,
+        then its symbolic graph where asked for (last: writing it moves its weights out)."""
+        kind, stage, _ = job
+        if kind != "stage":
+            yield job, graph
+            return
+        assert stage is not None
+        for k in plan.buckets_of(stage):
+            yield ("stage", stage, k), fix_k(graph, plan.stage_spec(stage, k))
+        if symbolic:
+            yield job, graph
+
+    bar = tqdm(total=len(around) + stage_graphs, desc="export", unit="graph", disable=not progress)
     graphs = traced(jobs, trace, export_workers(len(jobs), workers), directory)
     try:
         with contextlib.closing(graphs):
-            for (kind, stage, k), graph in graphs:
+            for (kind, stage, k), graph in (v for g in graphs for v in variants(*g)):
                 spec = spec_of((kind, stage, k))
                 bar.set_postfix_str(spec.name)
                 bar.update()

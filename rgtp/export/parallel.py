@@ -1,13 +1,14 @@
 """Tracing a package's graphs on several cores at once.
 
 Tracing a graph (torch.export, then the ONNX exporter and its optimiser) is single-threaded
-Python, seconds to a minute a graph, and a package has one graph per stage and K bucket. On
-Linux the graphs are traced by forked worker processes, which see the model as the parent
-has it (copy-on-write, nothing pickled) and hand each graph back as an ONNX file with
-external data; the parent writes the package from them in order, as a sequential export
-would. Where forking is unsafe or unavailable (CUDA initialised in this process, OpenVINO
-loaded in it, no "fork" start method) or one core is all there is, the graphs are traced
-here, one by one.
+Python, seconds to a minute a graph, and a package traces its embed and head graphs and each
+stage once (its graphs at every K bucket are derived from that trace, `onnx_graphs.fix_k`,
+as the parent writes them). On Linux the graphs are traced by forked worker processes,
+which see the model as the parent has it (copy-on-write, nothing pickled) and hand each
+graph back as an ONNX file with external data; the parent writes the package from them in
+order, as a sequential export would. Where forking is unsafe or unavailable (CUDA
+initialised in this process, OpenVINO loaded in it, no "fork" start method) or one core is
+all there is, the graphs are traced here, one by one.
 """
 
 from __future__ import annotations
