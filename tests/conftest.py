@@ -308,6 +308,8 @@ SLOW: dict[str, set[str]] = {
         "test_eight_threads_of_eight_streams_equal_sequential_runs",
     },
     "test_rollout_rows": {"package"},  # an export
+    # 22 tiny-detector frames on the torch engines (the CLI's run, then the test's own)
+    "test_run_video": {"test_run_overlay_writes_the_demo_pictures_for_a_detector"},
     "test_serve_lifecycle": {"small_packages"},  # real servers on it
     "test_serving_sequences": {"tiny_package"},  # an export (shared)
     "test_synthmotion": {"test_last_frame_position_and_size_do_not_tell_the_motion"},  # 80 clips

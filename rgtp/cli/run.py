@@ -30,6 +30,29 @@ def add_run(sub) -> None:
         action="store_true",
         help="skip undecodable video frames (counted in the summary) instead of stopping",
     )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="--video is a live source (a camera device, a pipe; implied for a URL such as "
+        "rtsp://): frames the run falls behind on are dropped, newest kept (docs/usage.md)",
+    )
+    p.add_argument(
+        "--live-queue",
+        type=options.int_at_least(1),
+        default=1,
+        metavar="N",
+        help="live: frames that may wait for the run; a frame arriving at a full queue drops "
+        "the oldest (default 1: always the newest frame)",
+    )
+    p.add_argument(
+        "--input-format", default=None, help="live: FFmpeg's input format (-f), e.g. v4l2"
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write overlay.mp4 (kept tokens, importance, the prediction), every 10th "
+        "picture in overlay_frames/ and timeline.png (K and latency) into --out",
+    )
     p.add_argument("--backend", default="ort", choices=BACKENDS)
     p.add_argument("--device", default="cpu")
     options.add_digest(p)
@@ -70,13 +93,25 @@ def run(args: argparse.Namespace) -> int:
         pruning=options.pruning(args, config.pruning, config.encoder.img_size),
     )
     skipped: list[int] = []
-    if args.video:
+    live = args.video is not None and (args.live or "://" in args.video)
+    if live:
+        from rgtp.runtime.live import open_live
+
+        frames = open_live(args.video, args.live_queue, args.max_frames, args.input_format)
+        total = args.max_frames
+    elif args.video:
         from rgtp.runtime.video import VideoReader
 
         reader = VideoReader(args.video, args.max_frames, args.skip_bad_frames)
         frames, total, skipped = reader, args.max_frames, reader.skipped
     else:
         frames, total = iter(synthetic_frames(config, args.synthetic)), args.synthetic
+    if args.overlay:
+        from rgtp.runtime.video import frame_rate
+        from rgtp.viz.record import record_run
+
+        rate = frame_rate(args.video) if args.video and not live else None
+        stream = record_run(stream, args.out, config.class_names, rate)
     with warnings.catch_warnings(record=True) as caught:
         try:
             results, paths = run_and_write(
@@ -85,12 +120,27 @@ def run(args: argparse.Namespace) -> int:
         finally:
             for w in caught:
                 log.warning("%s", w.message)
+            if args.overlay:
+                stream.writer.close()  # a failed run's pictures so far stay playable
+    notes = []  # after the report
+    if live:
+        c = frames.counts
+        notes.append(
+            f"live source: {c.read} frames read, {c.dropped} dropped (the run fell behind), "
+            f"at most {c.high_water} of {c.max_queue} waiting"
+        )
+    if args.overlay and any(r is not None for r in results):
+        files = stream.finish(results)
+        paths = {**paths, "overlay": files.video, "overlay_frames": files.frames}
+        paths["timeline"] = files.timeline
+        notes.append(f"overlay: {files.pictures} pictures, {len(files.pngs)} of them as PNG")
     s = summarize(results, skipped=skipped)
     if not s["steps"]:
         log.error("no step could be run (%d frames skipped)", len(skipped))
         return output.FAILURE
     skips = len(skipped) if args.skip_bad_frames else None
     text = run_text(s, pipe.backend, pipe.device, pipe.plan.num_tokens, paths, skips)
+    text = "\n".join([text, *notes])
     document = {
         "package": str(args.package),
         "backend": pipe.backend,

@@ -119,7 +119,8 @@ def record_run(
 ) -> RecordingStream:
     """`stream` drawing its steps into `out` as `rgtp run --overlay` writes them: overlay.mp4
     (a picture per step, at the source's `fps` over the frames a step takes; 25 frames a
-    second where the source says none), every 8th picture in overlay_frames/, and, from
+    second where the source says none), every 10th picture in overlay_frames/ (not every
+    8th: that would be the reset frames of the default schedule, all dense), and, from
     `RecordingStream.finish`, timeline.png."""
     out = Path(out)
     per_step = stream.state.task.frames_per_step  # a classifier's tubelet: one picture each
@@ -129,6 +130,7 @@ def record_run(
         stream.plan.encoder.grid,
         class_names,
         fps=(fps or 25.0) / per_step,
+        png_every=10,
         resize=stream.options.resize,
     )
     return RecordingStream(stream, writer, out / "timeline.png")
