@@ -269,7 +269,7 @@ SLOW: dict[str, set[str]] = {
         "test_eval_json_keeps_its_file_and_takes_stdout",
     },
     "test_demo": {"*"},  # both demos, end to end
-    "test_early_refusals": {"test_one_graph_is_timed_by_tracing_it"},  # a real ONNX trace
+    "test_early_refusals": {"test_the_cost_is_timed_by_tracing_and_deriving_a_stage"},  # a trace
     "test_eval_viz": {"test_the_shipped_model_keeps_its_accuracy_when_pruned"},  # vitdet-small
     "test_export_ort": {"*"},  # every test reads small_packages
     "test_export_parallel": {  # exports, traces

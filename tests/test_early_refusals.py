@@ -278,70 +278,98 @@ def test_graph_count_is_what_an_export_writes(tiny_detector) -> None:
     assert graph_count(wide, symbolic=False) == 1 + 2 * 196
 
 
+# vitdet-small's plan for every K from 1 to 200: 4 stages x 201 buckets (N = 256 too) and
+# 4 symbolic graphs, embed and head; 1 + 1 + 4 graphs traced, 804 derived from them
+COST = dict(traces=6, derived=804, trace_s=12.0, derive_s=0.5)
+
+
+def test_the_estimate_counts_traces_by_worker_round_and_derivations_one_by_one() -> None:
+    from rgtp.export.budget import ExportCost, estimate
+
+    one = ExportCost(**COST, workers=1)
+    assert one.seconds == 6 * 12.0 + 804 * 0.5
+    assert ExportCost(**COST, workers=4).seconds == 2 * 12.0 + 804 * 0.5
+    assert estimate(810, ExportCost(**COST, workers=4)) == (
+        "this export writes 810 graphs (more than 64): 6 traced (4 at a time; one took 12.0 s "
+        "here) and 804 derived from those traces (one took 0.50 s), about 7 min in all"
+    )
+
+
 def test_a_large_export_warns_and_needs_confirmation(caplog) -> None:
-    from rgtp.export.budget import ExportBudgetError, confirm_export
+    from rgtp.export.budget import ExportBudgetError, ExportCost, confirm_export
 
     timed = []
 
-    def seconds() -> float:
+    def cost() -> ExportCost:
         timed.append(1)
-        return 12.0
+        return ExportCost(**COST, workers=4)
 
-    confirm_export(64, seconds, 4, yes=False, interactive=False)  # at the limit: silent
+    confirm_export(64, cost, yes=False, interactive=False)  # at the limit: silent
     assert not timed and not caplog.records
     with pytest.raises(ExportBudgetError) as e:
-        confirm_export(810, seconds, 4, yes=False, interactive=False)
+        confirm_export(810, cost, yes=False, interactive=False)
     assert str(e.value) == (
         "not exporting 810 graphs without confirmation: pass --yes to export them, or fewer "
         "buckets (--buckets 64,128,256: every K is rounded up to the next bucket)"
     )
     warning = (
-        "this export writes 810 graphs (more than 64); one graph took 12.0 s to "
-        "trace here, so about 2.7 h in all; 4 workers divide it at best to 40 min"
+        "this export writes 810 graphs (more than 64): 6 traced (4 at a time; one took 12.0 s "
+        "here) and 804 derived from those traces (one took 0.50 s), about 7 min in all"
     )
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", warning)]
     caplog.clear()
-    confirm_export(810, seconds, 4, yes=True, interactive=False)
+    confirm_export(810, cost, yes=True, interactive=False)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", warning)]
 
 
 @pytest.mark.parametrize(("answer", "goes_on"), [("y", True), ("yes", True), ("", False)])
 def test_at_a_terminal_the_large_export_is_asked_about(monkeypatch, answer, goes_on) -> None:
-    from rgtp.export.budget import ExportBudgetError, confirm_export
+    from rgtp.export.budget import ExportBudgetError, ExportCost, confirm_export
 
     asked = []
     monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    cost = lambda: ExportCost(**COST, workers=1)  # noqa: E731
     if goes_on:
-        confirm_export(100, lambda: 1.0, 1, yes=False, interactive=True)
+        confirm_export(100, cost, yes=False, interactive=True)
     else:
         with pytest.raises(ExportBudgetError, match="not exporting 100 graphs"):
-            confirm_export(100, lambda: 1.0, 1, yes=False, interactive=True)
+            confirm_export(100, cost, yes=False, interactive=True)
     assert asked == ["export anyway? [y/N] "]
 
 
-def test_one_graph_is_timed_by_tracing_it(tiny_detector) -> None:
-    from rgtp.export.budget import time_one_graph
+def test_the_cost_is_timed_by_tracing_and_deriving_a_stage(tiny_detector) -> None:
+    from rgtp.export.budget import export_cost
     from tests.conftest import tiny_plan
 
-    assert time_one_graph(tiny_detector, tiny_plan(tiny_detector.cfg), 18) > 0
+    cost = export_cost(tiny_detector, tiny_plan(tiny_detector.cfg), 18, workers=1)
+    # embed, head and 2 stages traced; 2 stages x 3 buckets derived
+    assert (cost.traces, cost.derived, cost.workers) == (4, 6, 1)
+    assert cost.trace_s > 0 and cost.derive_s > 0
 
 
 def test_rgtp_export_of_hundreds_of_graphs_stops_without_yes(
     tmp_path, capfd, monkeypatch
 ) -> None:
     """The CLI counts vitdet-small's graphs, warns, and exports nothing (stdin is not a
-    terminal under pytest). The timing is test_one_graph_is_timed_by_tracing_it's: a
-    vitdet-small trace takes half a minute here."""
+    terminal under pytest). The timing is test_the_cost_is_timed_by_tracing_and_deriving's:
+    a vitdet-small trace takes half a minute here."""
     from rgtp.cli import main
     from rgtp.export import budget
 
-    monkeypatch.setattr(budget, "time_one_graph", lambda model, plan, opset: 9.0)
+    planned = []
 
+    def cost(model, plan, opset, workers):
+        planned.append(plan)
+        return budget.ExportCost(**COST, workers=4)
+
+    monkeypatch.setattr(budget, "export_cost", cost)
     out = tmp_path / "pkg"
     buckets = ",".join(str(k) for k in range(1, 201))
     argv = ["export", "--model", "vitdet-small", "--random-init", "--buckets", buckets]
     assert main([*argv, "--out", str(out), "--quiet"]) != 0
     err = capfd.readouterr().err
-    assert "warning: this export writes 810 graphs (more than 64); one graph took 9.0 s" in err
+    assert "warning: this export writes 810 graphs (more than 64): 6 traced" in err, err
     assert "error: not exporting 810 graphs without confirmation: pass --yes" in err
     assert not out.exists()
+    (plan,) = planned
+    assert len(plan.stages) == 4 and len(plan.buckets) == 201  # COST's counts are this plan's

@@ -175,14 +175,11 @@ def export(args: argparse.Namespace) -> int:
         schedules=[k for k in args.ks if not isinstance(k, int)],
         max_batch=args.max_batch,
     )
-    from rgtp.export.budget import confirm_export, graph_count, time_one_graph
-    from rgtp.export.parallel import export_workers
+    from rgtp.export.budget import confirm_export, export_cost, graph_count
 
-    graphs = graph_count(plan, symbolic=not args.no_symbolic)
     confirm_export(
-        graphs,
-        lambda: time_one_graph(model, plan, args.opset),
-        export_workers(graphs, args.workers),
+        graph_count(plan, symbolic=not args.no_symbolic),
+        lambda: export_cost(model, plan, args.opset, args.workers),
         args.yes,
     )
     export = functools.partial(

@@ -1,17 +1,22 @@
 """How long an export will take, asked before it starts: a plan of hundreds of graphs
-(`--buckets` with every K from 1 to 200 is 810 graphs for vitdet-small) traces for hours, so
-an export over `MAX_GRAPHS` graphs states its count and an estimate and needs confirmation.
+(`--buckets` with every K from 1 to 200 is 810 graphs for vitdet-small) exports for many
+minutes, so an export over `MAX_GRAPHS` graphs states its count and an estimate and needs
+confirmation.
 
-The estimate comes from this machine and this model: one stage graph, the largest, is traced
-here and timed (the stage graphs are most of any package), times the number of graphs.
+The estimate comes from this machine and this model, timed the way `export_package` works:
+it traces each stage once with a symbolic K (in `workers` processes, with the graphs around
+the stages) and derives the stage's graph at every K bucket from that trace (`fix_k`, in
+the exporting process). One trace of the last stage and one derivation from it are timed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -37,46 +42,78 @@ def graph_count(plan: StagePlan, symbolic: bool) -> int:
     )
 
 
-def time_one_graph(model: nn.Module, plan: StagePlan, opset: int) -> float:
-    """Seconds to trace the plan's largest static stage graph (the last stage's largest K:
-    a bound on the others) to ONNX here, in this process."""
-    from rgtp.export.onnx_graphs import example_inputs, export_graph
+@dataclass(frozen=True)
+class ExportCost:
+    """What an export does and what one of each took here.
+
+    traces: graphs traced (embed, the family's others, rgtp's head, one symbolic graph a
+    stage), `workers` at a time; derived: stage graphs at a K bucket derived from a trace,
+    one after another; trace_s / derive_s: seconds one of each took (the last stage's)."""
+
+    traces: int
+    derived: int
+    trace_s: float
+    derive_s: float
+    workers: int
+
+    @property
+    def seconds(self) -> float:
+        rounds = math.ceil(self.traces / max(1, self.workers))
+        return rounds * self.trace_s + self.derived * self.derive_s
+
+
+def export_cost(
+    model: nn.Module, plan: StagePlan, opset: int, workers: int | None = None
+) -> ExportCost:
+    """Time one symbolic-K trace of the plan's last stage and one derivation of its largest
+    bucket from it, here (seconds of work: called only for an export over MAX_GRAPHS)."""
+    from rgtp.export.onnx_graphs import SYMBOLIC_K, example_inputs, export_graph, fix_k
+    from rgtp.export.parallel import export_workers
     from rgtp.models.stages import stage_modules
 
     stage = len(plan.stages) - 1
-    k = max(plan.buckets_of(stage))
-    spec = plan.stage_spec(stage, k)
+    n = plan.num_tokens
     module = stage_modules(plan.family.encoder(model.eval()), plan)[stage]
-    args = example_inputs(spec, k, plan.num_tokens, plan.prefix, batch=2)
+    spec = plan.stage_spec(stage, SYMBOLIC_K)
+    # at a K unlike any bucket and two streams, as export_package traces
+    args = example_inputs(spec, max(2, n // 2 + 1), n, plan.prefix, batch=2)
     start = time.perf_counter()
-    export_graph(module, spec, args, False, opset)
-    return time.perf_counter() - start
+    graph = export_graph(module, spec, args, True, opset)
+    traced = time.perf_counter()
+    fix_k(graph, plan.stage_spec(stage, max(plan.buckets_of(stage))))
+    derived = time.perf_counter()
+    traces = 1 + len(plan.extra_specs()) + (plan.head == "rgtp") + len(plan.stages)
+    return ExportCost(
+        traces,
+        sum(len(plan.buckets_of(i)) for i in range(len(plan.stages))),
+        traced - start,
+        derived - traced,
+        export_workers(traces, workers),
+    )
 
 
-def estimate(graphs: int, seconds_per_graph: float, workers: int) -> str:
-    """The warning's words: the count and the time, sequential and with `workers`."""
-    total = graphs * seconds_per_graph
-    parallel = f"; {workers} workers divide it at best to {_duration(total / workers)}"
+def estimate(graphs: int, cost: ExportCost) -> str:
+    """The warning's words: the count, what one trace and one derivation took, the total."""
     return (
-        f"this export writes {graphs} graphs (more than {MAX_GRAPHS}); one graph took "
-        f"{seconds_per_graph:.1f} s to trace here, so about {_duration(total)} in all"
-        + (parallel if workers > 1 else "")
+        f"this export writes {graphs} graphs (more than {MAX_GRAPHS}): {cost.traces} traced "
+        f"({cost.workers} at a time; one took {cost.trace_s:.1f} s here) and {cost.derived} "
+        f"derived from those traces (one took {cost.derive_s:.2f} s), about "
+        f"{_duration(cost.seconds)} in all"
     )
 
 
 def confirm_export(
     graphs: int,
-    seconds_per_graph: Callable[[], float],
-    workers: int,
+    cost: Callable[[], ExportCost],
     yes: bool,
     interactive: bool | None = None,
 ) -> None:
-    """Nothing for `graphs` <= MAX_GRAPHS. Above: the estimate on stderr, then go on with
+    """Nothing for `graphs` <= MAX_GRAPHS. Above: the estimate as a warning, then go on with
     `yes`, ask at a terminal, or raise ExportBudgetError (non-interactive without `yes`).
-    `seconds_per_graph` is called only then (it traces a graph)."""
+    `cost` is called only then (it traces a graph)."""
     if graphs <= MAX_GRAPHS:
         return
-    logger.warning("%s", estimate(graphs, seconds_per_graph(), workers))
+    logger.warning("%s", estimate(graphs, cost()))
     if yes:
         return
     if interactive is None:
