@@ -159,3 +159,9 @@ def test_rgtp_run_live_counts_the_frames_it_dropped(
         "at most 2 of 2 waiting"
     )
     assert 3 <= ran <= 5
+
+
+def test_live_without_a_video_is_a_usage_error(tmp_path, capsys) -> None:
+    args = ["run", str(tmp_path / "pkg"), "--synthetic", "2", "--live", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "--live reads --video" in capsys.readouterr().err

@@ -45,7 +45,10 @@ def add_run(sub) -> None:
         "the oldest (default 1: always the newest frame)",
     )
     p.add_argument(
-        "--input-format", default=None, help="live: FFmpeg's input format (-f), e.g. v4l2"
+        "--input-format",
+        default=None,
+        metavar="FMT",
+        help="live: FFmpeg's input format (-f), e.g. v4l2",
     )
     p.add_argument(
         "--overlay",
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from rgtp.runtime import Pipeline
     from rgtp.runtime.run import run_and_write, summarize
 
+    if args.live and args.video is None:
+        raise output.UsageError("--live reads --video (a device, a pipe, a URL)")
     pipe = Pipeline.load(
         args.package,
         backend=args.backend,
