@@ -47,6 +47,7 @@ SHARED = (
     "export",
     "runtime",
     "serving",
+    "viz",  # a step's picture: its family's result says what it shows (`marks`)
     "eval",
     "train",
     "cli",
