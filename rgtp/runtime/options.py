@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rgtp.core.checks import check_int
+from rgtp.core.scene_cut import check_cut_threshold
 from rgtp.core.selection import RESETS, KeepPolicy
 from rgtp.models.config import PruningConfig
 from rgtp.runtime.frames import check_frame_options
@@ -35,7 +36,11 @@ class StreamOptions:
         None refuses float frames;
     timing: per-part timings of a step (`runtime.timing`): "auto" (CUDA events on a GPU,
         no synchronisation inside a step), or "sync" (wall clock, the GPU synchronised
-        around every part).
+        around every part);
+    scene_cut: None (the authors' schedule, the default), or a threshold in (-1, 1): a step
+        whose patch embeddings' mean cosine similarity to the previous step's falls below it
+        is a scene cut and runs as a reset step at once (`core.scene_cut`; 0.75 separates
+        SynthVID's cuts from its motion, docs/results.md "Scene cuts").
     """
 
     policy: KeepPolicy | None = None
@@ -47,6 +52,7 @@ class StreamOptions:
     resize: str = "letterbox"
     float_scale: float | None = None
     timing: str = "auto"
+    scene_cut: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy is not None and not all(
@@ -65,3 +71,5 @@ class StreamOptions:
         check_frame_options(self.resize, self.float_scale)
         if self.timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}, got {self.timing!r}")
+        if self.scene_cut is not None:
+            check_cut_threshold(self.scene_cut)

@@ -28,6 +28,7 @@ from rgtp.core.rollout import (
     keep_previous,
     later_importance,
 )
+from rgtp.core.scene_cut import is_scene_cut
 from rgtp.core.selection import (
     FixedKeep,
     checkerboard,
@@ -244,6 +245,10 @@ class Stream:
 
         first = st.prev_importance is None
         reset = first or is_reset_frame(st.frame_index, opts.reset_every)
+        if not reset and opts.scene_cut is not None:
+            with timer("select"):  # a new scene: the caches and importance show one gone
+                assert st.prev_patches is not None
+                reset = is_scene_cut(patches, st.prev_patches, opts.scene_cut)
         tracked = similarity = None
         with timer("select"):
             if self._graphs is not None:  # this frame's patches in one of two own buffers

@@ -1,0 +1,77 @@
+"""Scene cuts (`rgtp.core.scene_cut`, `StreamOptions.scene_cut`): the statistic on its own, the
+option's checks, and a tiny model's stream resetting at a spliced cut and nowhere else, its
+state after the cut the same as a stream's that started there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_same_detections, moving_frames
+
+from rgtp.core.scene_cut import is_scene_cut, patch_similarity
+from rgtp.core.selection import FixedKeep
+from rgtp.runtime import StreamOptions
+
+# Random-init `tiny_detector` on `moving_frames` (2026-12-07): 0.76-0.83 between frames of one
+# pan, 0.01-0.19 across a splice of two pans; a threshold between them, with margin both ways.
+THRESHOLD = 0.5
+
+
+def test_patch_similarity_is_the_mean_same_position_cosine() -> None:
+    z = torch.randn(16, 8)
+    assert float(patch_similarity(z, 3.0 * z)) == pytest.approx(1.0)
+    assert float(patch_similarity(z, -z)) == pytest.approx(-1.0)
+    other = z.clone()
+    other[:4] = -other[:4]  # a quarter of the grid turned round: mean 3/4 - 1/4
+    assert float(patch_similarity(z, other)) == pytest.approx(0.5)
+    assert is_scene_cut(z, -z, 0.0) and not is_scene_cut(z, other, 0.25)
+
+
+def test_patch_similarity_refuses_embeddings_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(16, 8\) and \(15, 8\)"):
+        patch_similarity(torch.randn(16, 8), torch.randn(15, 8))
+
+
+@pytest.mark.parametrize("bad", [1.0, -1.0, float("nan"), "0.5", True])
+def test_a_threshold_outside_minus_one_to_one_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"scene-cut threshold .* in \(-1, 1\)"):
+        StreamOptions(scene_cut=bad)  # type: ignore[arg-type]
+
+
+def resets(stream, frames: list[np.ndarray]) -> list[bool]:
+    return [bool(stream.step(f).reset) for f in frames]
+
+
+def test_a_stream_resets_at_a_spliced_cut_and_not_on_a_smooth_sequence(pipe) -> None:
+    k = pipe.plan.num_tokens // 4
+    pan, other = list(moving_frames(4, 224, speed=8.0)), list(moving_frames(4, 224, seed=1))
+    options = {"policy": FixedKeep(k), "reset_every": 0, "scene_cut": THRESHOLD}
+    assert resets(pipe.new_stream(**options), pan) == [True, False, False, False]
+    assert resets(pipe.new_stream(**options), pan[:2] + other[2:]) == [True, False, True, False]
+    off = {**options, "scene_cut": None}  # off: only the periodic schedule (step 0 here)
+    assert resets(pipe.new_stream(**off), pan[:2] + other[2:]) == [True, False, False, False]
+
+
+def test_after_a_cut_the_stream_is_the_one_that_started_there(pipe) -> None:
+    """The cut's reset step is a dense step (its detections a dense stream's), and it rebuilds
+    all per-stream state: the steps after it keep the same tokens and detect the same as a
+    stream opened at the cut."""
+    k = pipe.plan.num_tokens // 4
+    pan, other = list(moving_frames(2, 224, speed=8.0)), list(moving_frames(4, 224, seed=1))
+    options = {"policy": FixedKeep(k), "reset_every": 0, "scene_cut": THRESHOLD}
+    cut = pipe.new_stream(**options)
+    for f in pan:
+        cut.step(f)
+    fresh = pipe.new_stream(**options)
+    dense = pipe.new_stream()
+    for t, f in enumerate(other[2:]):
+        a, b = cut.step(f), fresh.step(f)
+        if t == 0:
+            assert a.reset and a.k == pipe.plan.num_tokens
+            assert_same_detections(a.detections, dense.step(f).detections)
+        else:
+            assert not a.reset and a.k == k
+            assert torch.equal(a.keep, b.keep)
+        assert_same_detections(a.detections, b.detections)
+        torch.testing.assert_close(cut.out_map, fresh.out_map, rtol=1e-4, atol=1e-4)
