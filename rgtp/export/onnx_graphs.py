@@ -9,10 +9,10 @@ import re
 import warnings
 
 import onnx
-import onnxscript.optimizer
 import torch
 from torch import nn
 
+from rgtp._optional import require
 from rgtp.package.plan import BATCH, GraphSpec, TensorSpec
 
 DEFAULT_OPSET = 18
@@ -160,7 +160,7 @@ def fix_k(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
                 d.dim_value = axis
     # the intermediate shapes name K ("K+1", "3*K"): inference writes them anew
     del fixed.graph.value_info[:]
-    fixed = onnxscript.optimizer.optimize(fixed)
+    fixed = require("onnxscript.optimizer", "export").optimize(fixed)  # not in a lean install
     _drop_trace_metadata(fixed)  # the optimiser notes what each folded constant came from
     fixed.doc_string = f"rgtp graph {spec.name}"
     return fixed
