@@ -9,8 +9,8 @@ TORCH  := torch==2.13.0
 # timm is a test-only reference implementation. Its torchvision requirement would replace
 # the pinned torch, so it is installed without dependencies (tests/reference_impls.py).
 TIMM   := timm==1.0.31
-# The development environment holds every extra but `ort-gpu` and `serve` (docs/install.md):
-# ONNX Runtime's CPU flavour, and numpy 2.
+# The development environment holds every extra but `ort-gpu`, `tensorrt` and `serve`
+# (docs/install.md): ONNX Runtime's CPU flavour, TensorRT-RTX, and numpy 2.
 DEV_EXTRAS := test,ort,video,export,eval,viz,train,trt,client,openvino
 # The Triton server's own environment (docs/serving.md): nvidia-pytriton's tritonserver and
 # its Python backend stub, built against numpy 1, with rgtp installed editable from here.
