@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rgtp._optional import require
 from rgtp.package.family import Box, StepMarks, StepResult
+
+# Every drawing module (imported after this package) draws with these: a missing one is
+# named with its extra here, not as a bare ModuleNotFoundError from inside them.
+require("matplotlib", "viz")
+require("PIL", "viz")
 
 __all__ = ["Box", "StepMarks", "describe"]
 
