@@ -58,7 +58,7 @@ def test_a_present_module_that_fails_inside_is_not_blamed_on_its_extra(tmp_path,
 # then runs a pipeline on the torch backend, and the ORT backend names its extra.
 LEAN_RUN = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import importlib, importlib.abc, sys
 
     BLOCKED = set(sys.argv[1].split(","))
 
@@ -90,10 +90,12 @@ LEAN_RUN = textwrap.dedent(
     print("k", ks)
     loaded = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
     print("loaded", loaded)
-    try:
-        import rgtp.engines.ort_backend
-    except ImportError as e:
-        print("ort:", e)
+    for name, module in (("ort", "rgtp.engines.ort_backend"), ("viz", "rgtp.viz.overlay"),
+                         ("check", "rgtp.export.check")):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            print(f"{name}:", e)
     """
 )
 
@@ -111,4 +113,8 @@ def test_the_core_runs_a_pipeline_without_the_extras():
     assert (
         "ort: rgtp's ONNX Runtime backend needs onnxruntime: pip install 'rgtp[ort]' (CPU) "
         "or 'rgtp[ort-gpu]' (CUDA), not both"
+    ) in run.stdout
+    assert "viz: rgtp's drawing needs matplotlib: pip install 'rgtp[viz]'" in run.stdout
+    assert (
+        "check: rgtp's graph comparison (rgtp check) needs Polygraphy: pip install 'rgtp[export]'"
     ) in run.stdout
