@@ -7,8 +7,10 @@ profiler) summed by operator type, and several graphs timed interleaved.
 Every graph is fed the same random inputs for one stream (B = 1; `keep`: sorted distinct
 rows), compiled for that static shape as the OpenVINO backend does. Timing: warm-up, then
 `--reps` rounds, each graph once a round in turn (load on a shared machine falls on all
-alike); medians. The profile: OpenVINO's PERF_COUNT real time per executed node, summed by
-the node's type and by the part of the graph its name says it belongs to (attention,
+alike); medians of the wall time, and of the process's CPU time (user + system) a run, which
+a loaded machine inflates much less than the wall time (with `--threads 1` it is the work
+done, give or take caches). The profile: OpenVINO's PERF_COUNT real time per executed node,
+summed by the node's type and by the part of the graph its name says it belongs to (attention,
 weight matmuls, gathers/copies...), over the same rounds.
 """
 
@@ -112,12 +114,14 @@ def main() -> None:
     for run in runs.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     by_type: dict[str, dict[str, float]] = {n: defaultdict(float) for n in requests}
     for _ in range(args.reps):
         for name, run in runs.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             run()
             times[name].append((time.perf_counter() - t) * 1e3)
+            cpu[name].append((time.process_time() - c) * 1e3)
             if name in requests:
                 for info in requests[name].profiling_info:
                     if info.status == info.Status.EXECUTED:
@@ -125,11 +129,15 @@ def main() -> None:
                             info.real_time.total_seconds() * 1e3
                         )
 
-    result = {"reps": args.reps, "threads": args.threads, "graphs": {}}
+    result: dict = {"reps": args.reps, "threads": args.threads, "graphs": {}}
     print(f"{args.reps} interleaved rounds, one stream (B = 1); OpenVINO with PERF_COUNT on")
     for name, ts in times.items():
-        print(f"  {name:70s} median {statistics.median(ts):8.1f} ms   min {min(ts):8.1f} ms")
-        result["graphs"].setdefault(name, {})["median_ms"] = statistics.median(ts)
+        used = statistics.median(cpu[name])
+        print(
+            f"  {name:60s} median {statistics.median(ts):7.1f} ms  min {min(ts):7.1f} ms  "
+            f"CPU {used:7.1f} ms"
+        )
+        result["graphs"][name] = {"median_ms": statistics.median(ts), "cpu_ms": used}
     for name, types in by_type.items():
         total = sum(types.values())
         per_run = total / args.reps

@@ -9,6 +9,8 @@ import torch
 
 from rgtp.core.selection import FixedKeep
 from rgtp.families.detection.detector import Detector
+from rgtp.models import stages
+from rgtp.models.stages import PrunedStage
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import Pipeline
 from tests.conftest import (
@@ -22,8 +24,8 @@ from tests.conftest import (
 from tests.test_pruned_loop import dense_reference
 
 WINDOW_AREA = 36  # the tiny detector's 6 x 6 windows
-# below the window area every window gets one row per query; from it on, a query sits at its
-# place in its window (conftest's `tiny_package` holds these K, one stage per global block)
+# below and above the window area (conftest's `tiny_package` holds these K, one stage per global
+# block); the queries are packed into tiles of their windows (`stages.tile_rows`)
 KS = TINY_KS
 PARTITIONS = ("per-global", "whole")
 
@@ -103,3 +105,41 @@ def test_onnx_runtime_follows_the_torch_reference(tiny_detector, tiny_package, l
         assert_same_detections(a.detections, b.detections)
         pruned += not a.reset
     assert pruned == 5
+
+
+@pytest.mark.parametrize("window", [6, 7])  # the grid padded to 18 x 18, and tiled exactly
+@pytest.mark.parametrize("rows", [1, 5, 36])
+@pytest.mark.parametrize("spread", ["one window", "everywhere"])
+def test_tiles_of_any_size_equal_whole_windows(monkeypatch, window, rows, spread) -> None:
+    """Queries packed into tiles of `rows` rows (`stages.tile_rows`), however they fall into
+    windows (all in one window: that window takes several tiles, the others none), get the
+    output of whole windows of all N queries; two streams with different keeps at once."""
+    torch.manual_seed(0)
+    detector = randomize(Detector(tiny_config(window=window))).eval()
+    cfg = detector.cfg.backbone
+    stage = PrunedStage(detector.backbone, [0])
+    block = stage.blocks[0]
+    n, c = cfg.num_tokens, cfg.embed_dim
+    k = 30
+    if spread == "one window":  # the first window's tokens, then the rest in raster order
+        first = stage.gather_slots[: window * window]
+        first = first[first < n][:k]
+        rest = torch.tensor([i for i in range(n) if i not in set(first.tolist())])
+        keeps = [first, rest[:k]]
+    else:
+        keeps = [torch.randperm(n)[:k] for _ in range(2)]
+    keep = torch.stack([kp.sort().values for kp in keeps])  # (2, K)
+    q, k_all, v_all = (torch.randn(2, n, c) for _ in range(3))
+    fresh_k, fresh_v = torch.randn(2, k, c), torch.randn(2, k, c)
+    at = keep.unsqueeze(-1).expand(-1, -1, c)  # (2, K, C)
+    keys, values = k_all.scatter(1, at, fresh_k), v_all.scatter(1, at, fresh_v)
+    everyone = torch.arange(n).expand(2, -1)
+    with torch.no_grad():
+        monkeypatch.setattr(stages, "tile_rows", lambda area, num_windows, k: area)
+        whole = stage._windowed(block.attn, window, q, everyone, (keys, None), (values, None))
+        monkeypatch.setattr(stages, "tile_rows", lambda area, num_windows, k: min(rows, area))
+        tiled = stage._windowed(
+            block.attn, window, q.gather(1, at), keep, (k_all, fresh_k), (v_all, fresh_v)
+        )
+    expected = whole.gather(1, at)
+    assert (tiled - expected).abs().max().item() <= 1e-5

@@ -30,6 +30,10 @@ from rgtp.models.vit_ops import (
 from rgtp.models.vitdet import Attention, Block
 from rgtp.package.plan import StagePlan
 
+# the fewest query rows of a windowed-attention tile: smaller tiles save rows but each reads its
+# window's w² keys and values (measured on vitdet-b's 14 x 14 windows, OpenVINO int8)
+MIN_TILE_ROWS = 24
+
 
 class PrunedStage(nn.Module):
     """Blocks `block_ids` of an encoder on the M = E + K kept rows (E prefix tokens, always
@@ -183,14 +187,15 @@ class PrunedStage(nn.Module):
         gather), the fresh rows and the padding written into that copy: padding slots of the
         dense model hold normalised zeros, so their keys/values are the qkv bias.
 
-        Every window gets R = min(K, w²) query rows: with K <= w², row i of every window
-        holds query i (only its own window's output is read); otherwise a query sits at its
-        position in its window, as in the dense model. So the attention is B·nW x R queries
-        against w² keys (nW·K·w² a stream at small K instead of the padded grid's nW·w²·w²),
-        with static shapes, no per-query copies of keys and one fused kernel. (Copying each
-        query's own w² keys costs K·w²·C memory traffic, slower than whole windows on a CPU.)
-        The rel-pos bias is computed in the same layout, row by row from the position the
-        row's query has in its window.
+        The queries are packed into tiles of r rows (`tile_rows`), each tile holding queries
+        of one window: a window with n kept queries fills ⌈n / r⌉ tiles, so
+        T = min(nW·⌈w²/r⌉, ⌊(K + nW·(r - 1)) / r⌋) tiles hold every frame's queries, however
+        they fall into windows. The attention is B·T tiles of r queries against their
+        window's w² keys (each tile reads its window's keys: one gather of the window
+        layout): query rows grow with K (at most K + nW·(r - 1)) instead of every window's
+        w², with shapes that depend on K only, and one fused kernel. The rel-pos bias is
+        computed in the same layout, row by row from the position the row's query has in its
+        window.
         """
         c = q.shape[-1]
         if attn.qkv.bias is not None:
@@ -200,16 +205,27 @@ class PrunedStage(nn.Module):
         area = window * window
         num_windows = self.gather_slots.numel() // area
         b, k = q.shape[0], q.shape[1]
-        per_window = torch.sym_min(k, area)
-        # 1 when every query has its own row in every window, else 0: SymInt arithmetic, so
-        # the symbolic-K graph picks the rows without a branch
-        own_rows = per_window // k
+        r = tile_rows(area, num_windows, k)
+        num_tiles = torch.sym_min(num_windows * -(-area // r), (k + num_windows * (r - 1)) // r)
         slot = self.slot_of[keep]  # (B, K) its slot in the window layout
         place = slot % area  # (B, K) its position in its window
-        row = torch.arange(k, device=q.device) * own_rows + place * (1 - own_rows)
-        # (B, K) its window among the B·nW windows of the batch
-        home = slot // area + torch.arange(b, device=q.device).unsqueeze(1) * num_windows
-        index = (home * per_window + row).flatten()  # (B·K,) into the B·nW·R query rows
+        window_of = slot // area  # (B, K) its window
+        member = window_of.unsqueeze(-1) == torch.arange(num_windows, device=q.device)
+        seen = member.long().cumsum(1)  # (B, K, nW) kept queries so far in each window
+        rank = seen.gather(2, window_of.unsqueeze(-1)).squeeze(-1) - 1  # (B, K) in its window
+        tiles = (seen[:, -1] + r - 1) // r  # (B, nW) tiles of each window
+        first = tiles.cumsum(1) - tiles  # (B, nW) each window's first tile
+        tile = first.gather(1, window_of) + rank // r  # (B, K) its tile
+        row = rank % r  # (B, K) its row there
+        # a tile's window: the last one whose first tile is at or before it (a window
+        # without queries has no tiles and shares the next one's first tile; the tiles
+        # past the last used one read the last window, and nobody reads their output)
+        at = torch.arange(num_tiles, device=q.device).view(1, -1, 1)
+        tile_window = (first.unsqueeze(1) <= at).sum(-1) - 1  # (B, T)
+        batch = torch.arange(b, device=q.device).unsqueeze(1)
+        sources = (tile_window + batch * num_windows).flatten()  # (B·T,) among B·nW windows
+        home = tile + batch * num_tiles  # (B, K) among the B·T tiles
+        index = (home * r + row).flatten()  # (B·K,) into the B·T·r query rows
         slots = num_windows * area  # a stream's slots in the window layout
         pads = self.pad_slots.numel()
 
@@ -217,7 +233,7 @@ class PrunedStage(nn.Module):
             rows: tuple[torch.Tensor, torch.Tensor | None], pad: torch.Tensor
         ) -> torch.Tensor:
             """Every row's (B, N, C) and the fresh ones (B, K, C) or None, and the padding
-            row (C,) -> (B·nW, w², h, d)."""
+            row (C,) -> each tile's window (B·T, w², h, d)."""
             every, fresh = rows
             t = every.index_select(1, self.gather_slots).reshape(-1, c)  # (B·nW·w², C)
             at, put = [], []
@@ -229,24 +245,38 @@ class PrunedStage(nn.Module):
                 put.append(fresh.reshape(-1, c))
             if at:
                 t = t.index_copy(0, torch.cat(at), torch.cat(put))
-            return t.view(b * num_windows, area, attn.num_heads, c // attn.num_heads)
+            t = t.view(b * num_windows, area, attn.num_heads, c // attn.num_heads)
+            # the tiles copy their windows before the heads are transposed: transposing the
+            # nW windows first and copying (h, w², d) blocks measured slower on OpenVINO
+            return t.index_select(0, sources)
 
-        rows = q.new_zeros(b * num_windows * per_window, c).index_copy(0, index, q.reshape(-1, c))
-        qw = attn.split_heads(rows.view(b * num_windows, per_window, c))  # (B·nW, h, R, d)
+        rows = q.new_zeros(b * num_tiles * r, c).index_copy(0, index, q.reshape(-1, c))
+        qw = attn.split_heads(rows.view(b * num_tiles, r, c))  # (B·T, h, r, d)
         # the position in its window of the query each row holds (rows without a query hold
         # zeros, so their bias is zero whatever position they read)
         row_place = (
-            place.new_zeros(b * num_windows * per_window)
+            place.new_zeros(b * num_tiles * r)
             .index_copy(0, index, place.flatten())
-            .view(b * num_windows, per_window)
+            .view(b * num_tiles, r)
         )
-        bias = attn.bias(qw, attn.grid_y[row_place], attn.grid_x[row_place])  # (B·nW, h, R, w²)
-        kw = windows(keys, pad_k).transpose(1, 2)  # (B·nW, h, w², d)
+        bias = attn.bias(qw, attn.grid_y[row_place], attn.grid_x[row_place])  # (B·T, h, r, w²)
+        kw = windows(keys, pad_k).transpose(1, 2)  # (B·T, h, w², d)
         vw = windows(values, pad_v).transpose(1, 2)
-        o = attention_output(qw, kw, vw, bias)  # (B·nW, h, R, d)
-        # indexed by (window, row), not flattened: merging nW and a symbolic R in a reshape
-        # makes the exporter guard R != 1
+        o = attention_output(qw, kw, vw, bias)  # (B·T, h, r, d)
+        # indexed by (tile, row), not by a flat row: a reshape merging a symbolic axis with
+        # another makes the exporter guard the symbolic size
         return o.transpose(1, 2)[home, row].reshape(b, k, c)
+
+
+def tile_rows(area: int, num_windows: int, k: int | torch.SymInt) -> int:
+    """Query rows r of a windowed-attention tile (`PrunedStage._windowed`) for K kept
+    queries in nW windows of `area` = w² slots: ⌈K / nW⌉, about one tile a window when the
+    queries spread evenly, between `MIN_TILE_ROWS` and w² (whole windows once K fills them
+    all, K >= nW·w²). A symbolic K (one graph for every K, TensorRT's) gets w² / 4, the
+    middle of the buckets' range (not timed)."""
+    if not isinstance(k, int):
+        return -(-area // 4)
+    return min(area, max(MIN_TILE_ROWS, -(-k // num_windows)))
 
 
 def flat_rows(keep: torch.Tensor, n: int) -> torch.Tensor:
