@@ -14,6 +14,11 @@ every 8, r = 1:
     python benchmarks/scene_cuts.py [--threshold 0.75] [--pairs 7] [--uncut 8]
         [--uncut-frames 32] [--package out/bench/scene-cuts-pkg]
         [--json benchmarks/results/scene-cuts-2026-12-07.json]
+
+`--vivit` instead reads the same statistic off the shipped vivit-small (torch, K = 26) on
+held-out SynthMotion clips: every step within 4 clips, and the step at the middle of 4 clips
+whose second half is another clip's, to see whether one threshold serves both backbones
+(JSON: benchmarks/results/scene-cuts-vivit-small-2026-12-07.json).
 """
 
 from __future__ import annotations
@@ -86,6 +91,56 @@ def score(windows: list[Sequence], detections: list[list]) -> float:
     return map50(sequences_to_coco(windows, CLASSES), results)
 
 
+def similarities(stream, frames: list[np.ndarray]) -> list[float]:
+    """Patch similarity of every step of `stream` over `frames` to the step before."""
+    out, prev = [], None
+    for f in frames:
+        if stream.step(f) is None:  # a frame held for its tubelet
+            continue
+        z = stream.state.prev_patches.clone()
+        if prev is not None:
+            out.append(float(patch_similarity(z, prev)))
+        prev = z
+    return out
+
+
+def vivit(path: str) -> None:
+    """The statistic on the shipped vivit-small within and across held-out clips."""
+    from rgtp.families.classification.data import data_config, heldout_clips
+
+    model = load_model("vivit-small").model.eval()
+    pipe = Pipeline.from_model(model, (26,))
+    clips = heldout_clips(8, data_config(model.cfg))
+
+    def stream():
+        return pipe.new_stream(policy=FixedKeep(26), reset_every=0)
+
+    within = [s for c in clips[:4] for s in similarities(stream(), list(c.frames))]
+    half = len(clips[0].frames) // 2
+    steps = half // model.cfg.spatial.tubelet  # the cut's step: the first of the second clip
+    cuts = [
+        similarities(stream(), list(clips[i].frames[:half]) + list(clips[i + 4].frames[half:]))[
+            steps - 1
+        ]
+        for i in range(4)
+    ]
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "model": "vivit-small",
+        "backend": "torch (CPU)",
+        "keep": 26,
+        "within_clips": within,
+        "at_cuts": cuts,
+    }
+    print(
+        f"vivit-small patch similarity: within 4 clips min {min(within):.3f} median "
+        f"{statistics.median(within):.3f} ({len(within)} steps); at 4 spliced cuts "
+        f"{', '.join(f'{c:.3f}' for c in cuts)}"
+    )
+    Path(path).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--keep", type=int, default=77)
@@ -95,7 +150,11 @@ def main() -> None:
     p.add_argument("--uncut-frames", type=int, default=32)
     p.add_argument("--package", default="out/bench/scene-cuts-pkg")
     p.add_argument("--json", default="benchmarks/results/scene-cuts-2026-12-07.json")
+    p.add_argument("--vivit", action="store_true", help="the vivit-small check only")
     args = p.parse_args()
+    if args.vivit:
+        vivit("benchmarks/results/scene-cuts-vivit-small-2026-12-07.json")
+        return
     start = time.perf_counter()
 
     model = load_model(MODEL).model.eval()
