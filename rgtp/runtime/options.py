@@ -40,8 +40,8 @@ class StreamOptions:
     scene_cut: None (the authors' schedule, the default), or a threshold in (-1, 1): a step
         whose patch embeddings' mean cosine similarity to the previous step's falls below it
         is a scene cut and runs as a reset step at once (`core.scene_cut`). The threshold
-        belongs to the backbone: 0.75 for the shipped vitdet-small, which no threshold
-        serves for vivit-small (docs/results.md, "Scene cuts").
+        belongs to the backbone: 0.75 for the shipped vitdet-small; none separates the
+        shipped vivit-small's cuts from its motion with margin (docs/results.md, "Scene cuts").
     """
 
     policy: KeepPolicy | None = None
