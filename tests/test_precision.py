@@ -159,6 +159,10 @@ def test_int8_package_is_smaller_and_checks(int8_package) -> None:
     stages = [g for g in report.graphs if g.name.startswith("stage")]
     assert stages and all(0 < g.rel_l2 < INT8_REL_L2 for g in stages)
     assert all(g.limit.startswith("int8") for g in stages)
+    # dynamic int8 leaves the convolutions float32: ONNX Runtime's ConvInteger is slower
+    assert b.quantization["op_types"] == ["MatMul"]
+    head = {n.op_type for n in onnx.load(str(int8 / "head.onnx")).graph.node}
+    assert "Conv" in head and "ConvInteger" not in head
     with pytest.raises(ExportError, match="already int8"):
         quantize_package(int8, int8.with_name("again"), progress=False)
 
@@ -236,3 +240,87 @@ def test_export_static_int8_from_a_video(tiny_package, tmp_path) -> None:
     assert q["method"] == "static" and q["calibration"]["source"] == "clip.mp4: 4 frames"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pkg"]  # scratch gone
     assert check_package(out, progress=False).passed
+
+
+def _conv_head(c: int, grid: int, classes: int = 3) -> onnx.ModelProto:
+    """A user head graph (1, C, grid, grid) -> boxes (grid², 4), scores (grid², classes)
+    whose one layer is a Conv with a constant weight: what int8 would lower, were it rgtp's."""
+    w = np.random.default_rng(5).standard_normal((4 + classes, c, 1, 1)).astype(np.float32)
+    n = grid * grid
+    ints = {"rows": [4 + classes, n], "zero": [0, 0], "four": [n, 4], "four0": [0, 4]}
+    ints["end"] = [n, 4 + classes]
+    inits = [numpy_helper.from_array(w, "w")] + [
+        helper.make_tensor(k, TensorProto.INT64, [len(v)], v) for k, v in ints.items()
+    ]
+    nodes = [
+        helper.make_node("Conv", ["features", "w"], ["y"]),
+        helper.make_node("Reshape", ["y", "rows"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["per_location"], perm=[1, 0]),
+        helper.make_node("Slice", ["per_location", "zero", "four"], ["raw"]),
+        helper.make_node("Abs", ["raw"], ["boxes"]),
+        helper.make_node("Slice", ["per_location", "four0", "end"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "my_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, c, grid, grid])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [n, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [n, classes]),
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_int8_lowers_rgtps_convs_not_a_users_head(tiny_detector, tmp_path, quick_export) -> None:
+    """The embed and head graphs' convolutions are rgtp's to quantize; a user's head graph
+    (`--head onnx`) is copied in as it came, exported at int8 or quantized afterwards.
+    (quick_export: rgtp's own graphs are stand-ins; only the user's is real here.)"""
+    from rgtp.export.onnx_graphs import graph_interface
+
+    cfg = tiny_detector.cfg
+    head = _conv_head(cfg.backbone.embed_dim, cfg.backbone.grid)
+    plan = StagePlan.create(cfg, [20], head="onnx", user_head=graph_interface(head, "my_head"))
+    fp32 = tmp_path / "fp32"
+    export_package(tiny_detector, plan, fp32, progress=False, user_head=head)
+    # convolutions asked for (dynamic int8 leaves them float32 unless told)
+    convs = Int8Settings(op_types=("MatMul", "Conv"))
+    exported = export_package(
+        tiny_detector, plan, tmp_path / "int8", progress=False, user_head=head, int8=convs
+    )
+    lowered = quantize_package(fp32, tmp_path / "lowered", convs, progress=False)
+    for manifest, path in ((exported, tmp_path / "int8"), (lowered, tmp_path / "lowered")):
+        q = manifest.quantization
+        assert q["op_types"] == ["MatMul", "Conv"]
+        assert "head" not in q["graphs"] and "embed" in q["graphs"]
+        kept = onnx.load(str(path / "head.onnx"))
+        assert [n.op_type for n in kept.graph.node] == [n.op_type for n in head.graph.node]
+
+
+def test_static_int8_lowers_the_head_convs_and_stays_close(tiny_package) -> None:
+    """Static int8 quantizes the head graph's convolutions (Q/DQ), its boxes and scores stay
+    float32, and on a feed like its calibration feeds they are within the bound `rgtp check`
+    holds dynamic int8 graphs to (INT8_REL_L2, relative L2 error): int8's step is 1/127 of a
+    tensor's range per layer, a few percent after the neck's and towers' stacked layers."""
+    fp32 = onnx.load(str(tiny_package / "head.onnx"))
+    (inp,) = fp32.graph.input
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(6)
+    feeds = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(5)]
+    assert Int8Settings("static").op_types == ("MatMul", "Conv")
+    int8 = quantize_graph(fp32, Int8Settings("static", per_channel=True), feeds[:4])
+    produced_by = {o: n.op_type for n in int8.graph.node for o in n.output}
+    convs = [n for n in int8.graph.node if n.op_type == "Conv"]
+    assert convs and all(produced_by[n.input[0]] == "DequantizeLinear" for n in convs)
+    assert [o.type.tensor_type.elem_type for o in int8.graph.output] == [TensorProto.FLOAT] * 2
+    runs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, feeds[4]
+        )
+        for m in (fp32, int8)
+    ]
+    for ref, got in zip(*runs, strict=True):
+        assert not np.array_equal(ref, got)  # it did lower the arithmetic
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < INT8_REL_L2

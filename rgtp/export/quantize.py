@@ -1,14 +1,20 @@
 """int8 graphs: the exporter's float32 graphs lowered by ONNX Runtime's quantization tool.
 
-Only the transformer's weight matmuls are quantized (`MatMul` with a constant weight): they
-hold nearly all of a stage's multiply-adds, and the int8 kernels (AVX-512 VNNI on this
-project's CPUs) run them about twice as fast. Everything else stays float32:
+Quantized: every `MatMul` with a constant weight (the transformer's weight matmuls, nearly
+all of a stage's multiply-adds), and with static scales every `Conv` with one too (the embed
+graph's patch embedding, the detection head's neck and conv towers: 122 GMACs a frame at
+vitdet-b @ 672, more than a pruned backbone). The int8 kernels (AVX-512 VNNI on this
+project's CPUs) run them faster than float32, except ONNX Runtime's `ConvInteger`, the
+dynamic form of a convolution, which is slower than its float32 `Conv` (docs/precision.md):
+dynamic int8 leaves convolutions float32. Everything else stays float32:
 
 - the graphs' inputs and outputs, so the runtime's arithmetic between engine calls —
   tracking, top-K, rollout, caches, gathers and scatters — is the float32 method whatever
-  the package's precision (`rgtp.core` is written once);
-- attention's activation-by-activation matmuls, softmax and the normalisations, where int8
-  would cost accuracy for little time;
+  the package's precision (`rgtp.core` is written once), and a head's boxes and scores are
+  float32;
+- attention's activation-by-activation matmuls, softmax, the normalisations and the neck's
+  transposed convolutions (`ConvTranspose`, which dynamic quantization has no integer
+  operator for), where int8 would cost accuracy for little time;
 - a user's own head graph (`--head onnx`), which rgtp did not write.
 
 Two methods:
@@ -36,6 +42,10 @@ from rgtp._optional import require
 
 PRECISIONS = ("fp32", "int8")  # what an exported package's graphs compute in
 METHODS = ("dynamic", "static")
+# what each method quantizes unless told: ONNX Runtime's ConvInteger (dynamic) runs the
+# vitdet-b head slower than its float32 Conv, Q/DQ convolutions run it faster on ONNX Runtime
+# and OpenVINO (benchmarks/head_profile.py; figures in docs/precision.md)
+DEFAULT_OP_TYPES = {"dynamic": ("MatMul",), "static": ("MatMul", "Conv")}
 
 # per graph name: the feeds of its calls on calibration video, each {input name: array}
 Feeds = Mapping[str, Sequence[Mapping[str, np.ndarray]]]
@@ -49,15 +59,19 @@ class QuantizeError(ValueError):
 class Int8Settings:
     """How the graphs are quantized. `per_channel`: one weight scale per output channel
     instead of one per matrix (finer, a little slower); `op_types`: the operators
-    quantized where one input is a constant weight."""
+    quantized where one input is a constant weight, in every graph that has them (stage
+    graphs have no `Conv`: it is the embed and head graphs'); None: the method's
+    `DEFAULT_OP_TYPES`."""
 
     method: str = "dynamic"
     per_channel: bool = False
-    op_types: tuple[str, ...] = ("MatMul",)
+    op_types: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise QuantizeError(f"int8 method {self.method!r}: choose from {METHODS}")
+        if self.op_types is None:  # frozen: set once, here
+            object.__setattr__(self, "op_types", DEFAULT_OP_TYPES[self.method])
         if not self.op_types:
             raise QuantizeError("int8 quantization needs at least one operator type")
 
@@ -96,8 +110,9 @@ def quantize_graph(
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> onnx.ModelProto:
     """`model` (initializers inline, as the exporter returns it) with its weight matmuls
-    in int8; static quantization measures activation ranges on `calibration` (the graph's
-    feeds). The graph's interface (input and output names, shapes, dtypes) is unchanged."""
+    and convolutions (`settings.op_types`) in int8; static quantization measures activation
+    ranges on `calibration` (the graph's feeds). The graph's interface (input and output
+    names, shapes, dtypes) is unchanged."""
     require("onnxruntime", "ort", "int8 quantization")  # before its submodule: names the extra
     from onnxruntime.quantization import (
         CalibrationMethod,
