@@ -206,17 +206,26 @@ class PrunedStage(nn.Module):
         num_windows = self.gather_slots.numel() // area
         b, k = q.shape[0], q.shape[1]
         r = tile_rows(area, num_windows, k)
-        num_tiles = torch.sym_min(num_windows * -(-area // r), (k + num_windows * (r - 1)) // r)
+        # at least 2 (the min never is less for nW >= 3; otherwise a spare tile nobody
+        # reads): the exporter's reshapes of a symbolic T guard T > 1, which it cannot
+        # prove of the min alone
+        num_tiles = torch.sym_max(
+            2,
+            torch.sym_min(num_windows * ((area + r - 1) // r), (k + num_windows * (r - 1)) // r),
+        )
         slot = self.slot_of[keep]  # (B, K) its slot in the window layout
         place = slot % area  # (B, K) its position in its window
         window_of = slot // area  # (B, K) its window
+        # r as a tensor for the tensor arithmetic below (the ONNX exporter cannot take a
+        # symbolic r as a scalar operand of % and //)
+        r_t = q.new_ones(r, dtype=torch.int64).sum()
         member = window_of.unsqueeze(-1) == torch.arange(num_windows, device=q.device)
         seen = member.long().cumsum(1)  # (B, K, nW) kept queries so far in each window
         rank = seen.gather(2, window_of.unsqueeze(-1)).squeeze(-1) - 1  # (B, K) in its window
-        tiles = (seen[:, -1] + r - 1) // r  # (B, nW) tiles of each window
+        tiles = (seen[:, -1] + r_t - 1) // r_t  # (B, nW) tiles of each window
         first = tiles.cumsum(1) - tiles  # (B, nW) each window's first tile
-        tile = first.gather(1, window_of) + rank // r  # (B, K) its tile
-        row = rank % r  # (B, K) its row there
+        tile = first.gather(1, window_of) + rank // r_t  # (B, K) its tile
+        row = rank % r_t  # (B, K) its row there
         # a tile's window: the last one whose first tile is at or before it (a window
         # without queries has no tiles and shares the next one's first tile; the tiles
         # past the last used one read the last window, and nobody reads their output)
@@ -225,7 +234,7 @@ class PrunedStage(nn.Module):
         batch = torch.arange(b, device=q.device).unsqueeze(1)
         sources = (tile_window + batch * num_windows).flatten()  # (B·T,) among B·nW windows
         home = tile + batch * num_tiles  # (B, K) among the B·T tiles
-        index = (home * r + row).flatten()  # (B·K,) into the B·T·r query rows
+        index = (home * r_t + row).flatten()  # (B·K,) into the B·T·r query rows
         slots = num_windows * area  # a stream's slots in the window layout
         pads = self.pad_slots.numel()
 
@@ -268,15 +277,13 @@ class PrunedStage(nn.Module):
         return o.transpose(1, 2)[home, row].reshape(b, k, c)
 
 
-def tile_rows(area: int, num_windows: int, k: int | torch.SymInt) -> int:
+def tile_rows(area: int, num_windows: int, k: int | torch.SymInt) -> int | torch.SymInt:
     """Query rows r of a windowed-attention tile (`PrunedStage._windowed`) for K kept
     queries in nW windows of `area` = w² slots: ⌈K / nW⌉, about one tile a window when the
     queries spread evenly, between `MIN_TILE_ROWS` and w² (whole windows once K fills them
-    all, K >= nW·w²). A symbolic K (one graph for every K, TensorRT's) gets w² / 4, the
-    middle of the buckets' range (not timed)."""
-    if not isinstance(k, int):
-        return -(-area // 4)
-    return min(area, max(MIN_TILE_ROWS, -(-k // num_windows)))
+    all, K >= nW·w²). SymInt arithmetic: a symbolic-K graph computes r from its K, and the
+    fixed-K graphs derived from it (`export.onnx_graphs.fix_k`) fold it per K."""
+    return torch.sym_min(area, torch.sym_max(MIN_TILE_ROWS, (k + num_windows - 1) // num_windows))
 
 
 def flat_rows(keep: torch.Tensor, n: int) -> torch.Tensor:
