@@ -130,7 +130,8 @@ def _providers(device: torch.device, available: list[str] | None = None) -> list
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise EngineError(
-                "device cuda needs onnxruntime-gpu (CUDAExecutionProvider); installed providers: "
+                "device cuda needs onnxruntime-gpu (CUDAExecutionProvider): pip install "
+                "'rgtp[ort-gpu]' in an environment without onnxruntime; installed providers: "
                 f"{available}"
             )
         # the index the engines bind their tensors on (`OrtEngine`)
