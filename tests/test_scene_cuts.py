@@ -106,3 +106,18 @@ def test_a_vivit_stream_resets_at_a_spliced_cut_between_tubelets() -> None:
 
     assert step_resets(a) == [True, False, False, False]
     assert step_resets(a[:4] + b[4:]) == [True, False, True, False]
+
+
+def test_the_cli_and_serving_settings_carry_the_threshold() -> None:
+    """`rgtp run/triton --scene-cut` reach the streams: the run parser reads it, serving
+    settings round-trip it through their JSON and check it when made, not at a sequence."""
+    from rgtp.cli import build_parser
+    from rgtp.serving.settings import ServingSettings
+
+    run = ["run", "pkg", "--synthetic", "4", "--out", "o"]
+    assert build_parser().parse_args([*run, "--scene-cut", "0.75"]).scene_cut == 0.75
+    assert build_parser().parse_args(run).scene_cut is None
+    settings = ServingSettings(scene_cut=0.75)
+    assert ServingSettings.from_json(settings.to_json()).stream_options().scene_cut == 0.75
+    with pytest.raises(ValueError, match=r"scene-cut threshold"):
+        ServingSettings(scene_cut=1.5)

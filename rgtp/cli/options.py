@@ -332,6 +332,14 @@ def add_stream(p: argparse.ArgumentParser, latency_budget: bool) -> None:
     p.add_argument("--reset-every", type=int_at_least(0), default=8)
     add_reset(p)
     p.add_argument("--radius", type=int_at_least(0), default=1)
+    p.add_argument(
+        "--scene-cut",
+        type=float,
+        default=None,
+        metavar="COSINE",
+        help="reset at once where the mean cosine of the patch embeddings against the last "
+        "step's falls below this (off by default; 0.75 for vitdet-small: docs/results.md)",
+    )
 
 
 def policy(args: argparse.Namespace):

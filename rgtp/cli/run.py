@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         reset_every=args.reset_every,
         reset=args.reset,
         radius=args.radius,
+        scene_cut=args.scene_cut,
         pruning=options.pruning(args, config.pruning, config.encoder.img_size),
     )
     skipped: list[int] = []

@@ -74,6 +74,7 @@ def _settings(args: argparse.Namespace, settings_type):
         reset_every=args.reset_every,
         reset=args.reset,
         radius=args.radius,
+        scene_cut=args.scene_cut,
         **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}),
     )
 

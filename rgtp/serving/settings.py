@@ -35,9 +35,9 @@ class ServingSettings:
     when its stream is freed; max_pixels: the largest frame (H x W) a request may carry;
     float_scale: FRAME_FLOAT values are read as pixel = value * float_scale (255.0 for
     [0, 1]), None refuses float frames; keep (K, or one K per stage: a keep schedule) or
-    mass (importance share): the keep policy (neither: dense); reset_every, reset, radius:
-    as `StreamOptions`; score_threshold: a detector's (`StreamOptions.task`), None for its
-    default."""
+    mass (importance share): the keep policy (neither: dense); reset_every, reset, radius,
+    scene_cut: as `StreamOptions`; score_threshold: a detector's (`StreamOptions.task`), None
+    for its default."""
 
     backend: str = "ort"
     max_streams: int = 8
@@ -49,6 +49,7 @@ class ServingSettings:
     reset_every: int = 8
     reset: str = "dense"
     radius: int = 1
+    scene_cut: float | None = None
     score_threshold: float | None = None
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class ServingSettings:
             reset_every=self.reset_every,
             reset=self.reset,
             radius=self.radius,
+            scene_cut=self.scene_cut,
             float_scale=self.float_scale,
             task={} if self.score_threshold is None else {"score_threshold": self.score_threshold},
         )
