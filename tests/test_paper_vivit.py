@@ -261,3 +261,18 @@ def test_tracking_off_grid_rule_on_random_embeddings() -> None:
     prev, z = 12 * torch.randn(25, 8, generator=g), 12 * torch.randn(25, 8, generator=g)
     assert torch.equal(match_tokens(prev, z, 5, 1, off_grid="authors"), ref_match(prev, z, 5, 1))
     assert torch.equal(match_tokens(prev, z, 5, 2, off_grid="authors"), ref_match(prev, z, 5, 2))
+
+
+def test_export_with_paper_refuses_the_cache_free_vivit_before_writing(tmp_path, capsys) -> None:
+    """`--paper` means the authors' method: for ViViT the cache-free one, which has no stage
+    graphs yet, so the export says so and exits 1 with nothing written (it is not quietly
+    replaced by the ViTDet preset, whose pooled rollout a CLS model cannot use)."""
+    from rgtp.cli import main
+
+    out = tmp_path / "pkg"
+    argv = ["export", "--model", "vivit-small", "--paper", "--buckets", "26", "--out", str(out)]
+    assert main(argv) == 1
+    assert "the authors' ViViT method, --paper for ViViT) has no stage graphs" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -283,12 +283,16 @@ def add_pruning(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-threshold", type=float, default=None)
 
 
-def pruning(args: argparse.Namespace, model_default, img_size: int):
+def pruning(args: argparse.Namespace, model_default, encoder):
     """The model's pruning settings with any command-line overrides (--paper: the authors'
-    at this input size)."""
+    for this encoder: their ViTDet settings at its input size, or their cache-free ViViT
+    method for an encoder with a CLS token)."""
     from rgtp.models.config import PruningConfig
 
-    base = PruningConfig.paper(img_size) if args.paper else model_default
+    if args.paper:
+        base = PruningConfig.paper(encoder.img_size, cls_token=encoder.prefix_tokens > 0)
+    else:
+        base = model_default
     changes = {
         "rollout_pool": getattr(args, "rollout_pool", None),
         "rollout_blocks": tuple(args.rollout_blocks) if args.rollout_blocks else None,
@@ -304,7 +308,7 @@ def pruning(args: argparse.Namespace, model_default, img_size: int):
 def with_pruning(args: argparse.Namespace, cfg):
     """The model config with the pruning flags applied (--paper: the authors' settings), so
     that the package's manifest carries them and its streams use them by default."""
-    return dataclasses.replace(cfg, pruning=pruning(args, cfg.pruning, cfg.encoder.img_size))
+    return dataclasses.replace(cfg, pruning=pruning(args, cfg.pruning, cfg.encoder))
 
 
 # ---------------------------------------------------------------------- a stream's keep

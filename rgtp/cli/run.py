@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         reset=args.reset,
         radius=args.radius,
         scene_cut=args.scene_cut,
-        pruning=options.pruning(args, config.pruning, config.encoder.img_size),
+        pruning=options.pruning(args, config.pruning, config.encoder),
     )
     skipped: list[int] = []
     live = args.video is not None and (args.live or "://" in args.video)
@@ -233,7 +233,7 @@ def evaluate(args: argparse.Namespace) -> int:
         radius=args.radius,
         reset_every=args.reset_every,
         reset=args.reset,
-        pruning=options.pruning(args, model.cfg.pruning, model.cfg.encoder.img_size),
+        pruning=options.pruning(args, model.cfg.pruning, model.cfg.encoder),
         sampling=args.sampling,
         ablate_r=args.ablate_r or [],
         backend=args.backend,

@@ -157,6 +157,14 @@ class StagePlan:
     max_batch: int = 8
 
     def __post_init__(self) -> None:
+        if getattr(self.config.pruning, "cache_free", False):
+            # stage graphs are the cache method's; refused here, before an export's work,
+            # rather than by every stream of the package
+            raise ValueError(
+                "cache_free pruning (the authors' ViViT method, --paper for ViViT) has no "
+                "stage graphs yet: it runs in torch (rgtp.models.cache_free_stage."
+                "CacheFreeStepper); plans and packages use rgtp's cache method"
+            )
         enc = self.encoder
         check_int("max_batch", self.max_batch, 1)
         rows = enc.global_blocks if self.rollout_blocks is None else self.rollout_blocks
