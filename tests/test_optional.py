@@ -90,6 +90,10 @@ LEAN_RUN = textwrap.dedent(
     print("k", ks)
     loaded = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
     print("loaded", loaded)
+    from rgtp.cli import main
+
+    # rgtp flops needs no extra (its families' training, evaluation and demo stay unloaded)
+    print("flops", [main(["flops", "--model", m, "-q"]) for m in ("vitdet-small", "vivit-small")])
     for name, module in (("ort", "rgtp.engines.ort_backend"), ("viz", "rgtp.viz.overlay"),
                          ("check", "rgtp.export.check")):
         try:
@@ -110,6 +114,7 @@ def test_the_core_runs_a_pipeline_without_the_extras():
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"^k \[\d+, \d+, \d+\]$", run.stdout, re.M), run.stdout  # three steps
     assert "loaded []" in run.stdout
+    assert "flops [0, 0]" in run.stdout
     assert (
         "ort: rgtp's ONNX Runtime backend needs onnxruntime: pip install 'rgtp[ort]' (CPU) "
         "or 'rgtp[ort-gpu]' (CUDA), not both"

@@ -1,7 +1,8 @@
 """The classifier's tools (`ClassificationFamily.tools`): training on SynthMotion, top-1 on
 its held-out clips, fine-tuning the temporal transformer on pruned features, the FLOPs report
 and the demo. They drive the runtime, so they sit above it and load when a command asks for
-them (`rgtp.package.family.tool`)."""
+them (`rgtp.package.family.tool`). Training and the demo are imported when called: they
+need the `train` and `viz` extras, which `rgtp flops` does not."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from torch import nn
 
 from rgtp.eval.request import EvalRequest
 from rgtp.families.classification.data import data_config, heldout_clips
-from rgtp.families.classification.tools import demo, train
 from rgtp.families.classification.tools.classify_pruned import (
     classifier_table,
     format_table,
@@ -42,6 +42,8 @@ def train_model(name: str, settings: Mapping, out: Path, progress: bool = True) 
     and `heldout` clips scored at the end (600), `cache_dir` for the rendered clips
     (out/cache), `init`: weights to start the temporal phase from, skipping the joint one)
     into `out`; what was done, in a line."""
+    from rgtp.families.classification.tools import train
+
     extras = {n: settings[n] for n in _TRAIN_EXTRAS if n in settings}
     tc = train.ViViTTrainConfig(
         model=name, **{n: v for n, v in settings.items() if n not in _TRAIN_EXTRAS}
@@ -133,4 +135,6 @@ def run_demo(
 ) -> dict:
     """`rgtp demo --model vivit-small`: vivit-small end to end (`demo.run_demo`) at K =
     `k_fraction` N (None: 0.4), measured on `sizes["clips"]` held-out clips (60)."""
+    from rgtp.families.classification.tools import demo
+
     return demo.run_demo(out, k_fraction or 0.4, (sizes or {}).get("clips", 60), progress)

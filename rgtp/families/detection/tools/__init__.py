@@ -1,6 +1,8 @@
 """The detector's tools (`DetectionFamily.tools`): training on SynthVID, evaluation (mAP50 on
 SynthVID's held-out split), the FLOPs report and the demo. They drive the runtime, so they
-sit above it and load when a command asks for them (`rgtp.package.family.tool`)."""
+sit above it and load when a command asks for them (`rgtp.package.family.tool`). Training,
+evaluation and the demo are imported when called: they need the `eval`, `train` and `viz`
+extras, which `rgtp flops` does not."""
 
 from __future__ import annotations
 
@@ -12,13 +14,6 @@ from torch import nn
 
 from rgtp.eval.pipeline import model_pipeline
 from rgtp.eval.request import EvalRequest
-from rgtp.families.detection.tools import demo, train
-from rgtp.families.detection.tools.evaluate import (
-    EvalSetting,
-    evaluate,
-    radius_table,
-    results_table,
-)
 from rgtp.families.detection.tools.reports import flops_report
 from rgtp.train.config import TrainConfig
 
@@ -28,6 +23,8 @@ __all__ = ["evaluate_model", "flops_report", "run_demo", "train_model"]
 def train_model(name: str, settings: Mapping, out: Path, progress: bool = True) -> str:
     """Train the named detector from scratch with `settings` (`TrainConfig` fields; the
     others keep its defaults) into `out`; what was done, in a line."""
+    from rgtp.families.detection.tools import train
+
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(settings) - fields)
     if unknown:
@@ -46,6 +43,13 @@ def evaluate_model(model: nn.Module, request: EvalRequest) -> tuple[str, str, li
     """mAP50, GFLOPs and ms/frame of `model` on SynthVID's held-out split, dense and at each
     of `request.ks` (or, with `ablate_r`, at ks[0] for each radius and sampling): the
     title, the table and its records."""
+    from rgtp.families.detection.tools.evaluate import (
+        EvalSetting,
+        evaluate,
+        radius_table,
+        results_table,
+    )
+
     ks = list(request.ks)
     if request.pruning is not None:
         # the settings as the model's own, so that its stages return the rows they roll out
@@ -89,6 +93,8 @@ def run_demo(
 ) -> dict:
     """`rgtp demo`: vitdet-small end to end (`demo.run_demo`) at K = `k_fraction` N (None:
     0.3), measured on `sizes["sequences"]` held-out videos of `sizes["frames"]` frames."""
+    from rgtp.families.detection.tools import demo
+
     sizes = sizes or {}
     return demo.run_demo(
         out, k_fraction or 0.3, sizes.get("sequences", 8), sizes.get("frames", 64), progress
