@@ -61,9 +61,10 @@ def add_export(sub) -> None:
         "--precision",
         default="fp32",
         choices=("fp32", "int8"),
-        help="int8: the weight matmuls quantized (ONNX Runtime's dynamic quantization; inputs, "
-        "outputs and the method's own arithmetic stay float32); bf16 and fp16 are chosen "
-        "when loading (OpenVINO, torch) or building (TensorRT)",
+        help="int8: rgtp's graphs quantized by ONNX Runtime (dynamic: the weight matmuls; "
+        "static: also the embed and head convs; inputs, outputs and the method's own "
+        "arithmetic stay float32, a user's head graph is never quantized); bf16 and fp16 are "
+        "chosen when loading (OpenVINO, torch) or building (TensorRT)",
     )
     p.add_argument(
         "--per-channel",
