@@ -19,7 +19,8 @@ from rgtp.families.detection.boxes import Detections
 from rgtp.families.detection.family import FrameResult
 from rgtp.runtime import Pipeline
 from rgtp.viz import describe
-from rgtp.viz.overlay import overlay, overlays, save_pngs
+from rgtp.viz.overlay import overlay
+from rgtp.viz.record import OverlayWriter
 from rgtp.viz.timeline import plot_timeline
 from tests.conftest import moving_frames, randomize
 
@@ -64,16 +65,18 @@ def test_a_classifier_run_gives_one_picture_per_time_step_on_its_last_frame(
 ) -> None:
     steps = [r for r in results if r is not None]
     assert [i for i, r in enumerate(results) if r is not None] == list(range(1, 19, 2))
-    pictures = list(overlays(frames, results, GRID))
-    assert len(pictures) == len(steps) == 9
+    with OverlayWriter(tmp_path / "o.mp4", tmp_path / "frames", GRID, png_every=1) as writer:
+        for frame, result in zip(frames, results, strict=True):
+            writer.add(frame, result)
+    paths = writer.files.pngs
+    assert len(paths) == writer.files.pictures == len(steps) == 9
+    pictures = [np.asarray(Image.open(p)) for p in paths]
     assert all(p.shape == (96, 192, 3) and p.dtype == np.uint8 for p in pictures)
     for t in (2, 5):  # a tracked step and the checkerboard reset step
         left, kept = pictures[t][:, :96], kept_pixels(steps[t])
         assert kept.any()
         assert (left[kept] == frames[2 * t + 1][kept]).all()  # kept tokens: the last frame
         assert (left[kept] != frames[2 * t][kept]).any()
-    paths = save_pngs(pictures, tmp_path / "frames")
-    assert len(paths) == 9 and all(Image.open(p).size == (192, 96) for p in paths)
 
 
 def test_the_caption_is_the_top_class_over_the_clip_or_a_dash_before_it(frames, results) -> None:

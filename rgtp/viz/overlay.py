@@ -4,7 +4,7 @@ the importance map that chose the kept tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -92,28 +92,3 @@ def overlay(
     draw.text((4, 4), tag, fill=_WHITE, font=_FONT)
     draw.text((w + 4, 4), "importance", fill=_WHITE, font=_FONT)
     return np.asarray(canvas)
-
-
-def overlays(
-    frames: Iterable[np.ndarray],
-    results: Iterable[StepResult | None],
-    grid: int,
-    class_names: Sequence[str] = (),
-) -> Iterator[np.ndarray]:
-    """One picture per step result; `results` are `stream.step(frame)`'s for each of `frames`,
-    in order. A None (a frame that only filled a classifier's time step) gives no picture, so
-    each time step is shown on its last frame."""
-    for frame, result in zip(frames, results, strict=True):
-        if result is not None:
-            yield overlay(frame, result, grid, class_names)
-
-
-def save_pngs(images: Iterable[np.ndarray], directory: str | Path) -> list[Path]:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(images):
-        path = directory / f"{i:05d}.png"
-        Image.fromarray(img).save(path)
-        paths.append(path)
-    return paths
