@@ -78,40 +78,42 @@ def test_cli_prints_and_writes_json() -> None:
     assert data["average_over_dense"] == pytest.approx(average / dense, rel=1e-12)
 
 
-def test_executed_convention_equals_the_paper_from_w2_kept_tokens() -> None:
-    """From K = w² on every window runs all its w² query rows (rel-pos included, padding
-    slots too), as the paper counts: also on a padded grid (64 tokens in 14-token windows at
-    1024 px)."""
+def test_executed_convention_equals_the_paper_on_dense_frames() -> None:
+    """A dense frame runs every window whole (rel-pos included, padding slots too), as the
+    paper counts: also on a padded grid (64 tokens in 14-token windows at 1024 px)."""
     for size in (672, 1024):
         cfg = get_config("vitdet-b", size).backbone
-        for k in (196, 512, None):
-            assert frame_macs(cfg, k, convention="executed") == frame_macs(cfg, k)
+        assert frame_macs(cfg, None, convention="executed") == frame_macs(cfg, None)
 
 
 @pytest.mark.parametrize("k", [1, 64, 195, 196, 512, 1763])
-def test_executed_convention_counts_less_than_the_paper_below_w2(k: int) -> None:
+def test_executed_windowed_rows_grow_with_k(k: int) -> None:
+    """Pruned windowed blocks run their kept queries in tiles (`stages.window_tiles`): fewer
+    rows than the paper's whole windows until K nearly fills them; token-wise layers alike."""
     cfg = get_config("vitdet-b", 672).backbone
     paper, executed = frame_macs(cfg, k), frame_macs(cfg, k, convention="executed")
     assert executed.token_wise == paper.token_wise
-    # below w² = 196 kept tokens the windowed attention itself shrinks with K
-    assert (executed.attention < paper.attention) == (k < 196)
-    assert (executed.backbone < paper.backbone) == (k < 196)
+    assert (executed.attention < paper.attention) == (k <= 512)
+    assert (executed.backbone < paper.backbone) == (k <= 512)
     assert executed.backbone <= paper.backbone
 
 
 def test_executed_convention_by_hand_on_a_tiny_config() -> None:
     """The tiny detector: 14 x 14 tokens of width 96, 6 x 6 windows (grid padded to 18 x 18,
-    nW = 9), blocks 2 and 5 global, the other 4 windowed."""
+    nW = 9), blocks 2 and 5 global, the other 4 windowed. Tiles of r = min(w², max(24,
+    ⌈q/nW⌉)) rows (w² from q >= nW·w²/2 on), T = min(nW·⌈w²/r⌉, ⌊(q + nW·(r - 1))/r⌋) of
+    them for q queries."""
     cfg = tiny_config().backbone
-    k = 24  # < w² = 36: each window runs 24 query rows
+    k = 24  # r = 24, T = min(18, 231 // 24 = 9)
     m = frame_macs(cfg, k, convention="executed")
     assert m.attention == 2 * (2 * 24 * 196 * 96) + 4 * (2 * 9 * 24 * 36 * 96)
     assert m.rel_pos == 2 * (2 * 24 * 96 * 27) + 4 * (2 * 9 * 24 * 96 * 11)
-    k = 49  # >= w²: each window runs all 36 rows, as the paper counts
+    k = 49  # r = 24, T = min(18, 256 // 24 = 10): 240 rows where whole windows are 324
     m = frame_macs(cfg, k, convention="executed")
-    assert m.attention == 2 * (2 * 49 * 196 * 96) + 4 * (2 * 9 * 36 * 36 * 96)
-    assert m.attention == frame_macs(cfg, k).attention
-    # block 0 attending before pruning (the authors' point) runs all 36 rows at any K
+    assert m.attention == 2 * (2 * 49 * 196 * 96) + 4 * (2 * 10 * 24 * 36 * 96)
+    assert m.attention < frame_macs(cfg, k).attention
+    # block 0 attending before pruning (the authors' point): its 196 queries are more than
+    # half the 324 slots, so whole windows (r = 36, T = 9)
     m = frame_macs(cfg, 24, prune_from="block0-mlp", convention="executed")
     window = 2 * 9 * 24 * 36 * 96
     assert m.attention == 2 * (2 * 24 * 196 * 96) + 3 * window + 2 * 9 * 36 * 36 * 96

@@ -205,14 +205,7 @@ class PrunedStage(nn.Module):
         area = window * window
         num_windows = self.gather_slots.numel() // area
         b, k = q.shape[0], q.shape[1]
-        r = tile_rows(area, num_windows, k)
-        # at least 2 (the min never is less for nW >= 3; otherwise a spare tile nobody
-        # reads): the exporter's reshapes of a symbolic T guard T > 1, which it cannot
-        # prove of the min alone
-        num_tiles = torch.sym_max(
-            2,
-            torch.sym_min(num_windows * ((area + r - 1) // r), (k + num_windows * (r - 1)) // r),
-        )
+        r, num_tiles = window_tiles(area, num_windows, k)
         slot = self.slot_of[keep]  # (B, K) its slot in the window layout
         place = slot % area  # (B, K) its position in its window
         window_of = slot // area  # (B, K) its window
@@ -280,10 +273,28 @@ class PrunedStage(nn.Module):
 def tile_rows(area: int, num_windows: int, k: int | torch.SymInt) -> int | torch.SymInt:
     """Query rows r of a windowed-attention tile (`PrunedStage._windowed`) for K kept
     queries in nW windows of `area` = w² slots: ⌈K / nW⌉, about one tile a window when the
-    queries spread evenly, between `MIN_TILE_ROWS` and w² (whole windows once K fills them
-    all, K >= nW·w²). SymInt arithmetic: a symbolic-K graph computes r from its K, and the
+    queries spread evenly, between `MIN_TILE_ROWS` and w², and whole windows (r = w²) from
+    K >= nW·w²/2 on. SymInt arithmetic: a symbolic-K graph computes r from its K, and the
     fixed-K graphs derived from it (`export.onnx_graphs.fix_k`) fold it per K."""
-    return torch.sym_min(area, torch.sym_max(MIN_TILE_ROWS, (k + num_windows - 1) // num_windows))
+    r = torch.sym_min(area, torch.sym_max(MIN_TILE_ROWS, (k + num_windows - 1) // num_windows))
+    # from K >= nW·w²/2 on, whole windows: tiles of ⌈K/nW⌉ rows would need up to twice nW
+    # tiles where most windows are full (a dense frame on a padded grid, e.g. 1024 px: 49
+    # tiles of 164 rows against 25 windows of 196); 0 or 1 without a branch
+    whole = torch.sym_min(1, (2 * k) // (num_windows * area))
+    return r + whole * (area - r)
+
+
+def window_tiles(
+    area: int, num_windows: int, k: int | torch.SymInt
+) -> tuple[int | torch.SymInt, int | torch.SymInt]:
+    """(r, T): the rows of a windowed-attention tile (`tile_rows`) and the tiles that hold K
+    kept queries however they fall into the nW windows (`PrunedStage._windowed`), so T·r
+    query rows run. T is at least 2 (the min never is less for nW >= 3; otherwise a spare
+    tile nobody reads): the exporter's reshapes of a symbolic T guard T > 1, which it cannot
+    prove of the min alone. Plain ints give the counts `rgtp flops` reports."""
+    r = tile_rows(area, num_windows, k)
+    tiles = torch.sym_min(num_windows * ((area + r - 1) // r), (k + num_windows * (r - 1)) // r)
+    return r, torch.sym_max(2, tiles)
 
 
 def flat_rows(keep: torch.Tensor, n: int) -> torch.Tensor:

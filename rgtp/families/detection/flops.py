@@ -8,10 +8,10 @@ each block counts its stage's K. They differ in the windowed blocks:
 
 - "paper": every window computed whole, padding slots included (the authors' count):
   nW·w² queries against w² keys, rel-pos for all nW·w² slots;
-- "executed": what rgtp's stages run (`stages.PrunedStage._windowed`): each window gets
-  R = min(K, w²) query rows, so nW·R queries against w² keys, and rel-pos for those nW·R
-  rows (computed in the windows' layout). From K = w² on this is the paper's count; below
-  w² kept tokens the windowed attention shrinks with K.
+- "executed": what rgtp's stages run (`stages.PrunedStage._windowed`): the kept queries
+  packed into T tiles of r rows, each tile against its window's w² keys
+  (`stages.window_tiles`), and rel-pos for those T·r rows. T·r grows with K (at most
+  K + nW·(r - 1)) and reaches the paper's nW·w² only once K fills every window.
 
 Softmax, norms, GELU, head fusion of the attention rows and biases are counted in neither.
 The method's own overhead (tracking, rollout) and the detection neck+head are counted
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from rgtp.core.selection import check_schedule
 from rgtp.families.detection.config import DetectorConfig
 from rgtp.models.config import BackboneConfig
+from rgtp.models.stages import window_tiles
 from rgtp.package.plan import partition_blocks
 
 CONVENTIONS = ("paper", "executed")
@@ -148,7 +149,8 @@ def frame_macs(
     if convention == "paper":
         window_rows = rel_rows = [padded] * len(windowed)
     else:
-        window_rows = rel_rows = [padded // (ws * ws) * min(q, ws * ws) for q in windowed]
+        rows_and_tiles = [window_tiles(ws * ws, padded // (ws * ws), q) for q in windowed]
+        window_rows = rel_rows = [r * t for r, t in rows_and_tiles]
     attention = sum(2 * ks[b] * n * c for b in globals_) + sum(
         2 * r * ws * ws * c for r in window_rows
     )
