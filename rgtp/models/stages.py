@@ -276,12 +276,13 @@ def tile_rows(area: int, num_windows: int, k: int | torch.SymInt) -> int | torch
     queries spread evenly, between `MIN_TILE_ROWS` and w², and whole windows (r = w²) from
     K >= nW·w²/2 on. SymInt arithmetic: a symbolic-K graph computes r from its K, and the
     fixed-K graphs derived from it (`export.onnx_graphs.fix_k`) fold it per K."""
-    r = torch.sym_min(area, torch.sym_max(MIN_TILE_ROWS, (k + num_windows - 1) // num_windows))
     # from K >= nW·w²/2 on, whole windows: tiles of ⌈K/nW⌉ rows would need up to twice nW
     # tiles where most windows are full (a dense frame on a padded grid, e.g. 1024 px: 49
-    # tiles of 164 rows against 25 windows of 196); 0 or 1 without a branch
-    whole = torch.sym_min(1, (2 * k) // (num_windows * area))
-    return r + whole * (area - r)
+    # tiles of 164 rows against 25 windows of 196). One more term of the max (w² or 0)
+    # rather than a branch, in the min-of-max form the exporter can bound.
+    whole = area * torch.sym_min(1, (2 * k) // (num_windows * area))
+    per_window = (k + num_windows - 1) // num_windows
+    return torch.sym_min(area, torch.sym_max(MIN_TILE_ROWS, torch.sym_max(per_window, whole)))
 
 
 def window_tiles(
