@@ -154,8 +154,14 @@ def quantize_graph(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                # symmetric scales (zero point 0): what TensorRT's int8 kernels take
-                extra_options={**options, "ActivationSymmetric": True, "WeightSymmetric": True},
+                # symmetric scales (zero point 0): what TensorRT's int8 kernels take; conv
+                # biases stay float32 (TensorRT parses no int32 DequantizeLinear)
+                extra_options={
+                    **options,
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                },
             )
         quantized = onnx.load(str(out))  # external data, if any, read in while it exists
     _same_interface(model, quantized)
