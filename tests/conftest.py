@@ -23,10 +23,21 @@ import torch
 from skimage import data as skdata
 from skimage.transform import resize
 
+from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
 from rgtp.families.detection.config import DetectorConfig, HeadConfig
 from rgtp.families.detection.detector import Detector
 from rgtp.models.config import BackboneConfig
 from rgtp.runtime import Pipeline
+
+# A tiny ViViT: 96 px, a 6 x 6 grid, N = 36 patch tokens and the CLS; 16 frames = 8 time
+# steps of 2 frames.
+TINY_VIVIT = ViViTConfig(
+    name="tiny-vivit",
+    spatial=SpatialConfig(img_size=96, embed_dim=48, depth=4, num_heads=3),
+    temporal=TemporalConfig(depth=1, num_heads=3),
+    num_frames=16,
+    num_classes=5,
+)
 
 
 def tiny_config(img_size: int = 224, window: int = 6, **backbone: object) -> DetectorConfig:

@@ -13,20 +13,13 @@ import torch.nn.functional as F
 from rgtp.core.rollout import keep_previous
 from rgtp.core.selection import FixedKeep
 from rgtp.core.tracking import match_tokens
-from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
 from rgtp.families.classification.vivit import ViViT
 from rgtp.models.cache_free_stage import CacheFreeStage, CacheFreeStepper
 from rgtp.models.config import PruningConfig
-from tests.conftest import moving_frames, randomize
+from tests.conftest import TINY_VIVIT, moving_frames, randomize
 
 # 96 px: a 6 x 6 grid, N = 36 patch tokens and the CLS.
-CFG = ViViTConfig(
-    name="tiny-vivit",
-    spatial=SpatialConfig(img_size=96, embed_dim=48, depth=4, num_heads=3),
-    temporal=TemporalConfig(depth=1, num_heads=3),
-    num_frames=16,
-    num_classes=5,
-)
+CFG = TINY_VIVIT
 GRID = CFG.spatial.grid
 N = CFG.spatial.num_tokens
 

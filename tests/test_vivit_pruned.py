@@ -11,22 +11,15 @@ import pytest
 import torch
 
 from rgtp.core.selection import FixedKeep, checkerboard, fill_from_most_similar
-from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
 from rgtp.families.classification.vivit import ViViT
 from rgtp.package.manifest import MANIFEST, ManifestError
 from rgtp.package.plan import StagePlan
 from rgtp.runtime import EngineOutputError, Pipeline, StreamOptions
-from tests.conftest import moving_frames, randomize
+from tests.conftest import TINY_VIVIT, moving_frames, randomize
 from tests.stream_checks import assert_stream_intact
 
 # 96 px: a 6 x 6 grid, N = 36 patch tokens and the CLS; 16 frames = 8 time steps.
-CFG = ViViTConfig(
-    name="tiny-vivit",
-    spatial=SpatialConfig(img_size=96, embed_dim=48, depth=4, num_heads=3),
-    temporal=TemporalConfig(depth=1, num_heads=3),
-    num_frames=16,
-    num_classes=5,
-)
+CFG = TINY_VIVIT
 N = CFG.spatial.num_tokens
 BUCKETS = (14, 18, 24)  # 18: the checkerboard's
 # the package: one stage per block, K = 14 (what ONNX Runtime runs here) and N

@@ -12,7 +12,6 @@ from PIL import Image
 
 from rgtp.core.selection import FixedKeep
 from rgtp.families import StepResult
-from rgtp.families.classification.config import SpatialConfig, TemporalConfig, ViViTConfig
 from rgtp.families.classification.family import ClassResult
 from rgtp.families.classification.vivit import ViViT
 from rgtp.families.detection.boxes import Detections
@@ -22,16 +21,11 @@ from rgtp.viz import describe
 from rgtp.viz.overlay import overlay
 from rgtp.viz.record import OverlayWriter
 from rgtp.viz.timeline import plot_timeline
-from tests.conftest import moving_frames, randomize
+from tests.conftest import TINY_VIVIT, moving_frames, randomize
 
 # 96 px: a 6 x 6 grid of 16 px tokens, N = 36; 16 frames = 8 time steps of 2 frames.
-CFG = ViViTConfig(
-    name="tiny-vivit",
-    spatial=SpatialConfig(img_size=96, embed_dim=48, depth=4, num_heads=3),
-    temporal=TemporalConfig(depth=1, num_heads=3),
-    num_frames=16,
-    num_classes=5,
-    class_names=("left", "right", "approaching", "receding", "bouncing"),
+CFG = dataclasses.replace(
+    TINY_VIVIT, class_names=("left", "right", "approaching", "receding", "bouncing")
 )
 GRID, N, K = 6, 36, 14
 CAPTION = slice(96 - 19, 96)  # the rows of the caption strip
