@@ -2,7 +2,7 @@
 the stage code (`benchmarks/stage_profile.py` times and profiles what this writes).
 
     python benchmarks/stage_graphs.py --model vitdet-b --size 672 --stage 1 --keep 512,64 \
-        --out /tmp/stages-before
+        --out out/stages-before
 
 Random weights (timing only). The int8 graphs are `quantize_graph`'s static Q/DQ lowering,
 calibrated on random feeds from a fixed seed (the package path calibrates on video; for A/B
