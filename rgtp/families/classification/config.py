@@ -8,7 +8,7 @@ temporal transformer reads the sequence of per-step CLS features and classifies.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 from rgtp.models.config import (
@@ -152,19 +152,6 @@ VIVIT_CONFIGS: dict[str, ViViTConfig] = {
         pixel_mean=(114.75, 114.75, 114.75),
         pixel_std=(57.375, 57.375, 57.375),
     ),
-    # Their EPIC-Kitchens model (configs/models/vivit_b_epic_kitchens.yml): vivit-b at 320 px
-    # (a 20 x 20 grid, N = 400, the position table trained at that grid) and the 97 verb
-    # classes; same tubelets, frames, normalisation, and temporal stride 1 on their 30 fps
-    # frames.
-    "vivit-b-epic": ViViTConfig(
-        name="vivit-b-epic",
-        spatial=SpatialConfig(img_size=320, embed_dim=768, depth=12, num_heads=12),
-        temporal=TemporalConfig(depth=4, num_heads=12),
-        num_frames=32,
-        num_classes=97,
-        pixel_mean=(114.75, 114.75, 114.75),
-        pixel_std=(57.375, 57.375, 57.375),
-    ),
     # Trained from scratch on SynthMotion on 2 CPU cores. 128 px gives an 8 x 8 grid (N = 64,
     # so ~40 % keep is K = 26 and tracking has room to move); 16 frames give 8 time steps,
     # one reset plus seven pruned steps at the authors' reset interval of 8. The ViT-Ti width
@@ -195,3 +182,11 @@ VIVIT_CONFIGS: dict[str, ViViTConfig] = {
         pixel_std=(127.5, 127.5, 127.5),
     ),
 }
+
+# Their EPIC-Kitchens model (configs/models/vivit_b_epic_kitchens.yml): vivit-b at 320 px (a
+# 20 x 20 grid, N = 400, the position table trained at that grid) and the 97 verb classes;
+# same tubelets, frames, normalisation, and temporal stride 1 on their 30 fps frames.
+_b = VIVIT_CONFIGS["vivit-b"]
+VIVIT_CONFIGS["vivit-b-epic"] = replace(
+    _b, name="vivit-b-epic", spatial=replace(_b.spatial, img_size=320), num_classes=97
+)
