@@ -260,6 +260,7 @@ def assert_same_detections(a, b, score_tol: float = 1e-4, box_tol: float = 1e-3)
 # training runs and real servers; "*" is the whole module. docs/testing.md says what stays
 # fast for each module.
 SLOW: dict[str, set[str]] = {
+    "test_cache_free_export": {"package"},  # an export, its check and TensorRT build
     "test_check_classifier": {"*"},  # checks test_vivit_pruned's package (an export)
     "test_checkpoints": {"test_timm_samvit_base_patch16_at_672_matches"},  # ViT-B at 672 px
     "test_checkpoints_published": {  # vitdet-b, Hugging Face models, exports through the CLI
@@ -313,6 +314,7 @@ SLOW: dict[str, set[str]] = {
     "test_package_trust": {"small_packages"},  # copies of it (the export guards stay fast)
     "test_paper_preset": {"test_the_paper_preset_streams_on_every_backend_alike"},  # an export
     # quantizing a vitdet-small package; static int8 through the shared tiny package
+    "test_paper_vivit": {"test_export_with_paper_exports_the_cache_free_vivit"},  # an export
     "test_precision": {"int8_package", "tiny_package"},
     "test_pruned_loop": {  # ORT on tiny_package; 8 threads x 8 streams
         "tiny_package",

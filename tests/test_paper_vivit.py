@@ -256,16 +256,22 @@ def test_tracking_off_grid_rule_on_random_embeddings() -> None:
     assert torch.equal(match_tokens(prev, z, 5, 2, off_grid="authors"), ref_match(prev, z, 5, 2))
 
 
-def test_export_with_paper_refuses_the_cache_free_vivit_before_writing(tmp_path, capsys) -> None:
-    """`--paper` means the authors' method: for ViViT the cache-free one, which has no stage
-    graphs yet, so the export says so and exits 1 with nothing written (it is not quietly
-    replaced by the ViTDet preset, whose pooled rollout a CLS model cannot use)."""
+def test_export_with_paper_exports_the_cache_free_vivit(tmp_path) -> None:
+    """`--paper` means the authors' method: for ViViT the cache-free one (one stage, no
+    caches; not the ViTDet preset, whose pooled rollout a CLS model cannot use), and the
+    package's streams run it by default."""
     from rgtp.cli import main
+    from rgtp.package.manifest import Manifest
+    from rgtp.runtime import Pipeline
 
     out = tmp_path / "pkg"
-    argv = ["export", "--model", "vivit-small", "--paper", "--buckets", "26", "--out", str(out)]
-    assert main(argv) == 1
-    assert "the authors' ViViT method, --paper for ViViT) has no stage graphs" in (
-        capsys.readouterr().err
-    )
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    argv = ["export", "--model", "vivit-small", "--paper", "--buckets", "26"]
+    assert main([*argv, "--no-symbolic", "--out", str(out), "-q"]) == 0
+    plan = Manifest.load(out).plan
+    assert plan.cache_free and plan.stages == (tuple(range(plan.encoder.depth)),)
+    stream = Pipeline.load(out).new_stream(policy=FixedKeep(26))
+    size = plan.encoder.img_size
+    frames = list(moving_frames(2 * plan.config.num_steps, size, seed=1, speed=3.0))
+    results = [r for r in map(stream.step, frames) if r is not None]
+    assert [r.k for r in results] == [plan.num_tokens, *[26] * (len(results) - 1)]
+    assert results[-1].scores is not None and torch.isfinite(results[-1].scores).all()

@@ -207,10 +207,11 @@ def add_partition(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--partition",
-        default="per-global",
+        default=None,
         choices=PARTITIONS,
         help="how the encoder's blocks are cut into stages: each ending at a global block, "
-        "one block each, or one stage",
+        "one block each, or one stage (default: per-global; whole for the authors' "
+        "cache-free ViViT method, --paper on a ViViT)",
     )
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rgtp.core.selection import fill_from_most_similar
+
 FUSIONS = ("mean", "rms")
 
 
@@ -89,24 +91,48 @@ def rollout(
 
 
 def cache_free_rollout(
-    first: torch.Tensor, later: Sequence[torch.Tensor], kept: torch.Tensor, query: int = 0
+    first: torch.Tensor, later: Sequence[torch.Tensor], kept: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
     """Rollout of a step whose first block attended over all M tokens and whose later blocks
     ran on the kept ones only (the authors' ViViT pruning, `rgtp.models.cache_free_stage`).
 
-    first: block 0's fused attention (M, M); later: each later block's (Mk, Mk), forward
-    order, over the kept tokens `kept` (Mk,) (indices into the M, in the later blocks' row
-    order); s_L is the one-hot row of the kept token at position `query` of `kept` (the CLS).
-    The product Ã = Â_L ⋯ Â_1 · Â_0[kept][:, kept]: Â_0 is row-normalised over all M
-    before its kept rows and columns are taken. Returns (M,): Ã's query row on the kept
-    tokens, 0 on the others (not normalised: the caller fills and normalises).
+    first: block 0's fused attention rows of the kept queries (Mk, M), in `kept`'s order;
+    later: each later block's (Mk, Mk), forward order; kept: the kept rows (Mk,) (indices
+    into the M); target: s_L on the kept rows (Mk,) (the authors': one-hot on the CLS).
+    The product Ã = Â_L ⋯ Â_1 · Â_0[kept][:, kept]: Â_0's rows are normalised over all M
+    columns before the kept columns are taken. Returns (M,): Ã's s_L-weighted row on the
+    kept tokens, 0 on the others (not normalised: the caller fills and normalises).
     """
-    s = torch.zeros(kept.shape[0], dtype=first.dtype, device=first.device)
-    s[query] = 1.0
+    s = target.to(first.dtype)
     for a in reversed(later):
         s = rollout_step(a, s)
-    s = rollout_step(first, first.new_zeros(first.shape[0]).index_copy(0, kept, s))
-    return torch.zeros_like(s).index_copy(0, kept, s[kept])
+    # Â_0ᵀ s over the kept rows: u = s / r (r: those rows' sums over all M, plus 1), then
+    # Ā_0ᵀ u + u on the kept columns
+    u = s / (first.sum(dim=1) + 1.0)
+    s = (first.t() @ u).index_select(0, kept) + u
+    return first.new_zeros(first.shape[1]).index_copy(0, kept, s)
+
+
+def cache_free_importance(
+    rows: Sequence[torch.Tensor],
+    keys: torch.Tensor,
+    kept: torch.Tensor,
+    prefix: int,
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """s_0 (N,) of the patch tokens after a cache-free step (a `CacheFreeStage`'s outputs of
+    one stream): rollout from s_L `target` on the kept rows (E + K,) (None: one-hot on the
+    first prefix token, the CLS, as the authors) through block 0's rows `rows[0]` (E + K,
+    E + N) and each later block's (E + K, E + K) (`cache_free_rollout`); then every dropped
+    token takes the importance of the kept token whose block-0 key, averaged over heads
+    (`keys` (N, d)), has the largest dot product with its own, and the map sums to 1.
+    kept: the kept rows (E + K,), prefix first."""
+    if target is None:
+        target = torch.zeros(kept.shape[0], dtype=rows[0].dtype, device=kept.device)
+        target[0] = 1.0
+    s = cache_free_rollout(rows[0], rows[1:], kept, target)[prefix:]
+    # with every token kept, filling fills nothing and only normalises
+    return fill_from_most_similar(s, keys, kept[prefix:] - prefix)
 
 
 def keep_previous(

@@ -20,14 +20,15 @@ def model_pipeline(
     *,
     backend: str = "ort",
     device: str = "cpu",
-    partition: str = "per-global",
-    prune_from: str = "input",
+    partition: str | None = None,
+    prune_from: str | None = None,
     package: str | Path | None = None,
     progress: bool = True,
 ) -> Pipeline:
     """A pipeline of `model` on `backend`: torch in memory, else an exported package of
     fixed-K graphs (`package` if it holds this export, else exported there or into a
-    temporary directory; stderr says which); `schedules`' K as their stages' buckets."""
+    temporary directory; stderr says which); `schedules`' K as their stages' buckets.
+    `partition`, `prune_from`: None for the model's method (`StagePlan.create`)."""
     if backend == "torch":
         return Pipeline.from_model(
             model, list(buckets), partition=partition, prune_from=prune_from, schedules=schedules

@@ -33,7 +33,7 @@ class EvalRequest:
     ablate_r: Sequence[int] = ()
     backend: str = "ort"
     device: str = "cpu"
-    partition: str = "per-global"
+    partition: str | None = None
     prune_from: str = "input"
     package: str | Path | None = None
     sequences: int = 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import re
@@ -117,7 +118,13 @@ def export_graph(
             {i: d for i, d in enumerate(t.concrete(sizes)) if not isinstance(d, int)} or None
             for t in spec.inputs
         ]
-        dynamic = (axes[0], axes[1], tuple(axes[2:]))
+        # one entry per parameter of forward: a stage's caches come as *caches, one tuple
+        params = inspect.signature(module.forward).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+            fixed = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+            dynamic = (*axes[:fixed], tuple(axes[fixed:]))
+        else:
+            dynamic = tuple(axes)
     with _quietly(), torch.no_grad():
         program = torch.export.export(module, args, dynamic_shapes=dynamic)
         onnx_program = torch.onnx.export(

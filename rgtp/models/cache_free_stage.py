@@ -4,12 +4,17 @@ Their Kinetics-400 configurations prune after block 0's attention and run every 
 on the kept tokens alone: the dropped tokens leave attention entirely, nothing is cached, and
 the step's output is the CLS token (a classifier reads nothing else). rgtp's own method
 (`rgtp.models.stages`) instead keeps every block's keys and values of all tokens and lets the
-kept queries attend to them; both run here side by side, chosen by `PruningConfig.cache_free`.
+kept queries attend to them; `PruningConfig.cache_free` chooses between them.
+
+`CacheFreeStage` is both the PyTorch reference engine and the exported stage graph of a
+cache-free package (`StagePlan.cache_free`); the runtime's streams drive it like any stage.
+`CacheFreeStepper` runs one stream of it in plain PyTorch, the reference the runtime is
+tested against.
 
 One step, E prefix tokens (the CLS), N patches, K kept:
 - block 0: norm, qkv and attention over all E + N tokens, projection and residual;
 - keep the prefix and the K patches; block 0's MLP and blocks 1.. run on those E + K only;
-- importance (`rgtp.core.rollout.cache_free_rollout`): the CLS row of the rollout whose first
+- importance (`rgtp.core.rollout.cache_free_importance`): the CLS row of the rollout whose first
   factor is block 0's Â restricted to the kept rows and columns; a dropped token takes the
   importance of the kept token whose block-0 key (averaged over heads) has the largest dot
   product with its own (`rgtp.core.selection.fill_from_most_similar`), then the map sums to 1.
@@ -27,19 +32,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rgtp.core.rollout import cache_free_rollout, fuse_heads
-from rgtp.core.selection import checkerboard, fill_from_most_similar, top_k
+from rgtp.core.rollout import cache_free_importance, fuse_heads
+from rgtp.core.selection import checkerboard, top_k
 from rgtp.core.tracking import check_radius, track
 from rgtp.models.vit_ops import attend
 
 
 class CacheFreeStage(nn.Module):
-    """The spatial encoder's blocks run the authors' way: block 0 over every token up to its
-    attention's residual, the rest on the prefix and the kept patches.
+    """The spatial encoder's blocks run the authors' way, for B streams at once: block 0 over
+    every token up to its attention's residual, the rest on the prefix and the kept patches.
+    It is the PyTorch reference engine and the exported stage graph of a cache-free plan
+    (`StagePlan.cache_free`, `StagePlan.stage_spec`).
 
     blocks: pre-norm global blocks with `norm1`, `attn` (`qkv`, `proj`, `split_heads`),
     `norm2`, `mlp` (the ViViT spatial encoder's). prefix: E tokens before the patches, always
     kept. fusion: the rollout's head fusion ("rms", the authors').
+
+    forward(tokens (B, E + N, C) with the position embedding, keep (B, E + K) int64 rows: the
+    prefix rows then the kept patches' rows, E + index)
+    -> (tokens (B, E + K, C) in `keep`'s order; attn_0 (B, E + K, E + N): block 0's fused
+        attention rows of the kept queries over every token (rollout normalises them over
+        all columns before it keeps the kept ones); attn_b (B, E + K, E + K) of each later
+        block; keys_0 (B, N, C / h): block 0's patch keys averaged over heads, what a dropped
+        token's importance is filled by).
     """
 
     def __init__(self, blocks: Sequence[nn.Module], prefix: int = 1, fusion: str = "rms") -> None:
@@ -50,32 +65,29 @@ class CacheFreeStage(nn.Module):
         self.prefix = prefix
         self.fusion = fusion
 
-    def forward(
-        self, tokens: torch.Tensor, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """tokens: (E + N, C) with the position embedding; keep: (K,) patch indices in 0..N-1.
-
-        Returns the output tokens (E + K, C), prefix first then the kept patches in `keep`'s
-        order; block 0's fused attention (E + N, E + N); each later block's (E + K, E + K);
-        block 0's keys averaged over heads (N, C / h), what dropped tokens are matched by.
-        """
-        e = self.prefix
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, ...]:
         first = self.blocks[0]
         attn = first.attn
-        q, k, v = attn.qkv(first.norm1(tokens[None])).chunk(3, dim=-1)
-        k = attn.split_heads(k)  # (1, h, E + N, d)
+        q, k, v = attn.qkv(first.norm1(tokens)).chunk(3, dim=-1)
+        k = attn.split_heads(k)  # (B, h, E + N, d)
         out, probs = attend(attn.split_heads(q), k, attn.split_heads(v), None)
-        m, c = tokens.shape
-        x = tokens + attn.proj(out.transpose(1, 2).reshape(1, m, c))[0]
-        rows = torch.cat([torch.arange(e, device=keep.device), keep + e])
-        x = x[rows]
-        x = (x + first.mlp(first.norm2(x)))[None]
-        later = []
+        x = tokens + attn.proj(out.transpose(1, 2).reshape(tokens.shape))
+        x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, E + K, C)
+        x = x + first.mlp(first.norm2(x))
+        # the kept queries' rows: the rest of block 0's attention is never read
+        rows = [fuse_heads(rows_of_heads(probs, keep), self.fusion)]
         for block in self.blocks[1:]:
             x, p = block(x)
-            later.append(fuse_heads(p[0], self.fusion))
-        keys = k[0, :, e:].mean(dim=0)
-        return x[0], fuse_heads(probs[0], self.fusion), later, keys
+            rows.append(fuse_heads(p, self.fusion))
+        keys = k[:, :, self.prefix :].mean(dim=1)
+        return (x, *rows, keys)
+
+
+def rows_of_heads(probs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows `keep` (B, M) of every head's attention probs (B, h, N, N) -> (B, h, M, N)."""
+    b, h, _, n = probs.shape
+    index = keep[:, None, :, None].expand(b, h, keep.shape[1], n)
+    return probs.gather(2, index)
 
 
 @dataclass
@@ -141,11 +153,10 @@ class CacheFreeStepper:
                 off_grid=self.off_grid,
             )
             keep = top_k(tracked, self.k)
-        out, first, later, keys = self.stage(tokens, keep)
         e = self.stage.prefix
         kept = torch.cat([torch.arange(e, device=dev), keep + e])
-        # with every token kept, filling fills nothing and only normalises
-        s = fill_from_most_similar(cache_free_rollout(first, later, kept)[e:], keys, keep)
+        out, *rows, keys = self.stage(tokens[None], kept[None])
+        s = cache_free_importance([r[0] for r in rows], keys[0], kept, e)
         self.prev_importance, self.prev_patches = s, patches
         self.index += 1
-        return CacheFreeStep(out, keep, reset, s)
+        return CacheFreeStep(out[0], keep, reset, s)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rgtp.core.rollout import fuse_heads
+from rgtp.models.cache_free_stage import CacheFreeStage
 from rgtp.models.vit_ops import (
     attend,
     attention_output,
@@ -318,8 +319,11 @@ def with_rows(cache: torch.Tensor, keep: torch.Tensor, fresh: torch.Tensor) -> t
     return cache.reshape(b * n, c).index_copy(0, index, fresh.reshape(-1, c)).view(b, n, c)
 
 
-def stage_modules(encoder: nn.Module, plan: StagePlan) -> list[PrunedStage]:
-    """One module per stage of `plan`, sharing the encoder's parameters."""
+def stage_modules(encoder: nn.Module, plan: StagePlan) -> list[nn.Module]:
+    """One module per stage of `plan`, sharing the encoder's parameters: `PrunedStage`s, or
+    a cache-free plan's one `CacheFreeStage`."""
+    if plan.cache_free:
+        return [CacheFreeStage(encoder.blocks, plan.prefix, plan.fusion)]
     return [
         PrunedStage(encoder, blocks, plan.fusion, plan.dense_block, plan.rollout_blocks)
         for blocks in plan.stages

@@ -157,14 +157,6 @@ class StagePlan:
     max_batch: int = 8
 
     def __post_init__(self) -> None:
-        if getattr(self.config.pruning, "cache_free", False):
-            # stage graphs are the cache method's; refused here, before an export's work,
-            # rather than by every stream of the package
-            raise ValueError(
-                "cache_free pruning (the authors' ViViT method, --paper for ViViT) has no "
-                "stage graphs yet: it runs in torch (rgtp.models.cache_free_stage."
-                "CacheFreeStepper); plans and packages use rgtp's cache method"
-            )
         enc = self.encoder
         check_int("max_batch", self.max_batch, 1)
         rows = enc.global_blocks if self.rollout_blocks is None else self.rollout_blocks
@@ -181,7 +173,9 @@ class StagePlan:
             raise ValueError(f"unknown head fusion {self.fusion!r}; choose from {FUSIONS}")
         if self.prune_from not in PRUNE_FROM:
             raise ValueError(f"unknown prune_from {self.prune_from!r}; choose from {PRUNE_FROM}")
-        if self.prune_from == "block0-mlp" and enc.is_global(0):
+        if self.cache_free:
+            self._check_cache_free()
+        elif self.prune_from == "block0-mlp" and enc.is_global(0):
             # a global block 0 would need (N, N) attention rows from every frame
             raise ValueError("prune_from='block0-mlp' needs a windowed block 0")
         if self.head not in self.family.heads:
@@ -205,14 +199,45 @@ class StagePlan:
             extra = any(b != self.buckets for b in own)
             object.__setattr__(self, "stage_buckets", own if extra else None)
 
+    def _check_cache_free(self) -> None:
+        """A cache-free plan (the authors' ViViT pruning) is one stage of every block that
+        prunes after block 0's attention, rolls out through every block and keeps a prefix
+        (the CLS: its output is the only row kept up to date)."""
+        enc = self.encoder
+        why = []
+        if not self.prefix:
+            why.append("a prefix (CLS) token, whose output is the prediction's input")
+        if len(self.stages) != 1:
+            why.append(f"one stage of every block (partition 'whole'), not {len(self.stages)}")
+        if self.prune_from != "block0-mlp":
+            why.append("pruning after block 0's attention (prune_from='block0-mlp')")
+        if set(enc.global_blocks) != set(range(enc.depth)) or self.rollout_blocks != tuple(
+            range(enc.depth)
+        ):
+            why.append("global blocks only, every one of them rolled out through")
+        if self.stage_buckets is not None:
+            why.append("no keep schedules (one stage)")
+        if why:
+            raise ValueError(
+                "cache-free pruning (the authors' ViViT method) needs " + "; ".join(why)
+            )
+
+    @property
+    def cache_free(self) -> bool:
+        """Pruning without key/value caches (`PruningConfig.cache_free`, the authors' ViViT
+        method): the dropped tokens leave attention; the stage returns block 0's attention
+        rows of the kept queries over every token, each later block's among the kept, and
+        block 0's keys averaged over heads (what a dropped token's importance is filled by)."""
+        return bool(getattr(self.config.pruning, "cache_free", False))
+
     @classmethod
     def create(
         cls,
         config: FamilyConfig,
         buckets: Sequence[int],
-        partition: str = "per-global",
+        partition: str | None = None,
         fusion: str = "rms",
-        prune_from: str = "input",
+        prune_from: str | None = None,
         head: str = "rgtp",
         user_head: GraphSpec | None = None,
         rollout_blocks: Sequence[int] | None = None,
@@ -222,7 +247,14 @@ class StagePlan:
         """`rollout_blocks`: the global blocks whose attention rows the stages return; None:
         those the model's own pruning settings roll out through (`config.pruning`).
         `schedules`: keep schedules (one K per stage) whose K each stage also gets.
-        `max_batch`: the most streams one stage call runs."""
+        `max_batch`: the most streams one stage call runs. `partition`, `prune_from`: None
+        for the model's method: "whole" and "block0-mlp" for a cache-free one
+        (`cache_free`), else "per-global" and "input"."""
+        cache_free = bool(getattr(config.pruning, "cache_free", False))
+        if partition is None:
+            partition = "whole" if cache_free else "per-global"
+        if prune_from is None:
+            prune_from = "block0-mlp" if cache_free else "input"
         if rollout_blocks is None:
             rollout_blocks = config.pruning.blocks(config.encoder.global_blocks)
         stages = tuple(partition_blocks(config.encoder, partition))
@@ -305,11 +337,15 @@ class StagePlan:
 
     def cached_blocks(self, stage: int) -> tuple[int, ...]:
         """The blocks of a stage that read and refresh key/value caches."""
+        if self.cache_free:
+            return ()
         return tuple(b for b in self.stages[stage] if b != self.dense_block)
 
     def row_blocks(self, stage: int) -> tuple[int, ...]:
         """The blocks of a stage that return their attention rows (`rollout_blocks`)."""
         assert self.rollout_blocks is not None  # set by __post_init__
+        if self.cache_free:
+            return self.stages[stage]
         return tuple(b for b in self.cached_blocks(stage) if b in self.rollout_blocks)
 
     def stage_spec(self, stage: int, k: int | str) -> GraphSpec:
@@ -333,6 +369,14 @@ class StagePlan:
                 TensorSpec(f"k_new_{b}", (b_, m, c), "float32"),
                 TensorSpec(f"v_new_{b}", (b_, m, c), "float32"),
             ]
+        if self.cache_free:  # block 0's rows over every token, the later blocks' among the kept
+            outputs += [
+                TensorSpec(f"attn_{b}", (b_, m, n if b == self.dense_block else m), "float32")
+                for b in self.row_blocks(stage)
+            ]
+            heads = self.encoder.num_heads
+            outputs.append(TensorSpec("keys_0", (b_, self.num_tokens, c // heads), "float32"))
+            return GraphSpec(stage_graph_name(stage, k), tuple(inputs), tuple(outputs))
         outputs += [TensorSpec(f"attn_{b}", (b_, m, n), "float32") for b in self.row_blocks(stage)]
         return GraphSpec(stage_graph_name(stage, k), tuple(inputs), tuple(outputs))
 

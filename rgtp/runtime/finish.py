@@ -10,7 +10,12 @@ from collections.abc import Callable, Hashable, Mapping
 
 import torch
 
-from rgtp.core.rollout import pool_attention_rows, token_importance, write_rows
+from rgtp.core.rollout import (
+    cache_free_importance,
+    pool_attention_rows,
+    token_importance,
+    write_rows,
+)
 from rgtp.core.selection import fill_from_most_similar
 from rgtp.package.plan import StagePlan
 from rgtp.runtime.state import StreamState
@@ -189,3 +194,32 @@ class StepFinish:
                     write_rows(f[f"buffer_{g}"], f[f"sums_{g}"], rows, f[f"attn_{g}"])
 
         return feeds, write
+
+
+class CacheFreeFinish:
+    """`StepFinish` of a cache-free plan (`StagePlan.cache_free`, the authors' ViViT pruning):
+    rollout through the step's own attention rows only, every dropped token filled from its
+    most similar kept one by block 0's keys (`core.rollout.cache_free_importance`); nothing is
+    buffered or cached, so there is nothing to commit. Runs eagerly (no CUDA graph)."""
+
+    def __init__(self, plan: StagePlan) -> None:
+        self.plan = plan
+
+    def prepare(
+        self,
+        state: StreamState,
+        stage_rows: list[torch.Tensor],
+        fresh: dict[str, torch.Tensor],
+        patches: torch.Tensor,
+        fill: bool,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """As `StepFinish.prepare`: called with s_L (E + N,), returns s_0 (N,)."""
+        (rows,) = stage_rows  # one stage
+        attention = [fresh[f"attn_{b}"].float() for b in self.plan.row_blocks(0)]
+        keys = fresh["keys_0"].float()
+
+        def finish(target: torch.Tensor) -> torch.Tensor:
+            s_l = target.float().index_select(0, rows)
+            return cache_free_importance(attention, keys, rows, self.plan.prefix, s_l)
+
+        return finish

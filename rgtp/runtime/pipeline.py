@@ -41,10 +41,10 @@ class Pipeline:
         cls,
         model: nn.Module,
         buckets: Sequence[int] = (),
-        partition: str = "per-global",
+        partition: str | None = None,
         fusion: str = "rms",
         device: torch.device | str = "cpu",
-        prune_from: str = "input",
+        prune_from: str | None = None,
         head: str = "rgtp",
         precision: str = "fp32",
         cuda_graphs: bool = False,
@@ -54,7 +54,8 @@ class Pipeline:
         a `ViViT`; no export needed); a detector's `head` "none" leaves the head to the
         application (`Stream.step(frame, head=...)`). `precision` ("fp32", "fp16", "bf16")
         and `cuda_graphs` (on CUDA) as `engines.torch_backend.torch_engines`. `schedules`:
-        keep schedules (one K per stage, `ScheduleKeep`) whose K each stage also gets."""
+        keep schedules (one K per stage, `ScheduleKeep`) whose K each stage also gets.
+        `partition`, `prune_from`: None for the model's method (`StagePlan.create`)."""
         plan = StagePlan.create(
             model.cfg, buckets, partition, fusion, prune_from, head, schedules=schedules
         )

@@ -38,7 +38,7 @@ from rgtp.core.selection import (
 from rgtp.core.tracking import check_radius, row_cosine, track
 from rgtp.engines.base import EngineSet
 from rgtp.package.family import StepResult, UserHead
-from rgtp.runtime.finish import StepFinish
+from rgtp.runtime.finish import CacheFreeFinish, StepFinish
 from rgtp.runtime.frames import to_model_input
 from rgtp.runtime.options import StreamOptions
 from rgtp.runtime.outputs import EngineRunner, OutputChecks
@@ -89,11 +89,13 @@ class Stream:
                 "blocks at export); roll out through those, or export again with "
                 f"--rollout-blocks {wanted} (StagePlan.create(..., rollout_blocks=...))"
             )
-        if self.pruning.cache_free:
+        if self.pruning.cache_free != plan.cache_free:
+            have, want = ("", "no ") if plan.cache_free else ("no ", "")
             raise ValueError(
-                "cache_free pruning (the authors' ViViT method) has no exported stages yet: run "
-                "it in torch with rgtp.models.cache_free_stage.CacheFreeStepper; packages run "
-                "rgtp's cache method (cache_free=False)"
+                f"these stages were exported for {have}cache-free pruning and the stream's "
+                f"pruning settings ask for {want}cache-free pruning (PruningConfig.cache_free, "
+                "the authors' ViViT method): export the package with the settings the "
+                "stream runs (rgtp export --paper for the authors' method)"
             )
         self.pool = self.pruning.rollout_pool
         # What novelty compares a token with, where K keeps a share for novelty at all.
@@ -117,13 +119,17 @@ class Stream:
         # With engines that replay CUDA graphs, the method's own work between engine calls
         # (tracking, top-K, rollout) replays graphs too, on this stream's buffers.
         self._graphs = step_graphs(engines)
-        self._finish = StepFinish(
-            plan,
-            self.rollout_blocks,
-            self.pool,
-            self.checkerboard,
-            self.pruning.similarity,
-            self._prepared,
+        self._finish: StepFinish | CacheFreeFinish = (
+            CacheFreeFinish(plan)
+            if plan.cache_free
+            else StepFinish(
+                plan,
+                self.rollout_blocks,
+                self.pool,
+                self.checkerboard,
+                self.pruning.similarity,
+                self._prepared,
+            )
         )
         # the rollout blocks before each stage: the partial rollout its importance undoes
         self._before = [
@@ -138,9 +144,9 @@ class Stream:
 
     def _new_state(self) -> StreamState:
         task = self.plan.family.new_task(self.plan, self.options)
-        return StreamState(
-            self.plan, task, self.rollout_blocks, self.device, self.pool, self.engines.dtype
-        )
+        # a cache-free step rolls out through its own rows alone: no buffered rows
+        buffered = () if self.plan.cache_free else self.rollout_blocks
+        return StreamState(self.plan, task, buffered, self.device, self.pool, self.engines.dtype)
 
     @property
     def out_map(self) -> torch.Tensor:
