@@ -269,9 +269,11 @@ def test_export_with_paper_exports_the_cache_free_vivit(tmp_path) -> None:
     assert main([*argv, "--no-symbolic", "--out", str(out), "-q"]) == 0
     plan = Manifest.load(out).plan
     assert plan.cache_free and plan.stages == (tuple(range(plan.encoder.depth)),)
-    stream = Pipeline.load(out).new_stream(policy=FixedKeep(26))
+    checker = (plan.num_tokens + 1) // 2  # the authors' reset, added for it
+    assert plan.buckets == (26, checker, plan.num_tokens)
+    stream = Pipeline.load(out).new_stream(policy=FixedKeep(26), reset="checkerboard")
     size = plan.encoder.img_size
-    frames = list(moving_frames(2 * plan.config.num_steps, size, seed=1, speed=3.0))
+    frames = list(moving_frames(20, size, seed=1, speed=3.0))  # 10 time steps
     results = [r for r in map(stream.step, frames) if r is not None]
-    assert [r.k for r in results] == [plan.num_tokens, *[26] * (len(results) - 1)]
+    assert [r.k for r in results][:10] == [plan.num_tokens, *[26] * 7, checker, 26]
     assert results[-1].scores is not None and torch.isfinite(results[-1].scores).all()

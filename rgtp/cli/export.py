@@ -165,9 +165,14 @@ def export(args: argparse.Namespace) -> int:
         head = "onnx"
     model = options.load_model(args)
     model.cfg = options.with_pruning(args, model.cfg)
+    buckets = [*args.buckets, *(k for k in args.ks if isinstance(k, int))]
+    if model.cfg.pruning.cache_free:  # the authors' ViViT resets keep the 1-in-2 checkerboard
+        from rgtp.core.selection import checkerboard_size
+
+        buckets.append(checkerboard_size(model.cfg.encoder.grid))
     plan = StagePlan.create(
         model.cfg,
-        [*args.buckets, *(k for k in args.ks if isinstance(k, int))],
+        buckets,
         args.partition,
         args.fusion,
         options.prune_from(args),
