@@ -265,15 +265,15 @@ def test_export_with_paper_exports_the_cache_free_vivit(tmp_path) -> None:
     from rgtp.runtime import Pipeline
 
     out = tmp_path / "pkg"
-    argv = ["export", "--model", "vivit-small", "--paper", "--buckets", "26"]
-    assert main([*argv, "--no-symbolic", "--out", str(out), "-q"]) == 0
+    argv = ["export", "--model", "vivit-small", "--size", "64", "--random-init", "--paper"]
+    assert main([*argv, "--buckets", "6", "--no-symbolic", "--out", str(out), "-q"]) == 0
     plan = Manifest.load(out).plan
     assert plan.cache_free and plan.stages == (tuple(range(plan.encoder.depth)),)
     checker = (plan.num_tokens + 1) // 2  # the authors' reset, added for it
-    assert plan.buckets == (26, checker, plan.num_tokens)
-    stream = Pipeline.load(out).new_stream(policy=FixedKeep(26), reset="checkerboard")
+    assert plan.buckets == (6, checker, plan.num_tokens)
+    stream = Pipeline.load(out).new_stream(policy=FixedKeep(6), reset="checkerboard")
     size = plan.encoder.img_size
     frames = list(moving_frames(20, size, seed=1, speed=3.0))  # 10 time steps
     results = [r for r in map(stream.step, frames) if r is not None]
-    assert [r.k for r in results][:10] == [plan.num_tokens, *[26] * 7, checker, 26]
+    assert [r.k for r in results][:10] == [plan.num_tokens, *[6] * 7, checker, 6]
     assert results[-1].scores is not None and torch.isfinite(results[-1].scores).all()
