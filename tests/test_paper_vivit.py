@@ -277,3 +277,35 @@ def test_export_with_paper_exports_the_cache_free_vivit(tmp_path) -> None:
     results = [r for r in map(stream.step, frames) if r is not None]
     assert [r.k for r in results][:10] == [plan.num_tokens, *[6] * 7, checker, 6]
     assert results[-1].scores is not None and torch.isfinite(results[-1].scores).all()
+
+
+def test_flops_count_the_cache_free_method_as_it_runs(capsys) -> None:
+    """`rgtp flops --paper` on a ViViT counts the authors' method: block 0's qkv, attention
+    and projection over all 1 + N tokens, its MLP and the later blocks on the 1 + K kept
+    attending to each other; time step 0 dense, step R the checkerboard; K = N is dense."""
+    from rgtp.cli import main
+    from rgtp.families import get_config
+    from rgtp.families.classification.flops import view_macs
+
+    cfg = get_config("vivit-small")
+    sp = cfg.spatial
+    n, c, hidden, k = sp.num_tokens, sp.embed_dim, int(sp.embed_dim * sp.mlp_ratio), 26
+
+    def step(kept: int) -> float:  # written out from the definition
+        embed = n * c * 3 * sp.tubelet * sp.patch_size**2
+        first = (1 + n) * 3 * c * c + 2 * (1 + n) * (1 + n) * c + (1 + n) * c * c
+        first += (1 + kept) * 2 * c * hidden
+        later = (sp.depth - 1) * (
+            (1 + kept) * (4 * c * c + 2 * c * hidden) + 2 * (1 + kept) ** 2 * c
+        )
+        return embed + first + later
+
+    board = (n + 1) // 2
+    steps = [n if t == 0 else board if t % 8 == 0 else k for t in range(cfg.num_steps)]
+    dense = view_macs(cfg)
+    got = view_macs(cfg, k, 8, board, cache_free=True)
+    assert got.patch_embed + got.spatial == pytest.approx(sum(map(step, steps)), rel=1e-12)
+    assert got.temporal == dense.temporal
+    assert view_macs(cfg, n, cache_free=True).total == pytest.approx(dense.total, rel=1e-12)
+    assert main(["flops", "--model", "vivit-small", "--keep", "26", "--paper"]) == 0
+    assert "authors' cache-free method" in capsys.readouterr().out

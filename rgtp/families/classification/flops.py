@@ -69,26 +69,48 @@ def step_macs(cfg: SpatialConfig, k: int | None = None) -> tuple[float, float]:
     return float(embed), blocks
 
 
+def cache_free_step_macs(cfg: SpatialConfig, k: int) -> tuple[float, float]:
+    """(tubelet embedding, spatial blocks) MACs of one time step of the authors' cache-free
+    method keeping k patch tokens (`rgtp.models.cache_free_stage`): block 0's qkv, attention
+    and projection run on all 1 + N tokens, its MLP and every later block on the 1 + k kept,
+    which attend only to each other (no caches). k = N is the dense step."""
+    n, c = cfg.num_tokens, cfg.embed_dim
+    hidden = int(c * cfg.mlp_ratio)
+    embed, _ = step_macs(cfg, k)
+    first = (1 + n) * 4 * c * c + 2 * (1 + n) ** 2 * c + (1 + k) * 2 * c * hidden
+    later = (cfg.depth - 1) * block_macs(1 + k, 1 + k, c, hidden)
+    return embed, float(first + later)
+
+
 def view_macs(
     cfg: ViViTConfig,
     k: int | None = None,
     reset_every: int = 8,
     reset_k: int | None = None,
+    cache_free: bool = False,
 ) -> ViewMACs:
     """MACs of one view: `num_steps` time steps of the spatial encoder, then the temporal
     transformer and classifier.
 
-    Dense when `k` is None. Otherwise time steps 0, R, 2R, ... (R = `reset_every`) are reset
-    steps keeping `reset_k` patch tokens (None: all N, a dense reset; N // 2 is the
-    authors' checkerboard reset) and the others keep `k`.
+    Dense when `k` is None. Otherwise a view is one stream: its first time step runs every
+    token, the later reset steps R, 2R, ... (R = `reset_every`) keep `reset_k` patch tokens
+    (None: all N, a dense reset; ceil(N/2): the authors' checkerboard reset) and the others
+    keep `k`. `cache_free`: the authors' cache-free method (`cache_free_step_macs`), else
+    rgtp's cache method (`step_macs`).
     """
     if reset_every < 1:
         raise ValueError(f"reset_every must be >= 1, got {reset_every}")
     sp, tm = cfg.spatial, cfg.temporal
+    one_step = cache_free_step_macs if cache_free else step_macs
     embed = spatial = 0.0
     for step in range(cfg.num_steps):
-        reset = k is None or step % reset_every == 0
-        e, s = step_macs(sp, None if k is None else reset_k if reset else k)
+        if k is None or step == 0:
+            kept = sp.num_tokens
+        elif step % reset_every == 0:
+            kept = sp.num_tokens if reset_k is None else reset_k
+        else:
+            kept = k
+        e, s = one_step(sp, kept)
         embed, spatial = embed + e, spatial + s
     c = sp.embed_dim
     tokens = 1 + cfg.num_steps

@@ -27,14 +27,18 @@ def flops_report(
     """Analytic GFLOPs (multiply-accumulates x 1e9) of the named classifier at input side
     `size` per view (one clip) and per video, dense and pruned to `k` (None: N), with a
     `reset` step every `reset_every` time steps: the figures (JSON-ready) and their table.
-    (`radius` and `prune_from` change nothing counted; both conventions count the same.)"""
+    `prune_from` "block0-mlp" (`rgtp flops --paper`) counts the authors' cache-free method
+    (`flops.cache_free_step_macs`), "input" rgtp's cache method. (`radius` changes nothing
+    counted; both conventions count the same.)"""
     cfg = get_config(name, size)
     sp = cfg.spatial
     k = check_k(k, sp)
     views = KINETICS_VIEWS[0] * KINETICS_VIEWS[1]
     reset_every = max(reset_every, 1)
     board = checkerboard_size(sp.grid) if reset == "checkerboard" else None
-    rows = {"dense": view_macs(cfg), "pruned": view_macs(cfg, k, reset_every, board)}
+    cache_free = prune_from == "block0-mlp"  # for a ViViT, only the authors' method prunes there
+    pruned = view_macs(cfg, k, reset_every, board, cache_free)
+    rows = {"dense": view_macs(cfg), "pruned": pruned}
     # the paper's dense figure, where it has one for this model at this size
     at_paper_size = sp.img_size == get_config(name).spatial.img_size
     paper = PAPER_DENSE_TMACS_PER_VIDEO.get(name) if at_paper_size else None
@@ -46,6 +50,7 @@ def flops_report(
         "k": k,
         "reset_every": reset_every,
         "reset": reset,
+        "method": "authors' cache-free" if cache_free else "rgtp cache",
         "convention": convention,  # both count the same: no windowed blocks
         "views": views,
         **{
@@ -59,7 +64,8 @@ def flops_report(
     text = [
         f"{name} at {sp.img_size}x{sp.img_size}, {cfg.num_frames} frames "
         f"({cfg.num_steps} time steps of {sp.tubelet}): N = {sp.num_tokens} patch tokens + CLS, "
-        f"keep K = {k}, a {reset} reset every {reset_every} time steps",
+        f"keep K = {k}, a {reset} reset every {reset_every} time steps, "
+        f"{report['method']} method",
         f"GFLOPs, {convention} convention (paper and executed agree for this model): "
         "multiply-accumulates, x1e9, per view (one clip)",
         *macs_table(rows),
