@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rgtp.core.rollout import fuse_heads
 from rgtp.core.selection import FixedKeep
 from rgtp.families.detection.detector import Detector
 from rgtp.models import stages
@@ -143,3 +144,18 @@ def test_tiles_of_any_size_equal_whole_windows(monkeypatch, window, rows, spread
         )
     expected = whole.gather(1, at)
     assert (tiled - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["rms", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_heads_fused_one_by_one_equal_fuse_heads(mode, dtype) -> None:
+    """The stage's head fusion (heads summed one by one, `stages.fuse_heads_by_head`) is the
+    method's `rollout.fuse_heads`, in float32 and from bf16 probabilities (lifted first)."""
+    torch.manual_seed(0)
+    probs = torch.rand(2, 12, 7, 40).softmax(-1).to(dtype)
+    expected = fuse_heads(probs, mode)
+    fused = stages.fuse_heads_by_head(probs, mode)
+    assert fused.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(fused, expected, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="unknown head fusion"):
+        stages.fuse_heads_by_head(probs, "max")

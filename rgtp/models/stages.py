@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rgtp.core.rollout import fuse_heads
+from rgtp.core.rollout import FUSIONS, fuse_heads
 from rgtp.models.cache_free_stage import CacheFreeStage
 from rgtp.models.vit_ops import (
     attend,
@@ -162,7 +162,7 @@ class PrunedStage(nn.Module):
                     else attn.bias(qh, ys, xs)
                 )
                 o, probs = attend(qh, kh, vh, bias)
-                fused = fuse_heads(probs, self.fusion)  # (B, K, N)
+                fused = fuse_heads_by_head(probs, self.fusion)  # (B, K, N)
             else:
                 o = attention_output(qh, kh, vh, attn.bias(qh, ys, xs))
             out = o.transpose(1, 2).reshape(x.shape)
@@ -265,10 +265,37 @@ class PrunedStage(nn.Module):
         bias = attn.bias(qw, attn.grid_y[row_place], attn.grid_x[row_place])  # (B·T, h, r, w²)
         kw = windows(keys, pad_k).transpose(1, 2)  # (B·T, h, w², d)
         vw = windows(values, pad_v).transpose(1, 2)
-        o = attention_output(qw, kw, vw, bias)  # (B·T, h, r, d)
+        if torch.compiler.is_exporting():
+            # the graph spells the attention out (q scaled, then q·kᵀ): the exported fused
+            # call scales k too, after its transpose, which keeps the layout copies in
+            # float32 ahead of static int8's Q/DQ pair; spelled out, OpenVINO runs them on
+            # int8 (the stage: 10-15 % less CPU time, docs/precision.md). Eager torch keeps
+            # the fused kernel, the dense model's, so that K = N is the dense model exactly.
+            o, _ = attend(qw, kw, vw, bias)  # (B·T, h, r, d)
+        else:
+            o = attention_output(qw, kw, vw, bias)
         # indexed by (tile, row), not by a flat row: a reshape merging a symbolic axis with
         # another makes the exporter guard the symbolic size
         return o.transpose(1, 2)[home, row].reshape(b, k, c)
+
+
+def fuse_heads_by_head(probs: torch.Tensor, mode: str) -> torch.Tensor:
+    """`rollout.fuse_heads` of attention probabilities (B, h, M, N) -> (B, M, N), the heads
+    summed one by one in one element-wise chain over (M, N) slices instead of a reduction
+    over the head axis (the same sum, up to float rounding): a graph compiler runs it as one
+    pass that writes only the (M, N) result, where the reduction form writes the (h, M, N)
+    squares out and reads them back (OpenVINO int8, a vitdet-b stage at K = 512: 3 % less
+    CPU time, docs/precision.md)."""
+    if probs.dtype in (torch.float16, torch.bfloat16) or mode not in FUSIONS:
+        return fuse_heads(probs, mode)  # lifts reduced precision first; names bad modes
+    heads = probs.shape[1]
+    acc = None
+    for i in range(heads):
+        p = probs[:, i]
+        term = p * p if mode == "rms" else p
+        acc = term if acc is None else acc + term
+    acc = acc / heads
+    return acc.sqrt() if mode == "rms" else acc
 
 
 def tile_rows(area: int, num_windows: int, k: int | torch.SymInt) -> int | torch.SymInt:

@@ -157,9 +157,11 @@ def attend(
 def attention_output(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """`attend`'s output alone, (B, h, M, d), where no one reads the probabilities (dense
-    blocks, windowed blocks): one fused kernel where the backend has one, so the (M, Nk)
-    logits, bias and probabilities are never all written out."""
+    """`attend`'s output alone, (B, h, M, d), where no one reads the probabilities (the
+    dense model's blocks, pruned global blocks without rollout rows): one fused kernel where
+    the backend has one, so the (M, Nk) logits, bias and probabilities are never all
+    written out. (The pruned windowed tiles' exported graphs spell it out with `attend`:
+    `PrunedStage._windowed` says why.)"""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
