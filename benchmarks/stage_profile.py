@@ -3,6 +3,10 @@ profiler) summed by operator type, and several graphs timed interleaved.
 
     python benchmarks/stage_profile.py out/bench/vitdet-b-672-int8-qdq/stage1_k512.onnx \
         other/stage1_k512.onnx --reps 10 --threads 2 [--ort] [--json out.json]
+    python benchmarks/stage_profile.py g.onnx "g.onnx@CPU_DENORMALS_OPTIMIZATION=YES" ...
+
+A graph named PATH@KEY=VALUE,KEY=VALUE is compiled with those OpenVINO properties added (the
+same graph under two configurations, timed interleaved).
 
 Every graph is fed the same random inputs for one stream (B = 1; `keep`: sorted distinct
 rows), compiled for that static shape as the OpenVINO backend does. Timing: warm-up, then
@@ -75,7 +79,7 @@ def main() -> None:
     import openvino as ov
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("graphs", type=Path, nargs="+")
+    p.add_argument("graphs", nargs="+", help="ONNX paths, each optionally @KEY=VALUE,...")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ort", action="store_true", help="also ONNX Runtime fp32 with its profiler")
@@ -88,19 +92,21 @@ def main() -> None:
     if args.threads:
         config["INFERENCE_NUM_THREADS"] = str(args.threads)
     runs, requests, feeds = {}, {}, {}
-    for path in args.graphs:
-        name = str(path)
+    for name in args.graphs:
+        file, _, extra = name.partition("@")
+        path = Path(file)
         feeds[name] = feeds_for(path)
         model = core.read_model(str(path))
         model.reshape({i.get_any_name(): feeds[name][i.get_any_name()].shape for i in model.inputs})
-        request = core.compile_model(model, "CPU", config).create_infer_request()
+        own = dict(config, **dict(kv.split("=", 1) for kv in extra.split(",") if kv))
+        request = core.compile_model(model, "CPU", own).create_infer_request()
         requests[name] = request
         runs[name] = lambda r=request, f=feeds[name]: r.infer(f)
     ort_sessions = {}
     if args.ort:
         import onnxruntime as ort
 
-        for path in args.graphs:
+        for path in {Path(g.partition("@")[0]) for g in args.graphs}:
             opts = ort.SessionOptions()
             if args.threads:
                 opts.intra_op_num_threads = args.threads
@@ -109,7 +115,8 @@ def main() -> None:
             opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             ort_sessions[str(path)] = sess
-            runs[f"ort:{path}"] = lambda s=sess, f=feeds[str(path)]: s.run(None, f)
+            ort_feeds = feeds_for(path)
+            runs[f"ort:{path}"] = lambda s=sess, f=ort_feeds: s.run(None, f)
 
     for run in runs.values():
         run()
