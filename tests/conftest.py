@@ -283,7 +283,7 @@ SLOW: dict[str, set[str]] = {
     "test_demo": {"*"},  # both demos, end to end
     "test_early_refusals": {"test_the_cost_is_timed_by_tracing_and_deriving_a_stage"},  # a trace
     "test_eval_viz": {"test_the_shipped_model_keeps_its_accuracy_when_pruned"},  # vitdet-small
-    "test_export_ort": {"*"},  # every test reads small_packages
+    "test_export_ort": {"*"},  # every test reads small_packages or tiny_package
     "test_export_parallel": {  # exports, traces
         "test_parallel_tracing_writes_the_package_a_sequential_export_writes",
         "test_graphs_derived_from_the_symbolic_trace_compute_the_traced_ones",
