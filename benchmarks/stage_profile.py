@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ort", action="store_true", help="also ONNX Runtime fp32 with its profiler")
     p.add_argument("--top", type=int, default=12, help="node types listed per graph")
+    p.add_argument("--nodes", type=int, default=0, help="also the N slowest nodes by name")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -123,6 +124,8 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     by_type: dict[str, dict[str, float]] = {n: defaultdict(float) for n in requests}
+    by_node: dict[str, dict[str, float]] = {n: defaultdict(float) for n in requests}
+    node_kind: dict[str, str] = {}
     for _ in range(args.reps):
         for name, run in runs.items():
             t, c = time.perf_counter(), time.process_time()
@@ -132,9 +135,10 @@ def main() -> None:
             if name in requests:
                 for info in requests[name].profiling_info:
                     if info.status == info.Status.EXECUTED:
-                        by_type[name][info.exec_type + " | " + info.node_type] += (
-                            info.real_time.total_seconds() * 1e3
-                        )
+                        ms = info.real_time.total_seconds() * 1e3
+                        by_type[name][info.exec_type + " | " + info.node_type] += ms
+                        by_node[name][info.node_name] += ms
+                        node_kind[info.node_name] = f"{info.exec_type} | {info.node_type}"
 
     result: dict = {"reps": args.reps, "threads": args.threads, "graphs": {}}
     print(f"{args.reps} interleaved rounds, one stream (B = 1); OpenVINO with PERF_COUNT on")
@@ -160,6 +164,10 @@ def main() -> None:
         result["graphs"][name]["openvino_by_type_ms"] = {
             k: v / args.reps for k, v in types.items()
         }
+        if args.nodes:
+            print(f"  the {args.nodes} slowest nodes, ms a run:")
+            for node, ms in sorted(by_node[name].items(), key=lambda kv: -kv[1])[: args.nodes]:
+                print(f"    {ms / args.reps:8.2f}  {node_kind[node]:50s} {node}")
     for name, sess in ort_sessions.items():
         trace = json.loads(Path(sess.end_profiling()).read_text())
         ops: dict[str, float] = defaultdict(float)
