@@ -30,7 +30,10 @@ def policies(count: int) -> list:
     return [kinds[i % len(kinds)] for i in range(count)]
 
 
-def assert_batched_equals_alone(pipe: Pipeline, videos, count: int) -> None:
+def assert_batched_equals_alone(pipe: Pipeline, videos, count: int, rtol: float = 0.0) -> None:
+    """Batched streams keep the tokens, and give the results, the streams give alone; their
+    maintained outputs are equal bit for bit, or (`rtol`) within that share of the map's
+    largest magnitude (reduced-precision kernels may round per batch size)."""
     options = [dict(policy=p, reset_every=3) for p in policies(count)]
     alone = [pipe.new_stream(**o) for o in options]
     together = [pipe.new_stream(**o) for o in options]
@@ -41,7 +44,11 @@ def assert_batched_equals_alone(pipe: Pipeline, videos, count: int) -> None:
             assert_same_result(a, b)
     assert [r.stage_k for r in got] == [r.stage_k for r in want]
     for a, b in zip(alone, together, strict=True):
-        assert torch.equal(a.out_map, b.out_map)
+        if rtol == 0.0:
+            assert torch.equal(a.out_map, b.out_map)
+        else:
+            diff = (a.out_map - b.out_map).abs().max()
+            assert diff <= rtol * a.out_map.abs().max()
 
 
 class CountingEngines:

@@ -142,12 +142,14 @@ def test_openvino_keeping_all_tokens_equals_the_dense_model(
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_streams_batched_on_openvino_equal_the_streams_alone(tiny_package, precision) -> None:
-    """Each batch size is its own compiled shape; a stream's rows come out as alone, bit
-    for bit (on vitdet-small in bf16, one bf16 rounding apart at K = 256: docs/openvino.md)."""
+    """Each batch size is its own compiled shape; a stream's tokens and results come out as
+    alone, its rows bit for bit in float32; in bf16 (emulated on CPUs without it) the
+    kernels OpenVINO picks per batch size round differently: within one bf16 rounding
+    (2⁻⁸) of the map's magnitude (docs/openvino.md)."""
     videos = [list(moving_frames(7, 224, seed=s)) for s in range(8)]
     pipe = Pipeline.load(tiny_package, "openvino", precision=precision)
     calls = CountingEngines(pipe)
-    assert_batched_equals_alone(pipe, videos, 8)
+    assert_batched_equals_alone(pipe, videos, 8, rtol=0.0 if precision == "fp32" else 2**-8)
     assert max(calls.batches) == 4 and sum(b > 1 for b in calls.batches) > 0
 
 
