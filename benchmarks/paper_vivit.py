@@ -95,7 +95,8 @@ def runtime_features(
     """The authors' method as a user runs it: `model` exported as a cache-free package
     (buckets K and the checkerboard's) and streamed clip by clip on `backend`. Returns the
     per-step CLS features (clips, s, C) and the kept sets (clips, s, N) as masks."""
-    cfg = dataclasses.replace(model.cfg, pruning=PruningConfig.paper(0, cls_token=True))
+    paper_pruning = PruningConfig.paper(model.cfg.spatial.img_size, cls_token=True)
+    cfg = dataclasses.replace(model.cfg, pruning=paper_pruning)
     paper = copy.deepcopy(model)
     paper.cfg = cfg
     n = cfg.spatial.num_tokens
