@@ -16,6 +16,10 @@ DEV_EXTRAS := test,ort,video,export,eval,viz,train,trt,client,openvino
 # its Python backend stub, built against numpy 1, with rgtp installed editable from here.
 # The main environment stays on numpy 2.
 SERVE_VENV  := .venv-serve
+# `make test` runs the suite in pytest-xdist workers, a test module each at a time: most of
+# its time is single-threaded tracing, server start-ups and waits, so three workers on two
+# cores finish in about two thirds of one process's time (docs/testing.md).
+TEST_WORKERS ?= 3
 SERVE_STAMP := $(SERVE_VENV)/.installed-stamp
 
 .PHONY: setup serve-env test test-fast demo lint clean
@@ -48,7 +52,7 @@ lint: setup
 # The whole suite, slow checks included (they run in cheap forms; see pyproject markers);
 # the real-server tests run tritonserver from the serve environment.
 test: setup serve-env lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from skimage import data as skdata
 from skimage.transform import resize
 
@@ -144,15 +145,24 @@ def exported_package(tmp_path_factory) -> Callable[..., Path]:
     Read it; copy it before changing anything in it."""
     from rgtp.export.package import export_package
 
-    built: dict[str, Path] = {}
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # pytest-xdist gives each worker its own directory under one per run: the packages
+        # live beside them, so a package two workers ask for is exported once
+        root = root.parent
+    shared = root / "packages"
+    shared.mkdir(exist_ok=True)
 
     def export(model: torch.nn.Module, plan, **options) -> Path:
-        key = package_key(model, plan, options)
-        if key not in built:
-            path = tmp_path_factory.mktemp(f"pkg_{plan.config.name}") / "pkg"
-            export_package(model, plan, path, progress=False, **options)
-            built[key] = path
-        return built[key]
+        key = package_key(model, plan, options)[:20]
+        path = shared / f"{plan.config.name}-{key}" / "pkg"
+        # a worker asking for a package another is exporting waits for it; export_package
+        # puts a package in place only once it is complete
+        with FileLock(shared / f"{key}.lock"):
+            if not path.is_dir():
+                path.parent.mkdir(exist_ok=True)
+                export_package(model, plan, path, progress=False, **options)
+        return path
 
     return export
 
@@ -350,10 +360,28 @@ SLOW: dict[str, set[str]] = {
 }
 
 
-# Modules whose tests run last: once OpenVINO has compiled models, this process can no
-# longer fork (`rgtp.export.parallel.fork_unsafe`), so the exports of every other module
-# would trace one graph at a time.
+# Modules whose tests run last in one process: once OpenVINO has compiled models, this
+# process can no longer fork (`rgtp.export.parallel.fork_unsafe`), so the exports of every
+# other module would trace one graph at a time.
 LAST = ("test_openvino",)
+
+# Under pytest-xdist (`make test`: one module a worker at a time, `--dist loadfile`), the
+# longest modules go first, so that none of them is left running alone at the end while the
+# other workers idle (2026-12-07, `-n 3` on 2 cores: test_openvino last, 839 s). Seconds
+# they took under `-n 3` that day, longest first; a worker that has run OpenVINO traces its
+# later exports one graph at a time, which the other workers' load makes up for.
+LONGEST = (
+    "test_openvino",  # 285 s
+    "test_serve_lifecycle",  # 164 s
+    "test_trt",  # 144 s
+    "test_package_trust",  # 144 s
+    "test_own_head",  # 134 s
+    "test_demo",  # 134 s
+    "test_keep_schedules",  # 129 s
+    "test_precision",  # 127 s
+    "test_kept_windows",  # 125 s
+    "test_triton_server",  # 100 s
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -362,4 +390,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = getattr(item, "originalname", item.name)
         if "*" in slow or name in slow or slow & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.path.stem in LAST)  # stable: the rest keep their order
+    # stable sorts: the rest keep their order
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {stem: i for i, stem in enumerate(LONGEST)}
+        items.sort(key=lambda item: rank.get(item.path.stem, len(LONGEST)))
+    else:
+        items.sort(key=lambda item: item.path.stem in LAST)
