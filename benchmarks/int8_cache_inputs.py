@@ -9,7 +9,7 @@ timed interleaved against the graph as exported, on OpenVINO.
 Timing only: the caches are random int8 at one fixed scale, so the outputs mean nothing. A
 runtime that held its caches in int8 would also have the graph quantize the fresh rows it
 returns, with the scale static int8 calibrated for the caches' consumers; none of that is
-built (docs/precision.md, "Three levers measured").
+built (docs/precision.md, "Four levers measured").
 """
 
 from __future__ import annotations
