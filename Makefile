@@ -16,11 +16,11 @@ DEV_EXTRAS := test,ort,video,export,eval,viz,train,trt,client,openvino
 # its Python backend stub, built against numpy 1, with rgtp installed editable from here.
 # The main environment stays on numpy 2.
 SERVE_VENV  := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed-stamp
 # `make test` runs the suite in pytest-xdist workers, a test module each at a time: most of
 # its time is single-threaded tracing, server start-ups and waits, so three workers on two
-# cores finish in about two thirds of one process's time (docs/testing.md).
+# cores finish in about half of one process's time (docs/testing.md).
 TEST_WORKERS ?= 3
-SERVE_STAMP := $(SERVE_VENV)/.installed-stamp
 
 .PHONY: setup serve-env test test-fast demo lint clean
 

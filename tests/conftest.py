@@ -140,9 +140,9 @@ def package_key(model: torch.nn.Module, plan, options: Mapping[str, object]) -> 
 @pytest.fixture(scope="session")
 def exported_package(tmp_path_factory) -> Callable[..., Path]:
     """`export(model, plan, **options)`: the package directory of `model` for `plan`, exported
-    (`export_package`, `options` as it takes them) the first time a test asks for that
-    content and shared afterwards, so modules asking for the same package share one export.
-    Read it; copy it before changing anything in it."""
+    (`export_package`, `options` as it takes them) the first time a test of the run asks for
+    that content, in any worker, and shared afterwards, so modules asking for the same
+    package share one export. Read it; copy it before changing anything in it."""
     from rgtp.export.package import export_package
 
     root = tmp_path_factory.getbasetemp()
