@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from stage_profile import feeds_for
 
 
 def with_int8_caches(src: Path, dst: Path, scale: float = 0.02) -> None:
@@ -52,27 +53,25 @@ def with_int8_caches(src: Path, dst: Path, scale: float = 0.02) -> None:
     onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
 
 
-def compiled(core, path: Path, threads: int):
-    """The graph compiled for one stream (B = 1), and random feeds for it."""
-    model = core.read_model(str(path))
-    shapes = {
-        p.get_any_name(): [d.get_length() if d.is_static else 1 for d in p.get_partial_shape()]
-        for p in model.inputs
-    }
-    model.reshape(shapes)
-    request = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+def int8_feeds(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` of a stage graph (`stage_profile.feeds_for`) for its `with_int8_caches`
+    rewrite: the caches as random int8 under their new names, the rest as they are."""
     rng = np.random.default_rng(0)
-    n = max(s[1] for name, s in shapes.items() if "_cache_" in name)
-    feeds = {}
-    for p in model.inputs:
-        name, dims = p.get_any_name(), shapes[p.get_any_name()]
-        if name == "keep":
-            feeds[name] = np.sort(rng.permutation(n)[: dims[1]])[None].astype(np.int64)
-        elif str(p.get_element_type()) == "i8":
-            feeds[name] = rng.integers(-60, 60, dims).astype(np.int8)
+    out = {}
+    for name, x in feeds.items():
+        if "_cache_" in name:
+            out[f"{name}_int8"] = rng.integers(-60, 60, x.shape).astype(np.int8)
         else:
-            feeds[name] = rng.standard_normal(dims).astype(np.float32)
-    return request.create_infer_request(), feeds
+            out[name] = x
+    return out
+
+
+def compiled(core, path: Path, feeds: dict[str, np.ndarray], threads: int):
+    """An infer request of the graph at `path`, compiled for the shapes of `feeds`."""
+    model = core.read_model(str(path))
+    model.reshape({i.get_any_name(): feeds[i.get_any_name()].shape for i in model.inputs})
+    config = {"INFERENCE_NUM_THREADS": threads}
+    return core.compile_model(model, "CPU", config).create_infer_request()
 
 
 def main() -> None:
@@ -90,11 +89,15 @@ def main() -> None:
     for graph in args.graphs:
         int8 = scratch / f"{graph.stem}_int8_caches.onnx"
         with_int8_caches(graph, int8)
-        for label, path in (("float32 caches", graph), ("int8 caches", int8)):
-            request, feeds = compiled(core, path, args.threads)
+        feeds = feeds_for(graph)
+        for label, path, f in (
+            ("float32 caches", graph, feeds),
+            ("int8 caches", int8, int8_feeds(feeds)),
+        ):
+            request = compiled(core, path, f, args.threads)
             for _ in range(3):  # warm-up
-                request.infer(feeds)
-            runs.append((graph.name, label, request, feeds))
+                request.infer(f)
+            runs.append((graph.name, label, request, f))
     wall: dict[tuple[str, str], list[float]] = {(g, lab): [] for g, lab, _, _ in runs}
     cpu: dict[tuple[str, str], list[float]] = {(g, lab): [] for g, lab, _, _ in runs}
     for _ in range(args.reps):  # interleaved: load falls on every graph alike

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from precision import INT8
-from precision_accuracy import packages, shipped
+from precision_accuracy import _equal_share, packages, shipped
 
 from rgtp.core.selection import FixedKeep
 from rgtp.data.synthvid import SynthVIDConfig, generate_sequence
@@ -74,7 +74,7 @@ def main() -> None:
     rows = []
     for name, sets in kept.items():
         pairs = [(a, b) for a, b in zip(sets, reference, strict=True) if a is not None]
-        same = sum(bool(torch.equal(a, b)) for a, b in pairs) / len(pairs)
+        same = _equal_share(sets, reference)
         both = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in pairs) / (k * len(pairs))
         rows.append({"config": name, "k": k, "same_kept_set": same, "mean_overlap": both})
         print(f"{name:38s} same kept set {100 * same:5.1f} %   mean overlap {100 * both:5.1f} %")
