@@ -33,13 +33,19 @@ START frame). A request that reached the model has stepped its stream even when 
 gave up waiting; resent with the same index it returns the stored response of that frame
 and steps nothing, so later frames equal those of an unbroken sequence. An index past the
 next one, or before the last one, is refused naming the one expected. A frame that was
-refused did not count: resend it with the same index. Without FRAME_INDEX a request is
-the sequence's next frame (not safe to resend). START always opens the stream afresh, so a
-resent START frame steps again and gives the same response. Triton forgets a sequence when
-its END request arrives, so an END request cannot be resent (Triton refuses it: "must
-specify the START flag"); a client that needs its last frame's response to be retryable
-sends END on one more request, the last frame again with its index, which returns the
-stored response and frees the stream.
+refused did not count: resend it with the same index. Without FRAME_INDEX a request is the
+sequence's next frame (not safe to resend). START with index 0 (or none) opens the stream
+afresh, so a resent START frame steps again and gives the same response; START with an
+index above 0 resumes the stream the model holds for that ID (the next frame steps, the
+last one returns its stored response; with no stream it is refused): Triton drops a
+sequence whose queued request was cancelled (a client deadline or cancel before the request
+ran), cancels the requests queued behind it and refuses the next ("must specify the START
+flag") without telling the model, so START is how a client gets the sequence a Triton slot
+again and goes on where it was (`rgtp.serving.client` does all this). Triton forgets a
+sequence when its END request arrives, so an END request cannot be resent (Triton refuses
+it: "must specify the START flag"); a client that needs its last frame's response to be
+retryable sends END on one more request, the last frame again with its index, which returns
+the stored response and frees the stream.
 """
 
 from __future__ import annotations
@@ -178,10 +184,10 @@ class StreamTable:
         step to run, or the stored response of a resent frame."""
         cid = request.correlation_id
         try:
-            entry = self._stream(request)
+            index = request_index(request.inputs)
+            entry = self._stream(request, index)
             entry.last_seen = self.clock()
             frame = request_frame(request.inputs, self.settings.max_pixels)
-            index = request_index(request.inputs)
         finally:
             # END closes the sequence for Triton whatever its frame gives.
             if request.end:
@@ -201,8 +207,17 @@ class StreamTable:
             f"{taken}, and only the last one can be resent; send frames in order"
         )
 
-    def _stream(self, request: SequenceRequest) -> _Open:
+    def _stream(self, request: SequenceRequest, index: int | None) -> _Open:
         cid = request.correlation_id
+        if request.start and index:  # START at a later frame: resume the open stream
+            entry = self._open.get(cid)
+            if entry is None:
+                raise SequenceError(
+                    f"sequence {cid} cannot resume at frame {index}: it has no stream (a "
+                    f"stream is freed by END or after {self.settings.idle_timeout_s:g} s "
+                    "without a request); start it again at frame 0 (FRAME_INDEX 0)"
+                )
+            return entry
         if request.start:
             self._open.pop(cid, None)  # a new video under an old ID starts afresh
             if len(self._open) >= self.settings.max_streams:
