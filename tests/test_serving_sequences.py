@@ -78,6 +78,42 @@ def test_a_resent_frame_returns_its_response_and_steps_nothing(pipe, frames) -> 
     assert closing["STREAMS"][0, 0] == 0 and len(table) == 0
 
 
+def test_a_start_at_a_later_frame_resumes_the_open_stream(pipe, frames) -> None:
+    """What a client sends after Triton dropped its sequence (a cancelled queued request):
+    START with the frame's index goes on with the stream the model still holds, and counts
+    against no capacity; with no stream, or at another index, it is refused as it is."""
+    settings = ServingSettings(keep=K, max_streams=1, score_threshold=0.28)
+    stream = pipe.new_stream(settings.stream_options())
+    want = [stream.step(f) for f in frames]
+    table = StreamTable(pipe, settings)
+    got = [table.execute([request(1, frames[t], t, start=t == 0)])[0] for t in range(3)]
+    # resumed at the next frame: it steps (one stream open, the model full: still taken)
+    got += table.execute([request(1, frames[3], 3, start=True)])
+    # resumed at the last frame taken: its stored response, nothing stepped
+    (again,) = table.execute([request(1, frames[3], 3, start=True)])
+    assert_same_response(again, got[3])
+    # resumed elsewhere: refused naming the frame expected, the stream unchanged
+    (ahead,) = table.execute([request(1, frames[5], 5, start=True)])
+    assert isinstance(ahead, SequenceError) and "expects frame 4 (FRAME_INDEX 4), got 5" in str(
+        ahead
+    )
+    # another sequence resuming: it has no stream, so it is refused, naming the way out
+    (unknown,) = table.execute([request(2, frames[4], 4, start=True)])
+    assert isinstance(unknown, SequenceError) and error_status(unknown) == "INVALID_ARG"
+    assert "sequence 2 cannot resume at frame 4: it has no stream" in str(unknown)
+    assert "start it again at frame 0 (FRAME_INDEX 0)" in str(unknown)
+    got += [table.execute([request(1, frames[t], t)])[0] for t in range(4, len(frames))]
+    for out, result in zip(got, want, strict=True):  # as if the sequence had not been dropped
+        assert out["STEP"][0, 0] == result.index and out["K"][0, 0] == result.k
+        assert np.array_equal(out["KEEP"][0], result.keep.numpy())
+        assert np.array_equal(out["BOXES"][0], result.detections.boxes.numpy())
+    assert len(table) == 1
+    # START at frame 0 still opens the stream afresh: the first frame stepped again
+    (fresh,) = table.execute([request(1, frames[0], 0, start=True)])
+    for name in ("STEP", "K", "KEEP", "BOXES", "SCORES", "LABELS"):
+        assert np.array_equal(fresh[name], got[0][name]), name
+
+
 def test_a_classifier_serves_class_scores_per_sequence(tmp_path) -> None:
     """Three interleaved ViViT sequences, one execute per time: each sequence's responses
     equal its stream's in process; a frame that only fills a tubelet is flagged STEP -1."""
