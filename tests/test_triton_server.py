@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from rgtp.families.detection.boxes import Detections
 from rgtp.runtime import Pipeline
-from rgtp.serving import ServingSettings, write_repository
+from rgtp.serving import SequenceClient, ServingSettings, write_repository
 from rgtp.serving.server import ServerError, TritonServer
 from tests.conftest import assert_same_detections, moving_frames, synthvid_frames
 from tests.test_vivit_pruned import PLAN as VIVIT_PLAN
@@ -397,33 +397,84 @@ def test_starts_beyond_the_streams_are_refused_at_start(tiny_server, tiny_videos
 
 
 def test_a_frame_resent_after_a_client_deadline_steps_once(tiny_server) -> None:
-    """Large frames (their resize alone outlasts a 0.01 s deadline): the frame whose client
-    gave up is resent with its index; every frame steps once, each response and every later
-    one equals the stream in process."""
+    """Large frames (their resize alone outlasts a 0.01 s deadline) through `SequenceClient`:
+    the frame whose client gave up is sent again with its index (and with START, should
+    Triton have dropped the sequence meanwhile); every frame steps once, each response and
+    every later one equals the stream in process."""
     video = list(moving_frames(8, 1600, seed=7, speed=40.0))
     stream = Pipeline.load(tiny_server.package, backend=TINY.backend).new_stream(
         TINY.stream_options()
     )
     want = [stream.step(f) for f in video]
-    client = grpcclient.InferenceServerClient(tiny_server.grpc_url)
-
-    def send(t: int, **kw):
-        return client.infer(
-            tiny_server.model, indexed(video[t], t), sequence_id=3000, sequence_start=t == 0, **kw
-        )
-
+    grpc = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+    client = SequenceClient(grpc, tiny_server.model, 3000, attempts=1)
     steps = metric(tiny_server, "rgtp_k_count")
-    responses = [send(0), send(1)]
+    responses = [client.send(video[0]), client.send(video[1])]
     with pytest.raises(InferenceServerException, match="Deadline Exceeded"):
-        send(2, client_timeout=0.01)
-    responses.append(send(2))  # resent: the stored response if it stepped, else its step
-    responses += [send(t) for t in range(3, 8)]
+        client.send(video[2], timeout_s=0.01)
+    client.attempts = 3  # frame 2 again: the stored response if it stepped, else its step
+    responses += [client.send(f) for f in video[2:]]
     for response, result in zip(responses, want, strict=True):
         assert_bits_equal(response, result)
     assert metric(tiny_server, "rgtp_k_count") == steps + 8  # each frame stepped once
     with pytest.raises(InferenceServerException, match=r"expects frame 8 \(FRAME_INDEX 8\)"):
-        send(5)
-    send(7, sequence_end=True)  # the last frame again closes the sequence
+        grpc.infer(tiny_server.model, indexed(video[5], 5), sequence_id=3000)
+    assert_bits_equal(client.close(), want[-1])  # the last frame again closes the sequence
+    assert served_streams(tiny_server) == 0
+
+
+def test_a_sequence_triton_dropped_resumes_where_it_was(tiny_server) -> None:
+    """Triton drops a sequence whose queued request is cancelled, and never tells the model:
+    frame 2, sent while a large frame 1 runs, is cancelled while it waits in Triton's queue;
+    Triton then refuses frame 2 ("must specify the START flag"), and frame 2 sent with START
+    and its index resumes the model's stream: every frame equals the stream in process."""
+    video = list(moving_frames(6, 224, seed=3, speed=10.0))
+    video[1] = np.ascontiguousarray(video[1].repeat(12, axis=0).repeat(12, axis=1))  # 2688 px
+    stream = Pipeline.load(tiny_server.package, backend=TINY.backend).new_stream(
+        TINY.stream_options()
+    )
+    want = [stream.step(f) for f in video]
+    grpc = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+
+    def send(cid: int, t: int, start: bool = False, **kw):
+        return grpc.infer(
+            tiny_server.model, indexed(video[t], t), sequence_id=cid, sequence_start=start, **kw
+        )
+
+    for cid in range(3100, 3105):  # until the cancel lands while frame 2 waits
+        first = send(cid, 0, start=True)
+        answered: dict = {}
+        grpc.async_infer(
+            tiny_server.model,
+            indexed(video[1], 1),
+            lambda result, error, into=answered: into.update(result=result, error=error),
+            sequence_id=cid,
+        )
+        time.sleep(0.05)  # frame 1 reached the model (its 21 MB on loopback)
+        queued = grpc.async_infer(
+            tiny_server.model, indexed(video[2], 2), lambda **_: None, sequence_id=cid
+        )
+        deadline = time.monotonic() + 5
+        while not answered and time.monotonic() < deadline:
+            if metric(tiny_server, "nv_inference_pending_request_count") >= 1:
+                break  # frame 2 waits behind frame 1
+        queued.cancel()
+        while not answered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert answered.get("error") is None, answered
+        try:
+            send(cid, 2)
+        except InferenceServerException as e:
+            assert "must specify the START flag" in str(e)
+            break
+        send(cid, 2, sequence_end=True)  # frame 2 ran after all: close this one, try another
+    else:
+        pytest.fail("Triton ran every cancelled frame 2: no sequence was dropped")
+    responses = [first, answered["result"], send(cid, 2, start=True)]
+    responses += [send(cid, t) for t in range(3, len(video))]
+    for response, result in zip(responses, want, strict=True):
+        assert_bits_equal(response, result)
+    send(cid, len(video) - 1, sequence_end=True)
     assert served_streams(tiny_server) == 0
 
 
