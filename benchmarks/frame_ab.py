@@ -54,8 +54,7 @@ def main() -> None:
     for (p, k), rows in timings.items():
         backbone = statistics.median(sum(row.values()) for row in rows)
         parts = ", ".join(
-            f"{part} {statistics.median(row[part] for row in rows):.1f}"
-            for part in BACKBONE_PARTS
+            f"{part} {statistics.median(row[part] for row in rows):.1f}" for part in BACKBONE_PARTS
         )
         print(f"{p.name:36s} K = {k:4d}: backbone {backbone:6.1f} ms ({parts})")
 

@@ -60,7 +60,10 @@ def main() -> None:
 
     matmuls = dataclasses.replace(INT8["int8-qdq"], op_types=("MatMul",))
     matmul_only = ensure_int8(
-        pkgs["fp32"], args.out / "vitdet-small-int8-qdq-matmul", matmuls, progress=False,
+        pkgs["fp32"],
+        args.out / "vitdet-small-int8-qdq-matmul",
+        matmuls,
+        progress=False,
         calibrate=calibrate,
     )
     configs = {

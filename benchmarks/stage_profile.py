@@ -60,11 +60,27 @@ def part_of(node_type: str) -> str:
         return "activation matmul"
     if "scaleddotproductattention" in t or "sdpa" in t:
         return "fused attention (SDPA)"
-    if t in ("gather", "gatherelements", "gathernd", "scatterupdate", "scatterndupdate",
-             "scatterelementsupdate", "scatter"):
+    if t in (
+        "gather",
+        "gatherelements",
+        "gathernd",
+        "scatterupdate",
+        "scatterndupdate",
+        "scatterelementsupdate",
+        "scatter",
+    ):
         return "gather/scatter"
-    if t in ("reorder", "transpose", "reshape", "concatenation", "concat", "split", "stridedslice",
-             "broadcast", "tile"):
+    if t in (
+        "reorder",
+        "transpose",
+        "reshape",
+        "concatenation",
+        "concat",
+        "split",
+        "stridedslice",
+        "broadcast",
+        "tile",
+    ):
         return "layout (reorder/transpose/concat/split)"
     if t in ("softmax", "softmax_v8"):
         return "softmax"
@@ -161,9 +177,7 @@ def main() -> None:
         print("  by part:")
         for key, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
             print(f"    {key:55s} {ms / args.reps:8.2f}  {100 * ms / total:5.1f} %")
-        result["graphs"][name]["openvino_by_type_ms"] = {
-            k: v / args.reps for k, v in types.items()
-        }
+        result["graphs"][name]["openvino_by_type_ms"] = {k: v / args.reps for k, v in types.items()}
         if args.nodes:
             print(f"  the {args.nodes} slowest nodes, ms a run:")
             for node, ms in sorted(by_node[name].items(), key=lambda kv: -kv[1])[: args.nodes]:

@@ -122,8 +122,7 @@ def test_rgtp_check_runs_the_head_graph_of_a_package(
         ),
         (
             (torch.tensor([[1.0, 1.0, 9.0, 9.0]] * 2), torch.tensor([0.9, 0.8]), [1.0, 2.5]),
-            "your head's labels must be integer class indices; got float32 values such as "
-            "[2.5]",
+            "your head's labels must be integer class indices; got float32 values such as [2.5]",
         ),
         (
             (torch.tensor([[1.0, 1.0, 9.0, 9.0]]), torch.tensor([0.9]), torch.tensor([-1])),
@@ -347,9 +346,7 @@ def test_the_cost_is_timed_by_tracing_and_deriving_a_stage(tiny_detector) -> Non
     assert cost.trace_s > 0 and cost.derive_s > 0
 
 
-def test_rgtp_export_of_hundreds_of_graphs_stops_without_yes(
-    tmp_path, capfd, monkeypatch
-) -> None:
+def test_rgtp_export_of_hundreds_of_graphs_stops_without_yes(tmp_path, capfd, monkeypatch) -> None:
     """The CLI counts vitdet-small's graphs, warns, and exports nothing (stdin is not a
     terminal under pytest). The timing is test_the_cost_is_timed_by_tracing_and_deriving's:
     a vitdet-small trace takes half a minute here."""

@@ -40,6 +40,7 @@ def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         image, shape, order=1, anti_aliasing=True
     )
 
+
 HELDOUT_SEED_BASE = 1_000_000_000
 
 # Real photographs and textures the camera looks at; none is an object source.

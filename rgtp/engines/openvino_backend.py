@@ -53,6 +53,8 @@ def engines_created() -> bool:
 def _compiled_here() -> None:
     global _COMPILED
     _COMPILED = True
+
+
 log = logging.getLogger(__name__)
 
 

@@ -37,9 +37,7 @@ def graph_count(plan: StagePlan, symbolic: bool) -> int:
     """Graphs an export of `plan` writes: one per stage and K bucket, one symbolic-K graph
     per stage with `symbolic`, and the family's graphs around the stages (embed, head...)."""
     around = 1 + len(plan.extra_specs()) + (plan.head != "none")
-    return around + sum(
-        len(plan.buckets_of(i)) + int(symbolic) for i in range(len(plan.stages))
-    )
+    return around + sum(len(plan.buckets_of(i)) + int(symbolic) for i in range(len(plan.stages)))
 
 
 @dataclass(frozen=True)

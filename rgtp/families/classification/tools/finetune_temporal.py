@@ -85,8 +85,7 @@ def finetune_temporal(model: ViViT, fc: FinetuneConfig, out: Path, progress: boo
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
-        PREFIX + k: v.detach().contiguous().clone()
-        for k, v in model.temporal.state_dict().items()
+        PREFIX + k: v.detach().contiguous().clone() for k, v in model.temporal.state_dict().items()
     }
     summary = {
         "finetune": asdict(fc),
