@@ -48,6 +48,7 @@ $(SERVE_STAMP): pyproject.toml Makefile
 
 lint: setup
 	$(BIN)/ruff check rgtp tests benchmarks
+	$(BIN)/ruff format --check rgtp tests benchmarks
 
 # The whole suite, slow checks included (they run in cheap forms; see pyproject markers);
 # the real-server tests run tritonserver from the serve environment.
