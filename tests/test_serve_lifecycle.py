@@ -174,6 +174,32 @@ def test_readiness_refuses_another_server_and_another_model(first, repositories)
     assert same.waiting_for() is None  # the repository's own model, by its config.pbtxt
 
 
+def test_a_port_the_server_picked_and_lost_to_a_race_is_picked_again(repositories, monkeypatch):
+    """Two processes starting servers at once (two test workers) may pick the same free
+    port: here another process takes the HTTP port the server picked, after the check and
+    before tritonserver binds it; tritonserver's own exit names it, and the start goes on
+    on ports picked afresh. (A port the caller named is never replaced: the test below.)"""
+    monkeypatch.setattr(server_module, "check_ports", lambda address, ports: None)
+    pick = server_module.free_ports
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        lost = taken.getsockname()[1]
+        first = iter([[lost, *pick("127.0.0.1", 2)]])
+        monkeypatch.setattr(
+            server_module,
+            "free_ports",
+            lambda address, count: next(first, None) or pick(address, count),
+        )
+        srv = TritonServer(repositories[128], stop_timeout_s=6)
+        assert srv.ports["http"] == lost
+        with srv:
+            assert lost not in srv.ports.values() and len(set(srv.ports.values())) == 3
+            assert srv.process is not None and srv.process.poll() is None
+            assert srv.waiting_for() is None  # this server, this repository's model
+    assert srv.process is None and srv.workdir is None
+
+
 @pytest.mark.parametrize("kind", ["http", "grpc", "metrics"])
 def test_tritonservers_own_port_error_names_the_port(repositories, monkeypatch, kind):
     """A port taken after the check (a race): tritonserver's own exit names it, also the

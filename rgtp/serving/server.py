@@ -11,6 +11,10 @@
   `config.pbtxt` (the settings and the package digest `rgtp triton` wrote), and listens on
   the metrics port itself; another server answering there, or tritonserver's own exit
   ("already in use"), is an error.
+Ports left to it (None) are picked free just before the start; should another process take
+one in between (a race: e.g. two test workers starting servers at once), the start is
+retried with ports picked afresh, up to `PORT_ATTEMPTS` starts. A port the caller named is
+never replaced: its error is raised.
 Leaving it sends SIGTERM (SIGKILL after `stop_timeout_s`), kills what is left of the group,
 and removes its temporary directory and any shared-memory region it left behind.
 """
@@ -54,6 +58,19 @@ class ServerError(RuntimeError):
     """The server could not start, did not start as this repository's, or did not stop."""
 
 
+class PortTaken(ServerError):
+    """One of the server's ports is held by another process: `kind` ("http", "grpc" or
+    "metrics")."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# Starts tried when a port the server picked itself is taken before tritonserver binds it.
+PORT_ATTEMPTS = 3
+
+
 class Stopped(BaseException):
     """A stop signal arrived; a BaseException like KeyboardInterrupt, so that no `except
     Exception` on the way swallows it."""
@@ -61,9 +78,17 @@ class Stopped(BaseException):
 
 def free_port(address: str = LOOPBACK) -> int:
     """A TCP port on `address` that nothing listens on now."""
-    with socket.socket(_family(address)) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
+    return free_ports(address, 1)[0]
+
+
+def free_ports(address: str, count: int) -> list[int]:
+    """`count` different TCP ports on `address` that nothing listens on now (held open
+    together while picked, so the kernel cannot hand out one twice)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket(_family(address))) for _ in range(count)]
+        for s in sockets:
+            s.bind((address, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def check_ports(address: str, ports: dict[str, int]) -> None:
@@ -79,11 +104,12 @@ def check_ports(address: str, ports: dict[str, int]) -> None:
                 s.bind((address, port))
                 s.listen()
             except OSError as e:
-                hint = " (another server?)" if e.errno == errno.EADDRINUSE else ""
-                raise ServerError(
+                taken = e.errno == errno.EADDRINUSE
+                message = (
                     f"cannot listen on the {kind} port {port} at {address}: {e.strerror}"
-                    f"{hint}; choose another with --{kind}-port"
-                ) from None
+                    f"{' (another server?)' if taken else ''}; choose another with --{kind}-port"
+                )
+                raise (PortTaken(message, kind) if taken else ServerError(message)) from None
 
 
 def repository_models(repository: Path) -> dict[str, dict[str, str]]:
@@ -121,11 +147,10 @@ class TritonServer:
         self.models = repository_models(self.repository)
         self.environment = serve_environment(env)
         self.address = address
-        self.ports = {
-            "http": http_port or free_port(address),
-            "grpc": grpc_port or free_port(address),
-            "metrics": metrics_port or free_port(address),
-        }
+        named = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self._picked = [kind for kind, port in named.items() if not port]  # ours to replace
+        picked = dict(zip(self._picked, free_ports(address, len(self._picked)), strict=True))
+        self.ports = {kind: port or picked[kind] for kind, port in named.items()}
         self.id = f"rgtp-{secrets.token_hex(6)}"
         self.ready_timeout_s, self.stop_timeout_s = ready_timeout_s, stop_timeout_s
         self.process: subprocess.Popen | None = None
@@ -164,6 +189,19 @@ class TritonServer:
         ]
 
     def start(self) -> TritonServer:
+        """Start the server and wait until it is ready (see the module docstring)."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._start()
+            except PortTaken as e:
+                if e.kind not in self._picked or attempt == PORT_ATTEMPTS:
+                    raise
+                logger.info("%s; starting again on other ports", e)
+                fresh = free_ports(self.address, len(self._picked))
+                self.ports |= dict(zip(self._picked, fresh, strict=True))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _start(self) -> TritonServer:
         check_ports(self.address, self.ports)
         try:
             self.workdir = Path(tempfile.mkdtemp(prefix="rgtp-triton-"))
@@ -199,7 +237,7 @@ class TritonServer:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise ServerError(self._exit_reason(self.process.returncode))
+                raise self._exit_error(self.process.returncode)
             waiting = self.waiting_for()
             if waiting is None and not _listens_on(self.process.pid, self.ports["metrics"]):
                 # (metrics answers carry no id; tritonserver binds it last, and exits when
@@ -254,24 +292,29 @@ class TritonServer:
 
     def _check_id(self, kind: str, answered: str) -> None:
         if answered != self.id:
-            raise ServerError(
+            raise PortTaken(
                 f"the {kind} port {self.ports[kind]} at {self.address} is answered by another "
                 f"server ({answered!r}, not this one's {self.id!r}); stop it or choose another "
-                f"--{kind}-port"
+                f"--{kind}-port",
+                kind,
             )
 
-    def _exit_reason(self, status: int) -> str:
+    def _exit_error(self, status: int) -> ServerError:
+        """Why tritonserver exited before it was ready, from its log."""
         log = self.log_tail()
         # (the port was taken after check_ports found it free)
         taken = re.search(r"Socket '(\S+):(\d+)' already in use", log)
-        if taken is not None:
-            kind = {p: k for k, p in self.ports.items()}.get(int(taken[2]), "a")
-            return (
-                f"tritonserver exited with status {status}: the {kind} port {taken[2]} at "
-                f"{taken[1]} is already in use (another server?); choose another with "
-                f"--{kind}-port"
+        if taken is None:
+            return ServerError(
+                f"tritonserver exited with status {status} before it was ready:\n{log}"
             )
-        return f"tritonserver exited with status {status} before it was ready:\n{log}"
+        kind = {p: k for k, p in self.ports.items()}.get(int(taken[2]), "a")
+        return PortTaken(
+            f"tritonserver exited with status {status}: the {kind} port {taken[2]} at "
+            f"{taken[1]} is already in use (another server?); choose another with "
+            f"--{kind}-port",
+            kind,
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
