@@ -58,6 +58,9 @@ def test_frames_go_in_order_with_their_index_and_start_on_the_first() -> None:
     assert seq.close() == ("ok", 2)
     assert fake.sent[-1] == (2, 2, False, True, 2.0)
     assert seq.resumed == 0
+    with pytest.raises(ValueError, match="sequence 7 is closed: start another to go on"):
+        seq.send(FRAMES[3])
+    assert len(fake.sent) == 4
 
 
 def test_a_deadline_resends_the_same_request_and_a_drop_resumes_with_start() -> None:

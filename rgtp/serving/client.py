@@ -60,13 +60,16 @@ class SequenceClient:
         self.client, self.model, self.sequence_id = client, model, sequence_id
         self.attempts, self.timeout_s = attempts, timeout_s
         self.index = 0  # the index of the next frame: frames answered so far
-        self.resumed = 0  # how often Triton dropped the sequence and it was resumed
+        self.resumed = 0  # resends with START after Triton had dropped the sequence
+        self.closed = False
         self._last: np.ndarray | None = None  # the last frame answered, for `close`
 
     def send(self, frame: np.ndarray, timeout_s: float | None = None) -> grpcclient.InferResult:
         """The response to `frame`, the sequence's next frame (uint8 or float32 [H, W, 3]).
         On an error no resend mends, or the last attempt's, raises it; the frame keeps its
         index, so sending it again resends it."""
+        if self.closed:
+            raise ValueError(f"sequence {self.sequence_id} is closed: start another to go on")
         start = self.index == 0
         deadline = self.timeout_s if timeout_s is None else timeout_s
         for attempt in range(1, self.attempts + 1):
@@ -89,6 +92,7 @@ class SequenceClient:
         """End the sequence: the last frame again, with its index and END, returns its
         stored response and frees the stream (an END request itself cannot be resent:
         Triton forgets the sequence when it arrives). None when no frame was answered."""
+        self.closed = True
         if self._last is None:
             return None
         self.index -= 1  # the last frame again
