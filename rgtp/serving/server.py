@@ -11,9 +11,9 @@
   `config.pbtxt` (the settings and the package digest `rgtp triton` wrote), and listens on
   the metrics port itself; another server answering there, or tritonserver's own exit
   ("already in use"), is an error.
-Ports left to it (None) are picked free just before the start; should another process take
-one in between (a race: e.g. two test workers starting servers at once), the start is
-retried with ports picked afresh, up to `PORT_ATTEMPTS` starts. A port the caller named is
+Ports left to it (None) are picked free when it is made; should another process take one
+before tritonserver binds it (a race: e.g. two test workers starting servers at once), the
+start is retried with ports picked afresh, up to `PORT_ATTEMPTS` starts. A port the caller named is
 never replaced: its error is raised.
 Leaving it sends SIGTERM (SIGKILL after `stop_timeout_s`), kills what is left of the group,
 and removes its temporary directory and any shared-memory region it left behind.
