@@ -7,7 +7,8 @@ Inputs:
     FRAME_FLOAT  float32 [1, H, W, 3]  RGB, pixel = value * the repository's float scale
                                        (`rgtp triton --float-scale`; none: refused)
     FRAME_INDEX  int64   [1, 1]        optional: the frame's index in its sequence (0 for
-                                       the START frame); makes a resent frame safe
+                                       the START frame that opens it; START with a later
+                                       index resumes it); makes a resent frame safe
                                        (`rgtp.serving.sequences`)
 Exactly one of FRAME and FRAME_FLOAT per request, at most `max_pixels` pixels (H x W).
 
