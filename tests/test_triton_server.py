@@ -441,7 +441,9 @@ def test_a_sequence_triton_dropped_resumes_where_it_was(tiny_server) -> None:
             tiny_server.model, indexed(video[t], t), sequence_id=cid, sequence_start=start, **kw
         )
 
-    for cid in range(3100, 3105):  # until the cancel lands while frame 2 waits
+    # until the cancel lands while frame 2 waits; a loaded machine moves frame 1's 21 MB
+    # more slowly, and frame 2 sent before frame 1 arrived only wastes a try
+    for cid, transfer_s in zip(range(3100, 3105), (0.05, 0.1, 0.15, 0.2, 0.3), strict=True):
         first = send(cid, 0, start=True)
         answered: dict = {}
         grpc.async_infer(
@@ -450,7 +452,7 @@ def test_a_sequence_triton_dropped_resumes_where_it_was(tiny_server) -> None:
             lambda result, error, into=answered: into.update(result=result, error=error),
             sequence_id=cid,
         )
-        time.sleep(0.05)  # frame 1 reached the model (its 21 MB on loopback)
+        time.sleep(transfer_s)  # frame 1 reached the model
         queued = grpc.async_infer(
             tiny_server.model, indexed(video[2], 2), lambda **_: None, sequence_id=cid
         )
