@@ -200,6 +200,25 @@ def test_a_port_the_server_picked_and_lost_to_a_race_is_picked_again(repositorie
     assert srv.process is None and srv.workdir is None
 
 
+def test_a_start_killed_by_a_signal_is_tried_again(repositories, monkeypatch, tmp_path, caplog):
+    """tritonserver aborted before it was ready (as Triton's Python backend now and then
+    does while it sets up a model instance): the start is tried again and the retry logged;
+    here the first start aborts itself, the second is the real server."""
+    once = tmp_path / "aborted"
+    command = TritonServer.command
+
+    def aborting_once(self, backends):
+        script = f'if [ ! -e {once} ]; then touch {once}; kill -ABRT $$; fi; exec "$@"'
+        return ["sh", "-c", script, "sh", *command(self, backends)]
+
+    monkeypatch.setattr(TritonServer, "command", aborting_once)
+    server = TritonServer(repositories[128], stop_timeout_s=6)
+    with caplog.at_level("WARNING", logger="rgtp.serving.server"), server as srv:
+        assert once.exists() and srv.waiting_for() is None
+    assert "tritonserver was killed by signal 6 before it was ready" in caplog.text
+    assert "starting it again" in caplog.text
+
+
 @pytest.mark.parametrize("kind", ["http", "grpc", "metrics"])
 def test_tritonservers_own_port_error_names_the_port(repositories, monkeypatch, kind):
     """A port taken after the check (a race): tritonserver's own exit names it, also the

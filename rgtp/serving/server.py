@@ -11,10 +11,16 @@
   `config.pbtxt` (the settings and the package digest `rgtp triton` wrote), and listens on
   the metrics port itself; another server answering there, or tritonserver's own exit
   ("already in use"), is an error.
-Ports left to it (None) are picked free when it is made; should another process take one
-before tritonserver binds it (a race: e.g. two test workers starting servers at once), the
-start is retried with ports picked afresh, up to `PORT_ATTEMPTS` starts. A port the caller named is
-never replaced: its error is raised.
+Two failures of a start are passing, and the start is tried again, up to `START_ATTEMPTS`
+starts in all, each retry logged:
+- a port it picked itself (ports left None are picked free when it is made) taken by
+  another process before tritonserver binds it (a race: e.g. two test workers starting
+  servers at once): tried on ports picked afresh. A port the caller named is never
+  replaced: its error is raised.
+- tritonserver killed by a signal before it was ready (an abort: Triton's Python backend
+  now and then throws `boost::interprocess::lock_exception` while it sets up a model
+  instance, triton-inference-server/server #5949 and #8882). An exit with a status (a
+  model that does not load, a bad flag) is never tried again.
 Leaving it sends SIGTERM (SIGKILL after `stop_timeout_s`), kills what is left of the group,
 and removes its temporary directory and any shared-memory region it left behind.
 """
@@ -58,6 +64,10 @@ class ServerError(RuntimeError):
     """The server could not start, did not start as this repository's, or did not stop."""
 
 
+class StartCrashed(ServerError):
+    """tritonserver was killed by a signal before it was ready."""
+
+
 class PortTaken(ServerError):
     """One of the server's ports is held by another process: `kind` ("http", "grpc" or
     "metrics")."""
@@ -67,8 +77,8 @@ class PortTaken(ServerError):
         self.kind = kind
 
 
-# Starts tried when a port the server picked itself is taken before tritonserver binds it.
-PORT_ATTEMPTS = 3
+# Starts tried in all when a start fails in a passing way (the module docstring).
+START_ATTEMPTS = 3
 
 
 class Stopped(BaseException):
@@ -190,15 +200,19 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Start the server and wait until it is ready (see the module docstring)."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
+        for attempt in range(1, START_ATTEMPTS + 1):
             try:
                 return self._start()
             except PortTaken as e:
-                if e.kind not in self._picked or attempt == PORT_ATTEMPTS:
+                if e.kind not in self._picked or attempt == START_ATTEMPTS:
                     raise
-                logger.info("%s; starting again on other ports", e)
+                logger.warning("%s; starting again on other ports", e)
                 fresh = free_ports(self.address, len(self._picked))
                 self.ports |= dict(zip(self._picked, fresh, strict=True))
+            except StartCrashed as e:
+                if attempt == START_ATTEMPTS:
+                    raise
+                logger.warning("%s\nstarting it again", e)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _start(self) -> TritonServer:
@@ -304,6 +318,10 @@ class TritonServer:
         log = self.log_tail()
         # (the port was taken after check_ports found it free)
         taken = re.search(r"Socket '(\S+):(\d+)' already in use", log)
+        if taken is None and status < 0:
+            return StartCrashed(
+                f"tritonserver was killed by signal {-status} before it was ready:\n{log}"
+            )
         if taken is None:
             return ServerError(
                 f"tritonserver exited with status {status} before it was ready:\n{log}"
