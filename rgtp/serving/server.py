@@ -11,7 +11,7 @@
   `config.pbtxt` (the settings and the package digest `rgtp triton` wrote), and listens on
   the metrics port itself; another server answering there, or tritonserver's own exit
   ("already in use"), is an error.
-Two failures of a start are passing, and the start is tried again, up to `START_ATTEMPTS`
+Two failures of a start are transient, and the start is tried again, up to `START_ATTEMPTS`
 starts in all, each retry logged:
 - a port it picked itself (ports left None are picked free when it is made) taken by
   another process before tritonserver binds it (a race: e.g. two test workers starting
@@ -77,7 +77,7 @@ class PortTaken(ServerError):
         self.kind = kind
 
 
-# Starts tried in all when a start fails in a passing way (the module docstring).
+# Starts tried in all when a start fails in a transient way (the module docstring).
 START_ATTEMPTS = 3
 
 
