@@ -24,7 +24,9 @@ Two methods:
   no calibration data and cannot be miscalibrated by frames unlike the user's;
 - "static" fixes every activation's scale ahead of time from the feeds the graphs were
   called with on calibration video (`runtime.calibration`), as Q/DQ pairs (symmetric int8,
-  per-channel weights): the form OpenVINO and TensorRT run on int8 kernels.
+  per-channel weights): the form OpenVINO and TensorRT run on int8 kernels. The keys'
+  transposes ahead of attention are then split so that OpenVINO folds the matrix swap into
+  its matmul (`qdq_layout`; exact).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 import onnx
 
 from rgtp._optional import require
+from rgtp.export.qdq_layout import split_key_transposes
 
 PRECISIONS = ("fp32", "int8")  # what an exported package's graphs compute in
 METHODS = ("dynamic", "static")
@@ -167,6 +170,8 @@ def quantize_graph(
                 },
             )
         quantized = onnx.load(str(out))  # external data, if any, read in while it exists
+    if settings.method == "static":
+        split_key_transposes(quantized)  # exact; OpenVINO's int8 transposes (qdq_layout)
     _same_interface(model, quantized)
     return quantized
 
