@@ -37,15 +37,19 @@ def feeds_for(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     rows of the caches' N."""
     model = onnx.load(str(path), load_external_data=False)
     rng = np.random.default_rng(seed)
-    shapes = {}
+    shapes, int8 = {}, set()
     for v in model.graph.input:
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
         shapes[v.name] = dims
+        if v.type.tensor_type.elem_type == onnx.TensorProto.INT8:
+            int8.add(v.name)  # a static int8 package's caches
     n = max(s[1] for name, s in shapes.items() if name != "keep" and len(s) == 3)
     feeds = {}
     for name, dims in shapes.items():
         if name == "keep":
             feeds[name] = np.sort(rng.permutation(n)[: dims[1]])[None].astype(np.int64)
+        elif name in int8:
+            feeds[name] = rng.integers(-64, 64, dims).astype(np.int8)
         else:
             feeds[name] = rng.standard_normal(dims).astype(np.float32)
     return feeds

@@ -87,6 +87,17 @@ class EngineSet:
         self.resources = []
         self.closed = True
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """What a stream holds its key/value caches in: int8 where the stage engines take
+        them so (a static int8 package's graphs, `export.int8_caches`), else `dtype`."""
+        for i, by_k in enumerate(self.stages):
+            caches = self.plan.cache_io(i)
+            for engine in by_k.values():
+                if any(t.name in caches and t.dtype == "int8" for t in engine.spec.inputs):
+                    return torch.int8
+        return self.dtype
+
     def graph(self, name: str) -> Engine:
         """The engine of a graph around the stages, by name: embed, head or an extra one."""
         engine = {"embed": self.embed, "head": self.head, **self.extra}.get(name)

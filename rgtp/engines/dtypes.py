@@ -27,6 +27,8 @@ DTYPES = {
     for d in (
         DType("float32", torch.float32, np.dtype(np.float32)),
         DType("int64", torch.int64, np.dtype(np.int64)),
+        # a static int8 package's key/value caches (`export.int8_caches`)
+        DType("int8", torch.int8, np.dtype(np.int8)),
     )
 }
 

@@ -162,7 +162,12 @@ def load_openvino_engines(
         (rec,) = manifest.stage_graphs(i, symbolic=True) or [None]
         if rec is not None:  # one read model for every bucket
             model = read(rec)
-            stages.append({k: engine(plan.stage_spec(i, k), model) for k in plan.buckets_of(i)})
+            stages.append(
+                {
+                    k: engine(plan.stage_spec(i, k).retyped(rec.spec), model)
+                    for k in plan.buckets_of(i)
+                }
+            )
             continue
         fixed = {g.k: g for g in manifest.stage_graphs(i) if g.k in plan.buckets_of(i)}
         missing = sorted(set(plan.buckets_of(i)) - set(fixed))

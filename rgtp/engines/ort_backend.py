@@ -216,7 +216,12 @@ def load_ort_engines(
             if rec is None:
                 raise EngineError(f"{package}: no symbolic-K graph for stage {i}; re-export")
             engine = session(rec, prepack)
-            stages.append({k: _SpecAt(engine, plan.stage_spec(i, k)) for k in plan.buckets_of(i)})
+            stages.append(
+                {
+                    k: _SpecAt(engine, plan.stage_spec(i, k).retyped(rec.spec))
+                    for k in plan.buckets_of(i)
+                }
+            )
     return EngineSet(
         plan=plan,
         backend="ort",

@@ -17,7 +17,7 @@ graphs' (names, dtypes, output shapes); then every engine runs once (`warmup`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,12 @@ def trt_engine_set(
     open_plan: Callable[[dict[str, Any]], SharedPlan],
     device: torch.device,
     graphs: Callable[[], GraphCache] | None = None,
+    declared: Sequence[GraphSpec] = (),
 ) -> EngineSet:
     """The engines of `plan` on the plans the manifest records (`plans`: its "trt" record's
     list), each plan opened once by `open_plan`. Stage engines are static (a stream's own
-    buffers), each with a GraphCache from `graphs` when given."""
+    buffers), each with a GraphCache from `graphs` when given. `declared`: a graph of each
+    stage as the package declares it, whose dtypes the stage engines take (int8 caches)."""
     by_name = {p["name"]: p for p in plans}
     opened: dict[str, SharedPlan] = {}
 
@@ -103,7 +105,10 @@ def trt_engine_set(
         per_stage = f"stage{i}" in by_name  # one plan, one profile per K
         ks = plan.buckets_of(i)
         names = {k: f"stage{i}" if per_stage else stage_graph_name(i, k) for k in ks}
-        stages.append({k: engine(names[k], plan.stage_spec(i, k), k) for k in ks})
+        specs = {k: plan.stage_spec(i, k) for k in ks}
+        if declared:
+            specs = {k: spec.retyped(declared[i]) for k, spec in specs.items()}
+        stages.append({k: engine(names[k], specs[k], k) for k in ks})
     return EngineSet(
         plan=plan,
         backend="trt",
@@ -160,7 +165,11 @@ def load_trt_engines(
 
     graphs = (lambda: GraphCache(device)) if cuda_graphs else None
     with torch.cuda.device(device):  # TensorRT deserializes onto the current device
-        engines = trt_engine_set(manifest.plan, info["plans"], open_plan, device, graphs)
+        declared = [
+            (manifest.stage_graphs(i) or manifest.stage_graphs(i, symbolic=True))[0].spec
+            for i in range(len(manifest.plan.stages))
+        ]
+        engines = trt_engine_set(manifest.plan, info["plans"], open_plan, device, graphs, declared)
         warmup(engines)
         torch.cuda.synchronize(device)  # a plan that fails on the GPU fails here
     memory = sum(p.memory.numel() for p in engines.resources if isinstance(p, SharedPlan))

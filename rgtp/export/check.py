@@ -42,6 +42,7 @@ from polygraphy.backend.base import BaseRunner  # noqa: E402
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx  # noqa: E402
 from polygraphy.common import TensorMetadata  # noqa: E402
 from polygraphy.comparator import Comparator, SimpleCompareFunc  # noqa: E402
+from polygraphy.datatype import DataType  # noqa: E402
 from polygraphy.logger import G_LOGGER  # noqa: E402
 
 
@@ -111,6 +112,47 @@ class EngineRunner(BaseRunner):
 
     def deactivate_impl(self) -> None:
         pass
+
+
+class Int8CacheRunner(BaseRunner):
+    """A graph that holds its caches in int8 (`export.int8_caches`) seen as its float32
+    reference is: float32 caches in, quantized on their scales as the runtime holds them;
+    the fresh rows out, dequantized. So that the comparison with the reference is of
+    values, not of int8 codes against floats."""
+
+    def __init__(self, inner: BaseRunner, scales: dict[str, float], fresh: dict[str, str]):
+        super().__init__(name=inner.name, prefix="rgtp-int8-caches")
+        self.inner, self.scales = inner, scales
+        self.fresh = {fresh[cache]: scale for cache, scale in scales.items()}
+
+    def activate_impl(self) -> None:
+        self.inner.activate()
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        meta = TensorMetadata()
+        for name, m in self.inner.get_input_metadata(use_numpy_dtypes=False).items():
+            meta.add(name, DataType.FLOAT32 if name in self.scales else m.dtype, m.shape)
+        return meta
+
+    def infer_impl(self, feed_dict: OrderedDict) -> OrderedDict:
+        feeds = OrderedDict(
+            (n, _quantized(v, self.scales[n]) if n in self.scales else v)
+            for n, v in feed_dict.items()
+        )
+        out = self.inner.infer(feeds)
+        self.inference_time = self.inner.last_inference_time()
+        return OrderedDict(
+            (n, v.astype(np.float32) * np.float32(self.fresh[n]) if n in self.fresh else v)
+            for n, v in out.items()
+        )
+
+    def deactivate_impl(self) -> None:
+        self.inner.deactivate()
+
+
+def _quantized(x: np.ndarray, scale: float) -> np.ndarray:
+    """`x` as an int8 cache on `scale`: ONNX QuantizeLinear's rounding (half to even)."""
+    return np.clip(np.rint(np.asarray(x) / np.float32(scale)), -128, 127).astype(np.int8)
 
 
 def interface_problems(directory: Path, rec: GraphRecord) -> list[str]:
@@ -224,10 +266,16 @@ def _compare(
     else:
         k = None
         engine = reference.graph(rec.name)
-    runners = [
-        OnnxrtRunner(SessionFromOnnx(str(package_file(directory, rec.file))), name="onnxruntime"),
-        EngineRunner(engine),
-    ]
+    graph: BaseRunner = OnnxrtRunner(
+        SessionFromOnnx(str(package_file(directory, rec.file))), name="onnxruntime"
+    )
+    scales = (manifest.quantization or {}).get("int8_caches", {})
+    if rec.kind == "stage" and rec.stage is not None:
+        io = manifest.plan.cache_io(rec.stage)
+        own = {cache: scales[cache] for cache in io if cache in scales}
+        if own:
+            graph = Int8CacheRunner(graph, own, io)
+    runners = [graph, EngineRunner(engine)]
     results = Comparator.run(runners, data_loader=[_feeds(rec, manifest, k)])
     accuracy = Comparator.compare_accuracy(results, compare_func=compare)
     max_abs = max_rel = 0.0

@@ -80,9 +80,15 @@ class Int8Settings:
         if not self.op_types:
             raise QuantizeError("int8 quantization needs at least one operator type")
 
-    def record(self, graphs: list[str], calibration: dict | None = None) -> dict[str, Any]:
+    def record(
+        self,
+        graphs: list[str],
+        calibration: dict | None = None,
+        cache_scales: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
         """The manifest's `quantization` entry for `graphs` quantized with these settings
-        (`calibration`: what static scales were measured on)."""
+        (`calibration`: what static scales were measured on; `cache_scales`: the caches the
+        stage graphs take in int8, each with its scale, `export.int8_caches`)."""
         onnxruntime = require("onnxruntime", "ort", "int8 quantization")
 
         return {
@@ -97,6 +103,7 @@ class Int8Settings:
             "op_types": list(self.op_types),
             "graphs": graphs,
             **({"calibration": calibration} if calibration else {}),
+            **({"int8_caches": cache_scales} if cache_scales else {}),
         }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 from tqdm import tqdm
 
+from rgtp.export.int8_caches import attention_qdq, cache_scales, int8_cache_io
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import (
     _sigterm_raises,
@@ -26,6 +27,7 @@ from rgtp.export.package import (
 from rgtp.export.quantize import Feeds, Int8Settings, quantize_graph
 from rgtp.export.weights_file import SharedWeights
 from rgtp.package.manifest import MANIFEST, GraphRecord, Manifest, package_file, record_files
+from rgtp.package.plan import TensorSpec
 from rgtp.package.verify import load_verified
 
 
@@ -94,23 +96,45 @@ def _quantize_into(
         shutil.copyfile(package_file(source, model_weights), directory / model_weights)
     weight_files: dict[str, SharedWeights] = {}
     quantized: list[str] = []
+    records = {r.name: r for r in manifest.graphs}
+    scales: dict[str, float] = {}  # int8 caches: each one's scale
     try:
-        for rec in tqdm(manifest.graphs, desc="int8", unit="graph", disable=not progress):
-            graph = onnx.load(str(package_file(source, rec.file)))  # external data read in
-            if not (rec.kind == "head" and user_head):
-                feeds = None if calibration is None else _feeds_of(manifest, rec, calibration)
-                graph = quantize_graph(graph, settings, feeds)
-                quantized.append(rec.name)
-            wname = rec.weights or f"{rec.name}.weights"
-            if wname not in weight_files:
-                weight_files[wname] = SharedWeights(directory / wname)
-            weight_files[wname].externalize(graph)
-            onnx.save(graph, str(directory / rec.file))
+        with tqdm(
+            total=len(manifest.graphs), desc="int8", unit="graph", disable=not progress
+        ) as bar:
+            for group in _by_stage(manifest.graphs):
+                models = {}
+                for rec in group:
+                    graph = onnx.load(str(package_file(source, rec.file)))  # external data in
+                    if not (rec.kind == "head" and user_head):
+                        feeds = (
+                            None if calibration is None else _feeds_of(manifest, rec, calibration)
+                        )
+                        graph = quantize_graph(graph, settings, feeds)
+                        quantized.append(rec.name)
+                    models[rec.name] = graph
+                    bar.update()
+                if settings.method == "static" and calibration is not None:
+                    own = _int8_caches(manifest, group, models, calibration)
+                    if own:
+                        io = manifest.plan.cache_io(group[0].stage)
+                        int8 = set(own) | {io[cache] for cache in own}
+                        for rec in group:
+                            records[rec.name] = _retyped(rec, int8)
+                    scales |= own
+                for rec in group:
+                    graph = models.pop(rec.name)
+                    wname = rec.weights or f"{rec.name}.weights"
+                    if wname not in weight_files:
+                        weight_files[wname] = SharedWeights(directory / wname)
+                    weight_files[wname].externalize(graph)
+                    onnx.save(graph, str(directory / rec.file))
     finally:
         for w in weight_files.values():
             w.close()
     graphs = [
-        dataclasses.replace(r, weights=r.weights or f"{r.name}.weights") for r in manifest.graphs
+        dataclasses.replace(records[r.name], weights=r.weights or f"{r.name}.weights")
+        for r in manifest.graphs
     ]
     files = [*([model_weights] if model_weights else []), *weight_files, *(r.file for r in graphs)]
     written = dataclasses.replace(
@@ -121,11 +145,60 @@ def _quantize_into(
         # TensorRT plans are built from the graphs they were built from: not these
         extra={k: v for k, v in manifest.extra.items() if k != "trt"},
         quantization=settings.record(
-            quantized, _calibration_record(calibration, calibration_source)
+            quantized, _calibration_record(calibration, calibration_source), scales
         ),
     )
     written.save(directory)
     return written
+
+
+def _by_stage(records: list[GraphRecord]) -> list[list[GraphRecord]]:
+    """The graphs in groups quantized together: each stage's graphs (every K bucket reads
+    and writes the same caches), and every other graph alone."""
+    stages: dict[int, list[GraphRecord]] = {}
+    groups: list[list[GraphRecord]] = []
+    for rec in records:
+        if rec.kind == "stage" and rec.stage is not None:
+            if rec.stage not in stages:
+                stages[rec.stage] = []
+                groups.append(stages[rec.stage])
+            stages[rec.stage].append(rec)
+        else:
+            groups.append([rec])
+    return groups
+
+
+def _int8_caches(
+    manifest: Manifest,
+    group: list[GraphRecord],
+    models: dict[str, onnx.ModelProto],
+    calibration: Feeds,
+) -> dict[str, float]:
+    """A stage's caches that its static int8 graphs (`models`, the whole `group`) take in
+    int8 (`export.int8_caches`), rewritten so; returns each one's scale. A cache is held in
+    int8 where every graph of the stage reads it into attention through layout alone."""
+    stage = group[0].stage
+    if group[0].kind != "stage" or stage is None:
+        return {}
+    io = manifest.plan.cache_io(stage)
+    feeds = [call for rec in group for call in calibration.get(rec.name, [])]
+    scales = {
+        cache: scale
+        for cache, scale in cache_scales(feeds, list(io)).items()
+        if all(attention_qdq(m, cache) for m in models.values())
+    }
+    for model in models.values():
+        int8_cache_io(model, scales, io)
+    return scales
+
+
+def _retyped(rec: GraphRecord, int8: set[str]) -> GraphRecord:
+    """`rec` with its tensors named in `int8` (caches, their fresh rows) declared int8."""
+
+    def own(ts: list[TensorSpec]) -> list[TensorSpec]:
+        return [dataclasses.replace(t, dtype="int8") if t.name in int8 else t for t in ts]
+
+    return dataclasses.replace(rec, inputs=own(rec.inputs), outputs=own(rec.outputs))
 
 
 def _feeds_of(manifest: Manifest, rec: GraphRecord, calibration: Feeds) -> list:
@@ -167,7 +240,8 @@ def ensure_int8(
     if (out / MANIFEST).is_file():
         have, src = Manifest.load(out), Manifest.load(source)
         q = have.quantization or {}
-        want = settings.record(q.get("graphs", []), q.get("calibration"))
+        # what the settings say; the graphs, calibration and cache scales are the data's
+        want = settings.record(q.get("graphs", []), q.get("calibration"), q.get("int8_caches"))
         if (
             have.plan == src.plan
             and have.model_weights is not None

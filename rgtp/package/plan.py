@@ -13,6 +13,7 @@ E + K rows, its caches hold E + N rows, and `keep` indexes those E + N rows.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,17 @@ class GraphSpec:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    def retyped(self, like: GraphSpec) -> GraphSpec:
+        """This spec with the dtypes `like` gives its tensors of the same names: a plan's
+        stage spec as the package's graph at that stage declares it (a static int8 package
+        holds its caches in int8, `export.int8_caches`)."""
+        types = {t.name: t.dtype for t in (*like.inputs, *like.outputs)}
+
+        def own(ts: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(dataclasses.replace(t, dtype=types.get(t.name, t.dtype)) for t in ts)
+
+        return dataclasses.replace(self, inputs=own(self.inputs), outputs=own(self.outputs))
 
     def symbolic_dims(self, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
         """Sizes of the symbolic axes (e.g. {"K": 77}) read off the shapes of the inputs."""
@@ -348,11 +360,17 @@ class StagePlan:
             return self.stages[stage]
         return tuple(b for b in self.cached_blocks(stage) if b in self.rollout_blocks)
 
+    def cache_io(self, stage: int) -> dict[str, str]:
+        """A stage graph's cache inputs, each with the output of its fresh rows (keys then
+        values of each cached block, in call order)."""
+        return {
+            f"{kv}_cache_{b}": f"{kv}_new_{b}" for b in self.cached_blocks(stage) for kv in "kv"
+        }
+
     def stage_spec(self, stage: int, k: int | str) -> GraphSpec:
         """Interface of stage `stage` at K = k (an int, or a str for a symbolic K axis)."""
         n, c = self.prefix + self.num_tokens, self.dim
         m = self.rows(k)
-        blocks = self.cached_blocks(stage)
         first = n if self.takes_all_tokens(stage) else m
         b_ = BATCH  # every stage input and output leads with the streams batched together
         inputs = [
@@ -360,15 +378,9 @@ class StagePlan:
             TensorSpec("keep", (b_, m), "int64"),
         ]
         outputs = [TensorSpec("tokens_out", (b_, m, c), "float32")]
-        for b in blocks:
-            inputs += [
-                TensorSpec(f"k_cache_{b}", (b_, n, c), "float32"),
-                TensorSpec(f"v_cache_{b}", (b_, n, c), "float32"),
-            ]
-            outputs += [
-                TensorSpec(f"k_new_{b}", (b_, m, c), "float32"),
-                TensorSpec(f"v_new_{b}", (b_, m, c), "float32"),
-            ]
+        for cache, fresh in self.cache_io(stage).items():
+            inputs.append(TensorSpec(cache, (b_, n, c), "float32"))
+            outputs.append(TensorSpec(fresh, (b_, m, c), "float32"))
         if self.cache_free:  # block 0's rows over every token, the later blocks' among the kept
             outputs += [
                 TensorSpec(f"attn_{b}", (b_, m, n if b == self.dense_block else m), "float32")

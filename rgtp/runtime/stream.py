@@ -146,7 +146,10 @@ class Stream:
         task = self.plan.family.new_task(self.plan, self.options)
         # a cache-free step rolls out through its own rows alone: no buffered rows
         buffered = () if self.plan.cache_free else self.rollout_blocks
-        return StreamState(self.plan, task, buffered, self.device, self.pool, self.engines.dtype)
+        engines = self.engines
+        return StreamState(
+            self.plan, task, buffered, self.device, self.pool, engines.dtype, engines.cache_dtype
+        )
 
     @property
     def out_map(self) -> torch.Tensor:

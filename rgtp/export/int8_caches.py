@@ -1,0 +1,145 @@
+"""Key/value caches held in int8 between the calls of static int8 stage graphs.
+
+A stage graph reads each cached block's keys and values for all N rows on every call, as
+float32 inputs, and static Q/DQ quantizes them (with the kept rows' fresh ones written in)
+before attention's matmuls anyway. Held in int8 on that same scale, the caches carry exactly
+the values those matmuls read, at a quarter of the bytes a call moves, and the runtime's
+commit copies a quarter of the bytes too (docs/precision.md measures both).
+
+The rewrite, per cache input X with its fresh-rows output Y (`k_cache_b` and `k_new_b`):
+X becomes int8 with a `DequantizeLinear` in front of its readers; the Q/DQ pairs the
+quantizer put where X's rows reach attention (through layout operators only: gathers,
+reshapes, transposes, the scatter of the fresh rows) take X's scale s; Y gets a
+`QuantizeLinear` on s and becomes int8, so the runtime writes back the very values the
+matmul read. s is one per cache for every graph of the stage (every K bucket reads and
+writes the same cache): the largest magnitude the calibration feeds held in X, / 127.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# operators a cache's rows pass through on their way to attention's Q/DQ pair, and the
+# input of each that carries them (the scatter of the fresh rows writes into its input 0)
+LAYOUT_OPS = {
+    "Gather": 0,
+    "Reshape": 0,
+    "ScatterND": 0,
+    "Transpose": 0,
+    "Squeeze": 0,
+    "Unsqueeze": 0,
+    "Flatten": 0,
+    "Identity": 0,
+}
+
+
+def cache_scales(
+    feeds: Iterable[Mapping[str, np.ndarray]], caches: Sequence[str]
+) -> dict[str, float]:
+    """Per cache input, the symmetric int8 scale covering every value `feeds` (a stage's
+    calibration calls, all its graphs) held in it; caches that held nothing but zeros are
+    left out (no scale to speak of: they stay float32)."""
+    peak = dict.fromkeys(caches, 0.0)
+    for feed in feeds:
+        for name in caches:
+            if name in feed:
+                peak[name] = max(peak[name], float(np.abs(feed[name]).max()))
+    return {name: m / 127.0 for name, m in peak.items() if m > 0}
+
+
+def attention_qdq(model: onnx.ModelProto, cache: str) -> list[onnx.NodeProto] | None:
+    """The per-tensor Q/DQ pairs (Q, DQ, Q, DQ, ...) where input `cache`'s rows reach
+    attention through layout operators only, or None where any path from it does otherwise
+    (then its values are not simply requantized, and the cache stays float32)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    constants = {init.name for init in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    found: list[onnx.NodeProto] = []
+    frontier = [cache]
+    while frontier:
+        tensor = frontier.pop()
+        if tensor in outputs or not readers.get(tensor):
+            return None
+        for node in readers[tensor]:
+            if node.op_type == "Shape":  # the dequantized input has the same shape
+                continue
+            if node.op_type == "QuantizeLinear":
+                pair = readers.get(node.output[0], [])
+                if (
+                    len(pair) != 1
+                    or pair[0].op_type != "DequantizeLinear"
+                    or not _per_tensor(node, constants, model)
+                ):
+                    return None
+                found += [node, pair[0]]
+            elif LAYOUT_OPS.get(node.op_type) == list(node.input).index(tensor):
+                frontier.append(node.output[0])
+            else:
+                return None
+    return found
+
+
+def int8_cache_io(
+    model: onnx.ModelProto, scales: Mapping[str, float], fresh: Mapping[str, str]
+) -> None:
+    """Rewrite `model` in place: each cache input in `scales` int8 on its scale, its
+    attention Q/DQ pairs on the same scale, and its fresh-rows output (`fresh`: cache input
+    -> output name) quantized on it. Callers check `attention_qdq` first (ValueError here
+    where a cache has no such pairs)."""
+    graph = model.graph
+    inputs = {v.name: v for v in graph.input}
+    outputs = {v.name: v for v in graph.output}
+    for cache, scale in scales.items():
+        pairs = attention_qdq(model, cache)
+        if pairs is None:
+            raise ValueError(f"{graph.name}: {cache} does not reach attention by layout only")
+        s, zero = f"{cache}_int8_scale", f"{cache}_int8_zero_point"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(scale, np.float32), s),
+                numpy_helper.from_array(np.array(0, np.int8), zero),
+            ]
+        )
+        for node in pairs:
+            node.input[1] = s
+            if len(node.input) > 2:
+                node.input[2] = zero
+        # the input: int8, dequantized in front of its readers
+        values = f"{cache}_dequantized"
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == cache:
+                    node.input[i] = values
+        graph.node.insert(0, helper.make_node("DequantizeLinear", [cache, s, zero], [values]))
+        inputs[cache].type.tensor_type.elem_type = TensorProto.INT8
+        # the fresh rows: quantized on the same scale as the graph's last step
+        out = fresh[cache]
+        computed = f"{out}_float"
+        for node in graph.node:
+            for i, name in enumerate(node.output):
+                if name == out:
+                    node.output[i] = computed
+            for i, name in enumerate(node.input):
+                if name == out:
+                    node.input[i] = computed
+        graph.node.append(helper.make_node("QuantizeLinear", [computed, s, zero], [out]))
+        outputs[out].type.tensor_type.elem_type = TensorProto.INT8
+    # the scales and zero points the pairs had before, now read by none
+    read = {name for node in graph.node for name in node.input}
+    unread = [init for init in graph.initializer if init.name not in read]
+    for init in unread:
+        graph.initializer.remove(init)
+
+
+def _per_tensor(node: onnx.NodeProto, constants: set[str], model: onnx.ModelProto) -> bool:
+    if node.input[1] not in constants:
+        return False
+    scale = next(i for i in model.graph.initializer if i.name == node.input[1])
+    return numpy_helper.to_array(scale).size == 1
