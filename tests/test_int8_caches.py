@@ -24,9 +24,11 @@ N, K, C = 6, 2, 4
 SCALE = 0.03
 
 
-def _attention(through: str = "Transpose") -> onnx.ModelProto:
+def _attention(through: str = "Transpose", times: float | None = None) -> onnx.ModelProto:
     """scores = q · DQ(Q(layout(cache with rows `keep` replaced by `fresh`)))ᵀ, and the fresh
-    rows as an output: a cached block's shape of things after the Q/DQ quantizer."""
+    rows as an output: a cached block's shape of things after the Q/DQ quantizer. `times`:
+    the laid-out keys scaled by that constant first (as the exported fused attention
+    scales them)."""
     nodes = [
         helper.make_node("Mul", ["x", "w"], ["fresh"]),  # the fresh keys, computed
         helper.make_node("ScatterND", ["cache", "rows", "fresh"], ["keys"]),
@@ -42,6 +44,9 @@ def _attention(through: str = "Transpose") -> onnx.ModelProto:
         nodes[2] = helper.make_node("Add", ["keys", "keys"], ["laid"])
         nodes[5] = helper.make_node("MatMul", ["q", "ldt"], ["scores"])
         nodes.insert(5, helper.make_node("Transpose", ["ld"], ["ldt"], perm=[1, 0]))
+    if times is not None:
+        nodes[2].output[0] = "laid_unscaled"
+        nodes.insert(3, helper.make_node("Mul", ["laid_unscaled", "c"], ["laid"]))
     graph = helper.make_graph(
         nodes,
         "attention",
@@ -59,6 +64,7 @@ def _attention(through: str = "Transpose") -> onnx.ModelProto:
             numpy_helper.from_array(np.full(C, 0.5, np.float32), "w"),
             numpy_helper.from_array(np.array(0.05, np.float32), "s"),
             numpy_helper.from_array(np.array(0, np.int8), "z"),
+            numpy_helper.from_array(np.array(times or 1.0, np.float32), "c"),
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -69,7 +75,8 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return sess.run(None, feeds)
 
 
-def test_the_rewrite_reads_what_the_float_graph_read_on_the_same_scale() -> None:
+@pytest.mark.parametrize("times", [None, 0.35])
+def test_the_rewrite_reads_what_the_float_graph_read_on_the_same_scale(times) -> None:
     rng = np.random.default_rng(0)
     codes = rng.integers(-127, 128, (N, C)).astype(np.int8)
     feeds = {
@@ -77,15 +84,18 @@ def test_the_rewrite_reads_what_the_float_graph_read_on_the_same_scale() -> None
         "rows": np.array([[1], [4]], np.int64),
         "q": rng.standard_normal((3, C)).astype(np.float32),
     }
-    model = _attention()
-    assert [n.op_type for n in attention_qdq(model, "cache") or []] == [
-        "QuantizeLinear",
-        "DequantizeLinear",
+    model = _attention(times=times)
+    pairs = attention_qdq(model, "cache") or []
+    assert [(n.op_type, f) for n, f in pairs] == [
+        ("QuantizeLinear", pytest.approx(times or 1.0)),
+        ("DequantizeLinear", pytest.approx(times or 1.0)),
     ]
-    # the float graph on this scale, fed the values the int8 cache holds
+    # the float graph with the pair on this scale (times the keys' factor), fed the values
+    # the int8 cache holds
+    paired = np.float32(SCALE) * np.float32(times or 1.0)
     for init in model.graph.initializer:
         if init.name == "s":
-            init.CopyFrom(numpy_helper.from_array(np.array(SCALE, np.float32), "s"))
+            init.CopyFrom(numpy_helper.from_array(np.array(paired, np.float32), "s"))
     scores, _ = _run(model, {**feeds, "cache": codes.astype(np.float32) * np.float32(SCALE)})
     int8_cache_io(model, {"cache": SCALE}, {"cache": "k_new"})
     onnx.checker.check_model(model)
@@ -151,7 +161,7 @@ def test_a_static_int8_package_holds_its_caches_in_int8(int8_caches_package, fra
             pytest.importorskip("openvino")
         pipe = Pipeline.load(pkg, backend)
         stream = pipe.new_stream(policy=FixedKeep(plan.buckets[0]))
-        assert pipe.engines.cache_dtype == torch.int8
+        assert pipe.engines.cache_dtypes == [torch.int8] * len(plan.stages)
         before = [c.clone() for c in stream.state.stage_caches]
         for frame in frames:
             result = stream.step(frame)
@@ -177,3 +187,36 @@ def test_check_and_reuse_know_int8_caches(int8_caches_package, tiny_package) -> 
 
     assert ensure_int8(tiny_package, pkg, settings, progress=False, calibrate=calibrate) == pkg
     assert not called  # reused: the scales are the data's, not a difference of settings
+
+
+def test_a_stage_holds_its_caches_in_int8_all_together_or_not_at_all(
+    tiny_package, int8_caches_package, frames, tmp_path, monkeypatch
+) -> None:
+    """One cache of stage 1 that cannot be int8 keeps all of stage 1's float32; stage 0's
+    are int8 still, and a stream holds each stage's as its engines take them."""
+    from rgtp.export import quantized_package
+
+    _, feeds = int8_caches_package
+    real = quantized_package.attention_qdq
+    monkeypatch.setattr(
+        quantized_package,
+        "attention_qdq",
+        lambda model, cache: None if cache == "v_cache_4" else real(model, cache),
+    )
+    pkg = tmp_path / "mixed"
+    quantize_package(
+        tiny_package,
+        pkg,
+        Int8Settings("static", per_channel=True),
+        progress=False,
+        calibration=feeds,
+    )
+    manifest = Manifest.load(pkg)
+    plan = manifest.plan
+    assert set(manifest.quantization["int8_caches"]) == set(plan.cache_io(0))
+    pipe = Pipeline.load(pkg, "ort")
+    assert pipe.engines.cache_dtypes == [torch.int8, torch.float32]
+    stream = pipe.new_stream(policy=FixedKeep(plan.buckets[0]))
+    for frame in frames:
+        assert torch.isfinite(stream.step(frame).importance).all()
+    assert [c.dtype for c in stream.state.stage_caches] == [torch.int8, torch.float32]

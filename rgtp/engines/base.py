@@ -88,15 +88,21 @@ class EngineSet:
         self.closed = True
 
     @property
-    def cache_dtype(self) -> torch.dtype:
-        """What a stream holds its key/value caches in: int8 where the stage engines take
-        them so (a static int8 package's graphs, `export.int8_caches`), else `dtype`."""
-        for i, by_k in enumerate(self.stages):
-            caches = self.plan.cache_io(i)
-            for engine in by_k.values():
-                if any(t.name in caches and t.dtype == "int8" for t in engine.spec.inputs):
-                    return torch.int8
-        return self.dtype
+    def cache_dtypes(self) -> list[torch.dtype]:
+        """What a stream holds each stage's key/value caches in: int8 where the stage's
+        engines take them so (a static int8 package's graphs, `export.int8_caches`), else
+        `dtype`."""
+
+        def of(stage: int, by_k: dict[int, Engine]) -> torch.dtype:
+            caches = self.plan.cache_io(stage)
+            int8 = any(
+                t.name in caches and t.dtype == "int8"
+                for engine in by_k.values()
+                for t in engine.spec.inputs
+            )
+            return torch.int8 if int8 else self.dtype
+
+        return [of(i, by_k) for i, by_k in enumerate(self.stages)]
 
     def graph(self, name: str) -> Engine:
         """The engine of a graph around the stages, by name: embed, head or an extra one."""

@@ -8,11 +8,13 @@ commit copies a quarter of the bytes too (docs/precision.md measures both).
 
 The rewrite, per cache input X with its fresh-rows output Y (`k_cache_b` and `k_new_b`):
 X becomes int8 with a `DequantizeLinear` in front of its readers; the Q/DQ pairs the
-quantizer put where X's rows reach attention (through layout operators only: gathers,
-reshapes, transposes, the scatter of the fresh rows) take X's scale s; Y gets a
-`QuantizeLinear` on s and becomes int8, so the runtime writes back the very values the
-matmul read. s is one per cache for every graph of the stage (every K bucket reads and
-writes the same cache): the largest magnitude the calibration feeds held in X, / 127.
+quantizer put where X's rows reach attention (through layout operators: gathers, reshapes,
+transposes, the scatter of the fresh rows; and scalings by positive constants, with which
+the pair's scale is scaled alike) take X's scale s; Y gets a `QuantizeLinear` on s and
+becomes int8, so the runtime writes back the very values the matmul read. s is one per
+cache for every graph of the stage (every K bucket reads and writes the same cache): the
+largest magnitude the calibration feeds held in X, / 127. A stage's caches are int8 all
+together or not at all (the runtime holds a stage's caches in one tensor).
 """
 
 from __future__ import annotations
@@ -51,23 +53,26 @@ def cache_scales(
     return {name: m / 127.0 for name, m in peak.items() if m > 0}
 
 
-def attention_qdq(model: onnx.ModelProto, cache: str) -> list[onnx.NodeProto] | None:
-    """The per-tensor Q/DQ pairs (Q, DQ, Q, DQ, ...) where input `cache`'s rows reach
-    attention through layout operators only, or None where any path from it does otherwise
-    (then its values are not simply requantized, and the cache stays float32)."""
+def attention_qdq(model: onnx.ModelProto, cache: str) -> list[tuple[onnx.NodeProto, float]] | None:
+    """The per-tensor Q/DQ pairs where input `cache`'s rows reach attention through layout
+    operators and multiplications by positive scalar constants only (the exported fused
+    attention scales its keys), each node (Q, DQ, Q, DQ, ...) with the factor its input is
+    the cache's values times; None where any path from the cache does otherwise (then its
+    values are not simply requantized, and the cache stays float32)."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    constants = {init.name for init in model.graph.initializer}
+    constants = {init.name: init for init in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
-    found: list[onnx.NodeProto] = []
-    frontier = [cache]
+    found: list[tuple[onnx.NodeProto, float]] = []
+    frontier = [(cache, 1.0)]
     while frontier:
-        tensor = frontier.pop()
+        tensor, factor = frontier.pop()
         if tensor in outputs or not readers.get(tensor):
             return None
         for node in readers[tensor]:
+            at = list(node.input).index(tensor)
             if node.op_type == "Shape":  # the dequantized input has the same shape
                 continue
             if node.op_type == "QuantizeLinear":
@@ -75,12 +80,20 @@ def attention_qdq(model: onnx.ModelProto, cache: str) -> list[onnx.NodeProto] | 
                 if (
                     len(pair) != 1
                     or pair[0].op_type != "DequantizeLinear"
-                    or not _per_tensor(node, constants, model)
+                    or _scalar(node.input[1], constants) is None
+                    or _scalar(pair[0].input[1], constants) is None
                 ):
                     return None
-                found += [node, pair[0]]
-            elif LAYOUT_OPS.get(node.op_type) == list(node.input).index(tensor):
-                frontier.append(node.output[0])
+                found += [(node, factor), (pair[0], factor)]
+            elif LAYOUT_OPS.get(node.op_type) == at:
+                frontier.append((node.output[0], factor))
+            elif node.op_type == "Mul" or (node.op_type == "Div" and at == 0):
+                c = _scalar(node.input[1 - at], constants)
+                if c is None or not c > 0:
+                    return None
+                frontier.append(
+                    (node.output[0], factor / c if node.op_type == "Div" else factor * c)
+                )
             else:
                 return None
     return found
@@ -90,9 +103,10 @@ def int8_cache_io(
     model: onnx.ModelProto, scales: Mapping[str, float], fresh: Mapping[str, str]
 ) -> None:
     """Rewrite `model` in place: each cache input in `scales` int8 on its scale, its
-    attention Q/DQ pairs on the same scale, and its fresh-rows output (`fresh`: cache input
-    -> output name) quantized on it. Callers check `attention_qdq` first (ValueError here
-    where a cache has no such pairs)."""
+    attention Q/DQ pairs on the same scale (times the factor their input is the cache's
+    values times), and its fresh-rows output (`fresh`: cache input -> output name)
+    quantized on it. Callers check `attention_qdq` first (ValueError here where a cache has
+    no such pairs)."""
     graph = model.graph
     inputs = {v.name: v for v in graph.input}
     outputs = {v.name: v for v in graph.output}
@@ -107,8 +121,13 @@ def int8_cache_io(
                 numpy_helper.from_array(np.array(0, np.int8), zero),
             ]
         )
-        for node in pairs:
-            node.input[1] = s
+        scaled: dict[float, str] = {1.0: s}
+        for node, factor in pairs:
+            if factor not in scaled:
+                scaled[factor] = f"{s}_{len(scaled)}"
+                value = np.array(np.float32(scale) * np.float32(factor), np.float32)
+                graph.initializer.append(numpy_helper.from_array(value, scaled[factor]))
+            node.input[1] = scaled[factor]
             if len(node.input) > 2:
                 node.input[2] = zero
         # the input: int8, dequantized in front of its readers
@@ -138,8 +157,10 @@ def int8_cache_io(
         graph.initializer.remove(init)
 
 
-def _per_tensor(node: onnx.NodeProto, constants: set[str], model: onnx.ModelProto) -> bool:
-    if node.input[1] not in constants:
-        return False
-    scale = next(i for i in model.graph.initializer if i.name == node.input[1])
-    return numpy_helper.to_array(scale).size == 1
+def _scalar(name: str, constants: Mapping[str, onnx.TensorProto]) -> float | None:
+    """The value of a one-element constant, or None where `name` is not one."""
+    init = constants.get(name)
+    if init is None:
+        return None
+    value = numpy_helper.to_array(init)
+    return float(value.reshape(-1)[0]) if value.size == 1 else None

@@ -174,19 +174,20 @@ def _int8_caches(
     models: dict[str, onnx.ModelProto],
     calibration: Feeds,
 ) -> dict[str, float]:
-    """A stage's caches that its static int8 graphs (`models`, the whole `group`) take in
-    int8 (`export.int8_caches`), rewritten so; returns each one's scale. A cache is held in
-    int8 where every graph of the stage reads it into attention through layout alone."""
+    """The caches of a stage that its static int8 graphs (`models`, the whole `group`) take
+    in int8 (`export.int8_caches`), rewritten so; returns each one's scale. A stage holds
+    its caches in int8 where every graph of it reads every one of them into attention's
+    Q/DQ pairs as `int8_caches.attention_qdq` allows; else none."""
     stage = group[0].stage
     if group[0].kind != "stage" or stage is None:
         return {}
     io = manifest.plan.cache_io(stage)
     feeds = [call for rec in group for call in calibration.get(rec.name, [])]
-    scales = {
-        cache: scale
-        for cache, scale in cache_scales(feeds, list(io)).items()
-        if all(attention_qdq(m, cache) for m in models.values())
-    }
+    scales = cache_scales(feeds, list(io))
+    if set(scales) != set(io) or not all(
+        attention_qdq(m, cache) for m in models.values() for cache in io
+    ):
+        return {}  # the stage's caches are one tensor of the runtime's: all int8, or none
     for model in models.values():
         int8_cache_io(model, scales, io)
     return scales

@@ -16,8 +16,9 @@ class StreamState:
 
     k_cache, v_cache: per block, (E + N, C) latest keys/values of every row (empty for a
         block whose attention runs over all tokens every step); views of `stage_caches`.
-        In `cache_dtype`: the stage engines' (int8 for a static int8 package's graphs,
-        which quantize and dequantize them on a scale of their own), else `dtype`.
+        In their stage's `cache_dtypes` entry: the stage engines' (int8 for a static int8
+        package's graphs, which quantize and dequantize them on scales of their own), else
+        `dtype`.
     stage_caches: per stage, (2 B, E + N, C): the keys and values of its B cached blocks.
     attn_rows: per rollout block, (E + N, E + N) last computed fused attention row of every
         row, which rollout uses for rows this step did not compute; with rollout pooling p,
@@ -46,23 +47,23 @@ class StreamState:
         device: torch.device,
         rollout_pool: int = 1,
         dtype: torch.dtype = torch.float32,
-        cache_dtype: torch.dtype | None = None,
+        cache_dtypes: Sequence[torch.dtype] | None = None,
     ) -> None:
         n, c = plan.prefix + plan.num_tokens, plan.dim
         self.plan, self.device, self.dtype = plan, device, dtype
-        cache_dtype = cache_dtype or dtype
+        cache_dtypes = cache_dtypes or [dtype] * len(plan.stages)
         depth = plan.encoder.depth
         rows = n if rollout_pool == 1 else plan.num_tokens // rollout_pool**2
 
         # A stage's caches are views of one tensor (2 B, E + N, C), keys and values of its B
         # cached blocks in turn, so that a commit writes them with one indexed copy.
-        empty = torch.zeros(0, c, device=device, dtype=cache_dtype)  # a dense block keeps none
+        empty = torch.zeros(0, c, device=device, dtype=dtype)  # a dense block keeps none
         self.k_cache = [empty] * depth
         self.v_cache = [empty] * depth
         self.stage_caches: list[torch.Tensor] = []
         for i in range(len(plan.stages)):
             blocks = plan.cached_blocks(i)
-            both = torch.zeros(2 * len(blocks), n, c, device=device, dtype=cache_dtype)
+            both = torch.zeros(2 * len(blocks), n, c, device=device, dtype=cache_dtypes[i])
             for j, b in enumerate(blocks):
                 self.k_cache[b], self.v_cache[b] = both[2 * j], both[2 * j + 1]
             self.stage_caches.append(both)

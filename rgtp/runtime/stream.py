@@ -148,7 +148,7 @@ class Stream:
         buffered = () if self.plan.cache_free else self.rollout_blocks
         engines = self.engines
         return StreamState(
-            self.plan, task, buffered, self.device, self.pool, engines.dtype, engines.cache_dtype
+            self.plan, task, buffered, self.device, self.pool, engines.dtype, engines.cache_dtypes
         )
 
     @property
