@@ -9,9 +9,10 @@ dynamic form of a convolution, which is slower than its float32 `Conv` (docs/pre
 dynamic int8 leaves convolutions float32. Everything else stays float32:
 
 - the graphs' inputs and outputs, so the runtime's arithmetic between engine calls —
-  tracking, top-K, rollout, caches, gathers and scatters — is the float32 method whatever
-  the package's precision (`rgtp.core` is written once), and a head's boxes and scores are
-  float32;
+  tracking, top-K, rollout, gathers and scatters — is the float32 method whatever the
+  package's precision (`rgtp.core` is written once), and a head's boxes and scores are
+  float32 (static int8 packages then hold the stage graphs' key/value caches in int8,
+  values the runtime only stores: `export.int8_caches`);
 - with dynamic int8, attention's activation-by-activation matmuls (QKᵀ, AV); static Q/DQ
   lowers them too (ONNX Runtime's Q/DQ quantizer does not take `MatMulConstBOnly`), and
   OpenVINO runs them on int8: measured faster than leaving them float32 (docs/precision.md);
