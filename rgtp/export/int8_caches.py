@@ -138,7 +138,7 @@ def int8_cache_io(
                     node.input[i] = values
         graph.node.insert(0, helper.make_node("DequantizeLinear", [cache, s, zero], [values]))
         inputs[cache].type.tensor_type.elem_type = TensorProto.INT8
-        # the fresh rows: quantized on the same scale as the graph's last step
+        # the fresh rows: quantized on the cache's scale, the graph's last step
         out = fresh[cache]
         computed = f"{out}_float"
         for node in graph.node:
@@ -150,7 +150,7 @@ def int8_cache_io(
                     node.input[i] = computed
         graph.node.append(helper.make_node("QuantizeLinear", [computed, s, zero], [out]))
         outputs[out].type.tensor_type.elem_type = TensorProto.INT8
-    # the scales and zero points the pairs had before, now read by none
+    # the scales and zero points the pairs had before (and any initializer nothing reads)
     read = {name for node in graph.node for name in node.input}
     unread = [init for init in graph.initializer if init.name not in read]
     for init in unread:
