@@ -13,7 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rgtp.core.selection import FixedKeep
 from rgtp.export.check import check_package
-from rgtp.export.int8_caches import attention_qdq, cache_scales, int8_cache_io
+from rgtp.export.int8_caches import (
+    attention_qdq,
+    cache_scales,
+    calibrated_scale,
+    int8_cache_io,
+)
 from rgtp.export.quantize import Int8Settings
 from rgtp.export.quantized_package import ensure_int8, quantize_package
 from rgtp.package.manifest import Manifest
@@ -112,6 +117,15 @@ def test_the_rewrite_reads_what_the_float_graph_read_on_the_same_scale(times) ->
         name for node in model.graph.node for name in node.input
     }
     assert not unread  # the pair's old scale went with it
+
+
+def test_the_calibrated_scale_is_read_in_the_caches_units() -> None:
+    """What the quantizer calibrated for the pair (0.05 on the keys scaled by 0.35) is, on the
+    cache's own values, 0.05 / 0.35: a cache scale below it would clip what the pair let
+    through."""
+    assert calibrated_scale(_attention(), "cache") == pytest.approx(0.05)
+    assert calibrated_scale(_attention(times=0.35), "cache") == pytest.approx(0.05 / 0.35)
+    assert calibrated_scale(_attention(through="Add"), "cache") == 0.0
 
 
 def test_a_cache_that_reaches_attention_through_arithmetic_stays_float() -> None:

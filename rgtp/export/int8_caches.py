@@ -13,8 +13,11 @@ transposes, the scatter of the fresh rows; and scalings by positive constants, w
 the pair's scale is scaled alike) take X's scale s; Y gets a `QuantizeLinear` on s and
 becomes int8, so the runtime writes back the very values the matmul read. s is one per
 cache for every graph of the stage (every K bucket reads and writes the same cache): the
-largest magnitude the calibration feeds held in X, / 127. A stage's caches are int8 all
-together or not at all (the runtime holds a stage's caches in one tensor).
+largest of the scales the quantizer calibrated for those pairs in the stage's graphs (what
+flowed into them, fresh rows included) and of the largest magnitude the calibration feeds
+held in X, / 127, so that neither the stored values nor the fresh ones clip more than
+before. A stage's caches are int8 all together or not at all (the runtime holds a stage's
+caches in one tensor).
 """
 
 from __future__ import annotations
@@ -97,6 +100,17 @@ def attention_qdq(model: onnx.ModelProto, cache: str) -> list[tuple[onnx.NodePro
             else:
                 return None
     return found
+
+
+def calibrated_scale(model: onnx.ModelProto, cache: str) -> float:
+    """The largest scale, in the cache's own units (each pair's scale over its factor),
+    that the quantizer calibrated for the Q/DQ pairs `cache`'s rows reach in `model`: what
+    flowed into them on calibration video, the fresh rows of each call included. 0 where
+    it reaches none."""
+    pairs = attention_qdq(model, cache) or []
+    constants = {init.name: init for init in model.graph.initializer}
+    values = [(_scalar(node.input[1], constants) or 0.0) / f for node, f in pairs]
+    return max(values, default=0.0)
 
 
 def int8_cache_io(

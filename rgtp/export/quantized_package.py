@@ -15,7 +15,12 @@ from pathlib import Path
 import onnx
 from tqdm import tqdm
 
-from rgtp.export.int8_caches import attention_qdq, cache_scales, int8_cache_io
+from rgtp.export.int8_caches import (
+    attention_qdq,
+    cache_scales,
+    calibrated_scale,
+    int8_cache_io,
+)
 from rgtp.export.onnx_graphs import ExportError
 from rgtp.export.package import (
     _sigterm_raises,
@@ -183,11 +188,15 @@ def _int8_caches(
         return {}
     io = manifest.plan.cache_io(stage)
     feeds = [call for rec in group for call in calibration.get(rec.name, [])]
-    scales = cache_scales(feeds, list(io))
-    if set(scales) != set(io) or not all(
+    held = cache_scales(feeds, list(io))
+    if set(held) != set(io) or not all(
         attention_qdq(m, cache) for m in models.values() for cache in io
     ):
         return {}  # the stage's caches are one tensor of the runtime's: all int8, or none
+    scales = {
+        cache: max(held[cache], *(calibrated_scale(m, cache) for m in models.values()))
+        for cache in io
+    }
     for model in models.values():
         int8_cache_io(model, scales, io)
     return scales
