@@ -303,6 +303,7 @@ SLOW: dict[str, set[str]] = {
         "test_cli_names_the_convention_of_every_table",
     },
     "test_fuzz": {"*"},  # hypothesis, 60 examples a property
+    "test_int8_caches": {"int8_caches_package"},  # the tiny package exported, static int8
     "test_gpu_path": {  # the GPU benchmark's dry run; vitdet-small replayed against eager
         "test_gpu_benchmark_dry_run_on_the_cpu",
         "test_a_stream_on_replayed_graphs_equals_the_eager_stream",
