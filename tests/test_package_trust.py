@@ -561,9 +561,12 @@ export_package(detector, StagePlan.create(detector.cfg, [64]), sys.argv[1], prog
 
 
 def test_sigterm_during_export_leaves_nothing(tmp_path) -> None:
+    """No files, and no processes: the export's forked tracing workers (which share its
+    command line) end with it, whenever the signal comes."""
     parent = tmp_path / "exports"
     parent.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_TINY, str(parent / "pkg")], cwd=REPO)
+    out = str(parent / "pkg")
+    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_TINY, out], cwd=REPO)
     try:
         deadline = time.monotonic() + 300  # a guard against a hung test, not a timing check
         while not any(parent.glob(".pkg.rgtp-tmp-*")):
@@ -572,9 +575,25 @@ def test_sigterm_during_export_leaves_nothing(tmp_path) -> None:
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == -signal.SIGTERM  # still ends as SIGTERM ends it
+        left = _processes_given(out)
     finally:
         proc.kill()
+        for pid in _processes_given(out):  # never leave one behind, whatever failed
+            os.kill(pid, signal.SIGKILL)
     assert list(parent.iterdir()) == []
+    assert left == [], "tracing workers outlived the export"
+
+
+def _processes_given(arg: str) -> list[int]:
+    """The processes with `arg` on their command line (Linux's /proc; none elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if arg.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 def test_sigterm_reaches_the_previous_handler_after_cleanup(

@@ -13,12 +13,14 @@ all there is, the graphs are traced here, one by one.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -84,18 +86,26 @@ def traced(
         # waits on its thread pool, whose threads a fork does not copy (a worker hung so).
         # Frozen objects are never collected, in the parent until the fork is done, and
         # in the workers for good.
-        # SIGTERM and Ctrl-C wait until the workers are forked: a pool half made cannot be
-        # shut down.
-        stop = {signal.SIGTERM, signal.SIGINT}
-        gc.freeze()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        # SIGTERM and Ctrl-C wait until the workers are forked and the pool knows them all:
+        # a worker forked but not yet in the pool's table is never stopped and waits for
+        # work for good once its parent is gone (1 run in 6 of tests/test_package_trust.py's
+        # SIGTERM test left one). Blocking the signals holds them only in this thread, and
+        # Python runs its handlers here whichever thread the kernel gave them to, so their
+        # handlers are deferred as well; a deferred signal is raised once the pool is made,
+        # inside the guard below, which stops the workers.
+        stop = (signal.SIGTERM, signal.SIGINT)
         try:
-            futures = [pool.submit(_trace_to_file, i, tmp) for i in range(len(jobs))]
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            gc.unfreeze()
-            _JOBS = None  # forked at the first submission: the workers have their copy
-        try:
+            gc.freeze()
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+            with _deferred(stop) as deferred:
+                try:
+                    futures = [pool.submit(_trace_to_file, i, tmp) for i in range(len(jobs))]
+                finally:
+                    gc.unfreeze()
+                    _JOBS = None  # forked at the first submission: the workers have their copy
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            for signum in deferred:
+                signal.raise_signal(signum)  # its own handler, now
             for job, future in zip(jobs, futures, strict=True):
                 try:
                     path = Path(future.result())
@@ -116,6 +126,23 @@ def traced(
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _deferred(signals: Sequence[int]) -> Iterator[list[int]]:
+    """Within: `signals` are recorded (in the list it gives) instead of handled; their
+    handlers are back on exit. Only the main thread may set handlers: elsewhere, nothing
+    is deferred (the signals are handled there as before)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():  # None: a handler not set from Python
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def _worker_init() -> None:
